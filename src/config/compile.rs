@@ -1,0 +1,250 @@
+//! Raw (validated) config to the runtime [`Plan`]: resolves references, builds the router, the
+//! services and their balancers, precompiles regexes and templates.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue, Method};
+
+use super::plan::{AccessLogSettings, Forwarding, Limits, Plan, Rewrite, Route, TemplatePart};
+use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawService};
+use super::validate::{parse_cidr, parse_target_url};
+use super::ConfigError;
+use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
+use crate::upstream::balancer::HashOn;
+use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, UpstreamTimeouts};
+
+/// Builds the plan. `validate` must have passed; what only shows while building (routes that
+/// cannot be told apart) is returned as errors.
+pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
+    let fingerprint = fingerprint(&raw);
+    let service_names: Vec<&String> = raw.services.keys().collect();
+    let services: Vec<Arc<Service>> = raw
+        .services
+        .iter()
+        .map(|(name, svc)| Arc::new(build_service(name, svc)))
+        .collect();
+
+    let mut specs = Vec::with_capacity(raw.routes.len());
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for r in &raw.routes {
+        let path = path_spec(r.matcher.path.as_deref(), r.matcher.path_type);
+        let service = service_names
+            .iter()
+            .position(|n| **n == r.service)
+            .unwrap_or_default();
+        let svc = &services[service];
+        let rewrite = match &r.rewrite {
+            None => Rewrite::None,
+            Some(rw) => {
+                if let Some(p) = &rw.strip_prefix {
+                    Rewrite::StripPrefix(trim_trailing_slash(p))
+                } else if let Some(p) = &rw.replace_prefix {
+                    Rewrite::ReplacePrefix(trim_trailing_slash(p))
+                } else {
+                    Rewrite::Template(parse_template(rw.path.as_deref().unwrap_or("/")))
+                }
+            }
+        };
+        specs.push(RouteSpec {
+            hosts: r.matcher.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path: path.clone(),
+            methods: r
+                .matcher
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
+            headers: r
+                .matcher
+                .headers
+                .iter()
+                .filter_map(|(name, cond)| {
+                    let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                    let cond = match cond {
+                        RawHeaderMatch::Exact(v) => HeaderCond::Exact(HeaderValue::from_str(v).ok()?),
+                        RawHeaderMatch::Rule(rule) => match (&rule.present, &rule.regex) {
+                            (Some(p), _) => HeaderCond::Present(*p),
+                            (None, Some(re)) => HeaderCond::Regex(regex::Regex::new(re).ok()?),
+                            (None, None) => return None,
+                        },
+                    };
+                    Some((name, cond))
+                })
+                .collect(),
+        });
+        routes.push(Route {
+            name: r.name.as_str().into(),
+            service,
+            path,
+            rewrite,
+            preserve_host: r.preserve_host,
+            max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
+            timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
+        });
+    }
+    let router = Router::build(&specs).map_err(|errs| {
+        errs.into_iter()
+            .map(|e| {
+                let field = if e.message.contains("could never be chosen") {
+                    "match"
+                } else {
+                    "match.path"
+                };
+                ConfigError::new(format!("routes[{}].{field}", e.route), e.message)
+            })
+            .collect::<Vec<_>>()
+    })?;
+
+    let workers = if raw.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        raw.workers
+    };
+    Ok(Plan {
+        fingerprint,
+        listen: raw.listen.clone(),
+        workers,
+        limits: Limits {
+            max_header_bytes: raw.limits.max_header_bytes.0 as usize,
+            max_uri_bytes: raw.limits.max_uri_bytes.0 as usize,
+            max_connections: raw.limits.max_connections,
+        },
+        header_read_timeout: raw.timeouts.header_read.0,
+        shutdown_grace: raw.timeouts.shutdown_grace.0,
+        trusted_proxies: raw.trusted_proxies.iter().filter_map(|c| parse_cidr(c)).collect(),
+        forwarding: Forwarding {
+            x_forwarded: raw.forwarding.x_forwarded,
+            forwarded: raw.forwarding.forwarded,
+            via: raw
+                .forwarding
+                .via
+                .then(|| HeaderValue::from_static("1.1 portico")),
+        },
+        access_log: AccessLogSettings {
+            enabled: raw.access_log.enabled,
+            format: raw.access_log.format,
+            path: raw.access_log.path.clone(),
+        },
+        router,
+        routes,
+        services,
+        raw,
+    })
+}
+
+fn fingerprint(raw: &RawConfig) -> u64 {
+    let text = serde_json::to_string(raw).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn trim_trailing_slash(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_string()
+    } else {
+        t.to_string()
+    }
+}
+
+/// The router's view of `match.path` / `match.path_type`.
+pub fn path_spec(path: Option<&str>, path_type: Option<PathType>) -> PathSpec {
+    let path = path.unwrap_or("/");
+    if path.contains('{') {
+        PathSpec::Template(path.to_string())
+    } else if path_type == Some(PathType::Exact) {
+        PathSpec::Exact(path.to_string())
+    } else {
+        PathSpec::Prefix(trim_trailing_slash(path))
+    }
+}
+
+fn parse_template(tpl: &str) -> Vec<TemplatePart> {
+    let mut parts = Vec::new();
+    let mut rest = tpl;
+    while let Some(start) = rest.find('{') {
+        if start > 0 {
+            parts.push(TemplatePart::Literal(rest[..start].to_string()));
+        }
+        match rest[start..].find('}') {
+            Some(len) => {
+                let name = rest[start + 1..start + len].trim_start_matches('*');
+                parts.push(TemplatePart::Capture(name.to_string()));
+                rest = &rest[start + len + 1..];
+            }
+            None => {
+                parts.push(TemplatePart::Literal(rest[start..].to_string()));
+                rest = "";
+            }
+        }
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    parts
+}
+
+fn build_service(name: &str, svc: &RawService) -> Service {
+    let targets: Vec<Arc<Target>> = svc
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let (h2c, host, port) = parse_target_url(&t.url).ok()?;
+            let address = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Address::Ip((ip, port).into()),
+                Err(_) => Address::Dns {
+                    host: host.clone(),
+                    port,
+                    refresh: svc.dns_refresh.0,
+                    cache: ArcSwap::from_pointee(None),
+                },
+            };
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            Some(Arc::new(Target {
+                id: upstream::target_id(&t.url),
+                url: t.url.clone(),
+                authority: HeaderValue::from_str(&authority).ok()?,
+                address,
+                protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
+                weight: t.weight,
+                in_flight: AtomicUsize::new(0),
+            }))
+        })
+        .collect();
+    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    let balancer = match &svc.load_balancing {
+        RawLoadBalancing::RoundRobin => Balancer::round_robin(&weights),
+        RawLoadBalancing::LeastRequest => Balancer::LeastRequest,
+        RawLoadBalancing::Random => Balancer::random(&weights),
+        RawLoadBalancing::ConsistentHash(on) => {
+            let on = if let Some(h) = &on.header {
+                HashOn::Header(HeaderName::from_bytes(h.as_bytes()).unwrap_or(http::header::HOST))
+            } else if let Some(c) = &on.cookie {
+                HashOn::Cookie(c.clone())
+            } else {
+                HashOn::ClientIp
+            };
+            let urls: Vec<(String, u32)> = targets.iter().map(|t| (t.url.clone(), t.weight)).collect();
+            Balancer::consistent_hash(on, &urls)
+        }
+    };
+    Service {
+        name: name.into(),
+        targets,
+        balancer,
+        timeouts: UpstreamTimeouts {
+            connect: svc.timeouts.connect.0,
+            request: svc.timeouts.request.0,
+            idle: svc.timeouts.idle.0,
+        },
+        max_idle_per_target: svc.max_idle_per_target,
+    }
+}

@@ -1,0 +1,169 @@
+//! `${ENV_VAR}` and `${file:/path/to/secret}` expansion in config string values.
+//!
+//! The only place that reads environment variables or secret files for the config. Expansion runs
+//! on the parsed YAML tree, string by string, so positions of the original text stay valid and
+//! error messages can quote the unexpanded `${...}` text instead of a secret.
+
+use rustc_hash::FxHashSet;
+use serde_yaml_ng::Value;
+
+/// A reference that could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandError {
+    /// Config path of the string that holds the reference.
+    pub path: String,
+    /// What went wrong, quoting only the reference.
+    pub message: String,
+}
+
+/// Where the values come from; the process environment in production, a map in tests.
+pub trait Source {
+    /// The value of environment variable `name`.
+    fn var(&self, name: &str) -> Option<String>;
+    /// The contents of the file at `path`.
+    fn file(&self, path: &str) -> std::io::Result<String>;
+}
+
+/// Reads the real environment and file system.
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Expands every string in `value` in place. Returns the paths of the strings that changed (their
+/// text may now hold a secret) and every error found.
+pub fn expand_tree(value: &mut Value, source: &dyn Source) -> (FxHashSet<String>, Vec<ExpandError>) {
+    let mut expanded = FxHashSet::default();
+    let mut errors = Vec::new();
+    walk(value, String::new(), source, &mut expanded, &mut errors);
+    (expanded, errors)
+}
+
+fn walk(
+    value: &mut Value,
+    path: String,
+    source: &dyn Source,
+    expanded: &mut FxHashSet<String>,
+    errors: &mut Vec<ExpandError>,
+) {
+    match value {
+        Value::String(s) if s.contains("${") => match expand_str(s, source) {
+            Ok(new) => {
+                *s = new;
+                expanded.insert(path);
+            }
+            Err(message) => errors.push(ExpandError { path, message }),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk(item, format!("{path}[{i}]"), source, expanded, errors);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+                };
+                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                walk(v, child, source, expanded, errors);
+            }
+        }
+        Value::Tagged(t) => walk(&mut t.value, path, source, expanded, errors),
+        _ => {}
+    }
+}
+
+/// Expands `${NAME}`, `${file:PATH}` and the escape `$${` (a literal `${`) in one string.
+pub fn expand_str(text: &str, source: &dyn Source) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let Some(body_start) = tail.strip_prefix("${") else {
+            out.push('$');
+            rest = &tail[1..];
+            continue;
+        };
+        let Some(end) = body_start.find('}') else {
+            return Err("unterminated `${`: write `$${` for a literal `${`".to_string());
+        };
+        let reference = &body_start[..end];
+        if let Some(file) = reference.strip_prefix("file:") {
+            let content = source
+                .file(file)
+                .map_err(|e| format!("cannot read `${{file:{file}}}`: {e}"))?;
+            out.push_str(content.trim_end_matches(['\n', '\r']));
+        } else if is_var_name(reference) {
+            let v = source
+                .var(reference)
+                .ok_or_else(|| format!("environment variable `{reference}` is not set"))?;
+            out.push_str(&v);
+        } else {
+            return Err(format!(
+                "`${{{reference}}}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*) or file:PATH"
+            ));
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fake(HashMap<&'static str, &'static str>);
+    impl Source for Fake {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|s| s.to_string())
+        }
+        fn file(&self, path: &str) -> std::io::Result<String> {
+            self.0
+                .get(path)
+                .map(|s| format!("{s}\n"))
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+        }
+    }
+
+    #[test]
+    fn expands_vars_files_and_escapes() {
+        let src = Fake(HashMap::from([("HOST", "db"), ("/run/secret", "s3cr3t")]));
+        assert_eq!(expand_str("http://${HOST}:1", &src).unwrap(), "http://db:1");
+        assert_eq!(expand_str("k=${file:/run/secret}", &src).unwrap(), "k=s3cr3t");
+        assert_eq!(expand_str("$${HOST} $5", &src).unwrap(), "${HOST} $5");
+        assert!(expand_str("${MISSING}", &src).unwrap_err().contains("MISSING"));
+        assert!(expand_str("${bad name}", &src).is_err());
+        assert!(expand_str("${HOST", &src).is_err());
+    }
+
+    #[test]
+    fn tree_expansion_reports_paths() {
+        let src = Fake(HashMap::from([("A", "1")]));
+        let mut v: Value = serde_yaml_ng::from_str("x: [\"${A}\", \"${B}\"]\ny: plain").unwrap();
+        let (changed, errors) = expand_tree(&mut v, &src);
+        assert!(changed.contains("x[0]"));
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "x[1]");
+    }
+}

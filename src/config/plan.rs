@@ -1,0 +1,118 @@
+//! The immutable runtime plan: everything the request path needs, precomputed.
+//!
+//! Built by `compile.rs`, published through `runtime::Runtime` (an `ArcSwap<Plan>`); a request
+//! loads it once and never sees it change underneath.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use super::raw::{AccessLogFormat, RawConfig};
+use crate::router::{PathSpec, Router};
+use crate::upstream::Service;
+
+/// A compiled, ready-to-serve configuration.
+pub struct Plan {
+    /// Hash of the effective config; equal hashes mean a reload is a no-op.
+    pub fingerprint: u64,
+    /// The raw config this plan was built from (with `${...}` expanded).
+    pub raw: RawConfig,
+    /// Listener addresses.
+    pub listen: Vec<String>,
+    /// Worker count (0 resolved to the number of cores).
+    pub workers: usize,
+    /// Client-side limits.
+    pub limits: Limits,
+    /// Client header-read timeout (also the keep-alive idle limit).
+    pub header_read_timeout: Duration,
+    /// Grace period for in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Forwarding headers to add.
+    pub forwarding: Forwarding,
+    /// Access log settings.
+    pub access_log: AccessLogSettings,
+    /// The route table.
+    pub router: Router,
+    /// Routes, in config order (the router returns indices into this).
+    pub routes: Vec<Route>,
+    /// Services, referenced by index from routes.
+    pub services: Vec<Arc<Service>>,
+}
+
+/// Client-side limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Total request header bytes (431).
+    pub max_header_bytes: usize,
+    /// Request-target length (414).
+    pub max_uri_bytes: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+}
+
+/// Which forwarding headers to add.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// `X-Forwarded-For/Proto/Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+    /// `Via` value when enabled.
+    pub via: Option<HeaderValue>,
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    /// On or off.
+    pub enabled: bool,
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// `stdout`, `stderr` or a file path.
+    pub path: String,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Config name (shared with log records without copying).
+    pub name: Arc<str>,
+    /// Index into `Plan::services`.
+    pub service: usize,
+    /// The path condition, for prefix rewrites and `explain`.
+    pub path: PathSpec,
+    /// Path rewrite.
+    pub rewrite: Rewrite,
+    /// Send the client's Host upstream.
+    pub preserve_host: bool,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Whole-request timeout (send to response head).
+    pub timeout: Duration,
+}
+
+/// How the upstream path is derived from the client's.
+#[derive(Debug, Clone)]
+pub enum Rewrite {
+    /// Unchanged.
+    None,
+    /// Drop this prefix.
+    StripPrefix(String),
+    /// Replace the route's matched prefix with this.
+    ReplacePrefix(String),
+    /// Build from a template over the route's captures.
+    Template(Vec<TemplatePart>),
+}
+
+/// A piece of a path template.
+#[derive(Debug, Clone)]
+pub enum TemplatePart {
+    /// Literal text.
+    Literal(String),
+    /// The value of capture `name`.
+    Capture(String),
+}

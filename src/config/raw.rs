@@ -1,0 +1,348 @@
+//! Serde structs mirroring the YAML file, one to one.
+//!
+//! Owns the shape of the config and its defaults; nothing here resolves references or checks one
+//! field against another (that is `validate.rs`), and nothing here is used on the request path
+//! (that is `plan.rs`). Every struct denies unknown keys so a typo is an error, not a silent no-op.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, Dur};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Addresses the public listener binds, e.g. `["0.0.0.0:8080"]`. Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads, each with its own event loop and its own SO_REUSEPORT socket.
+    /// 0 (the default) means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Limits that protect the gateway from oversized or slow clients.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: RawServerTimeouts,
+    /// CIDR ranges of proxies in front of Portico whose `X-Forwarded-For` entries are believed.
+    /// Empty (the default): the client IP is always the TCP peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Which forwarding headers are added to upstream requests.
+    #[serde(default)]
+    pub forwarding: RawForwarding,
+    /// The per-request access log.
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Named groups of upstream targets.
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+    /// Routes, matched by host, path, method and headers (most specific first, see the README).
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".to_string()]
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// Limits on client requests and connections.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Largest total size of the request headers (names + values); beyond it: 431.
+    pub max_header_bytes: ByteSize,
+    /// Longest request target (path + query); beyond it: 414.
+    pub max_uri_bytes: ByteSize,
+    /// Default largest request body for every route; beyond it: 413. A route may override it.
+    pub max_body_bytes: ByteSize,
+    /// Most client connections open at once across all workers; beyond it new connections get a
+    /// 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: ByteSize(32 * 1024),
+            max_uri_bytes: ByteSize(8 * 1024),
+            max_body_bytes: ByteSize(10 * 1024 * 1024),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Timeouts on the client side of the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServerTimeouts {
+    /// Time a client has to send a complete request head (slowloris protection); also bounds how
+    /// long an idle keep-alive connection waits for its next request.
+    pub header_read: Dur,
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for RawServerTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Dur::from_secs(10),
+            shutdown_grace: Dur::from_secs(30),
+        }
+    }
+}
+
+/// Forwarding headers added to requests sent upstream.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwarding {
+    /// Append the client IP to `X-Forwarded-For` and set `X-Forwarded-Proto` / `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// Add an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+    /// Add a `Via` header to requests and responses.
+    pub via: bool,
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        Self {
+            x_forwarded: true,
+            forwarded: false,
+            via: false,
+        }
+    }
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccessLog {
+    /// Write one line per request.
+    pub enabled: bool,
+    /// `json` (one object per line) or `common` (NCSA common log format).
+    pub format: AccessLogFormat,
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub path: String,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            path: "stdout".to_string(),
+        }
+    }
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// NCSA common log format.
+    Common,
+}
+
+/// A named group of upstream targets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Upstream targets: `http://host:port` (HTTP/1.1) or `h2c://host:port` (cleartext HTTP/2).
+    pub targets: Vec<RawTarget>,
+    /// How a target is picked for each request.
+    #[serde(default)]
+    pub load_balancing: RawLoadBalancing,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: RawUpstreamTimeouts,
+    /// Most idle keep-alive connections kept per target and worker.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_target: usize,
+    /// How often DNS names in target URLs are resolved again.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Dur,
+}
+
+fn default_max_idle() -> usize {
+    128
+}
+
+fn default_dns_refresh() -> Dur {
+    Dur::from_secs(30)
+}
+
+/// One upstream target.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// `http://host:port` or `h2c://host:port`; the host may be an IP or a DNS name.
+    pub url: String,
+    /// Relative share of traffic (1 to 1000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLoadBalancing {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Least outstanding requests, power of two random choices (weights bias the choice).
+    LeastRequest,
+    /// Uniformly random, weighted.
+    Random,
+    /// Consistent hashing (ring) on a request attribute, so the same key goes to the same target.
+    ConsistentHash(RawHashOn),
+}
+
+/// What consistent hashing hashes. Exactly one field.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHashOn {
+    /// A request header name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A cookie name.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// The client IP (after `trusted_proxies`).
+    #[serde(default)]
+    pub client_ip: bool,
+}
+
+/// Timeouts towards a service's targets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTimeouts {
+    /// TCP connect timeout; beyond it: 502 (`upstream_connect_timeout`).
+    pub connect: Dur,
+    /// Time from sending the request to receiving the response head; beyond it: 504.
+    pub request: Dur,
+    /// Longest pause while streaming a response body, and how long an unused pooled connection
+    /// is kept.
+    pub idle: Dur,
+}
+
+impl Default for RawUpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Dur::from_secs(2),
+            request: Dur::from_secs(30),
+            idle: Dur::from_secs(60),
+        }
+    }
+}
+
+/// A route: what to match, and where to send it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name; used in logs and metrics.
+    pub name: String,
+    /// Conditions, all of which must hold.
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// The service that serves this route.
+    pub service: String,
+    /// Path rewrite before the request goes upstream (query string kept).
+    #[serde(default)]
+    pub rewrite: Option<RawRewrite>,
+    /// Send the client's `Host` upstream instead of the target's.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Largest request body on this route (overrides `limits.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
+    /// Whole-request timeout on this route (overrides the service's `timeouts.request`).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+/// Route match conditions.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Hosts: exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path: a prefix on segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`),
+    /// or a template (`/users/{id}`, `/files/{*rest}`). Default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `prefix` (default for plain paths) or `exact`.
+    #[serde(default)]
+    pub path_type: Option<PathType>,
+    /// Allowed methods. Empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header conditions: a string for an exact value, or `{present: true}`, `{regex: "..."}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, RawHeaderMatch>,
+}
+
+/// How a plain path is compared.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathType {
+    /// Matches the path and anything below it on a `/` boundary.
+    Prefix,
+    /// Matches only this path.
+    Exact,
+}
+
+/// A header condition.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawHeaderMatch {
+    /// The header has exactly this value.
+    Exact(String),
+    /// A structured condition.
+    Rule(RawHeaderRule),
+}
+
+/// A structured header condition; exactly one field.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRule {
+    /// `true`: the header must be present; `false`: it must be absent.
+    #[serde(default)]
+    pub present: Option<bool>,
+    /// The header value must match this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// Path rewrite; exactly one field.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// Remove this prefix (on a segment boundary) from the path.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Replace the route's matched path prefix with this one.
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
+    /// Build the path from a template using the route's captures, e.g. `/v2/users/{id}`.
+    #[serde(default)]
+    pub path: Option<String>,
+}

@@ -1,0 +1,283 @@
+//! Cross-field checks on the raw config. Collects every error with its key path; never panics.
+//!
+//! What passes here compiles: `compile.rs` may rely on every reference resolving, every URL,
+//! regex, CIDR, method and header name parsing.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use http::{HeaderName, Method};
+
+use super::raw::{RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute, RawService};
+use super::ConfigError;
+
+/// Every problem in `raw`, in no particular order (the caller sorts by position).
+pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    if raw.listen.is_empty() {
+        errs.push(ConfigError::new("listen", "at least one listen address is required"));
+    }
+    for (i, addr) in raw.listen.iter().enumerate() {
+        if addr.parse::<SocketAddr>().is_err() {
+            errs.push(ConfigError::new(
+                format!("listen[{i}]"),
+                format!("`{addr}` is not an IP:port address such as 0.0.0.0:8080"),
+            ));
+        }
+    }
+    if raw.workers > 1024 {
+        errs.push(ConfigError::new("workers", "at most 1024 workers"));
+    }
+    if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
+        errs.push(ConfigError::new(
+            "log_level",
+            "must be one of error, warn, info, debug, trace",
+        ));
+    }
+    let l = &raw.limits;
+    if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
+        errs.push(ConfigError::new("limits.max_header_bytes", "must be between 1KiB and 1MiB"));
+    }
+    if l.max_uri_bytes.0 < 64 || l.max_uri_bytes.0 > 64 * 1024 {
+        errs.push(ConfigError::new("limits.max_uri_bytes", "must be between 64 and 64KiB"));
+    }
+    if l.max_connections == 0 {
+        errs.push(ConfigError::new("limits.max_connections", "must be at least 1"));
+    }
+    if raw.timeouts.header_read.0.is_zero() {
+        errs.push(ConfigError::new("timeouts.header_read", "must be greater than 0"));
+    }
+    for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
+        if parse_cidr(cidr).is_none() {
+            errs.push(ConfigError::new(
+                format!("trusted_proxies[{i}]"),
+                format!("`{cidr}` is not an IP address or CIDR range such as 10.0.0.0/8"),
+            ));
+        }
+    }
+    if raw.access_log.path.is_empty() {
+        errs.push(ConfigError::new("access_log.path", "must be stdout, stderr or a file path"));
+    }
+    for (name, svc) in &raw.services {
+        validate_service(name, svc, &mut errs);
+    }
+    let mut names = HashSet::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        if !names.insert(route.name.as_str()) {
+            errs.push(ConfigError::new(
+                format!("routes[{i}].name"),
+                format!("duplicate route name `{}`", route.name),
+            ));
+        }
+        validate_route(i, route, raw, &mut errs);
+    }
+    errs
+}
+
+/// An IP address or CIDR range.
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
+    let at = |field: &str| format!("services.{name}.{field}");
+    if svc.targets.is_empty() {
+        errs.push(ConfigError::new(at("targets"), "a service needs at least one target"));
+    }
+    for (i, t) in svc.targets.iter().enumerate() {
+        if let Err(message) = parse_target_url(&t.url) {
+            errs.push(ConfigError::new(at(&format!("targets[{i}].url")), message));
+        }
+        if !(1..=1000).contains(&t.weight) {
+            errs.push(ConfigError::new(
+                at(&format!("targets[{i}].weight")),
+                "weight must be between 1 and 1000",
+            ));
+        }
+    }
+    if let RawLoadBalancing::ConsistentHash(on) = &svc.load_balancing {
+        let set = usize::from(on.header.is_some()) + usize::from(on.cookie.is_some()) + usize::from(on.client_ip);
+        if set != 1 {
+            errs.push(ConfigError::new(
+                at("load_balancing.consistent_hash"),
+                "set exactly one of header, cookie, client_ip",
+            ));
+        }
+        if let Some(h) = &on.header {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errs.push(ConfigError::new(
+                    at("load_balancing.consistent_hash.header"),
+                    format!("`{h}` is not a valid header name"),
+                ));
+            }
+        }
+    }
+    for (field, d) in [
+        ("timeouts.connect", svc.timeouts.connect),
+        ("timeouts.request", svc.timeouts.request),
+        ("timeouts.idle", svc.timeouts.idle),
+    ] {
+        if d.0.is_zero() {
+            errs.push(ConfigError::new(at(field), "must be greater than 0"));
+        }
+    }
+}
+
+/// Scheme, host and port of a target URL (`http://h:p` or `h2c://h:p`, no path).
+pub fn parse_target_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (h2c, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("h2c://") {
+        (true, r)
+    } else if url.starts_with("https://") {
+        return Err("https:// targets come with TLS support; use http:// or h2c:// for now".into());
+    } else {
+        return Err(format!("`{url}` must start with http:// or h2c://"));
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') || authority.contains('?') {
+        return Err(format!("`{url}`: a target is scheme://host:port, without a path"));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("`{url}`: `{authority}` is not a valid host:port"))?;
+    if authority.contains('@') {
+        return Err(format!("`{url}`: credentials in target URLs are not supported"));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok((h2c, host, port))
+}
+
+fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<ConfigError>) {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    if r.name.trim().is_empty() {
+        errs.push(ConfigError::new(at("name"), "a route needs a name"));
+    }
+    if !raw.services.contains_key(&r.service) {
+        let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
+        errs.push(ConfigError::new(
+            at("service"),
+            format!("unknown service `{}` (defined: {})", r.service, known.join(", ")),
+        ));
+    }
+    let m = &r.matcher;
+    for (j, host) in m.hosts.iter().enumerate() {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        let ok = !bare.is_empty()
+            && !bare.contains('*')
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        if !ok {
+            errs.push(ConfigError::new(
+                at(&format!("match.hosts[{j}]")),
+                format!("`{host}` is not a host name or `*.` wildcard"),
+            ));
+        }
+    }
+    let path = m.path.as_deref().unwrap_or("/");
+    if !path.starts_with('/') {
+        errs.push(ConfigError::new(at("match.path"), "a path must start with `/`"));
+    }
+    let is_template = path.contains('{');
+    if is_template && m.path_type.is_some() {
+        errs.push(ConfigError::new(
+            at("match.path_type"),
+            "a template path (with `{...}`) takes no path_type",
+        ));
+    }
+    for (j, method) in m.methods.iter().enumerate() {
+        if Method::from_bytes(method.as_bytes()).is_err() || method.to_uppercase() != *method {
+            errs.push(ConfigError::new(
+                at(&format!("match.methods[{j}]")),
+                format!("`{method}` is not an upper-case HTTP method"),
+            ));
+        }
+    }
+    for (name, cond) in &m.headers {
+        let key = at(&format!("match.headers.{name}"));
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errs.push(ConfigError::new(key.clone(), format!("`{name}` is not a valid header name")));
+        }
+        match cond {
+            RawHeaderMatch::Exact(v) => {
+                if http::HeaderValue::from_str(v).is_err() {
+                    errs.push(ConfigError::new(key, "not a valid header value"));
+                }
+            }
+            RawHeaderMatch::Rule(rule) => {
+                if usize::from(rule.present.is_some()) + usize::from(rule.regex.is_some()) != 1 {
+                    errs.push(ConfigError::new(key, "set exactly one of present, regex"));
+                } else if let Some(re) = &rule.regex {
+                    if let Err(e) = regex::Regex::new(re) {
+                        errs.push(ConfigError::new(format!("{key}.regex"), format!("invalid regex: {e}")));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(rw) = &r.rewrite {
+        let set = [&rw.strip_prefix, &rw.replace_prefix, &rw.path]
+            .iter()
+            .filter(|o| o.is_some())
+            .count();
+        if set != 1 {
+            errs.push(ConfigError::new(
+                at("rewrite"),
+                "set exactly one of strip_prefix, replace_prefix, path",
+            ));
+        }
+        for (field, v) in [
+            ("strip_prefix", &rw.strip_prefix),
+            ("replace_prefix", &rw.replace_prefix),
+            ("path", &rw.path),
+        ] {
+            if let Some(v) = v {
+                if !v.starts_with('/') {
+                    errs.push(ConfigError::new(at(&format!("rewrite.{field}")), "must start with `/`"));
+                }
+            }
+        }
+        if rw.replace_prefix.is_some() && is_template {
+            errs.push(ConfigError::new(
+                at("rewrite.replace_prefix"),
+                "replace_prefix needs a prefix or exact path; use rewrite.path with a template route",
+            ));
+        }
+        if let Some(tpl) = &rw.path {
+            for name in template_captures(tpl) {
+                if !template_captures(path).contains(&name) {
+                    errs.push(ConfigError::new(
+                        at("rewrite.path"),
+                        format!("`{{{name}}}` is not captured by match.path `{path}`"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(t) = r.timeout {
+        if t.0.is_zero() {
+            errs.push(ConfigError::new(at("timeout"), "must be greater than 0"));
+        }
+    }
+}
+
+/// Capture names in a template path (`{id}`, `{*rest}` gives `rest`).
+pub fn template_captures(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push(rest[start + 1..start + len].trim_start_matches('*').to_string());
+        rest = &rest[start + len + 1..];
+    }
+    out
+}

@@ -1,0 +1,153 @@
+//! The gateway's error taxonomy and the one table that turns an error into an HTTP response.
+//!
+//! Every error knows its status, its stable machine-readable code (the `error` field of the JSON
+//! body, also used as a log and metric label) and which side caused it. Nothing else in the crate
+//! picks a status code for a failure.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+
+use crate::proxy::body::GatewayBody;
+
+/// Which side of the gateway a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed or was unreachable.
+    Upstream,
+    /// The gateway itself.
+    Internal,
+}
+
+/// Everything the gateway can answer with instead of an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Malformed request (bad host, framing, path).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// No route matches.
+    #[error("no route matches {method} {path}")]
+    NoRoute {
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+    },
+    /// A route matches the path, but not the method.
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// Request method.
+        method: Method,
+        /// The `Allow` header value.
+        allow: String,
+    },
+    /// Request body over the route's limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Request target over the limit.
+    #[error("request target exceeds the limit of {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// Request headers over the limit.
+    #[error("request headers exceed the limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// CONNECT and other methods a gateway does not tunnel.
+    #[error("method {0} is not supported by this gateway")]
+    MethodNotSupported(Method),
+    /// Could not open a connection to any target.
+    #[error("could not connect to the upstream service: {0}")]
+    UpstreamConnect(String),
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting to the upstream service timed out")]
+    UpstreamConnectTimeout,
+    /// The upstream did not send its response head in time.
+    #[error("the upstream service did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// The upstream broke the exchange (reset, closed, invalid response).
+    #[error("the upstream service failed: {0}")]
+    UpstreamProtocol(String),
+    /// The client stopped sending its body or sent a broken one.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+    /// The gateway is shutting down or over capacity.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+impl GatewayError {
+    /// Status, stable code and side.
+    pub fn kind(&self) -> (StatusCode, &'static str, Side) {
+        use GatewayError::*;
+        use Side::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Downstream),
+            NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route", Downstream),
+            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Downstream),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Downstream),
+            UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri_too_long", Downstream),
+            HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                Downstream,
+            ),
+            MethodNotSupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_supported", Downstream),
+            UpstreamConnect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Upstream),
+            UpstreamConnectTimeout => (StatusCode::BAD_GATEWAY, "upstream_connect_timeout", Upstream),
+            UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream),
+            UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
+            ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
+        }
+    }
+
+    /// The JSON error response for this error.
+    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
+        let (status, code, _) = self.kind();
+        let mut resp = json_error(status, code, &self.to_string(), request_id);
+        match self {
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    resp.headers_mut().insert(header::ALLOW, v);
+                }
+            }
+            GatewayError::MethodNotSupported(_) | GatewayError::PayloadTooLarge { .. } => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A response with the common JSON error body:
+/// `{"error": code, "message": ..., "request_id": ...}`.
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<GatewayBody> {
+    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let body = serde_json::json!({"error": code, "message": message, "request_id": id});
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(GatewayBody::full(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(v) = request_id {
+        h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());
+    }
+    resp
+}

@@ -1,0 +1,108 @@
+//! `portico explain`: which route a request would take and why, without sending anything.
+
+use std::fmt::Write as _;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::config::plan::Rewrite;
+use crate::config::Plan;
+use crate::router::{normalize_host, Match, PathSpec};
+
+/// Why `explain` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// The method is not a valid HTTP method.
+    #[error("`{0}` is not an HTTP method")]
+    Method(String),
+    /// The URL does not parse.
+    #[error("`{0}` is not a URL (try http://host/path)")]
+    Url(String),
+    /// A `-H` argument is not `name: value`.
+    #[error("`{0}` is not a header (expected `name: value`)")]
+    Header(String),
+}
+
+/// Describes, in plain text, how `plan` would handle `METHOD url` with `headers`.
+pub fn explain(plan: &Plan, method: &str, url: &str, headers: &[String]) -> Result<String, ExplainError> {
+    let method = Method::from_bytes(method.to_uppercase().as_bytes())
+        .map_err(|_| ExplainError::Method(method.to_string()))?;
+    let uri: Uri = url.parse().map_err(|_| ExplainError::Url(url.to_string()))?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| ExplainError::Header(h.clone()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ExplainError::Header(h.clone()))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| ExplainError::Header(h.clone()))?;
+        map.append(name, value);
+    }
+    let host_raw = uri
+        .host()
+        .map(str::to_string)
+        .or_else(|| map.get("host").and_then(|v| v.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    let host = normalize_host(&host_raw);
+    let path = uri.path();
+    let mut out = String::new();
+    let _ = writeln!(out, "request: {method} host={host:?} path={path:?}");
+    match plan.router.find(&host, path, &method, &map) {
+        Match::Found(found) => {
+            let route = &plan.routes[found.route];
+            let service = &plan.services[route.service];
+            let _ = writeln!(out, "matched route #{} `{}`", found.route, route.name);
+            let raw = &plan.raw.routes[found.route];
+            let hosts = if raw.matcher.hosts.is_empty() {
+                "any host".to_string()
+            } else {
+                raw.matcher.hosts.join(", ")
+            };
+            let path_desc = match &route.path {
+                PathSpec::Prefix(p) => format!("path prefix {p}"),
+                PathSpec::Exact(p) => format!("exact path {p}"),
+                PathSpec::Template(p) => format!("path template {p}"),
+            };
+            let methods = if raw.matcher.methods.is_empty() {
+                "any method".to_string()
+            } else {
+                raw.matcher.methods.join(", ")
+            };
+            let _ = writeln!(out, "  because: {hosts}; {path_desc}; {methods}; {} header condition(s)", raw.matcher.headers.len());
+            for (k, v) in found.params.iter() {
+                let _ = writeln!(out, "  capture {k} = {v:?}");
+            }
+            let rewrite = match &route.rewrite {
+                Rewrite::None => "none".to_string(),
+                Rewrite::StripPrefix(p) => format!("strip_prefix {p}"),
+                Rewrite::ReplacePrefix(p) => format!("replace_prefix {p}"),
+                Rewrite::Template(_) => format!("path {}", raw.rewrite.as_ref().and_then(|r| r.path.clone()).unwrap_or_default()),
+            };
+            let _ = writeln!(out, "  rewrite: {rewrite}");
+            let _ = writeln!(out, "service `{}` ({:?})", service.name, plan.raw.services[&*service.name].load_balancing);
+            for t in &service.targets {
+                let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
+            }
+            let _ = writeln!(
+                out,
+                "timeouts: connect {:?}, request {:?}, idle {:?}; max body {} bytes",
+                service.timeouts.connect, route.timeout, service.timeouts.idle, route.max_body_bytes
+            );
+            let _ = writeln!(out, "policies: none");
+        }
+        Match::MethodNotAllowed(allowed) => {
+            let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            let _ = writeln!(out, "no route: the path matches, but {method} is not allowed (405); allowed: {}", allowed.join(", "));
+        }
+        Match::NotFound => {
+            let _ = writeln!(out, "no route matches (404)");
+            for (i, r) in plan.raw.routes.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  route #{i} `{}`: hosts {:?}, path {}, methods {:?}",
+                    r.name,
+                    r.matcher.hosts,
+                    r.matcher.path.as_deref().unwrap_or("/"),
+                    r.matcher.methods
+                );
+            }
+        }
+    }
+    Ok(out)
+}

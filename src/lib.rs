@@ -1,0 +1,126 @@
+//! Portico: a lightweight, fast API gateway.
+//!
+//! The crate is a library with a thin binary (`main.rs`) so integration tests can start a real
+//! gateway in-process on ephemeral ports. See `docs/architecture.md` for the request's path.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod explain;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use config::Plan;
+use runtime::{ReloadError, ReloadOutcome, Runtime};
+use server::Server;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid.
+    #[error("{0}")]
+    Config(#[from] config::ConfigErrors),
+    /// The runtime could not be set up (access log destination).
+    #[error("{0}")]
+    Runtime(#[from] ReloadError),
+    /// A listener could not be bound.
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A running gateway: its shared state and its workers.
+pub struct Gateway {
+    /// Shared state: the current plan, reloads, shutdown.
+    pub runtime: Arc<Runtime>,
+    server: Server,
+}
+
+impl Gateway {
+    /// Starts workers serving `plan`. `config_path` is what `reload` re-reads.
+    pub fn start(plan: Plan, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
+        let runtime = Runtime::new(plan, config_path)?;
+        let server = Server::start(Arc::clone(&runtime))?;
+        Ok(Gateway { runtime, server })
+    }
+
+    /// The addresses the public listeners are bound to.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.server.local_addrs
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the grace period) and waits.
+    pub fn shutdown(self) {
+        self.runtime.begin_shutdown();
+        self.server.join();
+    }
+}
+
+/// Logs the outcome of a reload in one line.
+pub fn log_reload(result: &Result<ReloadOutcome, ReloadError>) {
+    match result {
+        Ok(ReloadOutcome::Applied { revision }) => tracing::info!(revision, "config reloaded"),
+        Ok(ReloadOutcome::Unchanged) => tracing::info!("config unchanged; nothing to reload"),
+        Err(e) => tracing::error!("config reload rejected; the previous config keeps serving:\n{e}"),
+    }
+}
+
+/// Serves `config` until SIGTERM or SIGINT; reloads on SIGHUP and, with `watch`, when the file
+/// changes. Returns once every connection has drained.
+pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
+    let plan = config::load_file(config_path)?;
+    let routes = plan.routes.len();
+    let gateway = Gateway::start(plan, Some(config_path.to_path_buf()))?;
+    tracing::info!(routes, config = %config_path.display(), "portico started");
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    control.block_on(control_loop(&gateway.runtime, config_path, watch))?;
+    tracing::info!("shutting down: draining connections");
+    gateway.shutdown();
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn control_loop(runtime: &Arc<Runtime>, path: &Path, watch: bool) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut last_seen = file_stamp(path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                log_reload(&runtime.reload());
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick(), if watch => {
+                let stamp = file_stamp(path);
+                if stamp != last_seen {
+                    last_seen = stamp;
+                    tracing::info!("config file changed: reloading");
+                    log_reload(&runtime.reload());
+                }
+            }
+        }
+    }
+}
+
+/// Modification time and size: enough to notice an edit, including an atomic rename over it.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}

@@ -1,0 +1,156 @@
+//! The `portico` command line: parse arguments, set up logging, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Portico: a lightweight, fast API gateway.
+#[derive(Parser)]
+#[command(name = "portico", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a config file (SIGHUP reloads it, SIGTERM drains and exits).
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "portico.yaml")]
+        config: PathBuf,
+        /// Also reload when the file changes on disk.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Check a config file: exit 0 when valid, else print every error as FILE:LINE:COL: path: message.
+    Validate {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Start three demo backends and the gateway in front of them, and print curl commands to try.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Print the JSON Schema of the config file (for editor validation and completion).
+    Schema,
+    /// Show which route a request would match and why, without sending it.
+    Explain {
+        /// The config file.
+        #[arg(short, long, default_value = "portico.yaml")]
+        config: PathBuf,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request URL, e.g. http://api.example.com/users/7.
+        url: String,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("portico: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, watch } => {
+            let level = portico::config::parse_str(
+                &std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?,
+                &config.display().to_string(),
+                &portico::config::expand::ProcessEnv,
+            )
+            .map(|raw| raw.log_level)
+            .unwrap_or_else(|_| "info".to_string());
+            init_tracing(&level);
+            match portico::run(&config, watch) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(portico::StartError::Config(errors)) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Validate { file } => match portico::config::load_file(&file) {
+            Ok(plan) => {
+                println!(
+                    "{}: ok ({} routes, {} services)",
+                    file.display(),
+                    plan.routes.len(),
+                    plan.services.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&portico::config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+        } => {
+            let plan = portico::config::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{}", portico::explain::explain(&plan, &method, &url, &headers)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            init_tracing("info");
+            demo(&listen)
+        }
+    }
+}
+
+fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+    let backends_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let ports = backends_rt.block_on(portico::demo::start_backends())?;
+    let env = portico::demo::DemoEnv(&ports, listen.to_string());
+    let plan = portico::config::load_str(portico::demo::DEMO_YAML, "examples/demo.yaml", &env)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = portico::Gateway::start(plan, None)
+        .with_context(|| format!("cannot start the demo gateway on {listen} (use --listen to pick another address)"))?;
+    let base = format!("http://{}", gateway.local_addrs()[0]);
+    println!("\nPortico demo gateway on {base}");
+    println!("backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}", ports.users, ports.products, ports.orders);
+    println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");
+    for (what, cmd) in portico::demo::curl_commands(&base) {
+        println!("  # {what}\n  {cmd}\n");
+    }
+    backends_rt.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    gateway.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

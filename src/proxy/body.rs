@@ -1,0 +1,241 @@
+//! Body types on both sides of the proxy, streaming frame by frame.
+//!
+//! [`RequestBody`] carries the client's body upstream, enforcing the route's size limit while it
+//! streams. [`GatewayBody`] carries a response back: either the upstream's stream (with an idle
+//! timeout armed only when the upstream makes us wait) or a small gateway-made body. When a
+//! response body ends it hands its pooled upstream connection back and writes the access log line.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::client::PooledSender;
+use crate::telemetry::access_log::Finish;
+use crate::upstream::InFlight;
+
+/// Errors raised by our own body wrappers (so the proxy can tell them apart from I/O errors).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client's body went over the route's limit.
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    /// The upstream paused its response body for longer than the idle timeout.
+    #[error("upstream response body idle for more than {0:?}")]
+    Idle(Duration),
+    /// The underlying stream failed.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// The request body sent upstream.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    /// Streams `inner`, failing once more than `limit` bytes went through.
+    pub fn streaming(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Everything a response body carries that must happen when it ends.
+#[derive(Default)]
+pub struct Epilogue {
+    /// The upstream connection to return to the pool once the body ended cleanly.
+    pub pooled: Option<PooledSender>,
+    /// Counts the request against its target until the body ends.
+    pub in_flight: Option<InFlight>,
+    /// The access log line to finish and write.
+    pub finish: Option<Box<Finish>>,
+}
+
+enum Source {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: Duration,
+        sleep: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// A response body going to the client.
+pub struct GatewayBody {
+    source: Source,
+    sent: u64,
+    ended: bool,
+    epilogue: Epilogue,
+}
+
+impl GatewayBody {
+    /// A complete body made by the gateway.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            source: Source::Full(Some(bytes)),
+            sent: 0,
+            ended: false,
+            epilogue: Epilogue::default(),
+        }
+    }
+
+    /// No body at all.
+    pub fn empty() -> Self {
+        Self {
+            source: Source::Full(None),
+            sent: 0,
+            ended: false,
+            epilogue: Epilogue::default(),
+        }
+    }
+
+    /// The upstream's body, failing if it pauses for longer than `idle`.
+    pub fn upstream(inner: Incoming, idle: Duration, epilogue: Epilogue) -> Self {
+        Self {
+            source: Source::Upstream {
+                inner,
+                idle,
+                sleep: None,
+            },
+            sent: 0,
+            ended: false,
+            epilogue,
+        }
+    }
+
+    /// Attaches the access log line, written when the body ends or is dropped.
+    pub fn set_finish(&mut self, finish: Box<Finish>) {
+        self.epilogue.finish = Some(finish);
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream { inner, idle, sleep } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(r) => {
+                    *sleep = None;
+                    Poll::Ready(r.map(|r| r.map_err(BodyError::from)))
+                }
+                Poll::Pending => {
+                    // The timer is armed only when the upstream makes us wait, so bodies that
+                    // arrive with their head (most API responses) never touch the timer wheel.
+                    let idle = *idle;
+                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(idle)))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => {
+                // A broken upstream connection must not go back to the pool.
+                this.epilogue.pooled = None;
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Full(b) => b.is_none(),
+            Source::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+            Source::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for GatewayBody {
+    fn drop(&mut self) {
+        let complete = self.ended || self.is_end_stream();
+        if let Some(pooled) = self.epilogue.pooled.take() {
+            if complete {
+                pooled.release();
+            }
+        }
+        if let Some(finish) = self.epilogue.finish.take() {
+            finish.write(self.sent, complete);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The upstream client: per-worker connection pools over hyper's connection-level API.
+//!
+//! Each worker thread runs its own single-threaded runtime, so each keeps its own pool in a
+//! thread-local map keyed by the integer target id: no lock, no string hashing, no channel hop
+//! per request. An HTTP/1.1 connection goes back to its pool when the response body has been
+//! read to the end; an h2c connection is shared by all requests of the worker.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustc_hash::FxHashMap;
+use tokio::net::TcpStream;
+
+use super::body::RequestBody;
+use crate::error::GatewayError;
+use crate::upstream::{Protocol, Service, Target};
+
+struct IdleConn {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct WorkerPool {
+    http1: FxHashMap<u64, Vec<IdleConn>>,
+    h2: FxHashMap<u64, http2::SendRequest<RequestBody>>,
+}
+
+thread_local! {
+    static POOL: RefCell<WorkerPool> = RefCell::new(WorkerPool::default());
+}
+
+/// An HTTP/1.1 connection lent to one request, to be returned when its response body ends.
+pub struct PooledSender {
+    sender: http1::SendRequest<RequestBody>,
+    target: u64,
+    max_idle: usize,
+}
+
+impl PooledSender {
+    /// Puts the connection back into this worker's pool (or drops it when the pool is full).
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            let idle = pool.http1.entry(self.target).or_default();
+            if idle.len() < self.max_idle {
+                idle.push(IdleConn {
+                    sender: self.sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// The upstream's answer, with the connection to return when its body ends.
+pub struct Sent {
+    /// Response head and streaming body.
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection to hand back, if pooled.
+    pub pooled: Option<PooledSender>,
+}
+
+/// Sends `req` to `target`, reusing a pooled connection when one is ready. `timeout` bounds the
+/// wait for the response head.
+pub async fn send(
+    service: &Service,
+    target: &Arc<Target>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Sent, GatewayError> {
+    match target.protocol {
+        Protocol::Http1 => send_http1(service, target, req, timeout).await,
+        Protocol::H2c => send_h2(service, target, req, timeout).await,
+    }
+}
+
+fn checkout_http1(target: u64, idle_limit: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let idle = pool.http1.get_mut(&target)?;
+        while let Some(conn) = idle.pop() {
+            if conn.sender.is_closed() || conn.since.elapsed() > idle_limit {
+                continue;
+            }
+            return Some(conn.sender);
+        }
+        None
+    })
+}
+
+async fn send_http1(
+    service: &Service,
+    target: &Arc<Target>,
+    mut req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Sent, GatewayError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // A pooled connection may have been closed by the upstream while idle; the request was not
+    // sent in that case and is safe to try again on another connection.
+    while let Some(mut sender) = checkout_http1(target.id, service.timeouts.idle) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+            Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+            Ok(Ok(response)) => {
+                return Ok(Sent {
+                    response,
+                    pooled: Some(PooledSender {
+                        sender,
+                        target: target.id,
+                        max_idle: service.max_idle_per_target,
+                    }),
+                })
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(upstream_error(e.into_error())),
+            },
+        }
+    }
+    let stream = connect(service, target).await?;
+    let (mut sender, conn) = http1::Builder::new()
+        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    let response = tokio::time::timeout_at(deadline, sender.send_request(req))
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+        .map_err(upstream_error)?;
+    Ok(Sent {
+        response,
+        pooled: Some(PooledSender {
+            sender,
+            target: target.id,
+            max_idle: service.max_idle_per_target,
+        }),
+    })
+}
+
+async fn send_h2(
+    service: &Service,
+    target: &Arc<Target>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Sent, GatewayError> {
+    let cached = POOL.with(|p| {
+        let pool = p.borrow();
+        pool.h2.get(&target.id).filter(|s| !s.is_closed()).cloned()
+    });
+    let mut sender = match cached {
+        Some(s) => s,
+        None => {
+            let stream = connect(service, target).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake::<_, RequestBody>(TokioIo::new(stream))
+                .await
+                .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection closed with an error");
+                }
+            });
+            POOL.with(|p| p.borrow_mut().h2.insert(target.id, sender.clone()));
+            sender
+        }
+    };
+    sender.ready().await.map_err(upstream_error)?;
+    let response = tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+        .map_err(upstream_error)?;
+    Ok(Sent {
+        response,
+        pooled: None,
+    })
+}
+
+/// Opens an unpooled HTTP/1.1 connection whose protocol can be upgraded (WebSocket).
+pub async fn send_upgradable(
+    service: &Service,
+    target: &Arc<Target>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, GatewayError> {
+    let stream = connect(service, target).await?;
+    let (mut sender, conn) = http1::Builder::new()
+        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+        .map_err(upstream_error)
+}
+
+async fn connect(service: &Service, target: &Target) -> Result<TcpStream, GatewayError> {
+    let attempt = async {
+        let addrs = target
+            .resolve()
+            .await
+            .map_err(|e| GatewayError::UpstreamConnect(format!("{}: {e}", target.url)))?;
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(GatewayError::UpstreamConnect(format!(
+            "{}: {}",
+            target.url,
+            last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+        )))
+    };
+    tokio::time::timeout(service.timeouts.connect, attempt)
+        .await
+        .map_err(|_| GatewayError::UpstreamConnectTimeout)?
+}
+
+/// Maps a hyper client error: our own body errors keep their meaning (413, bad client body).
+pub fn upstream_error(e: hyper::Error) -> GatewayError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(body) = s.downcast_ref::<super::body::BodyError>() {
+            return match body {
+                super::body::BodyError::TooLarge(limit) => {
+                    GatewayError::PayloadTooLarge { limit: *limit }
+                }
+                other => GatewayError::ClientBody(other.to_string()),
+            };
+        }
+        if s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+            return GatewayError::ClientBody(s.to_string());
+        }
+        source = s.source();
+    }
+    if e.is_body_write_aborted() || e.is_user() {
+        return GatewayError::ClientBody(e.to_string());
+    }
+    GatewayError::UpstreamProtocol(e.to_string())
+}

@@ -1,0 +1,223 @@
+//! RFC 9110 proxy header hygiene: hop-by-hop stripping, forwarding headers, request ids, and
+//! the client IP as seen through trusted proxies.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
+/// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), and `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // `Connection` is rare on HTTP/1.1 keep-alive traffic; only parse it when present.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes().contains(&b',') || !is_token(conn.as_bytes(), b"keep-alive") && !is_token(conn.as_bytes(), b"close") {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+                .collect();
+            for n in named {
+                headers.remove(n);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(PROXY_CONNECTION);
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn is_token(value: &[u8], token: &[u8]) -> bool {
+    value.eq_ignore_ascii_case(token)
+}
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The client's IP: the TCP peer, unless the peer is a trusted proxy, in which case the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let mut client = peer;
+    let entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    for value in entries.iter().rev() {
+        for entry in value.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted.iter().any(|n| n.contains(&ip)) {
+                        return ip;
+                    }
+                }
+                // Garbage in the chain: stop believing anything left of it.
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// Whether a client-supplied request id is safe to pass on: 1 to 128 visible ASCII characters
+/// from a conservative set.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'+' | b'='))
+}
+
+/// A new request id: a UUIDv7 (time-ordered, so ids sort by arrival).
+pub fn new_request_id() -> HeaderValue {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rand = fastrand::u128(..);
+    let mut bits: u128 = (u128::from(ms) & 0xFFFF_FFFF_FFFF) << 80;
+    bits |= 0x7 << 76; // version 7
+    bits |= (rand & 0xFFF) << 64; // rand_a
+    bits |= 0b10 << 62; // variant
+    bits |= rand >> 66; // rand_b (62 bits)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut pos = 0;
+    for i in 0..16 {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[pos] = b'-';
+            pos += 1;
+        }
+        let byte = (bits >> (120 - i * 8)) as u8;
+        out[pos] = HEX[(byte >> 4) as usize];
+        out[pos + 1] = HEX[(byte & 0xF) as usize];
+        pos += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Appends `ip` to `X-Forwarded-For` (keeping earlier entries in one comma list).
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    use http::header::Entry;
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(v) => {
+            v.insert(ip.clone());
+        }
+        Entry::Occupied(mut o) => {
+            let mut joined = Vec::with_capacity(64);
+            for (i, v) in o.iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                o.insert(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_standard_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_kept_for_upgrade_requests() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.contains_key("upgrade"));
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "6.6.6.6, 1.2.3.4, 10.0.0.5".parse().unwrap());
+        let from_proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let direct: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(client_ip(from_proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(direct, &h, &trusted), direct);
+        assert_eq!(client_ip(from_proxy, &h, &[]), from_proxy);
+        h.insert(X_FORWARDED_FOR, "garbage, 10.0.0.7".parse().unwrap());
+        assert_eq!(client_ip(from_proxy, &h, &trusted), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v7_and_validated() {
+        let id = new_request_id();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "7");
+        assert!(valid_request_id(&id));
+        assert!(!valid_request_id(&HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &HeaderValue::from_static("1.1.1.1"));
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1");
+        h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("3.3.3.3"));
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3");
+    }
+}

@@ -1,0 +1,449 @@
+//! The data-plane service: request in, response out, never an error (`Error = Infallible`).
+//!
+//! Owns the order of work on a request (see `docs/request-lifecycle.md`): request id, limits,
+//! routing, rewrite, header hygiene, upstream call, response hygiene, access log. Failures become
+//! JSON responses through `error.rs`; nothing here drops a connection on purpose.
+
+pub mod body;
+pub mod client;
+pub mod headers;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::config::plan::{Rewrite, Route, TemplatePart};
+use crate::error::GatewayError;
+use crate::router::{normalize_host, Match};
+use crate::runtime::{Active, Runtime};
+use crate::telemetry::access_log::Finish;
+use crate::upstream::{InFlight, Protocol};
+use body::{Epilogue, GatewayBody, RequestBody};
+use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+
+/// Per-connection facts computed once, not per request.
+pub struct ConnCtx {
+    /// Shared gateway state.
+    pub runtime: Arc<Runtime>,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub peer_header: HeaderValue,
+}
+
+impl ConnCtx {
+    /// Context for a connection from `peer`.
+    pub fn new(runtime: Arc<Runtime>, peer: SocketAddr) -> Self {
+        let peer_header = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self {
+            runtime,
+            peer,
+            peer_header,
+        }
+    }
+}
+
+/// The hyper service for one client connection.
+#[derive(Clone)]
+pub struct ProxyService(pub Arc<ConnCtx>);
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = Arc::clone(&self.0);
+        Box::pin(async move { Ok(handle(&ctx, req).await) })
+    }
+}
+
+/// What the access log needs from the request, captured only when the log is on.
+struct LogDraft {
+    finish: Box<Finish>,
+}
+
+async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<GatewayBody> {
+    let active = ctx.runtime.active();
+    let request_id = match req.headers().get(X_REQUEST_ID) {
+        Some(v) if headers::valid_request_id(v) => v.clone(),
+        _ => headers::new_request_id(),
+    };
+    let mut draft = active.access_log.as_ref().map(|logger| LogDraft {
+        finish: Box::new(Finish {
+            logger: Arc::clone(logger),
+            start: Instant::now(),
+            timestamp: SystemTime::now(),
+            request_id: request_id.clone(),
+            client_ip: headers::client_ip(ctx.peer.ip(), req.headers(), &active.plan.trusted_proxies),
+            method: req.method().clone(),
+            host: request_host(&req).unwrap_or("").to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string()),
+            route: None,
+            service: None,
+            target: None,
+            status: 0,
+            error: None,
+            request_bytes: content_length(&req).unwrap_or(0),
+            upstream_duration: None,
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }),
+    });
+    let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(d) = draft.as_mut() {
+                d.finish.error = Some(e.kind().1);
+            }
+            e.to_response(Some(&request_id))
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if let Some(mut d) = draft {
+        d.finish.status = resp.status().as_u16();
+        resp.body_mut().set_finish(d.finish);
+    }
+    resp
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().host() {
+        Some(h) => Some(h),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// Rejects what a gateway must never pass on, before any routing.
+fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let limits = &active.plan.limits;
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::MethodNotSupported(Method::CONNECT));
+    }
+    let target_len = req
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(GatewayError::BadRequest("the request target must be an absolute path"));
+    }
+    if has_dot_segment(path) {
+        return Err(GatewayError::BadRequest(
+            "the request path contains `.` or `..` segments",
+        ));
+    }
+    Ok(())
+}
+
+/// True when a path segment is `.` or `..`, written plainly or percent-encoded. Such paths could
+/// slip past a prefix route (`/public/../admin`), so they are refused rather than normalised.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+async fn proxy(
+    ctx: &ConnCtx,
+    active: &Active,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    mut draft: Option<&mut LogDraft>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    check_request(active, &req)?;
+    let plan = &active.plan;
+    let host = match request_host(&req) {
+        Some(h) => normalize_host(h),
+        None => "".into(),
+    };
+    let path = req.uri().path();
+    let found = match plan.router.find(&host, path, req.method(), req.headers()) {
+        Match::Found(found) => found,
+        Match::MethodNotAllowed(allow) => {
+            let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
+            return Err(GatewayError::MethodNotAllowed {
+                method: req.method().clone(),
+                allow: allow.join(", "),
+            });
+        }
+        Match::NotFound => {
+            return Err(GatewayError::NoRoute {
+                method: req.method().clone(),
+                path: path.chars().take(200).collect(),
+            })
+        }
+    };
+    let route = &plan.routes[found.route];
+    let service = &plan.services[route.service];
+    if let Some(d) = draft.as_deref_mut() {
+        d.finish.route = Some(Arc::clone(&route.name));
+        d.finish.service = Some(Arc::clone(&service.name));
+    }
+    if content_length(&req).is_some_and(|len| len > route.max_body_bytes) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_body_bytes,
+        });
+    }
+    let new_path = rewrite_path(route, req.uri(), found.matched_len, &found.params);
+
+    let client_ip = headers::client_ip(ctx.peer.ip(), req.headers(), &plan.trusted_proxies);
+    let index = service
+        .balancer
+        .pick(&service.targets, req.headers(), client_ip, None);
+    let target = &service.targets[index];
+    if let Some(d) = draft.as_deref_mut() {
+        d.finish.target = Some(target.url.clone());
+    }
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let h = &mut parts.headers;
+    if route.preserve_host {
+        if let Some(v) = &client_host {
+            h.insert(header::HOST, v.clone());
+        }
+    } else {
+        h.insert(header::HOST, target.authority.clone());
+    }
+    if plan.forwarding.x_forwarded {
+        headers::append_forwarded_for(h, &ctx.peer_header);
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(v) = &client_host {
+            h.insert(X_FORWARDED_HOST, v.clone());
+        }
+    }
+    if plan.forwarding.forwarded {
+        if let Some(v) = forwarded_value(ctx.peer.ip(), client_host.as_ref()) {
+            h.append(header::FORWARDED, v);
+        }
+    }
+    if let Some(via) = &plan.forwarding.via {
+        h.append(header::VIA, via.clone());
+    }
+    h.insert(X_REQUEST_ID, request_id.clone());
+
+    parts.uri = match target.protocol {
+        Protocol::Http1 => Uri::from(new_path),
+        Protocol::H2c => {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Authority::from_maybe_shared(Bytes::copy_from_slice(
+                target.authority.as_bytes(),
+            ))
+            .ok();
+            uri.path_and_query = Some(new_path);
+            Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?
+        }
+    };
+    parts.version = match target.protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2c => Version::HTTP_2,
+    };
+
+    if let Some(client_upgrade) = client_upgrade {
+        drop(body);
+        let req = Request::from_parts(parts, RequestBody::empty());
+        return upgrade::proxy_upgrade(service, target, req, client_upgrade, route.timeout).await;
+    }
+
+    let body = RequestBody::streaming(body, route.max_body_bytes);
+    let upstream_req = Request::from_parts(parts, body);
+    let in_flight = InFlight::start(target);
+    let sent_at = Instant::now();
+    let sent = client::send(service, target, upstream_req, route.timeout).await?;
+    if let Some(d) = draft {
+        d.finish.upstream_duration = Some(sent_at.elapsed());
+    }
+    let (mut parts, incoming) = sent.response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(via) = &plan.forwarding.via {
+        parts.headers.append(header::VIA, via.clone());
+    }
+    let body = GatewayBody::upstream(
+        incoming,
+        service.timeouts.idle,
+        Epilogue {
+            pooled: sent.pooled,
+            in_flight: Some(in_flight),
+            finish: None,
+        },
+    );
+    Ok(Response::from_parts(parts, body))
+}
+
+/// RFC 7239 `Forwarded: for=...;host=...;proto=http`.
+fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let mut v = match peer {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        v.push_str(";host=\"");
+        v.push_str(h);
+        v.push('"');
+    }
+    v.push_str(";proto=http");
+    HeaderValue::from_str(&v).ok()
+}
+
+/// The upstream path and query for `route`. Reuses the client's bytes when nothing changes.
+fn rewrite_path(
+    route: &Route,
+    uri: &Uri,
+    matched_len: usize,
+    params: &matchit::Params<'_, '_>,
+) -> PathAndQuery {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = original.path();
+    let mut out = BytesMut::with_capacity(original.as_str().len() + 16);
+    match &route.rewrite {
+        Rewrite::None => return original,
+        Rewrite::StripPrefix(prefix) => {
+            let rest = if prefix == "/" {
+                path
+            } else {
+                match path.strip_prefix(prefix.as_str()) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+                    _ => path,
+                }
+            };
+            if !rest.starts_with('/') {
+                out.put_u8(b'/');
+            }
+            out.put_slice(rest.as_bytes());
+        }
+        Rewrite::ReplacePrefix(replacement) => {
+            let rest = &path[matched_len.min(path.len())..];
+            let base = if replacement == "/" && rest.starts_with('/') {
+                ""
+            } else {
+                replacement.as_str()
+            };
+            out.put_slice(base.as_bytes());
+            if rest.is_empty() && base.is_empty() {
+                out.put_u8(b'/');
+            }
+            out.put_slice(rest.as_bytes());
+        }
+        Rewrite::Template(parts) => {
+            for part in parts {
+                match part {
+                    TemplatePart::Literal(s) => out.put_slice(s.as_bytes()),
+                    TemplatePart::Capture(name) => {
+                        out.put_slice(params.get(name).unwrap_or("").as_bytes())
+                    }
+                }
+            }
+        }
+    }
+    if let Some(q) = original.query() {
+        out.put_u8(b'?');
+        out.put_slice(q.as_bytes());
+    }
+    PathAndQuery::from_maybe_shared(out.freeze()).unwrap_or(original)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::PathSpec;
+    use std::time::Duration;
+
+    fn route(rewrite: Rewrite) -> Route {
+        Route {
+            name: "r".into(),
+            service: 0,
+            path: PathSpec::Prefix("/api".into()),
+            rewrite,
+            preserve_host: false,
+            max_body_bytes: 0,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn rewrites_keep_the_query() {
+        let uri: Uri = "/api/users/7?x=1".parse().unwrap();
+        let none = matchit::Params::new();
+        let r = route(Rewrite::StripPrefix("/api".into()));
+        assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/users/7?x=1");
+        let r = route(Rewrite::ReplacePrefix("/internal/v2".into()));
+        assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/internal/v2/users/7?x=1");
+        let uri_root: Uri = "/api".parse().unwrap();
+        let r = route(Rewrite::StripPrefix("/api".into()));
+        assert_eq!(rewrite_path(&r, &uri_root, 4, &none).as_str(), "/");
+        let r = route(Rewrite::None);
+        assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/api/users/7?x=1");
+    }
+
+    #[test]
+    fn template_rewrite_uses_captures() {
+        let mut router = matchit::Router::new();
+        router.insert("/users/{id}", ()).unwrap();
+        let m = router.at("/users/42").unwrap();
+        let r = route(Rewrite::Template(vec![
+            TemplatePart::Literal("/v2/people/".into()),
+            TemplatePart::Capture("id".into()),
+        ]));
+        let uri: Uri = "/users/42?full=1".parse().unwrap();
+        assert_eq!(rewrite_path(&r, &uri, 9, &m.params).as_str(), "/v2/people/42?full=1");
+    }
+
+    #[test]
+    fn dot_segments_are_detected_plain_and_encoded() {
+        assert!(has_dot_segment("/a/../b"));
+        assert!(has_dot_segment("/a/%2e%2E/b"));
+        assert!(has_dot_segment("/a/."));
+        assert!(!has_dot_segment("/a/..b/c.d"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The live state shared by every worker: the current [`Plan`] behind an `ArcSwap`, reloads, and
+//! the shutdown signal.
+//!
+//! A reload builds the new plan off to the side and publishes it with one atomic store; requests
+//! in flight keep the `Arc` they loaded. A failed build changes nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{self, ConfigErrors, Plan};
+use crate::telemetry::access_log::AccessLogger;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config was published.
+    Applied {
+        /// The new revision number.
+        revision: u64,
+    },
+    /// The file compiles to the plan already serving.
+    Unchanged,
+}
+
+/// Why a reload was refused (the old plan keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The process was started without a config file.
+    #[error("no config file to reload from")]
+    NoConfigFile,
+    /// The new config is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+    /// The access log destination could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A plan together with the runtime parts built for it.
+pub struct Active {
+    /// The compiled config.
+    pub plan: Plan,
+    /// The access log writer, when enabled.
+    pub access_log: Option<Arc<AccessLogger>>,
+    /// Monotonic revision, starting at 1.
+    pub revision: u64,
+}
+
+/// Shared gateway state.
+pub struct Runtime {
+    active: ArcSwap<Active>,
+    config_path: Option<PathBuf>,
+    revision: AtomicU64,
+    /// Open client connections across all workers.
+    pub connections: AtomicUsize,
+    /// Woken whenever a connection closes (shutdown waits on it).
+    pub connection_closed: Notify,
+    shutdown: watch::Sender<bool>,
+    /// When the runtime started.
+    pub started: Instant,
+}
+
+impl Runtime {
+    /// Wraps an initial plan.
+    pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
+        let access_log = start_access_log(&plan, None)?;
+        let (shutdown, _) = watch::channel(false);
+        Ok(Arc::new(Self {
+            active: ArcSwap::from_pointee(Active {
+                plan,
+                access_log,
+                revision: 1,
+            }),
+            config_path,
+            revision: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            connection_closed: Notify::new(),
+            shutdown,
+            started: Instant::now(),
+        }))
+    }
+
+    /// The plan serving now. One atomic load and reference-count increment.
+    pub fn active(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// Re-reads the config file and publishes it when it is valid and different.
+    pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let plan = config::load_file(path)?;
+        self.publish(plan)
+    }
+
+    /// Publishes `plan` unless it equals the one serving.
+    pub fn publish(&self, plan: Plan) -> Result<ReloadOutcome, ReloadError> {
+        let current = self.active.load();
+        if current.plan.fingerprint == plan.fingerprint {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        if current.plan.listen != plan.listen || current.plan.workers != plan.workers {
+            tracing::warn!(
+                "listen addresses and worker count take effect only after a restart; \
+                 the rest of the new config is applied"
+            );
+        }
+        let access_log = start_access_log(&plan, current.access_log.as_ref())?;
+        let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
+        self.active.store(Arc::new(Active {
+            plan,
+            access_log,
+            revision,
+        }));
+        Ok(ReloadOutcome::Applied { revision })
+    }
+
+    /// Asks every worker to stop accepting and drain.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// A receiver that turns `true` when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+fn start_access_log(
+    plan: &Plan,
+    previous: Option<&Arc<AccessLogger>>,
+) -> Result<Option<Arc<AccessLogger>>, ReloadError> {
+    if !plan.access_log.enabled {
+        return Ok(None);
+    }
+    if let Some(prev) = previous {
+        if *prev.settings() == plan.access_log {
+            return Ok(Some(Arc::clone(prev)));
+        }
+    }
+    AccessLogger::start(&plan.access_log)
+        .map(Some)
+        .map_err(ReloadError::AccessLog)
+}

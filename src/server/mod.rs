@@ -1,0 +1,236 @@
+//! Listeners and connections: one thread per worker, each with a single-threaded tokio runtime
+//! and its own `SO_REUSEPORT` socket per listen address, so the kernel spreads connections and
+//! workers share nothing on the hot path. Also the connection limit and graceful drain.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::proxy::{ConnCtx, ProxyService};
+use crate::runtime::Runtime;
+
+/// Running workers and the addresses they listen on.
+pub struct Server {
+    /// The bound addresses (port 0 in the config is resolved here).
+    pub local_addrs: Vec<SocketAddr>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listen address once per worker and starts the workers.
+    pub fn start(runtime: Arc<Runtime>) -> io::Result<Server> {
+        let active = runtime.active();
+        let plan = &active.plan;
+        let workers = plan.workers.max(1);
+        let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for text in &plan.listen {
+            let addr: SocketAddr = text
+                .parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address {text}")))?;
+            let first = bind_reuseport(addr)?;
+            let actual = first.local_addr()?;
+            local_addrs.push(actual);
+            per_worker[0].push(first);
+            for listeners in per_worker.iter_mut().skip(1) {
+                listeners.push(bind_reuseport(actual)?);
+            }
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            let runtime = Arc::clone(&runtime);
+            let handle = std::thread::Builder::new()
+                .name(format!("portico-worker-{i}"))
+                .spawn(move || run_worker(runtime, listeners))?;
+            handles.push(handle);
+        }
+        for addr in &local_addrs {
+            tracing::info!(workers, "portico listening on http://{addr}");
+        }
+        Ok(Server {
+            local_addrs,
+            workers: handles,
+        })
+    }
+
+    /// Waits for every worker to finish draining.
+    pub fn join(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: set it once here.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let builder = Arc::new(http_builder(&runtime));
+        let mut accepting = Vec::new();
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => accepting.push(tokio::spawn(accept_loop(
+                    Arc::clone(&runtime),
+                    l,
+                    Arc::clone(&builder),
+                ))),
+                Err(e) => tracing::error!(error = %e, "cannot register a listener"),
+            }
+        }
+        for a in accepting {
+            let _ = a.await;
+        }
+        drain(&runtime).await;
+    });
+}
+
+/// Waits until every connection has closed or the shutdown grace period ran out.
+async fn drain(runtime: &Runtime) {
+    let grace = runtime.active().plan.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let closed = runtime.connection_closed.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
+        if runtime.connections.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        tokio::select! {
+            _ = closed => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    open = runtime.connections.load(Ordering::Acquire),
+                    "shutdown grace period over; closing remaining connections"
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
+    let active = runtime.active();
+    let plan = &active.plan;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(plan.header_read_timeout)
+        .max_buf_size((plan.limits.max_header_bytes + plan.limits.max_uri_bytes + 4096).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(plan.limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builder: Arc<auto::Builder<TokioExecutor>>) {
+    let mut shutdown = runtime.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let max = runtime.active().plan.limits.max_connections;
+        let open = runtime.connections.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnGuard(Arc::clone(&runtime));
+        if open >= max {
+            tokio::spawn(refuse(stream, guard));
+            continue;
+        }
+        let conn = serve(Arc::clone(&runtime), stream, peer, Arc::clone(&builder), shutdown.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            conn.await;
+        });
+    }
+}
+
+fn serve(
+    runtime: Arc<Runtime>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let service = ProxyService(Arc::new(ConnCtx::new(runtime, peer)));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Over the connection limit: a short 503 and close, without reading the request.
+async fn refuse(mut stream: TcpStream, _guard: ConnGuard) {
+    const BODY: &str = "{\"error\":\"too_many_connections\",\"message\":\"the gateway is at its connection limit\",\"request_id\":\"\"}\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(BODY.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+struct ConnGuard(Arc<Runtime>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.connection_closed.notify_waiters();
+    }
+}

@@ -1,0 +1,148 @@
+//! Upstream services and their targets: addresses, protocol, weights, in-flight counts, DNS.
+//!
+//! Owns what a target *is* and how one is picked (`balancer`); connecting and pooling belong to
+//! `proxy::client`. Target ids are stable across reloads for the same URL, so per-worker
+//! connection pools keep their warm connections when a config is reloaded.
+
+pub mod balancer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use rustc_hash::FxHashMap;
+
+pub use balancer::Balancer;
+
+/// Wire protocol towards a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+/// Where a target lives.
+#[derive(Debug)]
+pub enum Address {
+    /// A literal IP address: nothing to resolve.
+    Ip(SocketAddr),
+    /// A DNS name, resolved when a connection is opened and re-resolved after `refresh`.
+    Dns {
+        /// Host name.
+        host: String,
+        /// Port.
+        port: u16,
+        /// How long a resolution is reused.
+        refresh: Duration,
+        /// Last resolution and when it was made.
+        cache: ArcSwap<Option<(Instant, Vec<SocketAddr>)>>,
+    },
+}
+
+/// One upstream target.
+#[derive(Debug)]
+pub struct Target {
+    /// Process-wide id, stable for the same URL across reloads; keys the connection pools.
+    pub id: u64,
+    /// The URL as configured, for logs.
+    pub url: String,
+    /// `host:port`, the `Host` header sent upstream unless the route preserves the client's.
+    pub authority: HeaderValue,
+    /// Address to connect to.
+    pub address: Address,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Requests sent to this target whose response has not finished (for least-request).
+    pub in_flight: AtomicUsize,
+}
+
+impl Target {
+    /// Addresses to try, resolving a DNS name when its cached answer is older than its refresh.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match &self.address {
+            Address::Ip(addr) => Ok(vec![*addr]),
+            Address::Dns {
+                host,
+                port,
+                refresh,
+                cache,
+            } => {
+                if let Some((at, addrs)) = cache.load().as_ref() {
+                    if at.elapsed() < *refresh && !addrs.is_empty() {
+                        return Ok(addrs.clone());
+                    }
+                }
+                let addrs: Vec<SocketAddr> =
+                    tokio::net::lookup_host((host.as_str(), *port)).await?.collect();
+                if addrs.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{host} resolved to no address"),
+                    ));
+                }
+                cache.store(Arc::new(Some((Instant::now(), addrs.clone()))));
+                Ok(addrs)
+            }
+        }
+    }
+}
+
+/// Timeouts towards a service.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Request sent to response head received.
+    pub request: Duration,
+    /// Longest pause in a response body; also the pooled connection idle limit.
+    pub idle: Duration,
+}
+
+/// A named group of targets.
+#[derive(Debug)]
+pub struct Service {
+    /// Config name.
+    pub name: Arc<str>,
+    /// Targets, in config order.
+    pub targets: Vec<Arc<Target>>,
+    /// How a target is picked.
+    pub balancer: Balancer,
+    /// Timeouts.
+    pub timeouts: UpstreamTimeouts,
+    /// Idle connections kept per target and worker.
+    pub max_idle_per_target: usize,
+}
+
+/// Guard counting one in-flight request on a target; decrements on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<Target>);
+
+impl InFlight {
+    /// Counts a request on `target` until the guard is dropped.
+    pub fn start(target: &Arc<Target>) -> Self {
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(target))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Returns the process-wide id for a target URL: the same URL always gets the same id.
+pub fn target_id(url: &str) -> u64 {
+    static IDS: OnceLock<Mutex<FxHashMap<String, u64>>> = OnceLock::new();
+    let ids = IDS.get_or_init(Default::default);
+    let mut ids = ids.lock().unwrap_or_else(|e| e.into_inner());
+    let next = ids.len() as u64 + 1;
+    *ids.entry(url.to_string()).or_insert(next)
+}
