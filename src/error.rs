@@ -91,17 +91,33 @@ impl GatewayError {
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Downstream),
             NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route", Downstream),
-            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Downstream),
-            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Downstream),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                Downstream,
+            ),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Downstream,
+            ),
             UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri_too_long", Downstream),
             HeadersTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
                 Downstream,
             ),
-            MethodNotSupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_supported", Downstream),
+            MethodNotSupported(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_supported",
+                Downstream,
+            ),
             UpstreamConnect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Upstream),
-            UpstreamConnectTimeout => (StatusCode::BAD_GATEWAY, "upstream_connect_timeout", Upstream),
+            UpstreamConnectTimeout => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_connect_timeout",
+                Upstream,
+            ),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
@@ -144,7 +160,10 @@ pub fn json_error(
     let mut resp = Response::new(GatewayBody::full(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(v) = request_id {
         h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());

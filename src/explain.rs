@@ -23,21 +23,36 @@ pub enum ExplainError {
 }
 
 /// Describes, in plain text, how `plan` would handle `METHOD url` with `headers`.
-pub fn explain(plan: &Plan, method: &str, url: &str, headers: &[String]) -> Result<String, ExplainError> {
+pub fn explain(
+    plan: &Plan,
+    method: &str,
+    url: &str,
+    headers: &[String],
+) -> Result<String, ExplainError> {
     let method = Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| ExplainError::Method(method.to_string()))?;
-    let uri: Uri = url.parse().map_err(|_| ExplainError::Url(url.to_string()))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| ExplainError::Url(url.to_string()))?;
     let mut map = HeaderMap::new();
     for h in headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| ExplainError::Header(h.clone()))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| ExplainError::Header(h.clone()))?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| ExplainError::Header(h.clone()))?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| ExplainError::Header(h.clone()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ExplainError::Header(h.clone()))?;
+        let value =
+            HeaderValue::from_str(value.trim()).map_err(|_| ExplainError::Header(h.clone()))?;
         map.append(name, value);
     }
     let host_raw = uri
         .host()
         .map(str::to_string)
-        .or_else(|| map.get("host").and_then(|v| v.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            map.get("host")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     let host = normalize_host(&host_raw);
     let path = uri.path();
@@ -64,7 +79,11 @@ pub fn explain(plan: &Plan, method: &str, url: &str, headers: &[String]) -> Resu
             } else {
                 raw.matcher.methods.join(", ")
             };
-            let _ = writeln!(out, "  because: {hosts}; {path_desc}; {methods}; {} header condition(s)", raw.matcher.headers.len());
+            let _ = writeln!(
+                out,
+                "  because: {hosts}; {path_desc}; {methods}; {} header condition(s)",
+                raw.matcher.headers.len()
+            );
             for (k, v) in found.params.iter() {
                 let _ = writeln!(out, "  capture {k} = {v:?}");
             }
@@ -72,23 +91,40 @@ pub fn explain(plan: &Plan, method: &str, url: &str, headers: &[String]) -> Resu
                 Rewrite::None => "none".to_string(),
                 Rewrite::StripPrefix(p) => format!("strip_prefix {p}"),
                 Rewrite::ReplacePrefix(p) => format!("replace_prefix {p}"),
-                Rewrite::Template(_) => format!("path {}", raw.rewrite.as_ref().and_then(|r| r.path.clone()).unwrap_or_default()),
+                Rewrite::Template(_) => format!(
+                    "path {}",
+                    raw.rewrite
+                        .as_ref()
+                        .and_then(|r| r.path.clone())
+                        .unwrap_or_default()
+                ),
             };
             let _ = writeln!(out, "  rewrite: {rewrite}");
-            let _ = writeln!(out, "service `{}` ({:?})", service.name, plan.raw.services[&*service.name].load_balancing);
+            let _ = writeln!(
+                out,
+                "service `{}` ({:?})",
+                service.name, plan.raw.services[&*service.name].load_balancing
+            );
             for t in &service.targets {
                 let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
             }
             let _ = writeln!(
                 out,
                 "timeouts: connect {:?}, request {:?}, idle {:?}; max body {} bytes",
-                service.timeouts.connect, route.timeout, service.timeouts.idle, route.max_body_bytes
+                service.timeouts.connect,
+                route.timeout,
+                service.timeouts.idle,
+                route.max_body_bytes
             );
             let _ = writeln!(out, "policies: none");
         }
         Match::MethodNotAllowed(allowed) => {
             let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-            let _ = writeln!(out, "no route: the path matches, but {method} is not allowed (405); allowed: {}", allowed.join(", "));
+            let _ = writeln!(
+                out,
+                "no route: the path matches, but {method} is not allowed (405); allowed: {}",
+                allowed.join(", ")
+            );
         }
         Match::NotFound => {
             let _ = writeln!(out, "no route matches (404)");

@@ -71,7 +71,9 @@ pub fn log_reload(result: &Result<ReloadOutcome, ReloadError>) {
     match result {
         Ok(ReloadOutcome::Applied { revision }) => tracing::info!(revision, "config reloaded"),
         Ok(ReloadOutcome::Unchanged) => tracing::info!("config unchanged; nothing to reload"),
-        Err(e) => tracing::error!("config reload rejected; the previous config keeps serving:\n{e}"),
+        Err(e) => {
+            tracing::error!("config reload rejected; the previous config keeps serving:\n{e}")
+        }
     }
 }
 

@@ -78,7 +78,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, watch } => {
             let level = portico::config::parse_str(
-                &std::fs::read_to_string(&config).with_context(|| format!("cannot read {}", config.display()))?,
+                &std::fs::read_to_string(&config)
+                    .with_context(|| format!("cannot read {}", config.display()))?,
                 &config.display().to_string(),
                 &portico::config::expand::ProcessEnv,
             )
@@ -110,7 +111,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&portico::config::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&portico::config::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
@@ -120,7 +124,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
         } => {
             let plan = portico::config::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            print!("{}", portico::explain::explain(&plan, &method, &url, &headers)?);
+            print!(
+                "{}",
+                portico::explain::explain(&plan, &method, &url, &headers)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
@@ -139,11 +146,15 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
     let env = portico::demo::DemoEnv(&ports, listen.to_string());
     let plan = portico::config::load_str(portico::demo::DEMO_YAML, "examples/demo.yaml", &env)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gateway = portico::Gateway::start(plan, None)
-        .with_context(|| format!("cannot start the demo gateway on {listen} (use --listen to pick another address)"))?;
+    let gateway = portico::Gateway::start(plan, None).with_context(|| {
+        format!("cannot start the demo gateway on {listen} (use --listen to pick another address)")
+    })?;
     let base = format!("http://{}", gateway.local_addrs()[0]);
     println!("\nPortico demo gateway on {base}");
-    println!("backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}", ports.users, ports.products, ports.orders);
+    println!(
+        "backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}",
+        ports.users, ports.products, ports.orders
+    );
     println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");
     for (what, cmd) in portico::demo::curl_commands(&base) {
         println!("  # {what}\n  {cmd}\n");

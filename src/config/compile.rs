@@ -49,7 +49,12 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             }
         };
         specs.push(RouteSpec {
-            hosts: r.matcher.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            hosts: r
+                .matcher
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             path: path.clone(),
             methods: r
                 .matcher
@@ -64,7 +69,9 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 .filter_map(|(name, cond)| {
                     let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
                     let cond = match cond {
-                        RawHeaderMatch::Exact(v) => HeaderCond::Exact(HeaderValue::from_str(v).ok()?),
+                        RawHeaderMatch::Exact(v) => {
+                            HeaderCond::Exact(HeaderValue::from_str(v).ok()?)
+                        }
                         RawHeaderMatch::Rule(rule) => match (&rule.present, &rule.regex) {
                             (Some(p), _) => HeaderCond::Present(*p),
                             (None, Some(re)) => HeaderCond::Regex(regex::Regex::new(re).ok()?),
@@ -114,7 +121,11 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         },
         header_read_timeout: raw.timeouts.header_read.0,
         shutdown_grace: raw.timeouts.shutdown_grace.0,
-        trusted_proxies: raw.trusted_proxies.iter().filter_map(|c| parse_cidr(c)).collect(),
+        trusted_proxies: raw
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| parse_cidr(c))
+            .collect(),
         forwarding: Forwarding {
             x_forwarded: raw.forwarding.x_forwarded,
             forwarded: raw.forwarding.forwarded,
@@ -232,7 +243,8 @@ fn build_service(name: &str, svc: &RawService) -> Service {
             } else {
                 HashOn::ClientIp
             };
-            let urls: Vec<(String, u32)> = targets.iter().map(|t| (t.url.clone(), t.weight)).collect();
+            let urls: Vec<(String, u32)> =
+                targets.iter().map(|t| (t.url.clone(), t.weight)).collect();
             Balancer::consistent_hash(on, &urls)
         }
     };

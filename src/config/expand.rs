@@ -38,7 +38,10 @@ impl Source for ProcessEnv {
 
 /// Expands every string in `value` in place. Returns the paths of the strings that changed (their
 /// text may now hold a secret) and every error found.
-pub fn expand_tree(value: &mut Value, source: &dyn Source) -> (FxHashSet<String>, Vec<ExpandError>) {
+pub fn expand_tree(
+    value: &mut Value,
+    source: &dyn Source,
+) -> (FxHashSet<String>, Vec<ExpandError>) {
     let mut expanded = FxHashSet::default();
     let mut errors = Vec::new();
     walk(value, String::new(), source, &mut expanded, &mut errors);
@@ -69,9 +72,16 @@ fn walk(
             for (k, v) in map.iter_mut() {
                 let key = match k {
                     Value::String(s) => s.clone(),
-                    other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_string(),
+                    other => serde_yaml_ng::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
                 };
-                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
                 walk(v, child, source, expanded, errors);
             }
         }
@@ -150,9 +160,14 @@ mod tests {
     fn expands_vars_files_and_escapes() {
         let src = Fake(HashMap::from([("HOST", "db"), ("/run/secret", "s3cr3t")]));
         assert_eq!(expand_str("http://${HOST}:1", &src).unwrap(), "http://db:1");
-        assert_eq!(expand_str("k=${file:/run/secret}", &src).unwrap(), "k=s3cr3t");
+        assert_eq!(
+            expand_str("k=${file:/run/secret}", &src).unwrap(),
+            "k=s3cr3t"
+        );
         assert_eq!(expand_str("$${HOST} $5", &src).unwrap(), "${HOST} $5");
-        assert!(expand_str("${MISSING}", &src).unwrap_err().contains("MISSING"));
+        assert!(expand_str("${MISSING}", &src)
+            .unwrap_err()
+            .contains("MISSING"));
         assert!(expand_str("${bad name}", &src).is_err());
         assert!(expand_str("${HOST", &src).is_err());
     }

@@ -19,8 +19,8 @@ pub mod validate;
 use std::fmt;
 use std::path::Path;
 
-use position::{Position, PositionIndex};
 pub use plan::Plan;
+use position::{Position, PositionIndex};
 pub use raw::RawConfig;
 
 /// One problem in a config file.
@@ -100,7 +100,11 @@ pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan
 }
 
 /// Stages 1 to 3: text to expanded raw structs.
-pub fn parse_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<RawConfig, ConfigErrors> {
+pub fn parse_str(
+    text: &str,
+    file: &str,
+    env: &dyn expand::Source,
+) -> Result<RawConfig, ConfigErrors> {
     let fail = |errors: Vec<ConfigError>| ConfigErrors {
         file: file.to_string(),
         errors,

@@ -76,10 +76,7 @@ impl Builder {
         match self.stack.last() {
             None => Some(String::new()),
             Some(Frame::Map { key: None, .. }) => None,
-            Some(Frame::Map {
-                path,
-                key: Some(k),
-            }) => Some(join_key(path, k)),
+            Some(Frame::Map { path, key: Some(k) }) => Some(join_key(path, k)),
             Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
         }
     }
@@ -150,9 +147,24 @@ mod tests {
     fn indexes_nested_keys_and_sequence_items() {
         let text = "listen: [\"a\"]\nroutes:\n  - name: one\n    match:\n      hosts: [x]\n  - name: two\n";
         let idx = PositionIndex::build(text).unwrap();
-        assert_eq!(idx.find("routes[0].name"), Some(Position { line: 3, column: 11 }));
-        assert_eq!(idx.find("routes[1].name"), Some(Position { line: 6, column: 11 }));
-        assert_eq!(idx.find_key("routes[1].name"), Some(Position { line: 6, column: 5 }));
+        assert_eq!(
+            idx.find("routes[0].name"),
+            Some(Position {
+                line: 3,
+                column: 11
+            })
+        );
+        assert_eq!(
+            idx.find("routes[1].name"),
+            Some(Position {
+                line: 6,
+                column: 11
+            })
+        );
+        assert_eq!(
+            idx.find_key("routes[1].name"),
+            Some(Position { line: 6, column: 5 })
+        );
         assert_eq!(idx.find("routes[0].match.hosts[0]").unwrap().line, 5);
         // An unknown child falls back to its parent.
         assert_eq!(idx.find("routes[1].nope").unwrap().line, 6);

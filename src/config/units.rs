@@ -45,9 +45,9 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as 250ms, 30s, 5m or 1h")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v).map(Dur).ok_or_else(|| {
-                    E::custom("expected a duration such as 250ms, 30s, 5m or 1h")
-                })
+                parse_duration(v)
+                    .map(Dur)
+                    .ok_or_else(|| E::custom("expected a duration such as 250ms, 30s, 5m or 1h"))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Dur, E> {
                 Err(E::custom("a duration needs a unit: 250ms, 30s, 5m or 1h"))

@@ -15,7 +15,10 @@ use super::ConfigError;
 pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     let mut errs = Vec::new();
     if raw.listen.is_empty() {
-        errs.push(ConfigError::new("listen", "at least one listen address is required"));
+        errs.push(ConfigError::new(
+            "listen",
+            "at least one listen address is required",
+        ));
     }
     for (i, addr) in raw.listen.iter().enumerate() {
         if addr.parse::<SocketAddr>().is_err() {
@@ -36,16 +39,28 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     }
     let l = &raw.limits;
     if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
-        errs.push(ConfigError::new("limits.max_header_bytes", "must be between 1KiB and 1MiB"));
+        errs.push(ConfigError::new(
+            "limits.max_header_bytes",
+            "must be between 1KiB and 1MiB",
+        ));
     }
     if l.max_uri_bytes.0 < 64 || l.max_uri_bytes.0 > 64 * 1024 {
-        errs.push(ConfigError::new("limits.max_uri_bytes", "must be between 64 and 64KiB"));
+        errs.push(ConfigError::new(
+            "limits.max_uri_bytes",
+            "must be between 64 and 64KiB",
+        ));
     }
     if l.max_connections == 0 {
-        errs.push(ConfigError::new("limits.max_connections", "must be at least 1"));
+        errs.push(ConfigError::new(
+            "limits.max_connections",
+            "must be at least 1",
+        ));
     }
     if raw.timeouts.header_read.0.is_zero() {
-        errs.push(ConfigError::new("timeouts.header_read", "must be greater than 0"));
+        errs.push(ConfigError::new(
+            "timeouts.header_read",
+            "must be greater than 0",
+        ));
     }
     for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
         if parse_cidr(cidr).is_none() {
@@ -56,7 +71,10 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
         }
     }
     if raw.access_log.path.is_empty() {
-        errs.push(ConfigError::new("access_log.path", "must be stdout, stderr or a file path"));
+        errs.push(ConfigError::new(
+            "access_log.path",
+            "must be stdout, stderr or a file path",
+        ));
     }
     for (name, svc) in &raw.services {
         validate_service(name, svc, &mut errs);
@@ -76,15 +94,20 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
 
 /// An IP address or CIDR range.
 pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
-    text.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
     let at = |field: &str| format!("services.{name}.{field}");
     if svc.targets.is_empty() {
-        errs.push(ConfigError::new(at("targets"), "a service needs at least one target"));
+        errs.push(ConfigError::new(
+            at("targets"),
+            "a service needs at least one target",
+        ));
     }
     for (i, t) in svc.targets.iter().enumerate() {
         if let Err(message) = parse_target_url(&t.url) {
@@ -98,7 +121,9 @@ fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
         }
     }
     if let RawLoadBalancing::ConsistentHash(on) = &svc.load_balancing {
-        let set = usize::from(on.header.is_some()) + usize::from(on.cookie.is_some()) + usize::from(on.client_ip);
+        let set = usize::from(on.header.is_some())
+            + usize::from(on.cookie.is_some())
+            + usize::from(on.client_ip);
         if set != 1 {
             errs.push(ConfigError::new(
                 at("load_balancing.consistent_hash"),
@@ -138,16 +163,24 @@ pub fn parse_target_url(url: &str) -> Result<(bool, String, u16), String> {
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') || authority.contains('?') {
-        return Err(format!("`{url}`: a target is scheme://host:port, without a path"));
+        return Err(format!(
+            "`{url}`: a target is scheme://host:port, without a path"
+        ));
     }
     let uri: http::uri::Authority = authority
         .parse()
         .map_err(|_| format!("`{url}`: `{authority}` is not a valid host:port"))?;
     if authority.contains('@') {
-        return Err(format!("`{url}`: credentials in target URLs are not supported"));
+        return Err(format!(
+            "`{url}`: credentials in target URLs are not supported"
+        ));
     }
     let port = uri.port_u16().unwrap_or(80);
-    let host = uri.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = uri
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if host.is_empty() {
         return Err(format!("`{url}` has no host"));
     }
@@ -163,7 +196,11 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
         let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
         errs.push(ConfigError::new(
             at("service"),
-            format!("unknown service `{}` (defined: {})", r.service, known.join(", ")),
+            format!(
+                "unknown service `{}` (defined: {})",
+                r.service,
+                known.join(", ")
+            ),
         ));
     }
     let m = &r.matcher;
@@ -183,7 +220,10 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
     }
     let path = m.path.as_deref().unwrap_or("/");
     if !path.starts_with('/') {
-        errs.push(ConfigError::new(at("match.path"), "a path must start with `/`"));
+        errs.push(ConfigError::new(
+            at("match.path"),
+            "a path must start with `/`",
+        ));
     }
     let is_template = path.contains('{');
     if is_template && m.path_type.is_some() {
@@ -203,7 +243,10 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
     for (name, cond) in &m.headers {
         let key = at(&format!("match.headers.{name}"));
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errs.push(ConfigError::new(key.clone(), format!("`{name}` is not a valid header name")));
+            errs.push(ConfigError::new(
+                key.clone(),
+                format!("`{name}` is not a valid header name"),
+            ));
         }
         match cond {
             RawHeaderMatch::Exact(v) => {
@@ -216,7 +259,10 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
                     errs.push(ConfigError::new(key, "set exactly one of present, regex"));
                 } else if let Some(re) = &rule.regex {
                     if let Err(e) = regex::Regex::new(re) {
-                        errs.push(ConfigError::new(format!("{key}.regex"), format!("invalid regex: {e}")));
+                        errs.push(ConfigError::new(
+                            format!("{key}.regex"),
+                            format!("invalid regex: {e}"),
+                        ));
                     }
                 }
             }
@@ -240,7 +286,10 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
         ] {
             if let Some(v) = v {
                 if !v.starts_with('/') {
-                    errs.push(ConfigError::new(at(&format!("rewrite.{field}")), "must start with `/`"));
+                    errs.push(ConfigError::new(
+                        at(&format!("rewrite.{field}")),
+                        "must start with `/`",
+                    ));
                 }
             }
         }
@@ -276,7 +325,11 @@ pub fn template_captures(path: &str) -> Vec<String> {
         let Some(len) = rest[start..].find('}') else {
             break;
         };
-        out.push(rest[start + 1..start + len].trim_start_matches('*').to_string());
+        out.push(
+            rest[start + 1..start + len]
+                .trim_start_matches('*')
+                .to_string(),
+        );
         rest = &rest[start + len + 1..];
     }
     out

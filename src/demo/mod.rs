@@ -75,7 +75,10 @@ fn records(name: &str) -> Vec<Value> {
     }
 }
 
-async fn respond(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let seen: serde_json::Map<String, Value> = req
@@ -84,27 +87,52 @@ async fn respond(name: &'static str, req: Request<Incoming>) -> Result<Response<
         .filter(|(k, _)| k.as_str().starts_with("x-") || *k == "host")
         .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
         .collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let collection = format!("/{name}");
     let (status, value) = if path == "/echo" || path.ends_with("/echo") {
-        (StatusCode::OK, json!({"service": name, "method": method.as_str(), "path": path, "headers": seen}))
+        (
+            StatusCode::OK,
+            json!({"service": name, "method": method.as_str(), "path": path, "headers": seen}),
+        )
     } else if path == collection && method == Method::GET {
-        (StatusCode::OK, json!({"service": name, "items": records(name)}))
+        (
+            StatusCode::OK,
+            json!({"service": name, "items": records(name)}),
+        )
     } else if path == collection && method == Method::POST {
         let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        (StatusCode::CREATED, json!({"service": name, "created": input, "id": 102}))
+        (
+            StatusCode::CREATED,
+            json!({"service": name, "created": input, "id": 102}),
+        )
     } else if let Some(id) = path.strip_prefix(&format!("{collection}/")) {
-        match records(name).into_iter().find(|r| r["id"].to_string() == id) {
+        match records(name)
+            .into_iter()
+            .find(|r| r["id"].to_string() == id)
+        {
             Some(r) => (StatusCode::OK, r),
-            None => (StatusCode::NOT_FOUND, json!({"error": "not_found", "service": name})),
+            None => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "service": name}),
+            ),
         }
     } else {
-        (StatusCode::NOT_FOUND, json!({"error": "not_found", "service": name, "path": path}))
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "service": name, "path": path}),
+        )
     };
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string() + "\n")));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 

@@ -93,7 +93,9 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or(SizeHint::with_exact(0), Body::size_hint)
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

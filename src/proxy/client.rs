@@ -251,7 +251,9 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }
-        if s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
             return GatewayError::ClientBody(s.to_string());
         }
         source = s.source();

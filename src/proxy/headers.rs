@@ -23,7 +23,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // `Connection` is rare on HTTP/1.1 keep-alive traffic; only parse it when present.
     if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes().contains(&b',') || !is_token(conn.as_bytes(), b"keep-alive") && !is_token(conn.as_bytes(), b"close") {
+        if conn.as_bytes().contains(&b',')
+            || !is_token(conn.as_bytes(), b"keep-alive") && !is_token(conn.as_bytes(), b"close")
+        {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
@@ -100,8 +102,9 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'+' | b'='))
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'+' | b'=')
+        })
 }
 
 /// A new request id: a UUIDv7 (time-ordered, so ids sort by arrival).
@@ -189,14 +192,23 @@ mod tests {
     fn client_ip_trusts_only_configured_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, "6.6.6.6, 1.2.3.4, 10.0.0.5".parse().unwrap());
+        h.insert(
+            X_FORWARDED_FOR,
+            "6.6.6.6, 1.2.3.4, 10.0.0.5".parse().unwrap(),
+        );
         let from_proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let direct: IpAddr = "9.9.9.9".parse().unwrap();
-        assert_eq!(client_ip(from_proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(from_proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(direct, &h, &trusted), direct);
         assert_eq!(client_ip(from_proxy, &h, &[]), from_proxy);
         h.insert(X_FORWARDED_FOR, "garbage, 10.0.0.7".parse().unwrap());
-        assert_eq!(client_ip(from_proxy, &h, &trusted), "10.0.0.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(from_proxy, &h, &trusted),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -207,7 +219,9 @@ mod tests {
         assert_eq!(&s[14..15], "7");
         assert!(valid_request_id(&id));
         assert!(!valid_request_id(&HeaderValue::from_static("has space")));
-        assert!(!valid_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+        assert!(!valid_request_id(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
         assert_ne!(new_request_id(), new_request_id());
     }
 

@@ -86,7 +86,11 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<GatewayBody> 
             start: Instant::now(),
             timestamp: SystemTime::now(),
             request_id: request_id.clone(),
-            client_ip: headers::client_ip(ctx.peer.ip(), req.headers(), &active.plan.trusted_proxies),
+            client_ip: headers::client_ip(
+                ctx.peer.ip(),
+                req.headers(),
+                &active.plan.trusted_proxies,
+            ),
             method: req.method().clone(),
             host: request_host(&req).unwrap_or("").to_string(),
             path: req
@@ -143,10 +147,7 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
     if req.method() == Method::CONNECT {
         return Err(GatewayError::MethodNotSupported(Method::CONNECT));
     }
-    let target_len = req
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return Err(GatewayError::UriTooLong {
             limit: limits.max_uri_bytes,
@@ -164,7 +165,9 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
     }
     let path = req.uri().path();
     if !path.starts_with('/') {
-        return Err(GatewayError::BadRequest("the request target must be an absolute path"));
+        return Err(GatewayError::BadRequest(
+            "the request target must be an absolute path",
+        ));
     }
     if has_dot_segment(path) {
         return Err(GatewayError::BadRequest(
@@ -238,11 +241,12 @@ async fn proxy(
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
     if route.preserve_host {
@@ -274,10 +278,9 @@ async fn proxy(
         Protocol::H2c => {
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Authority::from_maybe_shared(Bytes::copy_from_slice(
-                target.authority.as_bytes(),
-            ))
-            .ok();
+            uri.authority =
+                Authority::from_maybe_shared(Bytes::copy_from_slice(target.authority.as_bytes()))
+                    .ok();
             uri.path_and_query = Some(new_path);
             Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?
         }
@@ -418,12 +421,18 @@ mod tests {
         let r = route(Rewrite::StripPrefix("/api".into()));
         assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/users/7?x=1");
         let r = route(Rewrite::ReplacePrefix("/internal/v2".into()));
-        assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/internal/v2/users/7?x=1");
+        assert_eq!(
+            rewrite_path(&r, &uri, 4, &none).as_str(),
+            "/internal/v2/users/7?x=1"
+        );
         let uri_root: Uri = "/api".parse().unwrap();
         let r = route(Rewrite::StripPrefix("/api".into()));
         assert_eq!(rewrite_path(&r, &uri_root, 4, &none).as_str(), "/");
         let r = route(Rewrite::None);
-        assert_eq!(rewrite_path(&r, &uri, 4, &none).as_str(), "/api/users/7?x=1");
+        assert_eq!(
+            rewrite_path(&r, &uri, 4, &none).as_str(),
+            "/api/users/7?x=1"
+        );
     }
 
     #[test]
@@ -436,7 +445,10 @@ mod tests {
             TemplatePart::Capture("id".into()),
         ]));
         let uri: Uri = "/users/42?full=1".parse().unwrap();
-        assert_eq!(rewrite_path(&r, &uri, 9, &m.params).as_str(), "/v2/people/42?full=1");
+        assert_eq!(
+            rewrite_path(&r, &uri, 9, &m.params).as_str(),
+            "/v2/people/42?full=1"
+        );
     }
 
     #[test]

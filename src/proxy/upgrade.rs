@@ -55,6 +55,9 @@ pub async fn proxy_upgrade(
     });
     let (mut parts, _) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    parts.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    parts.headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     Ok(Response::from_parts(parts, GatewayBody::empty()))
 }

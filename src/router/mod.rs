@@ -181,7 +181,12 @@ impl Router {
         let weight: Vec<(usize, usize)> = router
             .candidates
             .iter()
-            .map(|c| (usize::MAX - (c.methods.len().min(1) + c.headers.len()), c.route))
+            .map(|c| {
+                (
+                    usize::MAX - (c.methods.len().min(1) + c.headers.len()),
+                    c.route,
+                )
+            })
             .collect();
         let sort = |list: &mut Vec<usize>| list.sort_by_key(|&idx| weight[idx]);
         for table in router
@@ -257,7 +262,14 @@ impl Router {
         let mut allowed: Vec<Method> = Vec::new();
         let mut any_path_matched = false;
         if let Some(table) = self.exact_hosts.get(host) {
-            if let Some(found) = self.find_in(table, path, method, headers, &mut allowed, &mut any_path_matched) {
+            if let Some(found) = self.find_in(
+                table,
+                path,
+                method,
+                headers,
+                &mut allowed,
+                &mut any_path_matched,
+            ) {
                 return Match::Found(found);
             }
         }
@@ -266,17 +278,27 @@ impl Router {
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
                 if let Some(table) = self.wildcard_hosts.get(rest) {
-                    if let Some(found) =
-                        self.find_in(table, path, method, headers, &mut allowed, &mut any_path_matched)
-                    {
+                    if let Some(found) = self.find_in(
+                        table,
+                        path,
+                        method,
+                        headers,
+                        &mut allowed,
+                        &mut any_path_matched,
+                    ) {
                         return Match::Found(found);
                     }
                 }
             }
         }
-        if let Some(found) =
-            self.find_in(&self.any_host, path, method, headers, &mut allowed, &mut any_path_matched)
-        {
+        if let Some(found) = self.find_in(
+            &self.any_host,
+            path,
+            method,
+            headers,
+            &mut allowed,
+            &mut any_path_matched,
+        ) {
             return Match::Found(found);
         }
         if any_path_matched && !allowed.is_empty() {
@@ -298,7 +320,13 @@ impl Router {
     ) -> Option<Found<'r, 'p>> {
         if !table.lists.is_empty() {
             if let Ok(m) = table.tree.at(path) {
-                if let Some(route) = self.pick(&table.lists[*m.value], method, headers, allowed, any_path_matched) {
+                if let Some(route) = self.pick(
+                    &table.lists[*m.value],
+                    method,
+                    headers,
+                    allowed,
+                    any_path_matched,
+                ) {
                     return Some(Found {
                         route,
                         params: m.params,
@@ -339,7 +367,11 @@ impl Router {
     ) -> Option<usize> {
         for &idx in list {
             let c = &self.candidates[idx];
-            if !c.headers.iter().all(|(name, cond)| cond.holds(headers.get(name))) {
+            if !c
+                .headers
+                .iter()
+                .all(|(name, cond)| cond.holds(headers.get(name)))
+            {
                 continue;
             }
             *any_path_matched = true;

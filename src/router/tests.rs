@@ -82,7 +82,10 @@ fn falls_back_to_less_specific_host_when_path_does_not_match() {
         spec(&["api.example.com"], prefix("/v1"), &[]),
     ])
     .unwrap();
-    assert_eq!(route_of(&r, "api.example.com", "/health", Method::GET), Some(0));
+    assert_eq!(
+        route_of(&r, "api.example.com", "/health", Method::GET),
+        Some(0)
+    );
 }
 
 #[test]

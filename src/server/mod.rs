@@ -36,9 +36,12 @@ impl Server {
         let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for text in &plan.listen {
-            let addr: SocketAddr = text
-                .parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address {text}")))?;
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad listen address {text}"),
+                )
+            })?;
             let first = bind_reuseport(addr)?;
             let actual = first.local_addr()?;
             local_addrs.push(actual);
@@ -85,7 +88,10 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<StdListener> {
 }
 
 fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -154,7 +160,11 @@ fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builder: Arc<auto::Builder<TokioExecutor>>) {
+async fn accept_loop(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
     let mut shutdown = runtime.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -178,7 +188,13 @@ async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builder: Arc<
             tokio::spawn(refuse(stream, guard));
             continue;
         }
-        let conn = serve(Arc::clone(&runtime), stream, peer, Arc::clone(&builder), shutdown.clone());
+        let conn = serve(
+            Arc::clone(&runtime),
+            stream,
+            peer,
+            Arc::clone(&builder),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let _guard = guard;
             conn.await;

@@ -138,7 +138,8 @@ impl Balancer {
                 let load = |i: usize| {
                     let t = &targets[i];
                     // Compare in_flight / weight without division.
-                    (t.in_flight.load(Ordering::Relaxed) as u64 + 1) * 1000 / u64::from(t.weight.max(1))
+                    (t.in_flight.load(Ordering::Relaxed) as u64 + 1) * 1000
+                        / u64::from(t.weight.max(1))
                 };
                 if load(a) <= load(b) {
                     a

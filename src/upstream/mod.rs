@@ -79,8 +79,9 @@ impl Target {
                         return Ok(addrs.clone());
                     }
                 }
-                let addrs: Vec<SocketAddr> =
-                    tokio::net::lookup_host((host.as_str(), *port)).await?.collect();
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                    .await?
+                    .collect();
                 if addrs.is_empty() {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::NotFound,
