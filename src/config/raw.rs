@@ -163,8 +163,12 @@ pub enum AccessLogFormat {
 pub struct RawService {
     /// Upstream targets: `http://host:port` (HTTP/1.1) or `h2c://host:port` (cleartext HTTP/2).
     pub targets: Vec<RawTarget>,
-    /// How a target is picked for each request.
-    #[serde(default)]
+    /// How a target is picked for each request: `round_robin`, `least_request`, `random`, or
+    /// `{consistent_hash: {header: NAME}}` (or `cookie: NAME`, `client_ip: true`).
+    // serde_yaml_ng reads an enum with data only from a YAML tag (`!consistent_hash {...}`);
+    // `singleton_map` accepts the one-key map that the docs and the JSON Schema describe.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map")]
+    #[schemars(with = "RawLoadBalancing")]
     pub load_balancing: RawLoadBalancing,
     /// Upstream timeouts.
     #[serde(default)]

@@ -113,7 +113,7 @@ async fn respond(
     } else if let Some(id) = path.strip_prefix(&format!("{collection}/")) {
         match records(name)
             .into_iter()
-            .find(|r| r["id"].to_string() == id)
+            .find(|r| id.parse::<u64>().ok() == r["id"].as_u64())
         {
             Some(r) => (StatusCode::OK, r),
             None => (

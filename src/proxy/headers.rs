@@ -21,6 +21,22 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), and `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass to see whether there is anything to remove: most requests and responses carry
+    // none of these, and a miss per name would cost a hash lookup each.
+    let any = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == KEEP_ALIVE
+            || name == header::TE
+            || name == header::TRAILER
+            || name == header::TRANSFER_ENCODING
+            || name == header::PROXY_AUTHORIZATION
+            || name == header::PROXY_AUTHENTICATE
+            || name == PROXY_CONNECTION
+            || (!keep_upgrade && name == header::UPGRADE)
+    });
+    if !any {
+        return;
+    }
     // `Connection` is rare on HTTP/1.1 keep-alive traffic; only parse it when present.
     if let Some(conn) = headers.get(header::CONNECTION) {
         if conn.as_bytes().contains(&b',')

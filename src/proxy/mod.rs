@@ -180,9 +180,32 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
 /// True when a path segment is `.` or `..`, written plainly or percent-encoded. Such paths could
 /// slip past a prefix route (`/public/../admin`), so they are refused rather than normalised.
 fn has_dot_segment(path: &str) -> bool {
+    // Cheap pre-check: most paths have no `.` and no `%` at all.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
+        if seg.len() > 6 {
+            return false;
+        }
+        let rest = seg.as_bytes();
+        let mut dots = 0;
+        let mut i = 0;
+        while i < rest.len() {
+            if rest[i] == b'.' {
+                i += 1;
+            } else if rest[i..].len() >= 3
+                && rest[i] == b'%'
+                && rest[i + 1] == b'2'
+                && rest[i + 2].eq_ignore_ascii_case(&b'e')
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     })
 }
 
@@ -276,11 +299,15 @@ async fn proxy(
     parts.uri = match target.protocol {
         Protocol::Http1 => Uri::from(new_path),
         Protocol::H2c => {
+            // HTTP/2 names the host in `:authority`; a Host header that differs from it makes the
+            // request malformed (RFC 9113 section 8.3.1). So the Host chosen above (the target's,
+            // or the client's with `preserve_host`) moves into the authority.
+            let host = parts.headers.remove(header::HOST);
+            let host = host.as_ref().unwrap_or(&target.authority);
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(Scheme::HTTP);
             uri.authority =
-                Authority::from_maybe_shared(Bytes::copy_from_slice(target.authority.as_bytes()))
-                    .ok();
+                Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
             uri.path_and_query = Some(new_path);
             Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?
         }
@@ -329,7 +356,14 @@ fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderVal
     };
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         v.push_str(";host=\"");
-        v.push_str(h);
+        // The Host comes from the client: escape `"` and `\` (RFC 9110 quoted-pair) so it cannot
+        // close the quoted-string and append parameters of its own (`for=` spoofing).
+        for c in h.chars() {
+            if c == '"' || c == '\\' {
+                v.push('\\');
+            }
+            v.push(c);
+        }
         v.push('"');
     }
     v.push_str(";proto=http");

@@ -18,10 +18,17 @@ use crate::upstream::{InFlight, Service, Target};
 pub async fn proxy_upgrade(
     service: &Service,
     target: &Arc<Target>,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     client_upgrade: OnUpgrade,
     timeout: Duration,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    // The client's `Connection` header was hop-by-hop and has been stripped, but `Upgrade` only
+    // means something next to `Connection: upgrade` (RFC 9110 section 7.8): without it the
+    // upstream ignores the upgrade or, like most WebSocket servers, refuses the handshake.
+    req.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
     let in_flight = InFlight::start(target);
     let mut resp = client::send_upgradable(service, target, req, timeout).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -2,7 +2,6 @@
 //! and its own `SO_REUSEPORT` socket per listen address, so the kernel spreads connections and
 //! workers share nothing on the hot path. Also the connection limit and graceful drain.
 
-use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::Ordering;
@@ -169,7 +168,15 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Close the socket before saying so: from this line on, connects are refused.
+                let addr = listener.local_addr().ok();
+                drop(listener);
+                if let Some(addr) = addr {
+                    tracing::info!("stopped accepting on {addr}");
+                }
+                return;
+            }
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -202,27 +209,25 @@ async fn accept_loop(
     }
 }
 
-fn serve(
+async fn serve(
     runtime: Arc<Runtime>,
     stream: TcpStream,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let service = ProxyService(Arc::new(ConnCtx::new(runtime, peer)));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
-                }
+) {
+    let service = ProxyService(Arc::new(ConnCtx::new(runtime, peer)));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, %peer, "client connection ended with an error");
             }
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }

@@ -300,14 +300,24 @@ impl GatewayProcess {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// Peak resident set size ("high water mark") in KiB, from /proc.
+    pub fn hwm_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    /// A `/proc/PID/status` field given in kB, e.g. `"VmRSS:"`.
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("{field} in /proc status"))
     }
 
     /// `http://ADDR{path}`.

@@ -87,6 +87,33 @@ pub fn full(b: impl Into<Bytes>) -> UpBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A streaming body whose frames come from `next` until it returns `None`. It has no known
+/// length, so an HTTP/1.1 server sends it with chunked encoding; it is produced only as fast as
+/// it is read, so a slow reader throttles `next` (backpressure is observable through it).
+pub fn generated<F>(next: F) -> UpBody
+where
+    F: FnMut() -> Option<Bytes> + Send + Sync + Unpin + 'static,
+{
+    Generated(next).boxed()
+}
+
+struct Generated<F>(F);
+
+impl<F> http_body::Body for Generated<F>
+where
+    F: FnMut() -> Option<Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready((self.0)().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
 /// A handler answering `status` with a fixed text body.
 pub fn reply(status: u16, body: &'static str) -> Handler {
     Arc::new(move |_req| {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The ../shared/bench contract: start the gateway in the foreground on 127.0.0.1:$1, proxying every
+# path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing.
+#   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain)
+#   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+profile="${PORTICO_BENCH_PROFILE:-plain}"
+access_log=false
+[ "${PORTICO_BENCH_ACCESS_LOG:-0}" = "1" ] && access_log=true
+config="$(mktemp /tmp/portico-bench-XXXXXX.yaml)"
+sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@UPSTREAM_PORT@/$2/g" \
+    -e "s/@WORKERS@/${GWBENCH_WORKERS:-1}/g" -e "s/@ACCESS_LOG@/$access_log/g" \
+    "$here/$profile.yaml" > "$config"
+exec "$here/../target/release/portico" run --config "$config"
