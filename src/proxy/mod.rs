@@ -143,9 +143,19 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 
 /// Rejects what a gateway must never pass on, before any routing.
 fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    use hyper::body::Body as _;
     let limits = &active.plan.limits;
     if req.method() == Method::CONNECT {
         return Err(GatewayError::MethodNotSupported(Method::CONNECT));
+    }
+    // hyper frames a request by its final transfer coding when that is `chunked` and ignores
+    // the others; upstream we re-frame the body as plain chunked, so any other coding
+    // (`gzip, chunked`) or a doubled `chunked` would be silently dropped. Only a lone `chunked`
+    // is passed on. Bodies of known length (no Transfer-Encoding) skip the header lookup.
+    if req.body().size_hint().exact().is_none() && !is_plain_chunked(req.headers()) {
+        return Err(GatewayError::BadRequest(
+            "unsupported Transfer-Encoding: only a single `chunked` is accepted",
+        ));
     }
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
@@ -175,6 +185,16 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
         ));
     }
     Ok(())
+}
+
+/// True when the request carries no `Transfer-Encoding`, or exactly one saying `chunked`.
+fn is_plain_chunked(headers: &http::HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    }
 }
 
 /// True when a path segment is `.` or `..`, written plainly or percent-encoded. Such paths could

@@ -216,6 +216,22 @@ async fn serve(
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // hyper's header-read timeout only starts once the auto builder has read enough to tell
+    // HTTP/1 from HTTP/2, so a client that connects and sends nothing would hold its connection
+    // slot (and count against `max_connections`) forever. Wait for its first byte under the same
+    // deadline: one timer and one MSG_PEEK per connection, not per request. (`readable()` alone
+    // is not enough: a freshly accepted socket can report a spurious readiness.)
+    let header_read = runtime.active().plan.header_read_timeout;
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(header_read, stream.peek(&mut first)) => {
+            if peeked.is_err() {
+                tracing::debug!(%peer, "client sent nothing within the header read timeout");
+                return;
+            }
+        }
+        _ = shutdown.changed() => return,
+    }
     let service = ProxyService(Arc::new(ConnCtx::new(runtime, peer)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -234,14 +250,18 @@ async fn serve(
 
 /// Over the connection limit: a short 503 and close, without reading the request.
 async fn refuse(mut stream: TcpStream, _guard: ConnGuard) {
-    const BODY: &str = "{\"error\":\"too_many_connections\",\"message\":\"the gateway is at its connection limit\",\"request_id\":\"\"}\n";
+    // Like every error answer, this one carries a request id (in the body and `x-request-id`)
+    // so a client report can be matched with the gateway's logs.
+    let id = crate::proxy::headers::new_request_id();
+    let id = id.to_str().unwrap_or("");
+    let body = format!("{{\"error\":\"too_many_connections\",\"message\":\"the gateway is at its connection limit\",\"request_id\":\"{id}\"}}\n");
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
-        BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {id}\r\n\r\n",
+        body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(BODY.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
         let _ = stream.shutdown().await;
     })
     .await;

@@ -361,3 +361,106 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// A response read off the wire by [`raw`], split into its parts (the body is not de-chunked).
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    /// The status code (0 when nothing parseable came back).
+    pub status: u16,
+    /// Header lines as (lower-case name, value), in wire order.
+    pub headers: Vec<(String, String)>,
+    /// Everything after the blank line.
+    pub body: String,
+    /// The whole text as received.
+    pub text: String,
+}
+
+impl RawReply {
+    /// Parses the first response in `text`.
+    pub fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    /// The first value of header `name` ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the whole reply when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.body.trim())
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
+    }
+
+    /// The body as JSON, de-chunking it first when the reply was chunked.
+    pub fn json_chunked(&self) -> serde_json::Value {
+        if !self
+            .header("transfer-encoding")
+            .eq_ignore_ascii_case("chunked")
+        {
+            return self.json();
+        }
+        let mut rest = self.body.as_str();
+        let mut out = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
+    }
+
+    /// Asserts the gateway's JSON error shape with this status and code; returns the body.
+    pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "reply: {:?}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            "application/json",
+            "{:?}",
+            self.text
+        );
+        let v = self.json();
+        assert_eq!(v["error"], code, "reply: {:?}", self.text);
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        v
+    }
+
+    /// Asserts hyper's own bodiless error answer (no JSON: the request never reached the service).
+    pub fn assert_bare(&self, status: u16) {
+        assert_eq!(self.status, status, "reply: {:?}", self.text);
+        assert!(self.body.is_empty(), "expected no body: {:?}", self.text);
+        assert_eq!(self.header("content-length"), "0", "{:?}", self.text);
+    }
+}
+
+/// [`raw`] and parse the reply.
+pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> RawReply {
+    RawReply::parse(&raw(addr, request, Duration::from_secs(5)).await)
+}

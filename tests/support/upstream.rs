@@ -234,3 +234,74 @@ pub async fn echo(name: &str, req: Request<Incoming>) -> Response<UpBody> {
     );
     r
 }
+
+/// A bare TCP "upstream" whose connections are handed to `f` as they are accepted: for faults a
+/// real HTTP server would never produce (truncated or malformed responses, silence).
+pub struct RawUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds 127.0.0.1:0 and runs `f(stream, n)` for the n-th accepted connection (0-based).
+pub async fn raw_tcp<F, Fut>(f: F) -> RawUpstream
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw upstream");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::clone(&connections);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(f(stream, n));
+        }
+    });
+    RawUpstream {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// Reads from `stream` until the end of a request head (`\r\n\r\n`); returns the head, or `None`
+/// when the peer closed first. Request bodies are not read.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
