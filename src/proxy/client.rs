@@ -79,7 +79,7 @@ pub async fn send(
 ) -> Result<Sent, GatewayError> {
     match target.protocol {
         Protocol::Http1 => send_http1(service, target, req, timeout).await,
-        Protocol::H2c => send_h2(service, target, req, timeout).await,
+        Protocol::H2c => Box::pin(send_h2(service, target, req, timeout)).await,
     }
 }
 
@@ -104,10 +104,18 @@ async fn send_http1(
     timeout: Duration,
 ) -> Result<Sent, GatewayError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    // A pooled connection may have been closed by the upstream while idle; the request was not
-    // sent in that case and is safe to try again on another connection.
-    while let Some(mut sender) = checkout_http1(target.id, service.timeouts.idle) {
-        if sender.ready().await.is_err() {
+    let mut fresh = false;
+    loop {
+        let mut sender = match checkout_http1(target.id, service.timeouts.idle) {
+            Some(s) => s,
+            None => {
+                fresh = true;
+                // Boxed so the common (pooled) path's future stays small: every await of a large
+                // future costs a memcpy of its whole state.
+                Box::pin(open_http1(service, target)).await?
+            }
+        };
+        if !fresh && sender.ready().await.is_err() {
             continue;
         }
         match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
@@ -122,14 +130,22 @@ async fn send_http1(
                     }),
                 })
             }
+            // A pooled connection may have been closed by the upstream while idle; the request
+            // was not sent in that case and is safe to try again on another connection.
             Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => req = back,
-                None => return Err(upstream_error(e.into_error())),
+                Some(back) if !fresh => req = back,
+                _ => return Err(upstream_error(e.into_error())),
             },
         }
     }
+}
+
+async fn open_http1(
+    service: &Service,
+    target: &Target,
+) -> Result<http1::SendRequest<RequestBody>, GatewayError> {
     let stream = connect(service, target).await?;
-    let (mut sender, conn) = http1::Builder::new()
+    let (sender, conn) = http1::Builder::new()
         .handshake::<_, RequestBody>(TokioIo::new(stream))
         .await
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
@@ -138,18 +154,7 @@ async fn send_http1(
             tracing::debug!(error = %e, "upstream connection closed with an error");
         }
     });
-    let response = tokio::time::timeout_at(deadline, sender.send_request(req))
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
-        .map_err(upstream_error)?;
-    Ok(Sent {
-        response,
-        pooled: Some(PooledSender {
-            sender,
-            target: target.id,
-            max_idle: service.max_idle_per_target,
-        }),
-    })
+    Ok(sender)
 }
 
 async fn send_h2(

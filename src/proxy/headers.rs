@@ -21,27 +21,41 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), and `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass to see whether there is anything to remove: most requests and responses carry
-    // none of these, and a miss per name would cost a hash lookup each.
-    let any = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == KEEP_ALIVE
-            || name == header::TE
-            || name == header::TRAILER
-            || name == header::TRANSFER_ENCODING
-            || name == header::PROXY_AUTHORIZATION
-            || name == header::PROXY_AUTHENTICATE
-            || name == PROXY_CONNECTION
-            || (!keep_upgrade && name == header::UPGRADE)
-    });
-    if !any {
+    // One pass over the names marks which hop-by-hop headers are present; only those are
+    // removed. Most messages carry none or just `Connection: keep-alive`, and each `remove` of
+    // an absent name would still cost a hash and a probe.
+    const FIXED: [HeaderName; 8] = [
+        KEEP_ALIVE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        PROXY_CONNECTION,
+        header::UPGRADE,
+    ];
+    let mut present = 0u16;
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if let Some(i) = FIXED.iter().position(|f| f == name) {
+            present |= 1 << i;
+        }
+    }
+    if keep_upgrade {
+        present &= !(1 << 7);
+    }
+    if !connection && present == 0 {
         return;
     }
-    // `Connection` is rare on HTTP/1.1 keep-alive traffic; only parse it when present.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes().contains(&b',')
-            || !is_token(conn.as_bytes(), b"keep-alive") && !is_token(conn.as_bytes(), b"close")
-        {
+    if connection {
+        // `Connection: keep-alive` / `close` name nothing else: skip the parse for them.
+        let plain = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(|v| is_token(v.as_bytes(), b"keep-alive") || is_token(v.as_bytes(), b"close"));
+        if !plain {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
@@ -56,15 +70,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(PROXY_CONNECTION);
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
+    for (i, name) in FIXED.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
