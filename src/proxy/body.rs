@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::client::PooledSender;
+use super::ActiveRequest;
 use crate::telemetry::access_log::Finish;
 use crate::upstream::InFlight;
 
@@ -108,6 +109,8 @@ pub struct Epilogue {
     pub in_flight: Option<InFlight>,
     /// The access log line to finish and write.
     pub finish: Option<Box<Finish>>,
+    /// Keeps the request counted as active on its client connection.
+    pub active: Option<ActiveRequest>,
 }
 
 enum Source {
@@ -160,6 +163,11 @@ impl GatewayBody {
             ended: false,
             epilogue,
         }
+    }
+
+    /// Keeps the request active on its connection until this body is dropped.
+    pub fn set_active(&mut self, active: ActiveRequest) {
+        self.epilogue.active = Some(active);
     }
 
     /// Attaches the access log line, written when the body ends or is dropped.

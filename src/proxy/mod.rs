@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -39,6 +40,10 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// The peer IP as a header value, for `X-Forwarded-For`.
     pub peer_header: HeaderValue,
+    /// Requests started on this connection (read by the connection watchdog).
+    pub requests: AtomicU64,
+    /// Requests whose response has not finished (read by the connection watchdog).
+    pub active: AtomicU32,
 }
 
 impl ConnCtx {
@@ -50,7 +55,27 @@ impl ConnCtx {
             runtime,
             peer,
             peer_header,
+            requests: AtomicU64::new(0),
+            active: AtomicU32::new(0),
         }
+    }
+}
+
+/// Counts a request as active on its connection until its response body is dropped, so the
+/// connection watchdog never cuts a connection that is busy with a slow response.
+pub struct ActiveRequest(Arc<ConnCtx>);
+
+impl ActiveRequest {
+    fn start(ctx: Arc<ConnCtx>) -> Self {
+        ctx.requests.fetch_add(1, Ordering::Relaxed);
+        ctx.active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(ctx)
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -79,6 +104,8 @@ async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
+    let guard = ActiveRequest::start(ctx);
+    let ctx = &guard.0;
     let active = ctx.runtime.active();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
@@ -111,7 +138,7 @@ async fn handle(
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }),
     });
-    let mut resp = match proxy(&ctx, &active, req, &request_id, draft.as_mut()).await {
+    let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(d) = draft.as_mut() {
@@ -125,6 +152,7 @@ async fn handle(
         d.finish.status = resp.status().as_u16();
         resp.body_mut().set_finish(d.finish);
     }
+    resp.body_mut().set_active(guard);
     Ok(resp)
 }
 
@@ -373,7 +401,7 @@ async fn proxy(
         Epilogue {
             pooled: sent.pooled,
             in_flight: Some(in_flight),
-            finish: None,
+            ..Epilogue::default()
         },
     );
     Ok(Response::from_parts(parts, body))

@@ -145,10 +145,10 @@ fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
     let active = runtime.active();
     let plan = &active.plan;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No timer on HTTP/1: the per-connection watchdog in `serve` replaces hyper's per-request
+    // header-read timer (and its keep-alive idle limit).
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(plan.header_read_timeout)
         .max_buf_size((plan.limits.max_header_bytes + plan.limits.max_uri_bytes + 4096).max(8192));
     builder
         .http2()
@@ -216,34 +216,41 @@ async fn serve(
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // hyper's header-read timeout only starts once the auto builder has read enough to tell
-    // HTTP/1 from HTTP/2, so a client that connects and sends nothing would hold its connection
-    // slot (and count against `max_connections`) forever. Wait for its first byte under the same
-    // deadline: one timer and one MSG_PEEK per connection, not per request. (`readable()` alone
-    // is not enough: a freshly accepted socket can report a spurious readiness.)
-    let header_read = runtime.active().plan.header_read_timeout;
-    let mut first = [0u8; 1];
-    tokio::select! {
-        peeked = tokio::time::timeout(header_read, stream.peek(&mut first)) => {
-            if peeked.is_err() {
-                tracing::debug!(%peer, "client sent nothing within the header read timeout");
-                return;
-            }
-        }
-        _ = shutdown.changed() => return,
-    }
-    let service = ProxyService(Arc::new(ConnCtx::new(runtime, peer)));
+    // The connection watchdog stands in for a per-request header-read timer: it wakes once per
+    // `header_read` period and closes the connection when no request was in progress and none
+    // started during the whole period. That bounds a silent or trickling client (and an idle
+    // keep-alive connection) to between one and two periods, at the cost of three atomic
+    // operations per request instead of a timer armed and disarmed per request.
+    let period = runtime.active().plan.header_read_timeout;
+    let ctx = Arc::new(ConnCtx::new(runtime, peer));
+    let service = ProxyService(Arc::clone(&ctx));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+    let watchdog = tokio::time::sleep(period);
+    tokio::pin!(watchdog);
+    let mut seen = 0u64;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = watchdog.as_mut() => {
+                let started = ctx.requests.load(Ordering::Relaxed);
+                if ctx.active.load(Ordering::Relaxed) == 0 && started == seen {
+                    tracing::debug!(%peer, "no complete request head within the header read timeout: closing");
+                    return;
+                }
+                seen = started;
+                watchdog.as_mut().reset(tokio::time::Instant::now() + period);
+            }
         }
     }
 }
