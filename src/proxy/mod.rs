@@ -44,6 +44,8 @@ pub struct ConnCtx {
     pub requests: AtomicU64,
     /// Requests whose response has not finished (read by the connection watchdog).
     pub active: AtomicU32,
+    /// Signalled by the watchdog to close an idle or stalled connection.
+    pub kill: tokio::sync::Notify,
 }
 
 impl ConnCtx {
@@ -57,6 +59,7 @@ impl ConnCtx {
             peer_header,
             requests: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            kill: tokio::sync::Notify::new(),
         }
     }
 }

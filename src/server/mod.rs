@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use crate::proxy::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
+
+mod conn;
 
 /// Running workers and the addresses they listen on.
 pub struct Server {
@@ -98,14 +96,15 @@ fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
         }
     };
     rt.block_on(async move {
-        let builder = Arc::new(http_builder(&runtime));
+        let builders = Arc::new(conn::Builders::new(&runtime.active().plan));
+        let watchdog = tokio::spawn(conn::watchdog(Arc::clone(&runtime)));
         let mut accepting = Vec::new();
         for l in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => accepting.push(tokio::spawn(accept_loop(
                     Arc::clone(&runtime),
                     l,
-                    Arc::clone(&builder),
+                    Arc::clone(&builders),
                 ))),
                 Err(e) => tracing::error!(error = %e, "cannot register a listener"),
             }
@@ -114,6 +113,7 @@ fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
             let _ = a.await;
         }
         drain(&runtime).await;
+        watchdog.abort();
     });
 }
 
@@ -141,29 +141,7 @@ async fn drain(runtime: &Runtime) {
     }
 }
 
-fn http_builder(runtime: &Runtime) -> auto::Builder<TokioExecutor> {
-    let active = runtime.active();
-    let plan = &active.plan;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No timer on HTTP/1: the per-connection watchdog in `serve` replaces hyper's per-request
-    // header-read timer (and its keep-alive idle limit).
-    builder
-        .http1()
-        .max_buf_size((plan.limits.max_header_bytes + plan.limits.max_uri_bytes + 4096).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(plan.limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
-}
-
-async fn accept_loop(
-    runtime: Arc<Runtime>,
-    listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-) {
+async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builders: Arc<conn::Builders>) {
     let mut shutdown = runtime.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -195,63 +173,13 @@ async fn accept_loop(
             tokio::spawn(refuse(stream, guard));
             continue;
         }
-        let conn = serve(
-            Arc::clone(&runtime),
-            stream,
-            peer,
-            Arc::clone(&builder),
-            shutdown.clone(),
-        );
+        let runtime = Arc::clone(&runtime);
+        let builders = Arc::clone(&builders);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            conn.await;
+            conn::serve(runtime, stream, peer, &builders, shutdown).await;
         });
-    }
-}
-
-async fn serve(
-    runtime: Arc<Runtime>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // The connection watchdog stands in for a per-request header-read timer: it wakes once per
-    // `header_read` period and closes the connection when no request was in progress and none
-    // started during the whole period. That bounds a silent or trickling client (and an idle
-    // keep-alive connection) to between one and two periods, at the cost of three atomic
-    // operations per request instead of a timer armed and disarmed per request.
-    let period = runtime.active().plan.header_read_timeout;
-    let ctx = Arc::new(ConnCtx::new(runtime, peer));
-    let service = ProxyService(Arc::clone(&ctx));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let watchdog = tokio::time::sleep(period);
-    tokio::pin!(watchdog);
-    let mut seen = 0u64;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-                return;
-            }
-            _ = watchdog.as_mut() => {
-                let started = ctx.requests.load(Ordering::Relaxed);
-                if ctx.active.load(Ordering::Relaxed) == 0 && started == seen {
-                    tracing::debug!(%peer, "no complete request head within the header read timeout: closing");
-                    return;
-                }
-                seen = started;
-                watchdog.as_mut().reset(tokio::time::Instant::now() + period);
-            }
-        }
     }
 }
 

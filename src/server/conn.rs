@@ -1,0 +1,284 @@
+//! Serving one client connection: protocol detection, hyper's HTTP/1.1 or HTTP/2 connection,
+//! graceful shutdown, and the per-worker watchdog that closes silent or idle connections.
+//!
+//! Costs per connection are kept to what the kernel needs: the first read both detects the
+//! protocol and fills hyper's first request (no separate preface read), no `shutdown(2)` before
+//! `close(2)`, and no timer per connection (one sweeper per worker instead).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::Plan;
+use crate::proxy::{ConnCtx, ProxyService};
+use crate::runtime::Runtime;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper connection builders, built once per worker.
+pub struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    /// Builders configured from `plan`'s limits.
+    pub fn new(plan: &Plan) -> Self {
+        let mut h1 = http1::Builder::new();
+        // No timer on HTTP/1: the worker's watchdog replaces hyper's per-request header-read
+        // timer (and its keep-alive idle limit).
+        h1.max_buf_size(
+            (plan.limits.max_header_bytes + plan.limits.max_uri_bytes + 4096).max(8192),
+        );
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(plan.limits.max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Self { h1, h2 }
+    }
+}
+
+/// Serves one accepted connection until it closes, is shut down, or the watchdog cuts it.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builders: &Builders,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ctx = Arc::new(ConnCtx::new(runtime, peer));
+    let _watched = Watched::register(&ctx);
+    let prefix = tokio::select! {
+        p = read_prefix(&stream) => match p {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "client connection failed before its first request");
+                return;
+            }
+        },
+        _ = ctx.kill.notified() => {
+            tracing::debug!(%peer, "client sent nothing within the header read timeout: closing");
+            return;
+        }
+        _ = shutdown.changed() => return,
+    };
+    let is_h2 = prefix.starts_with(H2_PREFACE);
+    let io = TokioIo::new(ConnIo {
+        prefix,
+        at: 0,
+        stream,
+    });
+    let service = ProxyService(Arc::clone(&ctx));
+    if is_h2 {
+        let conn = builders.h2.serve_connection(io, service);
+        drive(conn, &ctx, &mut shutdown, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = builders.h1.serve_connection(io, service).with_upgrades();
+        drive(conn, &ctx, &mut shutdown, |c| c.graceful_shutdown()).await;
+    }
+}
+
+async fn drive<C, E>(
+    conn: C,
+    ctx: &ConnCtx,
+    shutdown: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let outcome = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = ctx.kill.notified() => {
+            tracing::debug!(peer = %ctx.peer, "no complete request head within the header read timeout: closing");
+            None
+        }
+        _ = shutdown.changed() => {
+            graceful(conn.as_mut());
+            Some(conn.await)
+        }
+    };
+    if let Some(Err(e)) = outcome {
+        tracing::debug!(error = %e, peer = %ctx.peer, "client connection ended with an error");
+    }
+}
+
+/// Reads the first bytes: enough to tell HTTP/2's preface from HTTP/1, and usually the whole
+/// first request head, which hyper then takes from the buffer without another read.
+/// `None` when the client closed without sending anything.
+async fn read_prefix(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut prefix = Vec::new();
+    loop {
+        stream.readable().await?;
+        match try_read_chunk(stream, &mut prefix) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {
+                let n = prefix.len().min(H2_PREFACE.len());
+                // Decided once the bytes differ from the preface or cover all of it.
+                if prefix[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                    return Ok(Some(prefix));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One non-blocking read appended to `into`; the scratch buffer lives on this (synchronous)
+/// stack frame, not in the connection's future.
+fn try_read_chunk(stream: &TcpStream, into: &mut Vec<u8>) -> io::Result<usize> {
+    let mut scratch = [0u8; 4096];
+    let n = stream.try_read(&mut scratch)?;
+    into.extend_from_slice(&scratch[..n]);
+    Ok(n)
+}
+
+/// The client socket with the already-read prefix in front of it. `poll_shutdown` only flushes:
+/// the socket is closed when dropped, and a `shutdown(2)` first would be one more system call
+/// per connection for no benefit to the peer.
+struct ConnIo {
+    prefix: Vec<u8>,
+    at: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+}
+
+// === the watchdog ===
+
+struct Entry {
+    ctx: Arc<ConnCtx>,
+    /// Requests started as of the previous sweep; `None` until the connection has lived through
+    /// one sweep, so a connection accepted just before a sweep gets a full period.
+    seen: Option<u64>,
+}
+
+#[derive(Default)]
+struct Registry {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+}
+
+thread_local! {
+    static WATCHED: RefCell<Registry> = RefCell::new(Registry::default());
+}
+
+/// Keeps a connection in its worker's watchdog registry while alive.
+struct Watched(usize);
+
+impl Watched {
+    fn register(ctx: &Arc<ConnCtx>) -> Self {
+        WATCHED.with(|w| {
+            let mut w = w.borrow_mut();
+            let entry = Entry {
+                ctx: Arc::clone(ctx),
+                seen: None,
+            };
+            match w.free.pop() {
+                Some(i) => {
+                    w.entries[i] = Some(entry);
+                    Watched(i)
+                }
+                None => {
+                    w.entries.push(Some(entry));
+                    Watched(w.entries.len() - 1)
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        WATCHED.with(|w| {
+            let mut w = w.borrow_mut();
+            w.entries[self.0] = None;
+            w.free.push(self.0);
+        });
+    }
+}
+
+/// The worker's watchdog: every `header_read` period it closes connections that had no
+/// request in progress and started none during the whole period. A silent or trickling client,
+/// and an idle keep-alive connection, is closed after one to two periods. This replaces a timer
+/// armed and disarmed per request (and per connection) with one timer per worker.
+pub async fn watchdog(runtime: Arc<Runtime>) {
+    loop {
+        let period = runtime.active().plan.header_read_timeout;
+        tokio::time::sleep(period).await;
+        WATCHED.with(|w| {
+            for entry in w.borrow_mut().entries.iter_mut().flatten() {
+                let started = entry.ctx.requests.load(Ordering::Relaxed);
+                let idle = entry.ctx.active.load(Ordering::Relaxed) == 0;
+                if idle && entry.seen == Some(started) {
+                    entry.ctx.kill.notify_one();
+                }
+                entry.seen = Some(started);
+            }
+        });
+    }
+}
