@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::plan::Rewrite;
+use crate::config::raw::{RawHeaderMatch, RawLoadBalancing, RawRoute};
 use crate::config::Plan;
 use crate::router::{normalize_host, Match, PathSpec};
 
@@ -102,8 +103,9 @@ pub fn explain(
             let _ = writeln!(out, "  rewrite: {rewrite}");
             let _ = writeln!(
                 out,
-                "service `{}` ({:?})",
-                service.name, plan.raw.services[&*service.name].load_balancing
+                "service `{}` (load balancing: {})",
+                service.name,
+                describe_lb(&plan.raw.services[&*service.name].load_balancing)
             );
             for t in &service.targets {
                 let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
@@ -131,14 +133,107 @@ pub fn explain(
             for (i, r) in plan.raw.routes.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "  route #{i} `{}`: hosts {:?}, path {}, methods {:?}",
+                    "  route #{i} `{}`: {}",
                     r.name,
-                    r.matcher.hosts,
-                    r.matcher.path.as_deref().unwrap_or("/"),
-                    r.matcher.methods
+                    why_not(r, &plan.routes[i].path, &host, path, &method, &map)
                 );
             }
         }
     }
     Ok(out)
+}
+
+fn describe_lb(lb: &RawLoadBalancing) -> String {
+    match lb {
+        RawLoadBalancing::RoundRobin => "round_robin".into(),
+        RawLoadBalancing::LeastRequest => "least_request".into(),
+        RawLoadBalancing::Random => "random".into(),
+        RawLoadBalancing::ConsistentHash(on) => match (&on.header, &on.cookie) {
+            (Some(h), _) => format!("consistent_hash on header {h}"),
+            (None, Some(c)) => format!("consistent_hash on cookie {c}"),
+            (None, None) => "consistent_hash on client_ip".into(),
+        },
+    }
+}
+
+/// The first condition of `route` that the request fails, in the router's order of comparison
+/// (host, path, headers, method). Only used when nothing matched, so it need not be fast.
+fn why_not(
+    route: &RawRoute,
+    spec: &PathSpec,
+    host: &str,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> String {
+    let m = &route.matcher;
+    let host_ok = m.hosts.is_empty()
+        || m.hosts.iter().any(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some(suffix) => host
+                    .strip_suffix(suffix)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => h == host,
+            }
+        });
+    if !host_ok {
+        return format!("host {host:?} is not one of {}", m.hosts.join(", "));
+    }
+    let path_ok = match spec {
+        PathSpec::Prefix(p) => {
+            p == "/"
+                || path == p
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        }
+        PathSpec::Exact(p) => path == p,
+        PathSpec::Template(t) => {
+            let mut one = matchit::Router::new();
+            one.insert(t.as_str(), ()).is_ok() && one.at(path).is_ok()
+        }
+    };
+    if !path_ok {
+        let what = match spec {
+            PathSpec::Prefix(p) => format!("under the prefix {p}"),
+            PathSpec::Exact(p) => format!("exactly {p}"),
+            PathSpec::Template(t) => format!("matched by the template {t}"),
+        };
+        return format!("path {path:?} is not {what}");
+    }
+    for (name, cond) in &m.headers {
+        let value = headers.get(name.as_str());
+        let text = value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let fails = match cond {
+            RawHeaderMatch::Exact(want) => text.as_deref() != Some(want.as_str()),
+            RawHeaderMatch::Rule(rule) => match (&rule.present, &rule.regex) {
+                (Some(p), _) => *p != value.is_some(),
+                (None, Some(re)) => !text
+                    .as_deref()
+                    .is_some_and(|t| regex::Regex::new(re).is_ok_and(|re| re.is_match(t))),
+                (None, None) => false,
+            },
+        };
+        if fails {
+            let want = match cond {
+                RawHeaderMatch::Exact(v) => format!("= {v:?}"),
+                RawHeaderMatch::Rule(r) => match (&r.present, &r.regex) {
+                    (Some(true), _) => "present".to_string(),
+                    (Some(false), _) => "absent".to_string(),
+                    (None, Some(re)) => format!("matching /{re}/"),
+                    (None, None) => String::new(),
+                },
+            };
+            let got = match &text {
+                Some(t) => format!("{t:?}"),
+                None => "absent".to_string(),
+            };
+            return format!("header {name} must be {want}, but it is {got}");
+        }
+    }
+    if !m.methods.is_empty() && !m.methods.iter().any(|x| x == method.as_str()) {
+        return format!("method {method} is not one of {}", m.methods.join(", "));
+    }
+    "matches, but a more specific route takes precedence".to_string()
 }

@@ -80,36 +80,70 @@ pub fn log_reload(result: &Result<ReloadOutcome, ReloadError>) {
 /// Serves `config` until SIGTERM or SIGINT; reloads on SIGHUP and, with `watch`, when the file
 /// changes. Returns once every connection has drained.
 pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
+    // Stamp before reading, so an edit made while starting up is picked up by the first poll.
+    let stamp = file_stamp(config_path);
     let plan = config::load_file(config_path)?;
     let routes = plan.routes.len();
-    let gateway = Gateway::start(plan, Some(config_path.to_path_buf()))?;
-    tracing::info!(routes, config = %config_path.display(), "portico started");
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    control.block_on(control_loop(&gateway.runtime, config_path, watch))?;
+    // Handlers go in before the listeners exist: the default action of SIGHUP and SIGTERM is to
+    // kill the process, so a reload sent as soon as "listening on" is logged must find them.
+    let signals = {
+        let _in_runtime = control.enter();
+        Signals::install()?
+    };
+    let gateway = Gateway::start(plan, Some(config_path.to_path_buf()))?;
+    tracing::info!(routes, config = %config_path.display(), "portico started");
+    control.block_on(control_loop(
+        &gateway.runtime,
+        config_path,
+        watch.then_some(stamp),
+        signals,
+    ));
     tracing::info!("shutting down: draining connections");
     gateway.shutdown();
     tracing::info!("bye");
     Ok(())
 }
 
-async fn control_loop(runtime: &Arc<Runtime>, path: &Path, watch: bool) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut last_seen = file_stamp(path);
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// Reloads on SIGHUP (and on file changes when `watch` holds the file's stamp at startup);
+/// returns on SIGTERM or SIGINT.
+async fn control_loop(
+    runtime: &Arc<Runtime>,
+    path: &Path,
+    watch: Option<Option<(SystemTime, u64)>>,
+    mut signals: Signals,
+) {
+    let watching = watch.is_some();
+    let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
                 log_reload(&runtime.reload());
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = tick.tick(), if watch => {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = tick.tick(), if watching => {
                 let stamp = file_stamp(path);
                 if stamp != last_seen {
                     last_seen = stamp;

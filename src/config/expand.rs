@@ -4,7 +4,7 @@
 //! on the parsed YAML tree, string by string, so positions of the original text stay valid and
 //! error messages can quote the unexpanded `${...}` text instead of a secret.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use serde_yaml_ng::Value;
 
 /// A reference that could not be expanded.
@@ -36,13 +36,13 @@ impl Source for ProcessEnv {
     }
 }
 
-/// Expands every string in `value` in place. Returns the paths of the strings that changed (their
-/// text may now hold a secret) and every error found.
+/// Expands every string in `value` in place. Returns the paths of the strings that changed, with
+/// their new text (it may hold a secret, so errors must not quote it), and every error found.
 pub fn expand_tree(
     value: &mut Value,
     source: &dyn Source,
-) -> (FxHashSet<String>, Vec<ExpandError>) {
-    let mut expanded = FxHashSet::default();
+) -> (FxHashMap<String, String>, Vec<ExpandError>) {
+    let mut expanded = FxHashMap::default();
     let mut errors = Vec::new();
     walk(value, String::new(), source, &mut expanded, &mut errors);
     (expanded, errors)
@@ -52,14 +52,14 @@ fn walk(
     value: &mut Value,
     path: String,
     source: &dyn Source,
-    expanded: &mut FxHashSet<String>,
+    expanded: &mut FxHashMap<String, String>,
     errors: &mut Vec<ExpandError>,
 ) {
     match value {
         Value::String(s) if s.contains("${") => match expand_str(s, source) {
             Ok(new) => {
+                expanded.insert(path, new.clone());
                 *s = new;
-                expanded.insert(path);
             }
             Err(message) => errors.push(ExpandError { path, message }),
         },
@@ -177,7 +177,7 @@ mod tests {
         let src = Fake(HashMap::from([("A", "1")]));
         let mut v: Value = serde_yaml_ng::from_str("x: [\"${A}\", \"${B}\"]\ny: plain").unwrap();
         let (changed, errors) = expand_tree(&mut v, &src);
-        assert!(changed.contains("x[0]"));
+        assert_eq!(changed["x[0]"], "1");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "x[1]");
     }

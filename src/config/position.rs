@@ -60,8 +60,16 @@ fn to_position(m: &Marker) -> Position {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        /// No key read yet.
+        first: bool,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 #[derive(Default)]
@@ -76,7 +84,9 @@ impl Builder {
         match self.stack.last() {
             None => Some(String::new()),
             Some(Frame::Map { key: None, .. }) => None,
-            Some(Frame::Map { path, key: Some(k) }) => Some(join_key(path, k)),
+            Some(Frame::Map {
+                path, key: Some(k), ..
+            }) => Some(join_key(path, k)),
             Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
         }
     }
@@ -104,7 +114,16 @@ impl MarkedEventReceiver for Builder {
         match ev {
             Event::Scalar(text, ..) => match self.value_path() {
                 None => {
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                    if let Some(Frame::Map { path, key, first }) = self.stack.last_mut() {
+                        // yaml-rust2 marks a block mapping at its first `:`; the map starts
+                        // where its first key does (a flow map's `{` comes earlier and stays).
+                        if std::mem::take(first) {
+                            if let Some(at) = self.index.values.get_mut(path.as_str()) {
+                                if (pos.line, pos.column) < (at.line, at.column) {
+                                    *at = pos;
+                                }
+                            }
+                        }
                         self.index.keys.insert(join_key(path, &text), pos);
                         *key = Some(text);
                     }
@@ -125,7 +144,11 @@ impl MarkedEventReceiver for Builder {
                 let path = self.value_path().unwrap_or_else(|| "?".to_string());
                 self.index.values.entry(path.clone()).or_insert(pos);
                 if matches!(ev, Event::MappingStart(..)) {
-                    self.stack.push(Frame::Map { path, key: None });
+                    self.stack.push(Frame::Map {
+                        path,
+                        key: None,
+                        first: true,
+                    });
                 } else {
                     self.stack.push(Frame::Seq { path, index: 0 });
                 }
@@ -168,6 +191,18 @@ mod tests {
         assert_eq!(idx.find("routes[0].match.hosts[0]").unwrap().line, 5);
         // An unknown child falls back to its parent.
         assert_eq!(idx.find("routes[1].nope").unwrap().line, 6);
+        // A block mapping starts at its first key; a flow mapping at its `{`.
+        assert_eq!(idx.find("routes[1]"), Some(Position { line: 6, column: 5 }));
+        assert_eq!(
+            idx.find("routes[0].match"),
+            Some(Position { line: 5, column: 7 })
+        );
+        let flow = PositionIndex::build(
+            "a: {b: 1}
+",
+        )
+        .unwrap();
+        assert_eq!(flow.find("a"), Some(Position { line: 1, column: 4 }));
     }
 
     #[test]

@@ -87,8 +87,9 @@ impl Default for RawLimits {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServerTimeouts {
-    /// Time a client has to send a complete request head (slowloris protection); also bounds how
-    /// long an idle keep-alive connection waits for its next request.
+    /// Slowloris protection: a connection with no request in progress that starts none during a
+    /// whole period of this length is closed, so a silent or trickling client, and an idle
+    /// keep-alive connection, is closed after one to two periods.
     pub header_read: Dur,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub shutdown_grace: Dur,

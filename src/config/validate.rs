@@ -259,9 +259,14 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
                     errs.push(ConfigError::new(key, "set exactly one of present, regex"));
                 } else if let Some(re) = &rule.regex {
                     if let Err(e) = regex::Regex::new(re) {
+                        // The regex crate's message spans several lines (pattern, caret,
+                        // reason); an error here is one line, so keep the reason.
+                        let text = e.to_string();
+                        let reason = text.lines().last().unwrap_or_default();
+                        let reason = reason.strip_prefix("error: ").unwrap_or(reason);
                         errs.push(ConfigError::new(
                             format!("{key}.regex"),
-                            format!("invalid regex: {e}"),
+                            format!("invalid regex: {reason}"),
                         ));
                     }
                 }

@@ -63,6 +63,7 @@ pub struct Runtime {
     shutdown: watch::Sender<bool>,
     /// When the runtime started.
     pub started: Instant,
+    startup: StartupSettings,
 }
 
 impl Runtime {
@@ -70,6 +71,7 @@ impl Runtime {
     pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
         let access_log = start_access_log(&plan, None)?;
         let (shutdown, _) = watch::channel(false);
+        let startup = StartupSettings::of(&plan);
         Ok(Arc::new(Self {
             active: ArcSwap::from_pointee(Active {
                 plan,
@@ -82,6 +84,7 @@ impl Runtime {
             connection_closed: Notify::new(),
             shutdown,
             started: Instant::now(),
+            startup,
         }))
     }
 
@@ -103,10 +106,12 @@ impl Runtime {
         if current.plan.fingerprint == plan.fingerprint {
             return Ok(ReloadOutcome::Unchanged);
         }
-        if current.plan.listen != plan.listen || current.plan.workers != plan.workers {
+        let restart_only = self.startup.restart_only_changes(&plan);
+        if !restart_only.is_empty() {
             tracing::warn!(
-                "listen addresses and worker count take effect only after a restart; \
-                 the rest of the new config is applied"
+                "changes to {} take effect only after a restart; the rest of the new config is \
+                 applied",
+                restart_only.join(", ")
             );
         }
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
@@ -132,6 +137,54 @@ impl Runtime {
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+}
+
+/// The settings the running listeners were built with and cannot change: the sockets, the
+/// worker threads and the HTTP connection builders (read buffer size, HTTP/2 header list size)
+/// are made at startup, and the log filter is installed once. (The header-read timeout is read
+/// by each worker's watchdog on every sweep, so it reloads.)
+#[derive(Debug, Clone, PartialEq)]
+struct StartupSettings {
+    listen: Vec<String>,
+    workers: usize,
+    log_level: String,
+    max_header_bytes: usize,
+    max_uri_bytes: usize,
+}
+
+impl StartupSettings {
+    fn of(plan: &Plan) -> Self {
+        Self {
+            listen: plan.listen.clone(),
+            workers: plan.workers,
+            log_level: plan.raw.log_level.clone(),
+            max_header_bytes: plan.limits.max_header_bytes,
+            max_uri_bytes: plan.limits.max_uri_bytes,
+        }
+    }
+
+    /// Keys of `new` that differ from what the process started with and so wait for a restart.
+    /// Lowering a header or URI limit works at once (every request is checked against the live
+    /// plan); raising one past the read buffer sized at startup does not.
+    fn restart_only_changes(&self, new: &Plan) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.listen != new.listen {
+            keys.push("listen");
+        }
+        if self.workers != new.workers {
+            keys.push("workers");
+        }
+        if self.log_level != new.raw.log_level {
+            keys.push("log_level");
+        }
+        if new.limits.max_header_bytes > self.max_header_bytes {
+            keys.push("limits.max_header_bytes (raised)");
+        }
+        if new.limits.max_uri_bytes > self.max_uri_bytes {
+            keys.push("limits.max_uri_bytes (raised)");
+        }
+        keys
     }
 }
 
