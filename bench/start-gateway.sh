@@ -3,6 +3,7 @@
 # path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing.
 #   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain)
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
+#   PORTICO_BENCH_BIN=PATH       run another build (A/B comparisons)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 profile="${PORTICO_BENCH_PROFILE:-plain}"
@@ -12,4 +13,4 @@ config="$(mktemp /tmp/portico-bench-XXXXXX.yaml)"
 sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@UPSTREAM_PORT@/$2/g" \
     -e "s/@WORKERS@/${GWBENCH_WORKERS:-1}/g" -e "s/@ACCESS_LOG@/$access_log/g" \
     "$here/$profile.yaml" > "$config"
-exec "$here/../target/release/portico" run --config "$config"
+exec "${PORTICO_BENCH_BIN:-$here/../target/release/portico}" run --config "$config"

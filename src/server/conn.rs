@@ -82,25 +82,26 @@ pub async fn serve(
         stream,
     });
     let service = ProxyService(Arc::clone(&ctx));
+    // The hyper connection is boxed: the task spawned per connection then stays small, and
+    // tokio moves (memcpy) a task's future several times while spawning it.
     if is_h2 {
-        let conn = builders.h2.serve_connection(io, service);
-        drive(conn, &ctx, &mut shutdown, |c| c.graceful_shutdown()).await;
+        let conn = Box::pin(builders.h2.serve_connection(io, service));
+        drive(conn, &ctx, &mut shutdown, |c| c.as_mut().graceful_shutdown()).await;
     } else {
-        let conn = builders.h1.serve_connection(io, service).with_upgrades();
-        drive(conn, &ctx, &mut shutdown, |c| c.graceful_shutdown()).await;
+        let conn = Box::pin(builders.h1.serve_connection(io, service).with_upgrades());
+        drive(conn, &ctx, &mut shutdown, |c| c.as_mut().graceful_shutdown()).await;
     }
 }
 
 async fn drive<C, E>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     ctx: &ConnCtx,
     shutdown: &mut watch::Receiver<bool>,
-    graceful: impl FnOnce(Pin<&mut C>),
+    graceful: impl FnOnce(&mut Pin<Box<C>>),
 ) where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let outcome = tokio::select! {
         r = conn.as_mut() => Some(r),
         _ = ctx.kill.notified() => {
@@ -108,7 +109,7 @@ async fn drive<C, E>(
             None
         }
         _ = shutdown.changed() => {
-            graceful(conn.as_mut());
+            graceful(&mut conn);
             Some(conn.await)
         }
     };
@@ -139,13 +140,10 @@ async fn read_prefix(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// One non-blocking read appended to `into`; the scratch buffer lives on this (synchronous)
-/// stack frame, not in the connection's future.
+/// One non-blocking read appended to `into`, into its spare capacity (nothing is zeroed first).
 fn try_read_chunk(stream: &TcpStream, into: &mut Vec<u8>) -> io::Result<usize> {
-    let mut scratch = [0u8; 4096];
-    let n = stream.try_read(&mut scratch)?;
-    into.extend_from_slice(&scratch[..n]);
-    Ok(n)
+    into.reserve(4096);
+    stream.try_read_buf(into)
 }
 
 /// The client socket with the already-read prefix in front of it. `poll_shutdown` only flushes:
