@@ -36,7 +36,15 @@ pub enum StartError {
     Runtime(#[from] ReloadError),
     /// A listener could not be bound.
     #[error("cannot listen: {0}")]
-    Listen(#[from] std::io::Error),
+    Listen(std::io::Error),
+}
+
+// Not `#[from]`: the message already carries the I/O error, and a `source()` as well would
+// print it twice in the CLI's error chain.
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Listen(e)
+    }
 }
 
 /// A running gateway: its shared state and its workers.

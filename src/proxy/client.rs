@@ -23,6 +23,8 @@ use crate::upstream::{Protocol, Service, Target};
 struct IdleConn {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
+    /// The service's idle limit when the connection was released.
+    limit: Duration,
 }
 
 #[derive(Default)]
@@ -40,6 +42,7 @@ pub struct PooledSender {
     sender: http1::SendRequest<RequestBody>,
     target: u64,
     max_idle: usize,
+    idle_limit: Duration,
 }
 
 impl PooledSender {
@@ -55,6 +58,7 @@ impl PooledSender {
                 idle.push(IdleConn {
                     sender: self.sender,
                     since: Instant::now(),
+                    limit: self.idle_limit,
                 });
             }
         });
@@ -81,6 +85,21 @@ pub async fn send(
         Protocol::Http1 => send_http1(service, target, req, timeout).await,
         Protocol::H2c => Box::pin(send_h2(service, target, req, timeout)).await,
     }
+}
+
+/// Drops this worker's idle connections that are closed or past their idle limit, and the
+/// pool entries of targets left with none (e.g. targets a reload removed). Called by the
+/// worker's watchdog once per period, so idle sockets do not wait for a checkout that never
+/// comes.
+pub fn prune_idle() {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        pool.http1.retain(|_, idle| {
+            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= c.limit);
+            !idle.is_empty()
+        });
+        pool.h2.retain(|_, sender| !sender.is_closed());
+    });
 }
 
 fn checkout_http1(target: u64, idle_limit: Duration) -> Option<http1::SendRequest<RequestBody>> {
@@ -127,6 +146,7 @@ async fn send_http1(
                         sender,
                         target: target.id,
                         max_idle: service.max_idle_per_target,
+                        idle_limit: service.timeouts.idle,
                     }),
                 })
             }

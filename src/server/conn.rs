@@ -86,10 +86,16 @@ pub async fn serve(
     // tokio moves (memcpy) a task's future several times while spawning it.
     if is_h2 {
         let conn = Box::pin(builders.h2.serve_connection(io, service));
-        drive(conn, &ctx, &mut shutdown, |c| c.as_mut().graceful_shutdown()).await;
+        drive(conn, &ctx, &mut shutdown, |c| {
+            c.as_mut().graceful_shutdown()
+        })
+        .await;
     } else {
         let conn = Box::pin(builders.h1.serve_connection(io, service).with_upgrades());
-        drive(conn, &ctx, &mut shutdown, |c| c.as_mut().graceful_shutdown()).await;
+        drive(conn, &ctx, &mut shutdown, |c| {
+            c.as_mut().graceful_shutdown()
+        })
+        .await;
     }
 }
 
@@ -278,5 +284,6 @@ pub async fn watchdog(runtime: Arc<Runtime>) {
                 entry.seen = Some(started);
             }
         });
+        crate::proxy::client::prune_idle();
     }
 }

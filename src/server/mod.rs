@@ -39,6 +39,7 @@ impl Server {
                     format!("bad listen address {text}"),
                 )
             })?;
+            ensure_port_free(addr)?;
             let first = bind_reuseport(addr)?;
             let actual = first.local_addr()?;
             local_addrs.push(actual);
@@ -70,6 +71,23 @@ impl Server {
             let _ = w.join();
         }
     }
+}
+
+/// Fails when another process already listens on `addr`. The workers' sockets use
+/// `SO_REUSEPORT`, which would otherwise let a second gateway start silently and take part of
+/// the traffic; a plain bind without it is refused while anyone holds the port.
+fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{addr} is already in use by another process"),
+        )
+    })
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<StdListener> {
