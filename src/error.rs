@@ -81,6 +81,20 @@ pub enum GatewayError {
     /// The gateway is shutting down or over capacity.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Missing or invalid credentials (the message never contains the credential).
+    #[error("{message}")]
+    Unauthorized {
+        /// What was wrong.
+        message: String,
+        /// `WWW-Authenticate` challenges, one per accepted scheme.
+        challenges: Vec<HeaderValue>,
+    },
+    /// Authenticated, but not allowed on this route (ACL).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The credential could not be checked (e.g. the introspection endpoint is down).
+    #[error("authentication is unavailable: {0}")]
+    AuthUnavailable(String),
 }
 
 impl GatewayError {
@@ -122,6 +136,13 @@ impl GatewayError {
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
+            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
+            AuthUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                Upstream,
+            ),
         }
     }
 
@@ -130,6 +151,12 @@ impl GatewayError {
         let (status, code, _) = self.kind();
         let mut resp = json_error(status, code, &self.to_string(), request_id);
         match self {
+            GatewayError::Unauthorized { challenges, .. } => {
+                for c in challenges {
+                    resp.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, c.clone());
+                }
+            }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     resp.headers_mut().insert(header::ALLOW, v);

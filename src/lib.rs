@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

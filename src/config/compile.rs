@@ -12,6 +12,8 @@ use super::plan::{AccessLogSettings, Forwarding, Limits, Plan, Rewrite, Route, T
 use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawService};
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
+use crate::policy::auth::Authenticators;
+use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::upstream::balancer::HashOn;
 use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, UpstreamTimeouts};
@@ -27,9 +29,11 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         .map(|(name, svc)| Arc::new(build_service(name, svc)))
         .collect();
 
+    let mut errors = Vec::new();
+    let authenticators = Authenticators::build(&raw.auth, &raw.consumers, &mut errors);
     let mut specs = Vec::with_capacity(raw.routes.len());
     let mut routes = Vec::with_capacity(raw.routes.len());
-    for r in &raw.routes {
+    for (index, r) in raw.routes.iter().enumerate() {
         let path = path_spec(r.matcher.path.as_deref(), r.matcher.path_type);
         let service = service_names
             .iter()
@@ -90,7 +94,11 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             preserve_host: r.preserve_host,
             max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
+            policies: route_policies(&raw, index, &authenticators, &mut errors),
         });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let router = Router::build(&specs).map_err(|errs| {
         errs.into_iter()
@@ -142,8 +150,54 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         router,
         routes,
         services,
+        identity_headers: authenticators.identity_headers.clone(),
         raw,
     })
+}
+
+/// The effective policies of route `index` (route, else service, else global), compiled.
+fn route_policies(
+    raw: &RawConfig,
+    index: usize,
+    authenticators: &Authenticators,
+    errors: &mut Vec<ConfigError>,
+) -> RoutePolicies {
+    let route = &raw.routes[index];
+    let service = raw
+        .services
+        .get(&route.service)
+        .map_or(&[][..], |s| &s.policies[..]);
+    let mut out = RoutePolicies::default();
+    for policy in policy::effective([&route.policies, service, &raw.policies]) {
+        // Errors point at the level the policy came from.
+        let path = policy_path(raw, index, policy);
+        match policy {
+            RawPolicy::Auth(auth) => {
+                out.auth = authenticators
+                    .policy(auth, &format!("{path}.auth"), errors)
+                    .map(Arc::new);
+            }
+        }
+    }
+    out
+}
+
+fn policy_path(raw: &RawConfig, index: usize, policy: &RawPolicy) -> String {
+    let route = &raw.routes[index];
+    if let Some(i) = route.policies.iter().position(|p| std::ptr::eq(p, policy)) {
+        return format!("routes[{index}].policies[{i}]");
+    }
+    if let Some(svc) = raw.services.get(&route.service) {
+        if let Some(i) = svc.policies.iter().position(|p| std::ptr::eq(p, policy)) {
+            return format!("services.{}.policies[{i}]", route.service);
+        }
+    }
+    let i = raw
+        .policies
+        .iter()
+        .position(|p| std::ptr::eq(p, policy))
+        .unwrap_or(0);
+    format!("policies[{i}]")
 }
 
 fn fingerprint(raw: &RawConfig) -> u64 {

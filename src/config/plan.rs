@@ -10,6 +10,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::raw::{AccessLogFormat, RawConfig};
+use crate::policy::RoutePolicies;
 use crate::router::{PathSpec, Router};
 use crate::upstream::Service;
 
@@ -41,6 +42,9 @@ pub struct Plan {
     pub routes: Vec<Route>,
     /// Services, referenced by index from routes.
     pub services: Vec<Arc<Service>>,
+    /// Identity headers only the gateway may set (`X-Consumer-*`, claim headers): removed from
+    /// every client request on every route.
+    pub identity_headers: Vec<http::HeaderName>,
 }
 
 /// Client-side limits.
@@ -77,7 +81,6 @@ pub struct AccessLogSettings {
 }
 
 /// A compiled route.
-#[derive(Debug)]
 pub struct Route {
     /// Config name (shared with log records without copying).
     pub name: Arc<str>,
@@ -93,6 +96,19 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Whole-request timeout (send to response head).
     pub timeout: Duration,
+    /// The route's effective policies (its own, else its service's, else global).
+    pub policies: RoutePolicies,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("service", &self.service)
+            .field("path", &self.path)
+            .field("auth", &self.policies.auth.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the upstream path is derived from the client's.

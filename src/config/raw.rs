@@ -10,6 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Dur};
+use crate::policy::auth::config::{RawAuth, RawConsumer};
+use crate::policy::RawPolicy;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -41,6 +43,18 @@ pub struct RawConfig {
     /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Consumers: the identities that credentials (API keys, basic auth, token subjects) map to.
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+    /// Named authentication providers (JWT issuers, introspection endpoints) and credential
+    /// settings that `auth` policies refer to.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Policies for every route, unless the route or its service sets one of the same kind.
+    // One-key maps (`- auth: {...}`) for the enum: see `load_balancing`.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<RawPolicy>")]
+    pub policies: Vec<RawPolicy>,
     /// Named groups of upstream targets.
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,
@@ -180,6 +194,10 @@ pub struct RawService {
     /// How often DNS names in target URLs are resolved again.
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+    /// Policies for this service's routes, unless a route sets one of the same kind.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<RawPolicy>")]
+    pub policies: Vec<RawPolicy>,
 }
 
 fn default_max_idle() -> usize {
@@ -281,6 +299,11 @@ pub struct RawRoute {
     /// Whole-request timeout on this route (overrides the service's `timeouts.request`).
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Policies, e.g. `- auth: {jwt: [main]}`; they override the service's and the global
+    /// ones of the same kind.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<RawPolicy>")]
+    pub policies: Vec<RawPolicy>,
 }
 
 /// Route match conditions.

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
+use crate::policy::auth;
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::Finish;
@@ -133,6 +134,7 @@ async fn handle(
                 .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string()),
             route: None,
             service: None,
+            consumer: None,
             target: None,
             status: 0,
             error: None,
@@ -267,7 +269,7 @@ fn has_dot_segment(path: &str) -> bool {
 async fn proxy(
     ctx: &ConnCtx,
     active: &Active,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &HeaderValue,
     mut draft: Option<&mut LogDraft>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -305,20 +307,35 @@ async fn proxy(
             limit: route.max_body_bytes,
         });
     }
-    let new_path = rewrite_path(route, req.uri(), found.matched_len, &found.params);
+    // The rewritten path needs the route's captures, which borrow the request; the query is
+    // attached after authentication, which may remove an API key from it.
+    let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
+    let (mut parts, body) = req.into_parts();
+    auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
+    let identity = match &route.policies.auth {
+        Some(policy) => Some(policy.authenticate(&mut parts).await?),
+        None => None,
+    };
+    if let (Some(d), Some(id)) = (draft.as_deref_mut(), &identity) {
+        d.finish.consumer = id.name.clone();
+    }
+    let new_path = upstream_path_and_query(rewritten, &parts.uri);
 
-    let client_ip = headers::client_ip(ctx.peer.ip(), req.headers(), &plan.trusted_proxies);
+    let client_ip = headers::client_ip(ctx.peer.ip(), &parts.headers, &plan.trusted_proxies);
     let index = service
         .balancer
-        .pick(&service.targets, req.headers(), client_ip, None);
+        .pick(&service.targets, &parts.headers, client_ip, None);
     let target = &service.targets[index];
     if let Some(d) = draft.as_deref_mut() {
         d.finish.target = Some(target.url.clone());
     }
 
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -350,6 +367,9 @@ async fn proxy(
         h.append(header::VIA, via.clone());
     }
     h.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(identity) = &identity {
+        identity.apply(h);
+    }
 
     parts.uri = match target.protocol {
         Protocol::Http1 => Uri::from(new_path),
@@ -433,20 +453,27 @@ fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderVal
 }
 
 /// The upstream path and query for `route`. Reuses the client's bytes when nothing changes.
+#[cfg(test)]
 fn rewrite_path(
     route: &Route,
     uri: &Uri,
     matched_len: usize,
     params: &matchit::Params<'_, '_>,
 ) -> PathAndQuery {
-    let original = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let path = original.path();
-    let mut out = BytesMut::with_capacity(original.as_str().len() + 16);
+    let rewritten = rewrite_target_path(route, uri.path(), matched_len, params);
+    upstream_path_and_query(rewritten, uri)
+}
+
+/// The rewritten path (no query), or `None` when the route does not rewrite.
+fn rewrite_target_path(
+    route: &Route,
+    path: &str,
+    matched_len: usize,
+    params: &matchit::Params<'_, '_>,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::with_capacity(path.len() + 32);
     match &route.rewrite {
-        Rewrite::None => return original,
+        Rewrite::None => return None,
         Rewrite::StripPrefix(prefix) => {
             let rest = if prefix == "/" {
                 path
@@ -485,6 +512,19 @@ fn rewrite_path(
             }
         }
     }
+    Some(out)
+}
+
+/// The upstream request target: the rewritten path (if any) with the request's current query.
+/// Reuses the client's bytes when nothing was rewritten.
+fn upstream_path_and_query(rewritten: Option<BytesMut>, uri: &Uri) -> PathAndQuery {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Some(mut out) = rewritten else {
+        return original;
+    };
     if let Some(q) = original.query() {
         out.put_u8(b'?');
         out.put_slice(q.as_bytes());
@@ -507,6 +547,7 @@ mod tests {
             preserve_host: false,
             max_body_bytes: 0,
             timeout: Duration::from_secs(1),
+            policies: Default::default(),
         }
     }
 

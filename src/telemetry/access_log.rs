@@ -55,6 +55,8 @@ pub struct Finish {
     pub route: Option<Arc<str>>,
     /// Service of the matched route.
     pub service: Option<Arc<str>>,
+    /// The authenticated consumer (or token subject); never a credential.
+    pub consumer: Option<Arc<str>>,
     /// The target URL the request went to.
     pub target: Option<String>,
     /// Response status.
@@ -158,6 +160,7 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         "path": f.path,
         "route": f.route.as_deref(),
         "service": f.service.as_deref(),
+        "consumer": f.consumer.as_deref(),
         "upstream": f.target,
         "status": f.status,
         "error": f.error,
