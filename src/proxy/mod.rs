@@ -127,11 +127,8 @@ async fn handle(
                 &active.plan.trusted_proxies,
             ),
             method: req.method().clone(),
-            host: request_host(&req).unwrap_or("").to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string()),
+            host: req.headers().get(header::HOST).cloned(),
+            uri: req.uri().clone(),
             route: None,
             service: None,
             consumer: None,
@@ -327,7 +324,7 @@ async fn proxy(
         .pick(&service.targets, &parts.headers, client_ip, None);
     let target = &service.targets[index];
     if let Some(d) = draft.as_deref_mut() {
-        d.finish.target = Some(target.url.clone());
+        d.finish.target = Some(Arc::clone(target));
     }
 
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
