@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,12 +18,27 @@ use crate::config::raw::AccessLogFormat;
 /// Lines queued before new ones are dropped.
 const QUEUE: usize = 65_536;
 
+/// How often the writer drains the queue: lines reach the file at most this late.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Owns the writer thread; dropping every handle ends the thread after it drains the queue.
 pub struct AccessLogger {
-    tx: SyncSender<Line>,
+    tx: Option<SyncSender<Line>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     settings: AccessLogSettings,
     /// Lines dropped because the writer could not keep up.
     pub dropped: AtomicU64,
+}
+
+impl Drop for AccessLogger {
+    /// Closes the queue and waits for the writer to drain it, so lines of the last requests
+    /// before a shutdown (or a reload that changes the log) are not lost.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 struct Line {
@@ -81,7 +96,10 @@ impl Finish {
             complete,
             end: Instant::now(),
         };
-        match logger.tx.try_send(line) {
+        let Some(tx) = &logger.tx else {
+            return;
+        };
+        match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 logger.dropped.fetch_add(1, Ordering::Relaxed);
@@ -105,11 +123,12 @@ impl AccessLogger {
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let format = settings.format;
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("portico-access-log".into())
             .spawn(move || writer(rx, out, format))?;
         Ok(Arc::new(Self {
-            tx,
+            tx: Some(tx),
+            writer: Some(writer),
             settings: settings.clone(),
             dropped: AtomicU64::new(0),
         }))
@@ -132,20 +151,29 @@ fn writer(rx: Receiver<Line>, out: Box<dyn Write + Send>, format: AccessLogForma
         }
         let _ = out.write_all(&buf);
     };
+    // The writer never blocks in `recv`: a blocked receiver must be woken (a futex call and a
+    // context switch) by every request that logs. It drains what is queued, writes it with one
+    // flush, and checks again after FLUSH_INTERVAL; requests only ever push to the queue.
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => write(line, &mut out),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    write(line, &mut out);
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
         }
-        // Drain the burst, then flush once, so lines show up promptly when traffic is light
-        // and cost one write per burst when it is heavy.
-        while let Ok(line) = rx.try_recv() {
-            write(line, &mut out);
+        if wrote {
+            let _ = out.flush();
         }
-        let _ = out.flush();
+        std::thread::sleep(FLUSH_INTERVAL);
     }
-    let _ = out.flush();
 }
 
 /// Writes one JSON object. Hand-rolled on purpose: building a `serde_json::Value` first cost
