@@ -97,6 +97,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             policies: route_policies(&raw, index, &authenticators, &mut errors),
         });
     }
+    // A service or global policy is compiled once per route that inherits it: report each of its
+    // problems once.
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert((e.path.clone(), e.message.clone())));
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -44,18 +44,21 @@ impl ApiKeyAuth {
         }
         let param = self.query.as_deref()?;
         let query = parts.uri.query()?;
+        // Other parameters are kept byte for byte (decoding and re-encoding them would change
+        // e.g. `a=x,y` into `a=x%2Cy`, which a signature or a strict upstream may reject).
         let mut key = None;
-        let mut kept = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            if k == param && key.is_none() {
-                key = Some(v.into_owned());
-            } else {
-                kept.append_pair(&k, &v);
+        let mut kept: Vec<&str> = Vec::new();
+        for piece in query.split('&') {
+            let decoded = form_urlencoded::parse(piece.as_bytes()).next();
+            match decoded {
+                Some((k, v)) if k == param && key.is_none() => key = Some(v.into_owned()),
+                _ if piece.is_empty() => {}
+                _ => kept.push(piece),
             }
         }
         let key = key?;
         if !self.forward {
-            let kept = kept.finish();
+            let kept = kept.join("&");
             let path = parts.uri.path();
             let pq = if kept.is_empty() {
                 path.to_string()

@@ -136,11 +136,8 @@ impl ConsumerRegistry {
             }
         }
         if let Some(b) = &raw.basic {
-            if !(b.password_hash.starts_with("$argon2") || b.password_hash.starts_with("$2")) {
-                errors.push(ConfigError::new(
-                    format!("{at}.basic.password_hash"),
-                    "must be an argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash, never a plaintext password",
-                ));
+            if let Err(why) = super::basic::check_hash_format(&b.password_hash) {
+                errors.push(ConfigError::new(format!("{at}.basic.password_hash"), why));
             } else if self
                 .basic
                 .insert(
@@ -194,6 +191,11 @@ impl ConsumerRegistry {
     /// The password hash and consumer of basic-auth user `username`.
     pub fn basic(&self, username: &str) -> Option<(&str, &Arc<Consumer>)> {
         self.basic.get(username).map(|(h, c)| (h.as_str(), c))
+    }
+
+    /// Every basic-auth password hash (to imitate their cost for unknown users).
+    pub fn basic_hashes(&self) -> impl Iterator<Item = &str> {
+        self.basic.values().map(|(h, _)| h.as_str())
     }
 
     /// Number of consumers.
