@@ -143,7 +143,8 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let ports = backends_rt.block_on(portico::demo::start_backends())?;
-    let env = portico::demo::DemoEnv(&ports, listen.to_string());
+    let key = portico::demo::DemoKey::generate().context("cannot make the demo signing key")?;
+    let env = portico::demo::DemoEnv(&ports, listen.to_string(), key.public_x().to_string());
     let plan = portico::config::load_str(portico::demo::DEMO_YAML, "examples/demo.yaml", &env)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
@@ -155,8 +156,10 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
         "backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}",
         ports.users, ports.products, ports.orders
     );
+    let token = key.token("ada", std::time::Duration::from_secs(24 * 3600));
+    println!("\ndemo JWT (sub: ada, valid 24 h, signed by a key made for this run):\n  {token}\n");
     println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");
-    for (what, cmd) in portico::demo::curl_commands(&base) {
+    for (what, cmd) in portico::demo::curl_commands(&base, &token) {
         println!("  # {what}\n  {cmd}\n");
     }
     backends_rt.block_on(async {

@@ -3,6 +3,10 @@
 //!
 //! The backends are deliberately tiny: enough to show routing, rewrites, request ids and
 //! forwarding headers. They are not part of the gateway's request path.
+//!
+//! Authentication is shown with a JWT route and an API-key route. The JWT signing key is an
+//! Ed25519 key made at every start (instant, unlike RSA): its public half goes into the demo
+//! config as `${DEMO_JWT_X}`, the private half only signs the token the demo prints.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -136,8 +140,9 @@ async fn respond(
     Ok(resp)
 }
 
-/// Expansion source for the demo config: the backend ports, then the real environment.
-pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String);
+/// Expansion source for the demo config: the backend ports, the listen address and the demo
+/// key's public JWK `x`, then the real environment.
+pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String, pub String);
 
 impl crate::config::expand::Source for DemoEnv<'_> {
     fn var(&self, name: &str) -> Option<String> {
@@ -146,6 +151,7 @@ impl crate::config::expand::Source for DemoEnv<'_> {
             "DEMO_PRODUCTS_PORT" => Some(self.0.products.to_string()),
             "DEMO_ORDERS_PORT" => Some(self.0.orders.to_string()),
             "DEMO_LISTEN" => Some(self.1.clone()),
+            "DEMO_JWT_X" => Some(self.2.clone()),
             other => crate::config::expand::ProcessEnv.var(other),
         }
     }
@@ -154,8 +160,60 @@ impl crate::config::expand::Source for DemoEnv<'_> {
     }
 }
 
-/// The curl commands `portico demo` prints, for a gateway at `base` (e.g. `http://127.0.0.1:8080`).
-pub fn curl_commands(base: &str) -> Vec<(String, String)> {
+/// The API key of the demo's `partner-shop` consumer (examples/demo.yaml).
+pub const DEMO_API_KEY: &str = "demo-partner-key-0001";
+
+/// The demo's JWT signing key: Ed25519, made at start from the OS's randomness.
+pub struct DemoKey {
+    /// PKCS#8 DER of the private key (what `jsonwebtoken` signs with).
+    pkcs8: Vec<u8>,
+    /// Public key, base64url: the JWK's `x`.
+    x: String,
+}
+
+impl DemoKey {
+    /// A new random key.
+    pub fn generate() -> std::io::Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        // PKCS#8 v1 for Ed25519 (RFC 8410): a fixed prefix, then the 32-byte seed.
+        let mut pkcs8 = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        pkcs8.extend_from_slice(&seed);
+        use base64::Engine;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
+        Ok(Self { pkcs8, x })
+    }
+
+    /// The public key as a JWK `x` value (for `${DEMO_JWT_X}`).
+    pub fn public_x(&self) -> &str {
+        &self.x
+    }
+
+    /// A token for `sub` from the demo issuer, valid for `ttl`.
+    pub fn token(&self, sub: &str, ttl: std::time::Duration) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = json!({
+            "iss": "portico-demo", "aud": "demo-api", "sub": sub,
+            "scope": "users:read", "iat": now, "exp": now + ttl.as_secs(),
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("demo".to_string());
+        let key = jsonwebtoken::EncodingKey::from_ed_der(&self.pkcs8);
+        // Signing with a well-formed Ed25519 key cannot fail; an empty token would only
+        // show up as a 401 in the printed commands.
+        jsonwebtoken::encode(&header, &claims, &key).unwrap_or_default()
+    }
+}
+
+/// The curl commands `portico demo` prints, for a gateway at `base` (e.g. `http://127.0.0.1:8080`)
+/// and a demo JWT `token`.
+pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
     vec![
         ("List users (prefix route, /api stripped before the users service)".into(), format!("curl -s {base}/api/users")),
         ("One product by id".into(), format!("curl -s {base}/api/products/2")),
@@ -165,5 +223,9 @@ pub fn curl_commands(base: &str) -> Vec<(String, String)> {
         ("Host-based route: admin.localhost goes to the orders service".into(), format!("curl -s -H 'host: admin.localhost' {base}/echo")),
         ("Method not allowed (405 with Allow)".into(), format!("curl -si -X DELETE {base}/api/products")),
         ("No route (404 JSON error)".into(), format!("curl -s {base}/nowhere")),
+        ("JWT route with the demo token (EdDSA, signed by a key made at start): the backend sees X-Consumer-Name and X-User-Id".into(), format!("curl -s -H 'authorization: Bearer {token}' {base}/secure/users/echo")),
+        ("The same JWT route without a token (401 with WWW-Authenticate)".into(), format!("curl -si {base}/secure/users")),
+        ("API-key route with partner-shop's key".into(), format!("curl -s -H 'x-api-key: {DEMO_API_KEY}' {base}/partner/products")),
+        ("The same API-key route without the key (401)".into(), format!("curl -si {base}/partner/products")),
     ]
 }

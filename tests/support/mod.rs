@@ -2,6 +2,7 @@
 //! clients, all on ephemeral 127.0.0.1 ports. Nothing here mocks what a user runs.
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};

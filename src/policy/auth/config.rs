@@ -87,7 +87,8 @@ pub struct RawJwtProvider {
     /// Static keys.
     #[serde(default)]
     pub keys: Vec<RawJwtKey>,
-    /// JWKS endpoint; fetched at start, refreshed every `jwks_refresh` and on an unknown `kid`.
+    /// JWKS endpoint (http:// or https://); fetched at first use, refreshed every `jwks_refresh`
+    /// and on an unknown `kid` (at most once per 10 s). A failed fetch keeps the last good keys.
     #[serde(default)]
     pub jwks_url: Option<String>,
     /// How often the JWKS is refreshed.
@@ -96,7 +97,7 @@ pub struct RawJwtProvider {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway: Dur,
-    /// Claims that must be present.
+    /// Claims that must be present (`exp` and `iss` always are; `aud` when `audiences` is set).
     #[serde(default)]
     pub required_claims: Vec<String>,
     /// Claim conditions, e.g. `scope: {contains: "orders:read"}`, `role: {in: [admin, ops]}`.
@@ -111,7 +112,7 @@ pub struct RawJwtProvider {
     /// Claims copied to upstream request headers, e.g. `sub: X-User-Id`.
     #[serde(default)]
     pub claim_headers: BTreeMap<String, String>,
-    /// Verified tokens cached (entries never outlive the token's `exp`).
+    /// Verified tokens cached (entries never outlive the token's `exp`); 0 turns the cache off.
     #[serde(default = "default_cache_size")]
     pub cache_size: u64,
 }
@@ -123,7 +124,7 @@ pub struct RawJwtKey {
     /// Key id matched against the token's `kid` (optional with a single key).
     #[serde(default)]
     pub kid: Option<String>,
-    /// PEM public key (RSA, EC or Ed25519).
+    /// PEM public key (RSA of at least 2048 bits, EC P-256/P-384 or Ed25519).
     #[serde(default)]
     pub pem: Option<String>,
     /// Path of a PEM public key file.
@@ -132,7 +133,7 @@ pub struct RawJwtKey {
     /// A JWK (JSON object).
     #[serde(default)]
     pub jwk: Option<serde_json::Value>,
-    /// HMAC secret (for HS256/384/512).
+    /// HMAC secret (for HS256/384/512), at least 32 bytes.
     #[serde(default)]
     pub secret: Option<String>,
 }

@@ -15,7 +15,9 @@ pub mod config;
 pub mod consumers;
 pub mod http_client;
 pub mod introspection;
+pub mod jwks;
 pub mod jwt;
+mod jwt_claims;
 
 use std::sync::Arc;
 

@@ -1,0 +1,124 @@
+//! `portico demo` as a user runs it: the real binary, its printed token and commands, and the
+//! answers of the JWT and API-key routes with and without credentials.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::send;
+
+/// Kills the demo process this test started when the test ends, pass or fail.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn portico demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let _demo = Demo(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Read the banner up to the last printed command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("demo banner");
+        let last = line.contains("curl -si") && line.contains("/partner/products");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    let text = lines.join("\n");
+    let base = text
+        .split("Portico demo gateway on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("base URL")
+        .to_string();
+    let token_line = lines
+        .iter()
+        .position(|l| l.starts_with("demo JWT"))
+        .expect("token line");
+    let token = lines[token_line + 1].trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert!(
+        text.contains(&format!("authorization: Bearer {token}")),
+        "{text}"
+    );
+
+    // The JWT route with the printed token: the backend sees who called.
+    let auth = format!("Bearer {token}");
+    let r = send(
+        "GET",
+        &format!("{base}/secure/users/echo"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["headers"]["x-consumer-name"], "ada", "{echo}");
+    assert_eq!(echo["headers"]["x-user-id"], "ada", "{echo}");
+    let r = send(
+        "GET",
+        &format!("{base}/secure/users"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("Ada Lovelace"), "{}", r.text());
+
+    // Without it: 401 with a Bearer challenge.
+    let r = send("GET", &format!("{base}/secure/users"), &[], "").await;
+    r.assert_error(401, "unauthorized");
+    assert_eq!(
+        r.header("www-authenticate"),
+        "Bearer realm=\"portico-demo\""
+    );
+    // A token of another key (or tampered) is refused.
+    let tampered = format!("Bearer {}x", token);
+    let r = send(
+        "GET",
+        &format!("{base}/secure/users"),
+        &[("authorization", tampered.as_str())],
+        "",
+    )
+    .await;
+    r.assert_error(401, "unauthorized");
+
+    // The API-key route.
+    let r = send(
+        "GET",
+        &format!("{base}/partner/products"),
+        &[("x-api-key", portico::demo::DEMO_API_KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send("GET", &format!("{base}/partner/products"), &[], "").await;
+    r.assert_error(401, "unauthorized");
+}
