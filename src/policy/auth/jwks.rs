@@ -493,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_fetches_warn_once_per_interval_and_keep_nothing_stale_out() {
+    fn failed_fetches_warn_once_per_interval_and_are_rate_limited() {
         // Port 1 on loopback refuses connections at once: every fetch fails fast.
         let jwks = Arc::new(
             RemoteJwks::new(
