@@ -79,6 +79,10 @@ async fn argon2_and_bcrypt_credentials_reach_the_upstream_as_their_consumer() {
     assert_eq!(echo["headers"]["x-consumer-name"][0], "alice");
     assert_eq!(echo["headers"]["x-consumer-id"][0], "c-001");
     assert_eq!(echo["headers"]["x-consumer-groups"][0], "admin");
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "the password went upstream: {echo}"
+    );
 
     // bcrypt, and the scheme name in another case (RFC 9110: case-insensitive).
     let lower = basic("bob@example.com", "builder").replacen("Basic", "bAsIc", 1);

@@ -552,3 +552,31 @@ async fn bad_jwt_config_is_reported_at_its_path_without_quoting_key_material() {
         .expect("unknown provider refused");
     assert!(err.contains("unknown JWT provider `nope`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failed_api_key_on_a_route_that_also_takes_tokens_does_not_blame_a_token() {
+    let up = upstream::http1("a").spawn().await;
+    let providers = main_provider(&format!(
+        "      algorithms: [RS256]\n      keys: [{{pem_file: \"{}\"}}]\n",
+        fixture_path("rsa-a.pub.pem")
+    ));
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &providers,
+        &route("{jwt: [main], api_key: true}"),
+    ));
+    let r = get_with(&gw.url("/x"), &[("x-api-key", "not-a-real-key".into())]).await;
+    r.assert_error(401, "unauthorized");
+    let challenges: Vec<String> = r
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(challenges, ["Bearer realm=\"shop\"", "Key realm=\"shop\""]);
+    let r = get_with(&gw.url("/x"), &bearer("a.b.c")).await;
+    assert!(r
+        .header("www-authenticate")
+        .contains("error=\"invalid_token\""));
+    assert_eq!(up.hits(), 0);
+}

@@ -122,3 +122,73 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
     let r = send("GET", &format!("{base}/partner/products"), &[], "").await;
     r.assert_error(401, "unauthorized");
 }
+
+/// Every curl command the demo prints, run as printed (through `sh`), answers with the status
+/// its comment promises.
+#[test]
+fn every_printed_curl_command_works_as_printed() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn portico demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let _demo = Demo(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // (comment, command) pairs, up to the last printed command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut comment = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("demo banner")
+            .trim()
+            .to_string();
+        if let Some(c) = line.strip_prefix("# ") {
+            comment = c.to_string();
+        } else if line.starts_with("curl ") {
+            let last = line.contains("curl -si") && line.contains("/partner/products");
+            pairs.push((comment.clone(), line));
+            if last {
+                break;
+            }
+        }
+    }
+    assert!(pairs.len() >= 8, "{pairs:?}");
+    for (comment, command) in pairs {
+        let expected = if comment.contains("405") {
+            405
+        } else if comment.contains("404") {
+            404
+        } else if comment.contains("401") {
+            401
+        } else if comment.starts_with("Create") {
+            201
+        } else {
+            200
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{command} -o /dev/null -w '%{{http_code}}'"))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(status, expected.to_string(), "{comment}: {command}");
+    }
+}

@@ -233,7 +233,9 @@ impl AuthPolicy {
     /// Authenticates the request and applies the ACLs. Removes credentials that must not go
     /// upstream (API keys unless `forward`). Never returns a 5xx for bad credentials.
     pub async fn authenticate(&self, parts: &mut Parts) -> Result<Identity, GatewayError> {
-        let mut failure: Option<String> = None;
+        // The last failure, and whether it was a bearer token (only then does the Bearer challenge
+        // carry `error="invalid_token"`).
+        let mut failure: Option<(String, bool)> = None;
         let mut presented = false;
         for provider in &self.jwt {
             let Some(token) = provider.token(parts) else {
@@ -242,7 +244,7 @@ impl AuthPolicy {
             presented = true;
             match provider.verify(&token).await {
                 Ok(v) => return self.accept_token(v),
-                Err(AuthFailure::Invalid(why)) => failure = Some(why),
+                Err(AuthFailure::Invalid(why)) => failure = Some((why, true)),
                 Err(AuthFailure::Unavailable(why)) => {
                     return Err(GatewayError::AuthUnavailable(why))
                 }
@@ -255,7 +257,7 @@ impl AuthPolicy {
             presented = true;
             match provider.introspect(&token).await {
                 Ok(v) => return self.accept_token(v),
-                Err(AuthFailure::Invalid(why)) => failure = Some(why),
+                Err(AuthFailure::Invalid(why)) => failure = Some((why, true)),
                 Err(AuthFailure::Unavailable(why)) => {
                     return Err(GatewayError::AuthUnavailable(why))
                 }
@@ -267,15 +269,20 @@ impl AuthPolicy {
                 match creds {
                     Ok((user, password)) => {
                         match basic.verify(&self.consumers, &user, &password).await {
-                            Ok(consumer) => return self.accept_consumer(consumer, Vec::new()),
-                            Err(AuthFailure::Invalid(why)) => failure = Some(why),
+                            Ok(consumer) => {
+                                // The password has done its job: the upstream gets the
+                                // consumer headers, not the credential.
+                                parts.headers.remove(http::header::AUTHORIZATION);
+                                return self.accept_consumer(consumer, Vec::new());
+                            }
+                            Err(AuthFailure::Invalid(why)) => failure = Some((why, false)),
                             Err(AuthFailure::Unavailable(why)) => {
                                 return Err(GatewayError::AuthUnavailable(why))
                             }
                         }
                     }
                     Err(AuthFailure::Invalid(why)) | Err(AuthFailure::Unavailable(why)) => {
-                        failure = Some(why)
+                        failure = Some((why, false))
                     }
                 }
             }
@@ -287,7 +294,7 @@ impl AuthPolicy {
                     Some(consumer) => {
                         return self.accept_consumer(Arc::clone(consumer), Vec::new())
                     }
-                    None => failure = Some("invalid API key".to_string()),
+                    None => failure = Some(("invalid API key".to_string(), false)),
                 }
             }
         }
@@ -308,9 +315,10 @@ impl AuthPolicy {
             .cloned();
         match consumer {
             Some(c) => self.accept_consumer(c, v.headers),
-            None if self.require_consumer => Err(self.unauthorized(Some(
+            None if self.require_consumer => Err(self.unauthorized(Some((
                 "the token's subject is not a known consumer".to_string(),
-            ))),
+                true,
+            )))),
             None => self.check_acl(Identity {
                 consumer: None,
                 name: v.subject.map(|s| s.into()),
@@ -360,9 +368,10 @@ impl AuthPolicy {
         Ok(identity)
     }
 
-    fn unauthorized(&self, failure: Option<String>) -> GatewayError {
+    fn unauthorized(&self, failure: Option<(String, bool)>) -> GatewayError {
         let (message, error) = match &failure {
-            Some(why) => (why.clone(), Some(why.as_str())),
+            Some((why, true)) => (why.clone(), Some(why.as_str())),
+            Some((why, false)) => (why.clone(), None),
             None => ("credentials are required".to_string(), None),
         };
         let challenges = self
