@@ -144,11 +144,16 @@ async fn control_loop(
     let watching = watch.is_some();
     let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    prefetch_in_background(runtime);
     loop {
         tokio::select! {
             _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
-                log_reload(&runtime.reload());
+                let result = runtime.reload();
+                log_reload(&result);
+                if matches!(result, Ok(ReloadOutcome::Applied { .. })) {
+                    prefetch_in_background(runtime);
+                }
             }
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
@@ -157,11 +162,21 @@ async fn control_loop(
                 if stamp != last_seen {
                     last_seen = stamp;
                     tracing::info!("config file changed: reloading");
-                    log_reload(&runtime.reload());
+                    let result = runtime.reload();
+                    log_reload(&result);
+                    if matches!(result, Ok(ReloadOutcome::Applied { .. })) {
+                        prefetch_in_background(runtime);
+                    }
                 }
             }
         }
     }
+}
+
+/// Fetches JWKS documents of the serving plan without holding up signal handling.
+fn prefetch_in_background(runtime: &Arc<Runtime>) {
+    let active = runtime.active();
+    tokio::spawn(async move { policy::auth::prefetch_keys(&active.plan).await });
 }
 
 /// Modification time and size: enough to notice an edit, including an atomic rename over it.

@@ -190,3 +190,32 @@ async fn a_jwks_outage_keeps_the_last_good_keys_and_without_any_keys_tokens_are_
     }
     assert_eq!(jwks.hits(), 3, "one attempt for the never-fetched issuer");
 }
+
+/// The real binary fetches the JWKS of the issuers its routes use at start, so the first request
+/// does not wait for the identity provider.
+#[tokio::test]
+async fn the_gateway_fetches_jwks_documents_at_start_before_any_request() {
+    let up = upstream::http1("a").spawn().await;
+    let (jwks, _state) = jwks_server(vec![jwk("rsa-a", Algorithm::RS256, "a")]).await;
+    let providers = main_provider(&format!(
+        "      algorithms: [RS256]\n      jwks_url: \"{}/jwks\"\n",
+        jwks.url()
+    ));
+    let yaml = config(&up.url(), &providers, &route("{jwt: [main]}"));
+    let gw = tokio::task::spawn_blocking(move || support::GatewayProcess::spawn(&yaml, &[]))
+        .await
+        .unwrap();
+    // No request has been sent: wait (bounded) for the prefetch to reach the JWKS server.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while jwks.hits() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the JWKS was not fetched at start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = sign(Algorithm::RS256, "rsa-a", Some("a"), &claims(json!({})));
+    let r = get_with(&gw.url("/x"), &bearer(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(jwks.hits(), 1, "the first request used the prefetched keys");
+}

@@ -198,6 +198,14 @@ impl JwtProvider {
         })
     }
 
+    /// Fetches the JWKS now (when the issuer has one and it was never fetched), so the first
+    /// request does not wait for it. A failure is logged like any fetch failure.
+    pub async fn prefetch(&self) {
+        if let Some(jwks) = &self.shared.jwks {
+            jwks.keys().await;
+        }
+    }
+
     /// Upstream header names this provider may set (from `claim_headers`).
     pub fn header_names(&self) -> Vec<HeaderName> {
         self.claims.header_names()

@@ -229,6 +229,25 @@ pub struct AuthPolicy {
     challenges: Vec<String>,
 }
 
+/// Fetches the JWKS of every issuer the plan's routes use, so keys are there before the first
+/// request (at start and after each reload; an unchanged issuer keeps its keys anyway).
+pub async fn prefetch_keys(plan: &crate::config::Plan) {
+    let mut providers: Vec<&Arc<jwt::JwtProvider>> = Vec::new();
+    for route in &plan.routes {
+        let Some(policy) = &route.policies.auth else {
+            continue;
+        };
+        for provider in &policy.jwt {
+            if !providers.iter().any(|p| Arc::ptr_eq(p, provider)) {
+                providers.push(provider);
+            }
+        }
+    }
+    for provider in providers {
+        provider.prefetch().await;
+    }
+}
+
 impl AuthPolicy {
     /// Authenticates the request and applies the ACLs. Removes credentials that must not go
     /// upstream (API keys unless `forward`). Never returns a 5xx for bad credentials.
