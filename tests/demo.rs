@@ -20,8 +20,8 @@ impl Drop for Demo {
     }
 }
 
-#[tokio::test]
-async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes() {
+/// Starts `portico demo` on a free port; its stdout lines arrive on the receiver.
+fn start_demo() -> (Demo, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["demo", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
@@ -30,7 +30,6 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
         .spawn()
         .expect("spawn portico demo");
     let stdout = child.stdout.take().expect("stdout");
-    let _demo = Demo(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -39,6 +38,12 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
             }
         }
     });
+    (Demo(child), rx)
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes() {
+    let (_demo, rx) = start_demo();
     // Read the banner up to the last printed command.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
@@ -127,23 +132,7 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
 /// its comment promises.
 #[test]
 fn every_printed_curl_command_works_as_printed() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn portico demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let _demo = Demo(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (_demo, rx) = start_demo();
     // (comment, command) pairs, up to the last printed command.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut pairs: Vec<(String, String)> = Vec::new();

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::config::{OnIntrospectionError, RawIntrospectionProvider, RawTokenSource};
+use super::jwt_claims::scalar_text;
 use super::{AuthFailure, Verified};
 use crate::config::ConfigError;
 
@@ -305,16 +306,6 @@ fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A string or number as text.
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 /// A claim as a header value: scalars as text, a list of scalars joined by `, `.

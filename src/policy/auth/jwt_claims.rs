@@ -175,7 +175,8 @@ fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(v)
 }
 
-fn scalar_text(v: &Value) -> Option<String> {
+/// A string, number or boolean claim as text; `None` for arrays, objects and null.
+pub(super) fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
