@@ -92,6 +92,14 @@ pub enum GatewayError {
     /// Authenticated, but not allowed on this route (ACL).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A valid token lacking what the route's issuer requires (claim rules).
+    #[error("{message}")]
+    InsufficientScope {
+        /// Which rule failed (never the token).
+        message: String,
+        /// The `WWW-Authenticate` challenge with `error="insufficient_scope"`.
+        challenge: Option<HeaderValue>,
+    },
     /// The credential could not be checked (e.g. the introspection endpoint is down).
     #[error("authentication is unavailable: {0}")]
     AuthUnavailable(String),
@@ -138,6 +146,7 @@ impl GatewayError {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
+            InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Downstream),
             AuthUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -156,6 +165,12 @@ impl GatewayError {
                     resp.headers_mut()
                         .append(header::WWW_AUTHENTICATE, c.clone());
                 }
+            }
+            GatewayError::InsufficientScope {
+                challenge: Some(c), ..
+            } => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, c.clone());
             }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

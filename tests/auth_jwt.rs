@@ -341,8 +341,12 @@ async fn claim_rules_and_required_claims() {
         let r = get_with(&gw.url("/x"), &bearer(&with(change))).await;
         assert_eq!(r.status, 200, "{what}: {}", r.text());
     }
+    // A missing required claim makes the token unacceptable (401 invalid_token); a valid token
+    // that fails a claim rule lacks privileges (403 insufficient_scope, RFC 6750 section 3.1).
+    let token = with(json!({"email": null}));
+    let r = get_with(&gw.url("/x"), &bearer(&token)).await;
+    assert_invalid_token(&r, "required claim `email`", &token);
     for (what, change, why) in [
-        ("no email", json!({"email": null}), "required claim `email`"),
         (
             "scope lacks orders:read",
             json!({"scope": "orders:write orders:readx"}),
@@ -372,9 +376,24 @@ async fn claim_rules_and_required_claims() {
     ] {
         let token = with(change);
         let r = get_with(&gw.url("/x"), &bearer(&token)).await;
-        assert_eq!(r.status, 401, "{what}: {}", r.text());
-        assert_invalid_token(&r, why, &token);
+        let body = r.assert_error(403, "insufficient_scope");
+        assert!(
+            body["message"].as_str().unwrap().contains(why),
+            "{what}: {body}"
+        );
+        let challenge = r.header("www-authenticate");
+        assert!(
+            challenge.starts_with("Bearer realm=\"shop\", error=\"insufficient_scope\"")
+                && challenge.contains(why),
+            "{what}: {challenge}"
+        );
+        assert!(!r.text().contains(&token) && !challenge.contains(&token));
     }
+    assert_eq!(
+        up.hits(),
+        3,
+        "only the three good tokens reached the upstream"
+    );
 }
 
 #[tokio::test]

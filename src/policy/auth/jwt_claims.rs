@@ -113,7 +113,7 @@ impl ClaimPolicy {
         }
         for (name, rule) in &self.rules {
             let Some(value) = claim(claims, name) else {
-                return Err(AuthFailure::Invalid(format!(
+                return Err(AuthFailure::Insufficient(format!(
                     "the token lacks the claim `{name}`"
                 )));
             };
@@ -130,7 +130,7 @@ impl ClaimPolicy {
                 },
             };
             if !ok {
-                return Err(AuthFailure::Invalid(format!(
+                return Err(AuthFailure::Insufficient(format!(
                     "the token's `{name}` claim does not satisfy this issuer's rule"
                 )));
             }

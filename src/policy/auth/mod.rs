@@ -47,6 +47,9 @@ pub enum AuthFailure {
     Invalid(String),
     /// The gateway could not check the credential (introspection endpoint down): 503.
     Unavailable(String),
+    /// A valid token whose claims do not meet the issuer's claim rules (e.g. a missing scope):
+    /// 403 with `error="insufficient_scope"` (RFC 6750 section 3.1).
+    Insufficient(String),
 }
 
 /// What a token provider (JWT issuer, introspection endpoint) vouches for.
@@ -267,6 +270,7 @@ impl AuthPolicy {
                 Err(AuthFailure::Unavailable(why)) => {
                     return Err(GatewayError::AuthUnavailable(why))
                 }
+                Err(AuthFailure::Insufficient(why)) => return Err(self.insufficient(why)),
             }
         }
         for provider in &self.introspection {
@@ -280,6 +284,7 @@ impl AuthPolicy {
                 Err(AuthFailure::Unavailable(why)) => {
                     return Err(GatewayError::AuthUnavailable(why))
                 }
+                Err(AuthFailure::Insufficient(why)) => return Err(self.insufficient(why)),
             }
         }
         if let Some(basic) = &self.basic {
@@ -294,15 +299,16 @@ impl AuthPolicy {
                                 parts.headers.remove(http::header::AUTHORIZATION);
                                 return self.accept_consumer(consumer, Vec::new());
                             }
-                            Err(AuthFailure::Invalid(why)) => failure = Some((why, false)),
+                            Err(AuthFailure::Invalid(why))
+                            | Err(AuthFailure::Insufficient(why)) => failure = Some((why, false)),
                             Err(AuthFailure::Unavailable(why)) => {
                                 return Err(GatewayError::AuthUnavailable(why))
                             }
                         }
                     }
-                    Err(AuthFailure::Invalid(why)) | Err(AuthFailure::Unavailable(why)) => {
-                        failure = Some((why, false))
-                    }
+                    Err(AuthFailure::Invalid(why))
+                    | Err(AuthFailure::Unavailable(why))
+                    | Err(AuthFailure::Insufficient(why)) => failure = Some((why, false)),
                 }
             }
         }
@@ -385,6 +391,24 @@ impl AuthPolicy {
             }));
         }
         Ok(identity)
+    }
+
+    fn insufficient(&self, why: String) -> GatewayError {
+        let challenge = self
+            .challenges
+            .iter()
+            .find(|c| c.starts_with("Bearer"))
+            .and_then(|c| {
+                HeaderValue::from_str(&format!(
+                    "{c}, error=\"insufficient_scope\", error_description=\"{}\"",
+                    why.replace(['"', '\\'], "'")
+                ))
+                .ok()
+            });
+        GatewayError::InsufficientScope {
+            message: why,
+            challenge,
+        }
     }
 
     fn unauthorized(&self, failure: Option<(String, bool)>) -> GatewayError {
