@@ -118,7 +118,27 @@ pub fn explain(
                 service.timeouts.idle,
                 route.max_body_bytes
             );
-            let _ = writeln!(out, "policies: none");
+            let raw_service = plan.raw.services.get(&raw.service);
+            let service_policies = raw_service.map_or(&[][..], |s| &s.policies[..]);
+            let effective =
+                crate::policy::effective([&raw.policies, service_policies, &plan.raw.policies]);
+            if effective.is_empty() {
+                let _ = writeln!(out, "policies: none");
+            } else {
+                let _ = writeln!(out, "policies:");
+                for p in effective {
+                    let level = if raw.policies.iter().any(|q| std::ptr::eq(q, p)) {
+                        "route"
+                    } else if service_policies.iter().any(|q| std::ptr::eq(q, p)) {
+                        "service"
+                    } else {
+                        "global"
+                    };
+                    // Policy settings hold names and limits, never credentials.
+                    let text = serde_json::to_string(p).unwrap_or_default();
+                    let _ = writeln!(out, "  {text} (from the {level} level)");
+                }
+            }
         }
         Match::MethodNotAllowed(allowed) => {
             let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();

@@ -683,3 +683,29 @@ fn explain_says_why_nothing_matches() {
         "{out}"
     );
 }
+
+#[test]
+fn explain_lists_the_effective_policies_and_their_level() {
+    let yaml = r#"
+consumers: [{name: app, api_keys: ["app-key-123456"]}]
+policies: [{auth: {api_key: true}}]
+services:
+  s: {targets: [{url: "http://127.0.0.1:1"}]}
+routes:
+  - {name: open, match: {path: /open}, service: s, policies: [{auth: {anonymous: true}}]}
+  - {name: closed, service: s}
+"#;
+    let plan = portico::config::load_str(yaml, "x.yaml", &portico::config::expand::ProcessEnv)
+        .expect("valid");
+    let open = portico::explain::explain(&plan, "GET", "http://h/open", &[]).unwrap();
+    assert!(
+        open.contains("\"anonymous\":true") && open.contains("(from the route level)"),
+        "{open}"
+    );
+    let closed = portico::explain::explain(&plan, "GET", "http://h/x", &[]).unwrap();
+    assert!(
+        closed.contains("\"api_key\":true") && closed.contains("(from the global level)"),
+        "{closed}"
+    );
+    assert!(!closed.contains("app-key-123456"), "{closed}");
+}
