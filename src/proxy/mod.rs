@@ -28,7 +28,7 @@ use crate::error::GatewayError;
 use crate::policy::auth;
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
-use crate::telemetry::access_log::Finish;
+use crate::telemetry::access_log::{Finish, RequestText};
 use crate::upstream::{InFlight, Protocol};
 use body::{Epilogue, GatewayBody, RequestBody};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -120,15 +120,20 @@ async fn handle(
             logger: Arc::clone(logger),
             start: Instant::now(),
             timestamp: SystemTime::now(),
-            request_id: request_id.clone(),
+            text: RequestText::new(
+                request_id.as_bytes(),
+                request_host(&req).unwrap_or("").as_bytes(),
+                req.uri()
+                    .path_and_query()
+                    .map_or(req.uri().path(), |pq| pq.as_str()),
+                req.headers().get(header::USER_AGENT).map(|v| v.as_bytes()),
+            ),
             client_ip: headers::client_ip(
                 ctx.peer.ip(),
                 req.headers(),
                 &active.plan.trusted_proxies,
             ),
             method: req.method().clone(),
-            host: req.headers().get(header::HOST).cloned(),
-            uri: req.uri().clone(),
             route: None,
             service: None,
             consumer: None,
@@ -137,7 +142,6 @@ async fn handle(
             error: None,
             request_bytes: content_length(&req).unwrap_or(0),
             upstream_duration: None,
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }),
     });
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
