@@ -100,6 +100,18 @@ pub enum GatewayError {
         /// The `WWW-Authenticate` challenge with `error="insufficient_scope"`.
         challenge: Option<HeaderValue>,
     },
+    /// Over a rate or concurrency limit: 429 (or 503 for a concurrency limit so configured).
+    #[error("{message}")]
+    RateLimited {
+        /// What limit was hit.
+        message: &'static str,
+        /// 429, or 503 for a concurrency limit configured so.
+        status: StatusCode,
+        /// Seconds until a request may pass (`Retry-After`).
+        retry_after: Option<u64>,
+        /// `RateLimit-Policy`/`RateLimit` (and/or legacy) headers.
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
     /// The credential could not be checked (e.g. the introspection endpoint is down).
     #[error("authentication is unavailable: {0}")]
     AuthUnavailable(String),
@@ -147,6 +159,7 @@ impl GatewayError {
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
             InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Downstream),
+            RateLimited { status, .. } => (*status, "rate_limited", Downstream),
             AuthUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -171,6 +184,19 @@ impl GatewayError {
             } => {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, c.clone());
+            }
+            GatewayError::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => {
+                let h = resp.headers_mut();
+                if let Some(s) = retry_after {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from((*s).max(1)));
+                }
+                for (k, v) in headers {
+                    h.insert(k.clone(), v.clone());
+                }
             }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

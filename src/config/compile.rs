@@ -13,6 +13,7 @@ use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawServi
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
+use crate::policy::rate_limit::RateLimitPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::upstream::balancer::HashOn;
@@ -31,6 +32,9 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
 
     let mut errors = Vec::new();
     let authenticators = Authenticators::build(&raw.auth, &raw.consumers, &mut errors);
+    // A service or global rate_limit policy has one set of counters, shared by every route that
+    // inherits it: compiled once per config path.
+    let mut rate_limits = std::collections::HashMap::new();
     let mut specs = Vec::with_capacity(raw.routes.len());
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in raw.routes.iter().enumerate() {
@@ -94,7 +98,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             preserve_host: r.preserve_host,
             max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
-            policies: route_policies(&raw, index, &authenticators, &mut errors),
+            policies: route_policies(&raw, index, &authenticators, &mut rate_limits, &mut errors),
         });
     }
     // A service or global policy is compiled once per route that inherits it: report each of its
@@ -164,6 +168,7 @@ fn route_policies(
     raw: &RawConfig,
     index: usize,
     authenticators: &Authenticators,
+    rate_limits: &mut std::collections::HashMap<String, Option<Arc<RateLimitPolicy>>>,
     errors: &mut Vec<ConfigError>,
 ) -> RoutePolicies {
     let route = &raw.routes[index];
@@ -180,6 +185,15 @@ fn route_policies(
                 out.auth = authenticators
                     .policy(auth, &format!("{path}.auth"), errors)
                     .map(Arc::new);
+            }
+            RawPolicy::RateLimit(rl) => {
+                let path = format!("{path}.rate_limit");
+                out.rate_limit = rate_limits
+                    .entry(path)
+                    .or_insert_with_key(|path| {
+                        RateLimitPolicy::build(rl, path, errors).map(Arc::new)
+                    })
+                    .clone();
             }
         }
     }

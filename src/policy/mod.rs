@@ -11,6 +11,7 @@
 //! `error.rs` turns into the response, so no policy ever drops a connection.
 
 pub mod auth;
+pub mod rate_limit;
 
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ use serde::{Deserialize, Serialize};
 pub enum RawPolicy {
     /// Authenticate the request (JWT, API key, basic auth, token introspection) and apply ACLs.
     Auth(auth::config::RawAuthPolicy),
+    /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
+    /// route, header).
+    RateLimit(rate_limit::config::RawRateLimitPolicy),
 }
 
 /// The compiled policies of one route.
@@ -31,6 +35,8 @@ pub enum RawPolicy {
 pub struct RoutePolicies {
     /// Authentication and ACLs.
     pub auth: Option<Arc<auth::AuthPolicy>>,
+    /// Rate and concurrency limits (shared by every route inheriting the same policy).
+    pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

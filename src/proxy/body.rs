@@ -111,6 +111,8 @@ pub struct Epilogue {
     pub finish: Option<Box<Finish>>,
     /// Keeps the request counted as active on its client connection.
     pub active: Option<ActiveRequest>,
+    /// Holds the request's place under a `rate_limit` concurrency limit until the body ends.
+    pub concurrency: Option<crate::policy::rate_limit::ConcurrencySlot>,
 }
 
 enum Source {

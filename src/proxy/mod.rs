@@ -323,6 +323,14 @@ async fn proxy(
     let new_path = upstream_path_and_query(rewritten, &parts.uri);
 
     let client_ip = headers::client_ip(ctx.peer.ip(), &parts.headers, &plan.trusted_proxies);
+    // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
+    // upstream: a rejected request never reaches a target.
+    let admitted = match &route.policies.rate_limit {
+        Some(policy) => {
+            Some(policy.check(&route.name, identity.as_ref(), &parts.headers, client_ip)?)
+        }
+        None => None,
+    };
     let index = service
         .balancer
         .pick(&service.targets, &parts.headers, client_ip, None);
@@ -416,6 +424,13 @@ async fn proxy(
     }
     let (mut parts, incoming) = sent.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    let mut concurrency = None;
+    if let Some(admitted) = admitted {
+        for (k, v) in admitted.headers {
+            parts.headers.insert(k, v);
+        }
+        concurrency = admitted.slot;
+    }
     if let Some(via) = &plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
     }
@@ -425,6 +440,7 @@ async fn proxy(
         Epilogue {
             pooled: sent.pooled,
             in_flight: Some(in_flight),
+            concurrency,
             ..Epilogue::default()
         },
     );
