@@ -9,7 +9,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A duration written as `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -20,7 +20,7 @@ impl Dur {
     }
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h`; `None` on anything else.
+/// Parses `250ms`, `30s`, `5m`, `1h`, `1d`; `None` on anything else.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
@@ -31,6 +31,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        // Days: for quota windows (`rate_limit` limits per `1d`).
+        "d" => 86_400_000,
         _ => return None,
     };
     Some(Duration::from_millis(n.checked_mul(ms_per_unit)?))
@@ -78,8 +80,8 @@ impl JsonSchema for Dur {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^[0-9]+(ms|s|m|h)$",
-            "description": "A duration: 250ms, 30s, 5m, 1h"
+            "pattern": "^[0-9]+(ms|s|m|h|d)$",
+            "description": "A duration: 250ms, 30s, 5m, 1h, 1d"
         })
     }
 }
