@@ -213,21 +213,8 @@ impl RateLimitPolicy {
             client_ip,
         };
         let mut admitted = Admitted::default();
-        if let Some(store) = &self.store {
-            let Some(key) = req.key(&self.key, self.missing)? else {
-                return Ok(admitted);
-            };
-            let decision = store.check(&key);
-            admitted.headers = self.headers(store, &decision);
-            if !decision.allowed {
-                return Err(GatewayError::RateLimited {
-                    message: "rate limit exceeded",
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    retry_after: decision.retry_after().map(secs_ceil),
-                    headers: admitted.headers,
-                });
-            }
-        }
+        // The concurrency slot first: a request it refuses must not use up rate quota (and a
+        // slot taken here is released on drop if the rate limit then refuses).
         if let Some(c) = &self.concurrency {
             if let Some(key) = req.key(&c.key, self.missing)? {
                 match c.table.acquire(key, c.max) {
@@ -237,9 +224,23 @@ impl RateLimitPolicy {
                             message: "too many requests in flight",
                             status: c.status,
                             retry_after: Some(1),
-                            headers: admitted.headers,
+                            headers: Vec::new(),
                         })
                     }
+                }
+            }
+        }
+        if let Some(store) = &self.store {
+            if let Some(key) = req.key(&self.key, self.missing)? {
+                let decision = store.check(&key);
+                admitted.headers = self.headers(store, &decision);
+                if !decision.allowed {
+                    return Err(GatewayError::RateLimited {
+                        message: "rate limit exceeded",
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        retry_after: decision.retry_after().map(secs_ceil),
+                        headers: std::mem::take(&mut admitted.headers),
+                    });
                 }
             }
         }
@@ -549,6 +550,22 @@ mod tests {
         let ip = policy("limits: [{requests: 1, per: 1m}]\nkey: consumer");
         assert!(ip.check("r", None, &h, IP).is_ok());
         assert!(ip.check("r", None, &h, IP).is_err());
+    }
+
+    #[test]
+    fn a_request_refused_for_concurrency_uses_no_rate_quota() {
+        let p = policy("limits: [{requests: 2, per: 1m}]\nconcurrency: {max: 1}");
+        let h = HeaderMap::new();
+        let held = p.check("r", None, &h, IP).ok().unwrap();
+        for _ in 0..5 {
+            assert!(p.check("r", None, &h, IP).is_err());
+        }
+        drop(held);
+        // One of the two requests is left; a rate rejection releases its slot.
+        drop(p.check("r", None, &h, IP).ok().unwrap());
+        assert!(p.check("r", None, &h, IP).is_err());
+        let table = &p.concurrency.as_ref().unwrap().table;
+        assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
     }
 
     #[test]
