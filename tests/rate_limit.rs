@@ -275,3 +275,25 @@ async fn the_access_log_marks_rate_limited_requests() {
     assert_eq!(lines[1]["route"], "r");
     assert!(lines[0]["error"].is_null());
 }
+
+#[tokio::test]
+async fn counters_survive_a_reload_that_leaves_the_policy_unchanged_and_restart_when_it_changes() {
+    let up = upstream::http1("a").spawn().await;
+    let yaml = limited(&up.url(), "{limits: [{requests: 2, per: 1m}]}");
+    let gw = TestGateway::start(&yaml);
+    let url = gw.url("/x");
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 200);
+    get(&url).await.assert_error(429, "rate_limited");
+    // Another change elsewhere in the file: the policy keeps its counters.
+    let outcome = gw.reload(&format!("{yaml}forwarding: {{via: true}}\n"));
+    assert!(
+        matches!(outcome, Ok(portico::runtime::ReloadOutcome::Applied { .. })),
+        "{outcome:?}"
+    );
+    get(&url).await.assert_error(429, "rate_limited");
+    // The policy itself changed: new counters.
+    gw.reload(&limited(&up.url(), "{limits: [{requests: 3, per: 1m}]}"))
+        .expect("reload");
+    assert_eq!(get(&url).await.status, 200);
+}

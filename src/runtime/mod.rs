@@ -101,11 +101,13 @@ impl Runtime {
     }
 
     /// Publishes `plan` unless it equals the one serving.
-    pub fn publish(&self, plan: Plan) -> Result<ReloadOutcome, ReloadError> {
+    pub fn publish(&self, mut plan: Plan) -> Result<ReloadOutcome, ReloadError> {
         let current = self.active.load();
         if current.plan.fingerprint == plan.fingerprint {
             return Ok(ReloadOutcome::Unchanged);
         }
+        // Rate-limit counters of unchanged policies survive the reload.
+        crate::policy::rate_limit::carry_over(&current.plan.routes, &mut plan.routes);
         let restart_only = self.startup.restart_only_changes(&plan);
         if !restart_only.is_empty() {
             tracing::warn!(

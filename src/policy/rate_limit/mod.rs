@@ -48,6 +48,9 @@ enum KeyPart {
 /// A compiled `rate_limit` policy. Its counters live as long as the policy (one per place the
 /// policy is written in the config, shared by every route that inherits it).
 pub struct RateLimitPolicy {
+    /// Where the policy is written and what it says: a reloaded config whose policy at the same
+    /// place says the same keeps this policy, counters included (see [`carry_over`]).
+    origin: (String, RawRateLimitPolicy),
     store: Option<LocalStore>,
     key: Vec<KeyPart>,
     missing: MissingKey,
@@ -181,6 +184,7 @@ impl RateLimitPolicy {
             HeaderValue::from_str(&text).ok()
         };
         Some(Self {
+            origin: (path.to_string(), raw.clone()),
             store: (!limits.is_empty()).then(|| LocalStore::new(limits, raw.max_keys)),
             key,
             missing: raw.missing_key,
@@ -273,6 +277,23 @@ impl RateLimitPolicy {
             out.push((X_RATELIMIT_RESET, HeaderValue::from(reset)));
         }
         out
+    }
+}
+
+/// On reload: every policy of the new plan written at the same config path with the same
+/// settings as one of the old plan is replaced by the old one, so its counters (and in-flight
+/// counts) survive the reload. A changed or moved policy starts afresh.
+pub fn carry_over(old: &[crate::config::plan::Route], new: &mut [crate::config::plan::Route]) {
+    let old: Vec<&Arc<RateLimitPolicy>> = old
+        .iter()
+        .filter_map(|r| r.policies.rate_limit.as_ref())
+        .collect();
+    for route in new {
+        if let Some(p) = &mut route.policies.rate_limit {
+            if let Some(o) = old.iter().find(|o| o.origin == p.origin) {
+                *p = Arc::clone(o);
+            }
+        }
     }
 }
 
