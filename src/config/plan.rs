@@ -107,6 +107,7 @@ impl std::fmt::Debug for Route {
             .field("service", &self.service)
             .field("path", &self.path)
             .field("auth", &self.policies.auth.is_some())
+            .field("rate_limit", &self.policies.rate_limit.is_some())
             .finish_non_exhaustive()
     }
 }

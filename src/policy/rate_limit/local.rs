@@ -478,6 +478,19 @@ mod tests {
         assert!(s.len() <= SHARDS);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn time_is_tokio_time_so_paused_tests_can_advance_it() {
+        let s = store(vec![sw(2, 10)]);
+        assert!(s.check(b"k").allowed);
+        assert!(s.check(b"k").allowed);
+        let d = s.check(b"k");
+        let wait = d.retry_after().unwrap();
+        tokio::time::advance(Duration::from_nanos(wait - 1)).await;
+        assert!(!s.check(b"k").allowed);
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(s.check(b"k").allowed);
+    }
+
     #[test]
     fn exact_under_threads() {
         let s = std::sync::Arc::new(store(vec![sw(1000, 3600)]));
