@@ -297,3 +297,23 @@ async fn counters_survive_a_reload_that_leaves_the_policy_unchanged_and_restart_
         .expect("reload");
     assert_eq!(get(&url).await.status, 200);
 }
+
+#[tokio::test]
+async fn gcra_lets_the_burst_through_then_refills() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&limited(
+        &up.url(),
+        "{limits: [{requests: 10, per: 1s, algorithm: gcra, burst: 3}]}",
+    ));
+    let url = gw.url("/x");
+    for _ in 0..3 {
+        assert_eq!(get(&url).await.status, 200);
+    }
+    let r = get(&url).await;
+    r.assert_error(429, "rate_limited");
+    // One token every 100 ms, rounded up to a whole second.
+    assert_eq!(r.header("retry-after"), "1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(up.hits(), 4);
+}
