@@ -68,7 +68,7 @@ async fn two_hundred_concurrent_requests_against_a_limit_of_fifty_let_exactly_fi
 #[tokio::test]
 async fn over_the_limit_the_answer_is_429_with_retry_after_and_requests_pass_again_after_it() {
     let up = upstream::http1("a").spawn().await;
-    let gw = TestGateway::start(&limited(&up.url(), "{limits: [{requests: 5, per: 1s}]}"));
+    let gw = TestGateway::start(&limited(&up.url(), "{limits: [{requests: 5, per: 2s}]}"));
     let url = gw.url("/x");
     for _ in 0..5 {
         assert_eq!(get(&url).await.status, 200);
@@ -79,9 +79,9 @@ async fn over_the_limit_the_answer_is_429_with_retry_after_and_requests_pass_aga
         .header("retry-after")
         .parse()
         .expect("Retry-After seconds");
-    // 5 per 1 s, all in the first window: they weigh fully until it ends, then (4/5 of them)
-    // slide out over the next 1/5 s.
-    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // 5 per 2 s, all in the key's first window: they weigh fully until it ends, then (4/5 of
+    // them) slide out over the next 2/5 s.
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
     assert!(r.header("ratelimit").contains("r=0"), "{:?}", r.headers);
     assert_eq!(up.hits(), 5);
     // Retry-After is the signal to wait for.
@@ -303,7 +303,7 @@ async fn gcra_lets_the_burst_through_then_refills() {
     let up = upstream::http1("a").spawn().await;
     let gw = TestGateway::start(&limited(
         &up.url(),
-        "{limits: [{requests: 10, per: 1s, algorithm: gcra, burst: 3}]}",
+        "{limits: [{requests: 10, per: 10s, algorithm: gcra, burst: 3}]}",
     ));
     let url = gw.url("/x");
     for _ in 0..3 {
@@ -311,7 +311,7 @@ async fn gcra_lets_the_burst_through_then_refills() {
     }
     let r = get(&url).await;
     r.assert_error(429, "rate_limited");
-    // One token every 100 ms, rounded up to a whole second.
+    // One token a second: the wait is under a second, rounded up.
     assert_eq!(r.header("retry-after"), "1");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(get(&url).await.status, 200);

@@ -10,7 +10,8 @@
 //! of distinct keys the limit of an evicted key is forgotten, never the memory bound).
 //!
 //! Time is `tokio::time::Instant` (so tests can pause it), kept as nanoseconds since the store
-//! was created. Sliding windows are aligned to that moment.
+//! was created. Each key's sliding windows start at its first request (while the key is kept),
+//! so a key's first window always holds exactly `requests`, however the clock is aligned.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -66,6 +67,8 @@ struct State {
 }
 
 struct Entry {
+    /// First check (ns): the key's windows are aligned to it; states hold times relative to it.
+    anchor: u64,
     /// Last check (ns), for eviction.
     seen: u64,
     /// Past this (ns), the entry holds nothing and may be dropped.
@@ -193,29 +196,31 @@ impl LocalStore {
         let entry = match map.get_mut(key) {
             Some(e) => e,
             None => map.entry(key.into()).or_insert_with(|| Entry {
+                anchor: now,
                 seen: now,
                 expires: 0,
                 states: vec![State::default(); self.limits.len()].into(),
             }),
         };
         entry.seen = now;
+        let rel = now - entry.anchor;
         // Pass 1 decides; pass 2 (only when every limit allows) counts. Both are pure
         // functions of the state, so computing twice costs less than buffering the new states.
         let mut limits = Vec::with_capacity(self.limits.len());
         for (limit, state) in self.limits.iter().zip(entry.states.iter()) {
-            limits.push(step(limit, *state, now).0);
+            limits.push(step(limit, *state, rel).0);
         }
         let allowed = limits.iter().all(|s| s.retry_after.is_none());
         if allowed {
             let mut expires = 0;
             for (limit, state) in self.limits.iter().zip(entry.states.iter_mut()) {
-                *state = step(limit, *state, now).1;
+                *state = step(limit, *state, rel).1;
                 expires = expires.max(match limit.algorithm {
                     Algorithm::SlidingWindow => (state.window + 2).saturating_mul(limit.window),
                     Algorithm::Gcra => state.a,
                 });
             }
-            entry.expires = expires;
+            entry.expires = entry.anchor.saturating_add(expires);
         } else {
             // A rejected request is not counted: limits that would have allowed it report the
             // quota they really have left.
@@ -263,7 +268,7 @@ fn evict(map: &mut FxHashMap<Box<[u8]>, Entry>, now: u64, cap: usize) {
 
 /// Weighted two-window counter.
 ///
-/// Windows of `w` ns are aligned to the store's start. With `p` requests counted in the
+/// Windows of `w` ns are aligned to the key's first request (`now` is relative to it). With `p` requests counted in the
 /// previous window, `c` in the current one and `e` ns elapsed in the current one, a request
 /// passes if `p * (w - e) / w + c + 1 <= requests` (computed exactly in integers), i.e. the
 /// previous window counts in proportion to how much of it the sliding window still covers.
@@ -389,8 +394,9 @@ mod tests {
     #[test]
     fn sliding_window_has_no_double_burst_at_the_edge() {
         let s = store(vec![sw(10, 10)]);
-        // All 10 at the very end of window 0.
-        for _ in 0..10 {
+        // The first request opens window 0; the other 9 come at its very end.
+        assert!(s.check_at(b"k", 0).allowed);
+        for _ in 0..9 {
             assert!(s.check_at(b"k", 10 * SEC - 1).allowed);
         }
         // Just after the edge the previous window still weighs almost fully.
@@ -445,6 +451,16 @@ mod tests {
         // The day-style limit kept its count: 5, not inflated by rejected requests.
         let d = s.check_at(b"k", 0);
         assert_eq!(d.limits.len(), 2);
+    }
+
+    #[test]
+    fn a_key_s_windows_start_at_its_first_request() {
+        let s = store(vec![sw(3, 10)]);
+        // A key first seen just before a multiple of the window still gets a whole window.
+        let t0 = 10 * SEC - 1;
+        let passed = (0..10).filter(|_| s.check_at(b"k", t0).allowed).count();
+        assert_eq!(passed, 3);
+        assert!(!s.check_at(b"k", t0 + 2).allowed);
     }
 
     #[test]
