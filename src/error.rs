@@ -115,6 +115,9 @@ pub enum GatewayError {
     /// The credential could not be checked (e.g. the introspection endpoint is down).
     #[error("authentication is unavailable: {0}")]
     AuthUnavailable(String),
+    /// The shared rate-limit store failed and the policy says `on_store_error: deny`.
+    #[error("rate limiting is unavailable; try again shortly")]
+    RateLimitUnavailable,
 }
 
 impl GatewayError {
@@ -165,6 +168,11 @@ impl GatewayError {
                 "auth_unavailable",
                 Upstream,
             ),
+            RateLimitUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate_limit_unavailable",
+                Internal,
+            ),
         }
     }
 
@@ -197,6 +205,10 @@ impl GatewayError {
                 for (k, v) in headers {
                     h.insert(k.clone(), v.clone());
                 }
+            }
+            GatewayError::RateLimitUnavailable => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 

@@ -317,3 +317,41 @@ async fn gcra_lets_the_burst_through_then_refills() {
     assert_eq!(get(&url).await.status, 200);
     assert_eq!(up.hits(), 4);
 }
+
+#[tokio::test]
+async fn a_jwt_claim_keys_the_limit_per_tenant() {
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+    use support::jwt::{bearer, claims, config, fixture_path, get_with, main_provider, sign};
+
+    let up = upstream::http1("a").spawn().await;
+    let providers = main_provider(&format!(
+        "      algorithms: [RS256]\n      keys: [{{pem_file: \"{}\"}}]\n",
+        fixture_path("rsa-a.pub.pem")
+    ));
+    let route = "  - name: r\n    service: a\n    policies:\n      - auth: {jwt: [main]}\n      \
+                 - rate_limit: {key: {claim: org.id}, missing_key: deny, limits: [{requests: 2, per: 1m}]}\n";
+    let gw = TestGateway::start(&config(&up.url(), &providers, route));
+    let token = |org: serde_json::Value| {
+        sign(
+            Algorithm::RS256,
+            "rsa-a",
+            None,
+            &claims(json!({ "org": org })),
+        )
+    };
+    // Two users of tenant 7 share its quota; tenant 8 has its own.
+    let (t7a, t7b) = (token(json!({"id": 7})), token(json!({"id": 7, "x": 1})));
+    let t8 = token(json!({"id": "8"}));
+    assert_eq!(get_with(&gw.url("/x"), &bearer(&t7a)).await.status, 200);
+    assert_eq!(get_with(&gw.url("/x"), &bearer(&t7b)).await.status, 200);
+    get_with(&gw.url("/x"), &bearer(&t7a))
+        .await
+        .assert_error(429, "rate_limited");
+    assert_eq!(get_with(&gw.url("/x"), &bearer(&t8)).await.status, 200);
+    // A token without the claim has no key: `missing_key: deny`.
+    let none = sign(Algorithm::RS256, "rsa-a", None, &claims(json!({})));
+    get_with(&gw.url("/x"), &bearer(&none))
+        .await
+        .assert_error(403, "forbidden");
+}

@@ -16,6 +16,7 @@ use crate::policy::auth::Authenticators;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
+use crate::store::redis::RedisStore;
 use crate::upstream::balancer::HashOn;
 use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, UpstreamTimeouts};
 
@@ -32,6 +33,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
 
     let mut errors = Vec::new();
     let authenticators = Authenticators::build(&raw.auth, &raw.consumers, &mut errors);
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| RedisStore::build(r, &mut errors));
     // A service or global rate_limit policy has one set of counters, shared by every route that
     // inherits it: compiled once per config path.
     let mut rate_limits = std::collections::HashMap::new();
@@ -98,7 +103,14 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             preserve_host: r.preserve_host,
             max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
-            policies: route_policies(&raw, index, &authenticators, &mut rate_limits, &mut errors),
+            policies: route_policies(
+                &raw,
+                index,
+                &authenticators,
+                redis.as_ref(),
+                &mut rate_limits,
+                &mut errors,
+            ),
         });
     }
     // A service or global policy is compiled once per route that inherits it: report each of its
@@ -159,6 +171,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         routes,
         services,
         identity_headers: authenticators.identity_headers.clone(),
+        redis,
         raw,
     })
 }
@@ -168,6 +181,7 @@ fn route_policies(
     raw: &RawConfig,
     index: usize,
     authenticators: &Authenticators,
+    redis: Option<&Arc<RedisStore>>,
     rate_limits: &mut std::collections::HashMap<String, Option<Arc<RateLimitPolicy>>>,
     errors: &mut Vec<ConfigError>,
 ) -> RoutePolicies {
@@ -179,7 +193,7 @@ fn route_policies(
     let mut out = RoutePolicies::default();
     for policy in policy::effective([&route.policies, service, &raw.policies]) {
         // Errors point at the level the policy came from.
-        let path = policy_path(raw, index, policy);
+        let (path, id) = policy_path(raw, index, policy);
         match policy {
             RawPolicy::Auth(auth) => {
                 out.auth = authenticators
@@ -191,7 +205,7 @@ fn route_policies(
                 out.rate_limit = rate_limits
                     .entry(path)
                     .or_insert_with_key(|path| {
-                        RateLimitPolicy::build(rl, path, errors).map(Arc::new)
+                        RateLimitPolicy::build(rl, path, &id, redis, errors).map(Arc::new)
                     })
                     .clone();
             }
@@ -200,14 +214,22 @@ fn route_policies(
     out
 }
 
-fn policy_path(raw: &RawConfig, index: usize, policy: &RawPolicy) -> String {
+/// Where a policy is written: its config path (for errors) and a name for the level it is
+/// written at that survives reordering the file (for state shared across nodes).
+fn policy_path(raw: &RawConfig, index: usize, policy: &RawPolicy) -> (String, String) {
     let route = &raw.routes[index];
     if let Some(i) = route.policies.iter().position(|p| std::ptr::eq(p, policy)) {
-        return format!("routes[{index}].policies[{i}]");
+        return (
+            format!("routes[{index}].policies[{i}]"),
+            format!("route:{}", route.name),
+        );
     }
     if let Some(svc) = raw.services.get(&route.service) {
         if let Some(i) = svc.policies.iter().position(|p| std::ptr::eq(p, policy)) {
-            return format!("services.{}.policies[{i}]", route.service);
+            return (
+                format!("services.{}.policies[{i}]", route.service),
+                format!("service:{}", route.service),
+            );
         }
     }
     let i = raw
@@ -215,7 +237,7 @@ fn policy_path(raw: &RawConfig, index: usize, policy: &RawPolicy) -> String {
         .iter()
         .position(|p| std::ptr::eq(p, policy))
         .unwrap_or(0);
-    format!("policies[{i}]")
+    (format!("policies[{i}]"), "global".to_string())
 }
 
 fn fingerprint(raw: &RawConfig) -> u64 {

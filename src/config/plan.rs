@@ -45,6 +45,8 @@ pub struct Plan {
     /// Identity headers only the gateway may set (`X-Consumer-*`, claim headers): removed from
     /// every client request on every route.
     pub identity_headers: Vec<http::HeaderName>,
+    /// The shared Redis (`redis:`), when configured.
+    pub redis: Option<Arc<crate::store::redis::RedisStore>>,
 }
 
 /// Client-side limits.

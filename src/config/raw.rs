@@ -55,6 +55,10 @@ pub struct RawConfig {
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<RawPolicy>")]
     pub policies: Vec<RawPolicy>,
+    /// The Redis server (or Cluster, or Sentinel-managed primary) that `store: redis` policies
+    /// share across gateway nodes.
+    #[serde(default)]
+    pub redis: Option<crate::store::redis::RawRedis>,
     /// Named groups of upstream targets.
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,

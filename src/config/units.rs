@@ -18,6 +18,11 @@ impl Dur {
     pub const fn from_secs(secs: u64) -> Self {
         Dur(Duration::from_secs(secs))
     }
+
+    /// A duration of whole milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h`, `1d`; `None` on anything else.

@@ -326,9 +326,11 @@ async fn proxy(
     // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
     // upstream: a rejected request never reaches a target.
     let admitted = match &route.policies.rate_limit {
-        Some(policy) => {
-            Some(policy.check(&route.name, identity.as_ref(), &parts.headers, client_ip)?)
-        }
+        Some(policy) => Some(
+            policy
+                .check(&route.name, identity.as_ref(), &parts.headers, client_ip)
+                .await?,
+        ),
         None => None,
     };
     let index = service

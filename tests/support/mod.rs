@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -17,6 +17,7 @@
 //! cache absorbs the steady state, and a burst costs a few duplicate calls.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -292,7 +293,11 @@ impl Introspector {
             })
             .collect();
         Ok(Answer::Active {
-            verified: Verified { subject, headers },
+            verified: Verified {
+                subject,
+                headers,
+                claims: Some(Arc::new(doc.clone())),
+            },
             expires_in,
         })
     }

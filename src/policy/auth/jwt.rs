@@ -283,9 +283,10 @@ impl JwtProvider {
             None => [0; 32],
         };
         let claims = self.verify_uncached(token).await?;
-        let verified = self.claims.verified(&claims);
+        let mut verified = self.claims.verified(&claims);
+        let exp = claims.get("exp").and_then(numeric).unwrap_or(0);
+        verified.claims = Some(Arc::new(claims));
         if let Some(cache) = &self.shared.cache {
-            let exp = claims.get("exp").and_then(numeric).unwrap_or(0);
             let now = jsonwebtoken::get_current_timestamp();
             if exp > now {
                 let mut ttl = Duration::from_secs(exp - now);

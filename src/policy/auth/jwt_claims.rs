@@ -157,13 +157,17 @@ impl ClaimPolicy {
                 Some((header.clone(), HeaderValue::from_str(&text).ok()?))
             })
             .collect();
-        Verified { subject, headers }
+        Verified {
+            subject,
+            headers,
+            claims: None,
+        }
     }
 }
 
 /// A claim by name; a dotted name that is not a top-level claim walks nested objects
 /// (`realm_access.roles`).
-fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(super) fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     if let Some(v) = claims.get(name) {
         return Some(v);
     }

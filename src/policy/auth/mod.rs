@@ -59,6 +59,8 @@ pub struct Verified {
     pub subject: Option<String>,
     /// Upstream headers from the provider's `claim_headers`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Every claim of the token (or introspection answer), for policies that key on one.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// Who the request is, once authenticated.
@@ -72,6 +74,19 @@ pub struct Identity {
     pub anonymous: bool,
     /// Extra upstream headers (claim mappings).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The token's claims, when a token authenticated the request.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl Identity {
+    /// The text of claim `name` (dotted names walk nested objects), when the request carried a
+    /// token with that claim as a string, number or boolean.
+    pub fn claim_text(&self, name: &str) -> Option<String> {
+        self.claims
+            .as_deref()
+            .and_then(|c| jwt_claims::claim(c, name))
+            .and_then(jwt_claims::scalar_text)
+    }
 }
 
 /// Every provider declared under `auth:` plus the consumers, built once per plan.
@@ -297,7 +312,7 @@ impl AuthPolicy {
                                 // The password has done its job: the upstream gets the
                                 // consumer headers, not the credential.
                                 parts.headers.remove(http::header::AUTHORIZATION);
-                                return self.accept_consumer(consumer, Vec::new());
+                                return self.accept_consumer(consumer, Vec::new(), None);
                             }
                             Err(AuthFailure::Invalid(why))
                             | Err(AuthFailure::Insufficient(why)) => failure = Some((why, false)),
@@ -317,7 +332,7 @@ impl AuthPolicy {
                 presented = true;
                 match self.consumers.by_api_key(key.as_bytes()) {
                     Some(consumer) => {
-                        return self.accept_consumer(Arc::clone(consumer), Vec::new())
+                        return self.accept_consumer(Arc::clone(consumer), Vec::new(), None)
                     }
                     None => failure = Some(("invalid API key".to_string(), false)),
                 }
@@ -339,7 +354,7 @@ impl AuthPolicy {
             .and_then(|s| self.consumers.by_subject(s))
             .cloned();
         match consumer {
-            Some(c) => self.accept_consumer(c, v.headers),
+            Some(c) => self.accept_consumer(c, v.headers, v.claims),
             None if self.require_consumer => Err(self.unauthorized(Some((
                 "the token's subject is not a known consumer".to_string(),
                 true,
@@ -349,6 +364,7 @@ impl AuthPolicy {
                 name: v.subject.map(|s| s.into()),
                 anonymous: false,
                 headers: v.headers,
+                claims: v.claims,
             }),
         }
     }
@@ -357,12 +373,14 @@ impl AuthPolicy {
         &self,
         consumer: Arc<Consumer>,
         headers: Vec<(HeaderName, HeaderValue)>,
+        claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     ) -> Result<Identity, GatewayError> {
         self.check_acl(Identity {
             name: Some(Arc::clone(&consumer.name)),
             consumer: Some(consumer),
             anonymous: false,
             headers,
+            claims,
         })
     }
 

@@ -28,9 +28,20 @@ pub struct RawRateLimitPolicy {
     /// `Retry-After` is always sent on a 429.
     #[serde(default)]
     pub headers: HeaderStyle,
-    /// Where counters live. Only `local` (in this process) for now.
+    /// Where counters live: `local` (in this process, the default) or `redis` (the top-level
+    /// `redis:` section; exact across every node sharing it).
     #[serde(default)]
     pub store: StoreKind,
+    /// `store: redis` only: what happens while Redis is unreachable or slower than its
+    /// `timeout`: `local` (count in this process meanwhile, the default), `allow` (let requests
+    /// through uncounted) or `deny` (503).
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// `store: redis` only: the name of this policy's counters in Redis. Default: `route:NAME`,
+    /// `service:NAME` or `global`, after where the policy is written, so reordering the config
+    /// keeps the counters; set it to share counters between policies or keep them across renames.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Most keys the local store keeps; beyond, idle (expired) keys are evicted first, then the
     /// least recently seen ones. Bounds memory under a flood of distinct keys.
     #[serde(default = "default_max_keys")]
@@ -112,6 +123,10 @@ pub enum RawKeyPart {
     Route,
     /// The value of a request header; missing when absent.
     Header(String),
+    /// A claim of the request's verified JWT (or introspected token), by name (dotted names
+    /// walk nested objects); missing without a token or when the claim is absent or not a
+    /// string, number or boolean.
+    Claim(String),
 }
 
 /// What happens to a request with no value for its key.
@@ -149,6 +164,21 @@ pub enum StoreKind {
     /// In this process: exact per node, not shared across nodes.
     #[default]
     Local,
+    /// In the top-level `redis:` store: exact across every node sharing it.
+    Redis,
+}
+
+/// What a `store: redis` policy does while Redis fails.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Count in this node's local store meanwhile (exact per node, not across the fleet).
+    #[default]
+    Local,
+    /// Let requests through uncounted.
+    Allow,
+    /// Refuse requests with 503.
+    Deny,
 }
 
 /// A concurrency limit.

@@ -7,11 +7,12 @@
 //! authentication (it reads the [`Identity`] auth produced), the client IP (the proxy computes
 //! it with `trusted_proxies`) or the 429 response itself (`error.rs`).
 //!
-//! Files: `config.rs` (YAML), `local.rs` (the in-process store); this file compiles and runs a
-//! policy. The store is behind one type so a shared (Redis) store can be added next to it.
+//! Files: `config.rs` (YAML), `local.rs` (the in-process store), `redis.rs` (the shared
+//! store); this file compiles and runs a policy.
 
 pub mod config;
 pub mod local;
+pub mod redis;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,12 @@ use rustc_hash::FxHashMap;
 use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::policy::auth::Identity;
-use config::{HeaderStyle, MissingKey, RawKey, RawKeyPart, RawRateLimitPolicy};
+use crate::store::redis::{RawRedis, RedisStore};
+use config::{
+    HeaderStyle, MissingKey, OnStoreError, RawKey, RawKeyPart, RawRateLimitPolicy, StoreKind,
+};
 use local::{Decision, Limit, LocalStore};
+use redis::RedisLimiter;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -43,6 +48,7 @@ enum KeyPart {
     ClientIp,
     Route,
     Header(HeaderName),
+    Claim(Box<str>),
 }
 
 /// A compiled `rate_limit` policy. Its counters live as long as the policy (one per place the
@@ -50,8 +56,13 @@ enum KeyPart {
 pub struct RateLimitPolicy {
     /// Where the policy is written and what it says: a reloaded config whose policy at the same
     /// place says the same keeps this policy, counters included (see [`carry_over`]).
-    origin: (String, RawRateLimitPolicy),
+    origin: (String, RawRateLimitPolicy, Option<RawRedis>),
+    /// The local store: where counters live with `store: local`, the fallback with
+    /// `on_store_error: local`.
     store: Option<LocalStore>,
+    /// With `store: redis`.
+    redis: Option<RedisLimiter>,
+    on_store_error: OnStoreError,
     key: Vec<KeyPart>,
     missing: MissingKey,
     style: HeaderStyle,
@@ -72,10 +83,13 @@ pub struct Admitted {
 }
 
 impl RateLimitPolicy {
-    /// Compiles a policy; `path` is its config path for errors.
+    /// Compiles a policy; `path` is its config path for errors, `default_id` names its counters
+    /// in Redis unless the policy sets `id`, `redis` is the plan's Redis store.
     pub fn build(
         raw: &RawRateLimitPolicy,
         path: &str,
+        default_id: &str,
+        redis: Option<&Arc<RedisStore>>,
         errors: &mut Vec<ConfigError>,
     ) -> Option<Self> {
         let before = errors.len();
@@ -143,6 +157,47 @@ impl RateLimitPolicy {
             limits.push(Limit::new(l.requests, l.per.0, l.algorithm, l.burst));
         }
         let key = compile_key(&raw.key, &format!("{path}.key"), errors);
+        let redis = match raw.store {
+            StoreKind::Local => None,
+            StoreKind::Redis => {
+                if redis.is_none() {
+                    errors.push(ConfigError::new(
+                        format!("{path}.store"),
+                        "`store: redis` needs the top-level `redis:` section",
+                    ));
+                }
+                for (i, l) in limits.iter().enumerate() {
+                    // Redis keeps time in microseconds.
+                    let fine = match l.algorithm {
+                        config::Algorithm::SlidingWindow => l.window >= 1_000_000,
+                        config::Algorithm::Gcra => l.window / l.requests.max(1) >= 1_000,
+                    };
+                    if !fine {
+                        errors.push(ConfigError::new(
+                            format!("{path}.limits[{i}].per"),
+                            "too fine for `store: redis`: a sliding window needs at least 1ms, \
+                             GCRA at least 1µs per request",
+                        ));
+                    }
+                }
+                let id = raw.id.as_deref().unwrap_or(default_id);
+                if id.is_empty() || id.bytes().any(|b| b.is_ascii_control()) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.id"),
+                        "must be non-empty printable text",
+                    ));
+                }
+                redis.map(|r| (Arc::clone(r), id.to_string()))
+            }
+        };
+        if raw.store == StoreKind::Local
+            && (raw.id.is_some() || raw.on_store_error != OnStoreError::Local)
+        {
+            errors.push(ConfigError::new(
+                format!("{path}.store"),
+                "`id` and `on_store_error` only apply to `store: redis`",
+            ));
+        }
         let concurrency = raw.concurrency.as_ref().map(|c| {
             let at = format!("{path}.concurrency");
             if c.max == 0 {
@@ -183,9 +238,16 @@ impl RateLimitPolicy {
                 .join(", ");
             HeaderValue::from_str(&text).ok()
         };
+        let redis_settings = redis.as_ref().map(|(r, _)| r.settings().clone());
+        let redis = match redis {
+            Some((store, id)) if !limits.is_empty() => Some(RedisLimiter::new(store, &id, &limits)),
+            _ => None,
+        };
         Some(Self {
-            origin: (path.to_string(), raw.clone()),
+            origin: (path.to_string(), raw.clone(), redis_settings),
             store: (!limits.is_empty()).then(|| LocalStore::new(limits, raw.max_keys)),
+            redis,
+            on_store_error: raw.on_store_error,
             key,
             missing: raw.missing_key,
             style: raw.headers,
@@ -201,9 +263,9 @@ impl RateLimitPolicy {
     }
 
     /// Checks a request: `Ok` with the response headers (and a concurrency slot) when it may
-    /// go on, the 429 (or 403 for `missing_key: deny`) otherwise. A rejected request is not
-    /// counted.
-    pub fn check(
+    /// go on, the 429 (or 403 for `missing_key: deny`, 503 when Redis fails with
+    /// `on_store_error: deny`) otherwise. A rejected request is not counted.
+    pub async fn check(
         &self,
         route: &str,
         identity: Option<&Identity>,
@@ -236,7 +298,18 @@ impl RateLimitPolicy {
         }
         if let Some(store) = &self.store {
             if let Some(key) = req.key(&self.key, self.missing)? {
-                let decision = store.check(&key);
+                let decision = match &self.redis {
+                    None => store.check(&key),
+                    Some(redis) => match redis.check(&key).await {
+                        Ok(d) => d,
+                        // The store logs its failures (once per interval).
+                        Err(_) => match self.on_store_error {
+                            OnStoreError::Local => store.check(&key),
+                            OnStoreError::Allow => return Ok(admitted),
+                            OnStoreError::Deny => return Err(GatewayError::RateLimitUnavailable),
+                        },
+                    },
+                };
                 admitted.headers = self.headers(store, &decision);
                 if !decision.allowed {
                     return Err(GatewayError::RateLimited {
@@ -313,6 +386,15 @@ fn compile_key(raw: &RawKey, path: &str, errors: &mut Vec<ConfigError>) -> Vec<K
             RawKeyPart::Consumer => Some(KeyPart::Consumer),
             RawKeyPart::ClientIp => Some(KeyPart::ClientIp),
             RawKeyPart::Route => Some(KeyPart::Route),
+            RawKeyPart::Claim(name) if name.is_empty() => {
+                let at = match raw {
+                    RawKey::One(_) => format!("{path}.claim"),
+                    RawKey::Many(_) => format!("{path}[{i}].claim"),
+                };
+                errors.push(ConfigError::new(at, "name a claim"));
+                None
+            }
+            RawKeyPart::Claim(name) => Some(KeyPart::Claim(name.as_str().into())),
             RawKeyPart::Header(name) => match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(h) => Some(KeyPart::Header(h)),
                 Err(_) => {
@@ -358,6 +440,15 @@ impl Req<'_> {
                     continue;
                 }
                 KeyPart::Route => (b'r', self.route.as_bytes()),
+                KeyPart::Claim(name) => match self.identity.and_then(|i| i.claim_text(name)) {
+                    Some(v) => {
+                        key.push(b'j');
+                        key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        key.extend_from_slice(v.as_bytes());
+                        continue;
+                    }
+                    None => return self.missing(missing),
+                },
                 KeyPart::Header(h) => match self.headers.get(h) {
                     Some(v) => (b'h', v.as_bytes()),
                     None => return self.missing(missing),
@@ -480,7 +571,7 @@ mod tests {
     fn policy(yaml: &str) -> RateLimitPolicy {
         let raw: RawRateLimitPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         let mut errors = Vec::new();
-        let p = RateLimitPolicy::build(&raw, "p", &mut errors);
+        let p = RateLimitPolicy::build(&raw, "p", "global", None, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         p.unwrap()
     }
@@ -488,11 +579,19 @@ mod tests {
     fn errors(yaml: &str) -> Vec<String> {
         let raw: RawRateLimitPolicy = serde_yaml_ng::from_str(yaml).unwrap();
         let mut errors = Vec::new();
-        RateLimitPolicy::build(&raw, "p", &mut errors);
+        RateLimitPolicy::build(&raw, "p", "global", None, &mut errors);
         errors
             .into_iter()
             .map(|e| format!("{}: {}", e.path, e.message))
             .collect()
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -525,7 +624,7 @@ mod tests {
     fn allowed_and_rejected_requests_carry_the_headers() {
         let p = policy("limits: [{requests: 2, per: 1m}]\nheaders: both");
         let h = HeaderMap::new();
-        let a = p.check("r", None, &h, IP).ok().unwrap();
+        let a = block(p.check("r", None, &h, IP)).ok().unwrap();
         let get = |hs: &[(HeaderName, HeaderValue)], n: &HeaderName| {
             hs.iter()
                 .find(|(k, _)| k == n)
@@ -537,8 +636,8 @@ mod tests {
         );
         assert_eq!(get(&a.headers, &RATELIMIT).unwrap(), "\"default\";r=1;t=60");
         assert_eq!(get(&a.headers, &X_RATELIMIT_REMAINING).unwrap(), "1");
-        p.check("r", None, &h, IP).ok().unwrap();
-        match p.check("r", None, &h, IP) {
+        block(p.check("r", None, &h, IP)).ok().unwrap();
+        match block(p.check("r", None, &h, IP)) {
             Err(GatewayError::RateLimited {
                 retry_after: Some(s),
                 headers,
@@ -560,31 +659,31 @@ mod tests {
         let deny =
             policy("limits: [{requests: 1, per: 1m}]\nkey: {header: x-t}\nmissing_key: deny");
         assert!(matches!(
-            deny.check("r", None, &h, IP),
+            block(deny.check("r", None, &h, IP)),
             Err(GatewayError::Forbidden(_))
         ));
         let allow =
             policy("limits: [{requests: 1, per: 1m}]\nkey: {header: x-t}\nmissing_key: allow");
         for _ in 0..5 {
-            assert!(allow.check("r", None, &h, IP).is_ok());
+            assert!(block(allow.check("r", None, &h, IP)).is_ok());
         }
         let ip = policy("limits: [{requests: 1, per: 1m}]\nkey: consumer");
-        assert!(ip.check("r", None, &h, IP).is_ok());
-        assert!(ip.check("r", None, &h, IP).is_err());
+        assert!(block(ip.check("r", None, &h, IP)).is_ok());
+        assert!(block(ip.check("r", None, &h, IP)).is_err());
     }
 
     #[test]
     fn a_request_refused_for_concurrency_uses_no_rate_quota() {
         let p = policy("limits: [{requests: 2, per: 1m}]\nconcurrency: {max: 1}");
         let h = HeaderMap::new();
-        let held = p.check("r", None, &h, IP).ok().unwrap();
+        let held = block(p.check("r", None, &h, IP)).ok().unwrap();
         for _ in 0..5 {
-            assert!(p.check("r", None, &h, IP).is_err());
+            assert!(block(p.check("r", None, &h, IP)).is_err());
         }
         drop(held);
         // One of the two requests is left; a rate rejection releases its slot.
-        drop(p.check("r", None, &h, IP).ok().unwrap());
-        assert!(p.check("r", None, &h, IP).is_err());
+        drop(block(p.check("r", None, &h, IP)).ok().unwrap());
+        assert!(block(p.check("r", None, &h, IP)).is_err());
         let table = &p.concurrency.as_ref().unwrap().table;
         assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
     }
@@ -593,11 +692,11 @@ mod tests {
     fn concurrency_slots_are_released_on_drop() {
         let p = policy("concurrency: {max: 2}");
         let h = HeaderMap::new();
-        let a = p.check("r", None, &h, IP).ok().unwrap();
-        let b = p.check("r", None, &h, IP).ok().unwrap();
-        assert!(p.check("r", None, &h, IP).is_err());
+        let a = block(p.check("r", None, &h, IP)).ok().unwrap();
+        let b = block(p.check("r", None, &h, IP)).ok().unwrap();
+        assert!(block(p.check("r", None, &h, IP)).is_err());
         drop(a);
-        let c = p.check("r", None, &h, IP).ok().unwrap();
+        let c = block(p.check("r", None, &h, IP)).ok().unwrap();
         drop((b, c));
         let table = &p.concurrency.as_ref().unwrap().table;
         assert!(table.shards.iter().all(|s| s.lock().unwrap().is_empty()));
