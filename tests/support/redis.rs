@@ -229,6 +229,18 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Error replies of kind `prefix` (e.g. `NOSCRIPT`) since start (`INFO errorstats`).
+    pub fn errors(&self, prefix: &str) -> u64 {
+        let info = self.cmd(&["INFO", "errorstats"]);
+        let needle = format!("errorstat_{prefix}:count=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
