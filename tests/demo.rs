@@ -146,8 +146,8 @@ fn every_printed_curl_command_works_as_printed() {
             .to_string();
         if let Some(c) = line.strip_prefix("# ") {
             comment = c.to_string();
-        } else if line.starts_with("curl ") {
-            let last = line.contains("curl -si") && line.contains("/partner/products");
+        } else if line.starts_with("curl ") || line.starts_with("for ") {
+            let last = line.contains("/limited/");
             pairs.push((comment.clone(), line));
             if last {
                 break;
@@ -156,6 +156,16 @@ fn every_printed_curl_command_works_as_printed() {
     }
     assert!(pairs.len() >= 8, "{pairs:?}");
     for (comment, command) in pairs {
+        if command.starts_with("for ") {
+            // The rate-limit loop prints one status per request.
+            let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
+            let statuses = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(
+                statuses, "200 200 200 200 200 429 429",
+                "{comment}: {command}"
+            );
+            continue;
+        }
         let expected = if comment.contains("405") {
             405
         } else if comment.contains("404") {
