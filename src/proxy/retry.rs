@@ -332,13 +332,16 @@ pub(super) async fn forward(
     let started = tokio::time::Instant::now();
     let deadline = started + route.timeout;
     policy.budget.deposit(now_ns());
-    let mut avoid = None;
+    let mut next = None;
     let mut tries = 0;
     loop {
         tries += 1;
-        let index = service
-            .pick(&parts.headers, f.client_ip, avoid)
-            .ok_or_else(|| no_healthy(service))?;
+        let index = match next.take() {
+            Some(index) => index,
+            None => service
+                .pick(&parts.headers, f.client_ip, None)
+                .ok_or_else(|| no_healthy(service))?,
+        };
         let target = &service.targets[index];
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let try_timeout = policy.per_try_timeout.map_or(left, |t| t.min(left));
@@ -368,7 +371,10 @@ pub(super) async fn forward(
         if tries < policy.attempts && policy.retryable(&result, replay_ok) {
             let pause = policy.backoff(tries);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if pause < left && policy.budget.withdraw(now_ns()) {
+            // Chosen before giving up this answer: with no target left in rotation (`fail`
+            // mode) the client gets the upstream's own answer, not a 503 of ours.
+            let other = service.pick(&parts.headers, f.client_ip, Some(index));
+            if pause < left && other.is_some() && policy.budget.withdraw(now_ns()) {
                 tracing::debug!(
                     route = &*route.name,
                     target_url = %target.url,
@@ -378,7 +384,7 @@ pub(super) async fn forward(
                 drop(result);
                 drop(in_flight);
                 tokio::time::sleep(pause).await;
-                avoid = Some(index);
+                next = other;
                 continue;
             }
         }

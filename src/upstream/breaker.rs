@@ -1,13 +1,15 @@
 //! Circuit breakers (per service, or per route) and the per-service cap on requests in flight.
 //!
-//! The breaker is a three-state machine in atomics: closed (count outcomes; open on an error
-//! rate over a window with a minimum volume, or on failures in a row), open (refuse everything
-//! until `open_for` has passed), half-open (admit `half_open_requests` probes; any failure opens
-//! again, all succeeding closes). No lock: every worker admits and records concurrently, and the
-//! transitions are compare-and-swaps, so exactly one caller logs each change.
+//! The breaker is a three-state machine: closed (count outcomes; open on an error rate over a
+//! window with a minimum volume, or on failures in a row), open (refuse everything until
+//! `open_for` has passed), half-open (admit `half_open_requests` probes; any failure opens
+//! again, all succeeding closes). A closed breaker costs one atomic read per request and atomic
+//! counts per outcome, no lock; requests refused while open read two atomics and leave. Only
+//! what is rare takes the breaker's small lock: a transition, and the few requests of a
+//! half-open period. Each transition logs one line.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::config::RawCircuitBreaker;
@@ -47,13 +49,30 @@ pub struct CircuitBreaker {
     /// What it was built from (a reload keeps a breaker whose config did not change).
     pub config: BreakerConfig,
     /// Whose breaker this is, for logs and errors (`service api`, `route orders`).
-    pub name: std::sync::Arc<str>,
+    pub name: Arc<str>,
+    /// The state, read without the lock on every request; written only under it.
     state: AtomicU8,
+    /// When the breaker last opened (`now_ns`), readable without the lock so that requests
+    /// refused while open never take it.
     opened_at: AtomicU64,
+    /// Failures in a row while closed.
     consecutive: AtomicU32,
-    probes_admitted: AtomicU32,
-    probes_passed: AtomicU32,
+    /// (requests, failures) while closed, for the error rate.
     window: Window,
+    /// The half-open bookkeeping. Taken only off the fast path: while half-open, on a
+    /// transition, and by a probe's outcome.
+    cycle: Mutex<Cycle>,
+}
+
+#[derive(Debug, Default)]
+struct Cycle {
+    /// Probes let through in this half-open period.
+    admitted: u32,
+    /// Probes of this period that succeeded.
+    passed: u32,
+    /// Bumped on every transition, so the outcome (or the drop) of a probe admitted in an
+    /// earlier period cannot touch the counts of the current one.
+    generation: u64,
 }
 
 /// Leave to send one request; report how it went with [`Permit::record`]. Dropped unreported
@@ -61,7 +80,8 @@ pub struct CircuitBreaker {
 #[derive(Debug)]
 pub struct Permit {
     breaker: Arc<CircuitBreaker>,
-    probe: bool,
+    /// The half-open period this probe belongs to; `None` for a request admitted while closed.
+    probe: Option<u64>,
     done: bool,
 }
 
@@ -84,8 +104,7 @@ impl CircuitBreaker {
             state: AtomicU8::new(CLOSED),
             opened_at: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
-            probes_admitted: AtomicU32::new(0),
-            probes_passed: AtomicU32::new(0),
+            cycle: Mutex::new(Cycle::default()),
         }
     }
 
@@ -98,6 +117,10 @@ impl CircuitBreaker {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cycle> {
+        self.cycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Admits a request at `now`, or says how long until the breaker may let one through.
     pub fn admit(self: &Arc<Self>, now: u64) -> Result<Permit, Duration> {
         let permit = |probe| Permit {
@@ -105,82 +128,78 @@ impl CircuitBreaker {
             probe,
             done: false,
         };
-        loop {
-            match self.state.load(Ordering::Acquire) {
-                CLOSED => return Ok(permit(false)),
-                OPEN => {
-                    let reopen = self.opened_at.load(Ordering::Acquire)
-                        + self.config.open_for.as_nanos() as u64;
-                    if now < reopen {
-                        return Err(Duration::from_nanos(reopen - now));
-                    }
-                    self.probes_admitted.store(0, Ordering::Relaxed);
-                    self.probes_passed.store(0, Ordering::Relaxed);
-                    if self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        tracing::info!(
-                            breaker = %self.name,
-                            "circuit breaker half-open: admitting {} probe requests",
-                            self.config.half_open_requests
-                        );
-                    }
-                }
-                _ => {
-                    let n = self.probes_admitted.fetch_add(1, Ordering::AcqRel);
-                    if n < self.config.half_open_requests {
-                        return Ok(permit(true));
-                    }
-                    self.probes_admitted.fetch_sub(1, Ordering::AcqRel);
-                    // Probes are in flight; their outcome decides. Ask to come back soon.
-                    return Err(Duration::from_secs(1));
+        let open_until = |at: u64| at + self.config.open_for.as_nanos() as u64;
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => return Ok(permit(None)),
+            OPEN => {
+                let until = open_until(self.opened_at.load(Ordering::Acquire));
+                if now < until {
+                    return Err(Duration::from_nanos(until - now));
                 }
             }
+            _ => {}
         }
+        let mut cycle = self.lock();
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => return Ok(permit(None)),
+            OPEN => {
+                let until = open_until(self.opened_at.load(Ordering::Acquire));
+                if now < until {
+                    return Err(Duration::from_nanos(until - now));
+                }
+                cycle.admitted = 0;
+                cycle.passed = 0;
+                cycle.generation += 1;
+                self.state.store(HALF_OPEN, Ordering::Release);
+                tracing::info!(
+                    breaker = %self.name,
+                    "circuit breaker half-open: admitting {} probe requests",
+                    self.config.half_open_requests
+                );
+            }
+            _ => {}
+        }
+        if cycle.admitted < self.config.half_open_requests {
+            cycle.admitted += 1;
+            return Ok(permit(Some(cycle.generation)));
+        }
+        // Every probe is in flight; their outcome decides. Ask to come back soon.
+        Err(Duration::from_secs(1))
     }
 
-    fn open(&self, from: u8, now: u64, why: &str) {
+    /// Opens the breaker (the caller holds the lock).
+    fn open(&self, cycle: &mut Cycle, now: u64, why: &str) {
         self.opened_at.store(now, Ordering::Release);
-        if self
-            .state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            tracing::warn!(
-                breaker = %self.name,
-                "circuit breaker open for {:?}: {why}",
-                self.config.open_for
-            );
-        }
+        cycle.generation += 1;
+        self.state.store(OPEN, Ordering::Release);
+        tracing::warn!(
+            breaker = %self.name,
+            "circuit breaker open for {:?}: {why}",
+            self.config.open_for
+        );
     }
 
-    fn record(&self, probe: bool, failed: bool, now: u64) {
-        let state = self.state.load(Ordering::Acquire);
-        if probe {
-            if state != HALF_OPEN {
-                return;
-            }
-            if failed {
-                self.open(HALF_OPEN, now, "a half-open probe failed");
-            } else {
-                let passed = self.probes_passed.fetch_add(1, Ordering::AcqRel) + 1;
-                if passed >= self.config.half_open_requests {
-                    self.window.reset();
-                    self.consecutive.store(0, Ordering::Relaxed);
-                    if self
-                        .state
-                        .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        tracing::info!(breaker = %self.name, "circuit breaker closed");
-                    }
-                }
-            }
+    fn record_probe(&self, generation: u64, failed: bool, now: u64) {
+        let mut cycle = self.lock();
+        if cycle.generation != generation || self.state.load(Ordering::Acquire) != HALF_OPEN {
             return;
         }
-        if state != CLOSED {
+        if failed {
+            self.open(&mut cycle, now, "a half-open probe failed");
+            return;
+        }
+        cycle.passed += 1;
+        if cycle.passed >= self.config.half_open_requests {
+            self.window.reset();
+            self.consecutive.store(0, Ordering::Relaxed);
+            cycle.generation += 1;
+            self.state.store(CLOSED, Ordering::Release);
+            tracing::info!(breaker = %self.name, "circuit breaker closed");
+        }
+    }
+
+    fn record_closed(&self, failed: bool, now: u64) {
+        if self.state.load(Ordering::Acquire) != CLOSED {
             // Answers to requests admitted before the breaker opened say nothing new.
             return;
         }
@@ -194,15 +213,25 @@ impl CircuitBreaker {
             return;
         }
         let row = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.config.consecutive_failures > 0 && row >= self.config.consecutive_failures {
-            self.open(CLOSED, now, "consecutive failures");
-            return;
-        }
-        if let Some((percent, min, _)) = self.config.error_rate {
-            let (total, bad) = self.window.sums(now);
-            if total >= u64::from(min) && bad * 100 >= total * u64::from(percent) {
-                self.open(CLOSED, now, "error rate over the threshold");
+        let why = if self.config.consecutive_failures > 0 && row >= self.config.consecutive_failures
+        {
+            "consecutive failures"
+        } else {
+            match self.config.error_rate {
+                Some((percent, min, _)) => {
+                    let (total, bad) = self.window.sums(now);
+                    if total >= u64::from(min) && bad * 100 >= total * u64::from(percent) {
+                        "error rate over the threshold"
+                    } else {
+                        return;
+                    }
+                }
+                None => return,
             }
+        };
+        let mut cycle = self.lock();
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            self.open(&mut cycle, now, why);
         }
     }
 }
@@ -211,14 +240,20 @@ impl Permit {
     /// Reports the request's outcome (a 5xx or a gateway failure is a failure).
     pub fn record(mut self, failed: bool, now: u64) {
         self.done = true;
-        self.breaker.record(self.probe, failed, now);
+        match self.probe {
+            Some(generation) => self.breaker.record_probe(generation, failed, now),
+            None => self.breaker.record_closed(failed, now),
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if self.probe && !self.done {
-            self.breaker.probes_admitted.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(generation), false) = (self.probe, self.done) {
+            let mut cycle = self.breaker.lock();
+            if cycle.generation == generation {
+                cycle.admitted = cycle.admitted.saturating_sub(1);
+            }
         }
     }
 }
@@ -317,6 +352,23 @@ mod tests {
         p.record(true, 12 * S);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.admit(13 * S).is_err());
+    }
+
+    #[test]
+    fn a_probe_of_an_earlier_half_open_period_cannot_disturb_the_next() {
+        let b = breaker(1);
+        b.admit(S).unwrap().record(true, S);
+        let stale = b.admit(12 * S).expect("probe 1");
+        b.admit(12 * S).expect("probe 2").record(true, 12 * S);
+        assert_eq!(b.state(), BreakerState::Open);
+        // Dropped after the breaker reopened: its place belongs to a finished period.
+        drop(stale);
+        let p1 = b.admit(23 * S).expect("probe 1 of the next period");
+        let p2 = b.admit(23 * S).expect("probe 2 of the next period");
+        assert!(b.admit(23 * S).is_err());
+        p1.record(false, 23 * S);
+        p2.record(false, 23 * S);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
