@@ -118,6 +118,20 @@ pub enum GatewayError {
     /// The shared rate-limit store failed and the policy says `on_store_error: deny`.
     #[error("rate limiting is unavailable; try again shortly")]
     RateLimitUnavailable,
+    /// Every target of the service is out of rotation and the service says `fail`.
+    #[error("no healthy target in service {0}")]
+    NoHealthyUpstream(std::sync::Arc<str>),
+    /// The circuit breaker is open: fail fast without calling the upstream.
+    #[error("the circuit breaker of {breaker} is open")]
+    CircuitOpen {
+        /// Whose breaker (`service api`, `route orders`).
+        breaker: std::sync::Arc<str>,
+        /// Seconds until it lets a probe through (`Retry-After`).
+        retry_after: u64,
+    },
+    /// The service's `max_concurrent_requests` is reached: shed rather than queue.
+    #[error("service {0} has too many requests in flight")]
+    ServiceOverloaded(std::sync::Arc<str>),
 }
 
 impl GatewayError {
@@ -173,6 +187,17 @@ impl GatewayError {
                 "rate_limit_unavailable",
                 Internal,
             ),
+            NoHealthyUpstream(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_healthy_upstream",
+                Upstream,
+            ),
+            CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open", Upstream),
+            ServiceOverloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_overloaded",
+                Upstream,
+            ),
         }
     }
 
@@ -209,6 +234,12 @@ impl GatewayError {
             GatewayError::RateLimitUnavailable => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::CircuitOpen { retry_after, .. } => {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from((*retry_after).max(1)),
+                );
             }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

@@ -9,15 +9,19 @@ use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
 
 use super::plan::{AccessLogSettings, Forwarding, Limits, Plan, Rewrite, Route, TemplatePart};
-use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawService};
+use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute, RawService};
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
+use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::store::redis::RedisStore;
 use crate::upstream::balancer::HashOn;
+use crate::upstream::breaker::{CircuitBreaker, ConcurrencyLimit};
+use crate::upstream::health::HealthCheck;
+use crate::upstream::outlier::OutlierDetection;
 use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, UpstreamTimeouts};
 
 /// Builds the plan. `validate` must have passed; what only shows while building (routes that
@@ -29,6 +33,12 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         .services
         .iter()
         .map(|(name, svc)| Arc::new(build_service(name, svc)))
+        .collect();
+    // A service's `retry` block has one budget, shared by every route that inherits it.
+    let service_retries: Vec<Option<Arc<RetryPolicy>>> = raw
+        .services
+        .values()
+        .map(|s| s.retry.as_ref().map(|r| Arc::new(RetryPolicy::compile(r))))
         .collect();
 
     let mut errors = Vec::new();
@@ -111,6 +121,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 &mut rate_limits,
                 &mut errors,
             ),
+            resilience: route_resilience(r, &service_retries[service]),
         });
     }
     // A service or global policy is compiled once per route that inherits it: report each of its
@@ -293,7 +304,31 @@ fn parse_template(tpl: &str) -> Vec<TemplatePart> {
     parts
 }
 
+/// A route's retry (its own, else its service's), breaker, fallback and deadline header.
+fn route_resilience(r: &RawRoute, service_retry: &Option<Arc<RetryPolicy>>) -> RouteResilience {
+    RouteResilience {
+        retry: match &r.retry {
+            Some(own) => Some(Arc::new(RetryPolicy::compile(own))),
+            None => service_retry.clone(),
+        },
+        breaker: r
+            .circuit_breaker
+            .as_ref()
+            .map(|b| Arc::new(CircuitBreaker::new(b, format!("route {}", r.name).into()))),
+        fallback: r.fallback.as_ref().map(Fallback::compile),
+        deadline_header: r
+            .deadline_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+    }
+}
+
 fn build_service(name: &str, svc: &RawService) -> Service {
+    let outlier = svc
+        .outlier_detection
+        .as_ref()
+        .map(OutlierDetection::compile);
+    let error_window = outlier.as_ref().and_then(|o| o.error_rate.map(|r| r.2));
     let targets: Vec<Arc<Target>> = svc
         .targets
         .iter()
@@ -321,6 +356,7 @@ fn build_service(name: &str, svc: &RawService) -> Service {
                 protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
                 weight: t.weight,
                 in_flight: AtomicUsize::new(0),
+                state: Arc::new(upstream::TargetState::new(error_window)),
             }))
         })
         .collect();
@@ -352,5 +388,15 @@ fn build_service(name: &str, svc: &RawService) -> Service {
             idle: svc.timeouts.idle.0,
         },
         max_idle_per_target: svc.max_idle_per_target,
+        health_check: svc.health_check.as_ref().map(HealthCheck::compile),
+        outlier,
+        when_all_unhealthy: svc.when_all_unhealthy,
+        breaker: svc
+            .circuit_breaker
+            .as_ref()
+            .map(|b| Arc::new(CircuitBreaker::new(b, format!("service {name}").into()))),
+        max_concurrent: svc
+            .max_concurrent_requests
+            .map(|n| Arc::new(ConcurrencyLimit::new(n))),
     }
 }

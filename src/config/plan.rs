@@ -100,6 +100,8 @@ pub struct Route {
     pub timeout: Duration,
     /// The route's effective policies (its own, else its service's, else global).
     pub policies: RoutePolicies,
+    /// Retries, the route's own breaker, fallback, deadline propagation.
+    pub resilience: crate::proxy::retry::RouteResilience,
 }
 
 impl std::fmt::Debug for Route {

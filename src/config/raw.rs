@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::units::{ByteSize, Dur};
 use crate::policy::auth::config::{RawAuth, RawConsumer};
 use crate::policy::RawPolicy;
+use crate::upstream::config::{
+    RawCircuitBreaker, RawFallback, RawHealthCheck, RawOutlierDetection, RawRetry, WhenAllUnhealthy,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -202,6 +205,24 @@ pub struct RawService {
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<RawPolicy>")]
     pub policies: Vec<RawPolicy>,
+    /// Active health checks of every target (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive health: eject targets that fail real requests (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<RawOutlierDetection>,
+    /// When no target is in rotation: `panic` (use them all) or `fail` (503).
+    #[serde(default)]
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    /// Circuit breaker for the whole service (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Most requests in flight to this service; beyond it: 503 `service_overloaded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Retries for this service's routes, unless a route sets its own (off unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
 }
 
 fn default_max_idle() -> usize {
@@ -308,6 +329,18 @@ pub struct RawRoute {
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<RawPolicy>")]
     pub policies: Vec<RawPolicy>,
+    /// Retries on this route (replaces the service's `retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+    /// A circuit breaker of this route's own (instead of the service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Static response served while the route's (or its service's) breaker is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RawFallback>,
+    /// Request header that tells the upstream how many milliseconds the attempt has left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_header: Option<String>,
 }
 
 /// Route match conditions.

@@ -148,6 +148,15 @@ fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
             errs.push(ConfigError::new(at(field), "must be greater than 0"));
         }
     }
+    crate::upstream::config::validate_service(
+        svc.health_check.as_ref(),
+        svc.outlier_detection.as_ref(),
+        svc.circuit_breaker.as_ref(),
+        svc.max_concurrent_requests,
+        svc.retry.as_ref(),
+        &at,
+        errs,
+    );
 }
 
 /// Scheme, host and port of a target URL (`http://h:p` or `h2c://h:p`, no path).
@@ -320,6 +329,14 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
             errs.push(ConfigError::new(at("timeout"), "must be greater than 0"));
         }
     }
+    crate::upstream::config::validate_route(
+        r.circuit_breaker.as_ref(),
+        r.retry.as_ref(),
+        r.fallback.as_ref(),
+        r.deadline_header.as_deref(),
+        &at,
+        errs,
+    );
 }
 
 /// Capture names in a template path (`{id}`, `{*rest}` gives `rest`).

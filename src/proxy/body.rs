@@ -39,6 +39,8 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    /// A body buffered for retries (sent as one frame).
+    full: Option<Bytes>,
 }
 
 impl RequestBody {
@@ -48,6 +50,7 @@ impl RequestBody {
             inner: Some(inner),
             limit,
             seen: 0,
+            full: None,
         }
     }
 
@@ -57,6 +60,17 @@ impl RequestBody {
             inner: None,
             limit: 0,
             seen: 0,
+            full: None,
+        }
+    }
+
+    /// A body already read whole (so it can be sent again on a retry).
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            inner: None,
+            limit: u64::MAX,
+            seen: 0,
+            full: (!bytes.is_empty()).then_some(bytes),
         }
     }
 }
@@ -70,6 +84,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(bytes) = this.full.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -90,10 +107,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.full.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(b) = &self.full {
+            return SizeHint::with_exact(b.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or(SizeHint::with_exact(0), Body::size_hint)
@@ -113,6 +133,8 @@ pub struct Epilogue {
     pub active: Option<ActiveRequest>,
     /// Holds the request's place under a `rate_limit` concurrency limit until the body ends.
     pub concurrency: Option<crate::policy::rate_limit::ConcurrencySlot>,
+    /// Holds the request's place under its service's `max_concurrent_requests`.
+    pub service_slot: Option<crate::upstream::breaker::ConcurrencyGuard>,
 }
 
 enum Source {

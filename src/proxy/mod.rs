@@ -7,6 +7,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod retry;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -17,9 +18,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -29,7 +30,7 @@ use crate::policy::auth;
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
-use crate::upstream::{InFlight, Protocol};
+use crate::upstream::window::now_ns;
 use body::{Epilogue, GatewayBody, RequestBody};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
@@ -333,13 +334,36 @@ async fn proxy(
         ),
         None => None,
     };
-    let index = service
-        .balancer
-        .pick(&service.targets, &parts.headers, client_ip, None);
-    let target = &service.targets[index];
-    if let Some(d) = draft.as_deref_mut() {
-        d.finish.target = Some(Arc::clone(target));
-    }
+    // The breaker and the service's concurrency cap come before any target is picked: an open
+    // breaker or a full service answers without touching the upstream.
+    let breaker = route
+        .resilience
+        .breaker
+        .as_ref()
+        .or(service.breaker.as_ref());
+    let permit = match breaker {
+        Some(b) => match b.admit(now_ns()) {
+            Ok(permit) => Some(permit),
+            Err(wait) => {
+                return match &route.resilience.fallback {
+                    Some(fallback) => Ok(fallback.response()),
+                    None => Err(GatewayError::CircuitOpen {
+                        breaker: Arc::clone(&b.name),
+                        retry_after: wait.as_secs_f64().ceil() as u64,
+                    }),
+                };
+            }
+        },
+        None => None,
+    };
+    let service_slot = match &service.max_concurrent {
+        Some(limit) => Some(
+            limit
+                .try_acquire()
+                .ok_or_else(|| GatewayError::ServiceOverloaded(Arc::clone(&service.name)))?,
+        ),
+        None => None,
+    };
 
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
     let client_upgrade = if upgrade {
@@ -355,13 +379,6 @@ async fn proxy(
     });
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
-    if route.preserve_host {
-        if let Some(v) = &client_host {
-            h.insert(header::HOST, v.clone());
-        }
-    } else {
-        h.insert(header::HOST, target.authority.clone());
-    }
     if plan.forwarding.x_forwarded {
         headers::append_forwarded_for(h, &ctx.peer_header);
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -382,29 +399,22 @@ async fn proxy(
         identity.apply(h);
     }
 
-    parts.uri = match target.protocol {
-        Protocol::Http1 => Uri::from(new_path),
-        Protocol::H2c => {
-            // HTTP/2 names the host in `:authority`; a Host header that differs from it makes the
-            // request malformed (RFC 9113 section 8.3.1). So the Host chosen above (the target's,
-            // or the client's with `preserve_host`) moves into the authority.
-            let host = parts.headers.remove(header::HOST);
-            let host = host.as_ref().unwrap_or(&target.authority);
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority =
-                Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
-            uri.path_and_query = Some(new_path);
-            Uri::from_parts(uri).map_err(|_| GatewayError::BadRequest("invalid request target"))?
-        }
-    };
-    parts.version = match target.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::H2c => Version::HTTP_2,
-    };
-
     if let Some(client_upgrade) = client_upgrade {
         drop(body);
+        let index = service
+            .pick(&parts.headers, client_ip, None)
+            .ok_or_else(|| GatewayError::NoHealthyUpstream(Arc::clone(&service.name)))?;
+        let target = &service.targets[index];
+        if let Some(d) = draft.as_deref_mut() {
+            d.finish.target = Some(Arc::clone(target));
+        }
+        retry::prepare(
+            &mut parts,
+            target,
+            route.preserve_host,
+            client_host.as_ref(),
+            &new_path,
+        )?;
         let req = Request::from_parts(parts, RequestBody::empty());
         return Box::pin(upgrade::proxy_upgrade(
             service,
@@ -416,14 +426,26 @@ async fn proxy(
         .await;
     }
 
-    let body = RequestBody::streaming(body, route.max_body_bytes);
-    let upstream_req = Request::from_parts(parts, body);
-    let in_flight = InFlight::start(target);
-    let sent_at = Instant::now();
-    let sent = client::send(service, target, upstream_req, route.timeout).await?;
-    if let Some(d) = draft {
-        d.finish.upstream_duration = Some(sent_at.elapsed());
+    let forward = retry::Forward {
+        service,
+        route,
+        client_ip,
+        client_host,
+        new_path,
+    };
+    let result = retry::forward(&forward, parts, body, draft).await;
+    if let Some(permit) = permit {
+        // A failure of the client's own making (its body) says nothing about the upstream:
+        // the permit is dropped unrecorded.
+        let failed = match &result {
+            Ok(answer) => Some(answer.sent.response.status().is_server_error()),
+            Err(e) => (e.kind().2 == crate::error::Side::Upstream).then_some(true),
+        };
+        if let Some(failed) = failed {
+            permit.record(failed, now_ns());
+        }
     }
+    let retry::Answer { sent, in_flight } = result?;
     let (mut parts, incoming) = sent.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let mut concurrency = None;
@@ -443,6 +465,7 @@ async fn proxy(
             pooled: sent.pooled,
             in_flight: Some(in_flight),
             concurrency,
+            service_slot,
             ..Epilogue::default()
         },
     );
@@ -567,6 +590,7 @@ mod tests {
             max_body_bytes: 0,
             timeout: Duration::from_secs(1),
             policies: Default::default(),
+            resilience: Default::default(),
         }
     }
 

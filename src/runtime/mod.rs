@@ -64,12 +64,17 @@ pub struct Runtime {
     /// When the runtime started.
     pub started: Instant,
     startup: StartupSettings,
+    /// Health-check probes and the health and breaker state carried across reloads.
+    pub health: crate::upstream::health::Checker,
 }
 
 impl Runtime {
     /// Wraps an initial plan.
     pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
         let access_log = start_access_log(&plan, None)?;
+        let health = crate::upstream::health::Checker::default();
+        let mut plan = plan;
+        health.adopt(&mut plan);
         let (shutdown, _) = watch::channel(false);
         let startup = StartupSettings::of(&plan);
         Ok(Arc::new(Self {
@@ -85,6 +90,7 @@ impl Runtime {
             shutdown,
             started: Instant::now(),
             startup,
+            health,
         }))
     }
 
@@ -117,6 +123,8 @@ impl Runtime {
             );
         }
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
+        // Last before publishing: a plan refused above must not have touched the probes.
+        self.health.adopt(&mut plan);
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.active.store(Arc::new(Active {
             plan,

@@ -5,6 +5,12 @@
 //! connection pools keep their warm connections when a config is reloaded.
 
 pub mod balancer;
+pub mod breaker;
+pub mod config;
+pub mod health;
+pub mod outlier;
+pub mod state;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +22,8 @@ use http::HeaderValue;
 use rustc_hash::FxHashMap;
 
 pub use balancer::Balancer;
+pub use config::WhenAllUnhealthy;
+pub use state::TargetState;
 
 /// Wire protocol towards a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +69,8 @@ pub struct Target {
     pub weight: u32,
     /// Requests sent to this target whose response has not finished (for least-request).
     pub in_flight: AtomicUsize,
+    /// Health: active checks and outlier ejection (shared with the prober, kept across reloads).
+    pub state: Arc<TargetState>,
 }
 
 impl Target {
@@ -119,6 +129,36 @@ pub struct Service {
     pub timeouts: UpstreamTimeouts,
     /// Idle connections kept per target and worker.
     pub max_idle_per_target: usize,
+    /// Active health check, run by `health::Checker`.
+    pub health_check: Option<health::HealthCheck>,
+    /// Passive health: ejection of failing targets.
+    pub outlier: Option<outlier::OutlierDetection>,
+    /// What to do when no target is in rotation.
+    pub when_all_unhealthy: WhenAllUnhealthy,
+    /// The service's circuit breaker (a route may have its own instead).
+    pub breaker: Option<Arc<breaker::CircuitBreaker>>,
+    /// `max_concurrent_requests`.
+    pub max_concurrent: Option<Arc<breaker::ConcurrencyLimit>>,
+}
+
+impl Service {
+    /// Picks a target in rotation (healthy and not ejected), avoiding `avoid` when another one
+    /// is available. When none is in rotation: every target is a candidate in `panic` mode,
+    /// `None` (answer 503) in `fail` mode.
+    pub fn pick(
+        &self,
+        headers: &http::HeaderMap,
+        client_ip: std::net::IpAddr,
+        avoid: Option<usize>,
+    ) -> Option<usize> {
+        self.balancer.pick_available(
+            &self.targets,
+            headers,
+            client_ip,
+            avoid,
+            self.when_all_unhealthy == WhenAllUnhealthy::Panic,
+        )
+    }
 }
 
 /// Guard counting one in-flight request on a target; decrements on drop.

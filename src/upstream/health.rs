@@ -1,0 +1,394 @@
+//! Active health checks: one background probe task per target of every service that configures
+//! `health_check`, and the [`Checker`] that owns those tasks across reloads.
+//!
+//! Probes run on one dedicated thread with its own current-thread runtime, started only when
+//! some service has a health check: the workers' runtimes stay free for client traffic, and the
+//! probes do not depend on which worker happens to be alive. A probe opens its own connection
+//! (never a pooled one), so it tests what a new request would meet: the connect, the response
+//! head and, with `body_contains`, the body.
+//!
+//! On a reload, [`Checker::adopt`] keeps the probe task and the shared [`TargetState`] of every
+//! target whose service name, URL and health settings are unchanged, starts tasks for new ones
+//! and aborts the rest, so a reload neither leaks tasks nor forgets that a target is sick. It
+//! also hands unchanged circuit breakers and concurrency limits over to the new plan.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+
+use super::config::RawHealthCheck;
+use super::outlier::OutlierDetection;
+use super::state::TargetState;
+use super::{Protocol, Service, Target};
+use crate::config::Plan;
+
+/// Most body bytes a probe reads when it looks for `body_contains`.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// Compiled `health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Probe method.
+    pub method: Method,
+    /// Probe path and query.
+    pub path: PathAndQuery,
+    /// Healthy statuses, inclusive ranges.
+    pub expected: Vec<(u16, u16)>,
+    /// Text a healthy body contains.
+    pub body_contains: Option<String>,
+    /// Pause between probes.
+    pub interval: Duration,
+    /// Bound on one probe.
+    pub timeout: Duration,
+    /// Largest random extra pause.
+    pub jitter: Duration,
+    /// Passes in a row that make a target healthy.
+    pub healthy_threshold: u32,
+    /// Failures in a row that make it unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// From the YAML (validated).
+    pub fn compile(raw: &RawHealthCheck) -> Self {
+        Self {
+            method: Method::from_bytes(raw.method.as_bytes()).unwrap_or(Method::GET),
+            path: raw
+                .path
+                .parse()
+                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            expected: raw
+                .expected_statuses
+                .iter()
+                .filter_map(|s| s.bounds())
+                .collect(),
+            body_contains: raw.body_contains.clone(),
+            interval: raw.interval.0,
+            timeout: raw.timeout.0,
+            jitter: raw.jitter.map_or(raw.interval.0 / 10, |j| j.0),
+            healthy_threshold: raw.healthy_threshold,
+            unhealthy_threshold: raw.unhealthy_threshold,
+        }
+    }
+}
+
+/// Owns the probe tasks and the health state that outlives a plan.
+#[derive(Default)]
+pub struct Checker {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    runner: Option<Runner>,
+    targets: Vec<Entry>,
+    breakers: Vec<(String, Arc<super::breaker::CircuitBreaker>)>,
+    limits: Vec<(Arc<str>, Arc<super::breaker::ConcurrencyLimit>)>,
+}
+
+struct Runner {
+    handle: tokio::runtime::Handle,
+    /// Dropping it ends the probe thread and with it every task.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+struct Entry {
+    service: Arc<str>,
+    url: String,
+    health: Option<HealthCheck>,
+    outlier: Option<OutlierDetection>,
+    state: Arc<TargetState>,
+    task: Option<AbortHandle>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Checker {
+    /// Makes `plan` the one being probed: carries over the state of unchanged targets, breakers
+    /// and concurrency limits, starts probes for new targets and stops those of removed ones.
+    /// Called before the plan is published, while nothing else holds its services.
+    pub fn adopt(&self, plan: &mut Plan) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *guard;
+        let mut old = std::mem::take(&mut inner.targets);
+        let old_breakers = std::mem::take(&mut inner.breakers);
+        let old_limits = std::mem::take(&mut inner.limits);
+        for svc in plan.services.iter_mut() {
+            let Some(service) = Arc::get_mut(svc) else {
+                continue;
+            };
+            carry_breaker(
+                &mut service.breaker,
+                &format!("service {}", service.name),
+                &old_breakers,
+                &mut inner.breakers,
+            );
+            if let Some(limit) = &mut service.max_concurrent {
+                if let Some((_, o)) = old_limits
+                    .iter()
+                    .find(|(n, o)| **n == *service.name && o.max == limit.max)
+                {
+                    *limit = Arc::clone(o);
+                }
+                inner
+                    .limits
+                    .push((Arc::clone(&service.name), Arc::clone(limit)));
+            }
+            let mut fresh = Vec::new();
+            for (i, t) in service.targets.iter_mut().enumerate() {
+                let Some(target) = Arc::get_mut(t) else {
+                    continue;
+                };
+                let same = old.iter().position(|e| {
+                    *e.service == *service.name
+                        && e.url == target.url
+                        && e.health == service.health_check
+                        && e.outlier == service.outlier
+                });
+                match same {
+                    Some(pos) => {
+                        let entry = old.swap_remove(pos);
+                        target.state = Arc::clone(&entry.state);
+                        inner.targets.push(entry);
+                    }
+                    None => fresh.push(i),
+                }
+            }
+            for i in fresh {
+                let target = &service.targets[i];
+                let task = service.health_check.as_ref().map(|hc| {
+                    let runner = inner.runner.get_or_insert_with(start_runner);
+                    runner
+                        .handle
+                        .spawn(probe_loop(
+                            hc.clone(),
+                            Arc::clone(&service.name),
+                            Arc::clone(target),
+                        ))
+                        .abort_handle()
+                });
+                inner.targets.push(Entry {
+                    service: Arc::clone(&service.name),
+                    url: target.url.clone(),
+                    health: service.health_check.clone(),
+                    outlier: service.outlier.clone(),
+                    state: Arc::clone(&target.state),
+                    task,
+                });
+            }
+        }
+        for route in plan.routes.iter_mut() {
+            let key = format!("route {}", route.name);
+            carry_breaker(
+                &mut route.resilience.breaker,
+                &key,
+                &old_breakers,
+                &mut inner.breakers,
+            );
+        }
+        // What is left of `old` was removed or changed: dropping it aborts its probes.
+        drop(old);
+        if inner.targets.iter().all(|e| e.task.is_none()) {
+            inner.runner = None;
+        }
+    }
+
+    /// Probe tasks running now.
+    pub fn probes(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.targets.iter().filter(|e| e.task.is_some()).count()
+    }
+}
+
+fn carry_breaker(
+    slot: &mut Option<Arc<super::breaker::CircuitBreaker>>,
+    key: &str,
+    old: &[(String, Arc<super::breaker::CircuitBreaker>)],
+    keep: &mut Vec<(String, Arc<super::breaker::CircuitBreaker>)>,
+) {
+    if let Some(b) = slot {
+        if let Some((_, o)) = old.iter().find(|(k, o)| k == key && o.config == b.config) {
+            *b = Arc::clone(o);
+        }
+        keep.push((key.to_string(), Arc::clone(b)));
+    }
+}
+
+fn start_runner() -> Runner {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime for health checks");
+    let handle = rt.handle().clone();
+    let spawned = std::thread::Builder::new()
+        .name("portico-health".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let _ = stopped.await;
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the health-check thread; targets stay healthy");
+    }
+    Runner {
+        handle,
+        _stop: stop,
+    }
+}
+
+async fn probe_loop(hc: HealthCheck, service: Arc<str>, target: Arc<Target>) {
+    let jitter = |max: Duration| Duration::from_nanos(fastrand::u64(..=max.as_nanos() as u64));
+    tokio::time::sleep(jitter(hc.jitter)).await;
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        let result = match tokio::time::timeout(hc.timeout, probe(&hc, &target)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no complete answer within {:?}", hc.timeout)),
+        };
+        let healthy = target
+            .state
+            .healthy
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                failures = 0;
+                passes = passes.saturating_add(1);
+                if !healthy && passes >= hc.healthy_threshold {
+                    target
+                        .state
+                        .healthy
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        service = &*service,
+                        target_url = %target.url,
+                        "target passed {passes} health checks in a row; back in rotation"
+                    );
+                }
+            }
+            Err(why) => {
+                passes = 0;
+                failures = failures.saturating_add(1);
+                if healthy && failures >= hc.unhealthy_threshold {
+                    target
+                        .state
+                        .healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        service = &*service,
+                        target_url = %target.url,
+                        "target failed {failures} health checks in a row; out of rotation: {why}"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(hc.interval + jitter(hc.jitter)).await;
+    }
+}
+
+/// One probe: connect, send, check the status and (if asked) the body.
+async fn probe(hc: &HealthCheck, target: &Target) -> Result<(), String> {
+    let addrs = target.resolve().await.map_err(|e| e.to_string())?;
+    let mut stream = None;
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("connect: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let mut req = Request::builder().method(hc.method.clone()).header(
+        header::USER_AGENT,
+        HeaderValue::from_static("portico-health-check"),
+    );
+    let response = match target.protocol {
+        Protocol::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            req = req
+                .uri(hc.path.clone())
+                .header(header::HOST, target.authority.clone())
+                .header(header::CONNECTION, HeaderValue::from_static("close"));
+            let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+            sender.send_request(req).await
+        }
+        Protocol::H2c => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let uri = format!(
+                "http://{}{}",
+                target.authority.to_str().unwrap_or("localhost"),
+                hc.path
+            );
+            let req = req
+                .uri(uri)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(req).await
+        }
+    }
+    .map_err(|e| format!("bad response: {e}"))?;
+    let status = response.status().as_u16();
+    if !hc
+        .expected
+        .iter()
+        .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    {
+        return Err(format!("status {status}"));
+    }
+    if let Some(needle) = &hc.body_contains {
+        let mut body = response.into_body();
+        let mut seen = Vec::new();
+        while seen.len() < MAX_PROBE_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        seen.extend_from_slice(d);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("body: {e}")),
+                None => break,
+            }
+        }
+        let found = seen
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes());
+        if !found {
+            return Err(format!("body lacks {needle:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The health of each of `service`'s targets, in config order (for status output).
+pub fn service_health(service: &Service) -> Vec<(&str, super::state::HealthSnapshot)> {
+    service
+        .targets
+        .iter()
+        .map(|t| (t.url.as_str(), t.state.snapshot()))
+        .collect()
+}
