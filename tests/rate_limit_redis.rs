@@ -354,3 +354,43 @@ fn redis_settings_are_checked_at_their_paths() {
     assert!(e.contains("set exactly one of"), "{e}");
     assert!(e.contains("only apply to `store: redis`"), "{e}");
 }
+
+#[test]
+fn a_failing_redis_is_logged_once_per_interval_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(upstream::http1("a").spawn());
+    let mut gw = support::GatewayProcess::spawn(
+        &config(
+            &format!(
+                "{{url: \"redis://:s3cr3t-pw@127.0.0.1:{port}\", timeout: 50ms, retry_interval: 20ms}}"
+            ),
+            &up.url(),
+            &[("r", "/", "{store: redis, on_store_error: allow, limits: [{requests: 1, per: 1m}]}")],
+        ),
+        &[],
+    );
+    // Many failing calls, several retry intervals apart.
+    rt.block_on(async {
+        for _ in 0..30 {
+            assert_eq!(get(&gw.url("/x")).await.status, 200);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let first = gw.wait_for_line("redis store unavailable", Duration::from_secs(5));
+    assert!(first.contains("failed_calls=1"), "{first}");
+    // The same condition a moment later: still that one line (the next may come after 10 s).
+    rt.block_on(async {
+        for _ in 0..10 {
+            assert_eq!(get(&gw.url("/x")).await.status, 200);
+        }
+    });
+    let later = gw.lines_so_far();
+    let repeats = later.iter().filter(|l| l.contains("redis store")).count();
+    assert_eq!(repeats, 0, "{later:#?}");
+    assert!(!first.contains("s3cr3t") && later.iter().all(|l| !l.contains("s3cr3t")));
+}

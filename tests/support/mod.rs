@@ -290,6 +290,13 @@ impl GatewayProcess {
         }
     }
 
+    /// The stderr lines printed so far and not yet read.
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.lines.try_recv().ok())
+            .map(|l| strip_ansi(&l))
+            .collect()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
