@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -36,6 +37,14 @@ pub enum StartError {
     /// The runtime could not be set up (access log destination).
     #[error("{0}")]
     Runtime(#[from] ReloadError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen for the admin API on {addr}: {error}")]
+    Admin {
+        /// The configured `admin.listen`.
+        addr: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen: {0}")]
     Listen(std::io::Error),
@@ -54,14 +63,43 @@ pub struct Gateway {
     /// Shared state: the current plan, reloads, shutdown.
     pub runtime: Arc<Runtime>,
     server: Server,
+    admin: Option<admin::AdminServer>,
 }
 
 impl Gateway {
     /// Starts workers serving `plan`. `config_path` is what `reload` re-reads.
     pub fn start(plan: Plan, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
+        let admin_listen = plan
+            .raw
+            .admin
+            .enabled
+            .then(|| plan.raw.admin.listen.clone());
         let runtime = Runtime::new(plan, config_path)?;
+        // The admin port first: when it is taken, nothing has started serving yet.
+        let admin = match admin_listen {
+            Some(listen) => {
+                let bound = listen
+                    .parse()
+                    .map_err(|_| std::io::Error::other("not an IP:port"))
+                    .and_then(|addr| admin::AdminServer::start(Arc::clone(&runtime), addr));
+                Some(bound.map_err(|error| StartError::Admin {
+                    addr: listen,
+                    error,
+                })?)
+            }
+            None => None,
+        };
         let server = Server::start(Arc::clone(&runtime))?;
-        Ok(Gateway { runtime, server })
+        Ok(Gateway {
+            runtime,
+            server,
+            admin,
+        })
+    }
+
+    /// The address of the admin API, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The addresses the public listeners are bound to.
@@ -73,6 +111,9 @@ impl Gateway {
     pub fn shutdown(self) {
         self.runtime.begin_shutdown();
         self.server.join();
+        if let Some(admin) = self.admin {
+            admin.join();
+        }
     }
 }
 

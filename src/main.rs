@@ -35,6 +35,9 @@ enum Command {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where the demo's admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: String,
     },
     /// Print the JSON Schema of the config file (for editor validation and completion).
     Schema,
@@ -130,25 +133,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
             init_tracing("info");
-            demo(&listen)
+            demo(&listen, &admin_listen)
         }
     }
 }
 
-fn demo(listen: &str) -> anyhow::Result<ExitCode> {
+fn demo(listen: &str, admin_listen: &str) -> anyhow::Result<ExitCode> {
     let backends_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let ports = backends_rt.block_on(portico::demo::start_backends())?;
     let key = portico::demo::DemoKey::generate().context("cannot make the demo signing key")?;
-    let env = portico::demo::DemoEnv(&ports, listen.to_string(), key.public_x().to_string());
+    let env = portico::demo::DemoEnv(
+        &ports,
+        listen.to_string(),
+        key.public_x().to_string(),
+        admin_listen.to_string(),
+    );
     let plan = portico::config::load_str(portico::demo::DEMO_YAML, "examples/demo.yaml", &env)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
-        format!("cannot start the demo gateway on {listen} (use --listen to pick another address)")
+        format!(
+            "cannot start the demo gateway on {listen} with its admin API on {admin_listen} \
+             (use --listen and --admin-listen to pick other addresses)"
+        )
     })?;
     let base = format!("http://{}", gateway.local_addrs()[0]);
     println!("\nPortico demo gateway on {base}");
@@ -158,6 +172,9 @@ fn demo(listen: &str) -> anyhow::Result<ExitCode> {
     );
     let token = key.token("ada", std::time::Duration::from_secs(24 * 3600));
     println!("\ndemo JWT (sub: ada, valid 24 h, signed by a key made for this run):\n  {token}\n");
+    if let Some(admin) = gateway.admin_addr() {
+        println!("admin API: curl -s http://{admin}/status   (also /routes, /services, /config, /readyz, POST /reload)");
+    }
     println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");
     for (what, cmd) in portico::demo::curl_commands(&base, &token) {
         println!("  # {what}\n  {cmd}\n");

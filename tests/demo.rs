@@ -23,7 +23,13 @@ impl Drop for Demo {
 /// Starts `portico demo` on a free port; its stdout lines arrive on the receiver.
 fn start_demo() -> (Demo, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -58,6 +58,9 @@ pub struct RawConfig {
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<RawPolicy>")]
     pub policies: Vec<RawPolicy>,
+    /// The admin API listener (loopback by default; see `admin.token`).
+    #[serde(default)]
+    pub admin: crate::admin::config::RawAdmin,
     /// The Redis server (or Cluster, or Sentinel-managed primary) that `store: redis` policies
     /// share across gateway nodes.
     #[serde(default)]

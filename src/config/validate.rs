@@ -37,6 +37,27 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
             "must be one of error, warn, info, debug, trace",
         ));
     }
+    if raw.admin.enabled {
+        match raw.admin.listen.parse::<std::net::SocketAddr>() {
+            Err(_) => errs.push(ConfigError::new(
+                "admin.listen",
+                "must be IP:port, e.g. 127.0.0.1:9901",
+            )),
+            Ok(addr) if !addr.ip().is_loopback() && raw.admin.token.is_none() => {
+                errs.push(ConfigError::new(
+                    "admin.token",
+                    "an admin API listening beyond loopback needs a token",
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    if raw.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+        errs.push(ConfigError::new(
+            "admin.token",
+            "use at least 16 characters",
+        ));
+    }
     let l = &raw.limits;
     if l.max_header_bytes.0 < 1024 || l.max_header_bytes.0 > 1024 * 1024 {
         errs.push(ConfigError::new(

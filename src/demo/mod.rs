@@ -140,9 +140,9 @@ async fn respond(
     Ok(resp)
 }
 
-/// Expansion source for the demo config: the backend ports, the listen address and the demo
-/// key's public JWK `x`, then the real environment.
-pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String, pub String);
+/// Expansion source for the demo config: the backend ports, the listen address, the demo
+/// key's public JWK `x` and the admin listen address, then the real environment.
+pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String, pub String, pub String);
 
 impl crate::config::expand::Source for DemoEnv<'_> {
     fn var(&self, name: &str) -> Option<String> {
@@ -152,6 +152,7 @@ impl crate::config::expand::Source for DemoEnv<'_> {
             "DEMO_ORDERS_PORT" => Some(self.0.orders.to_string()),
             "DEMO_LISTEN" => Some(self.1.clone()),
             "DEMO_JWT_X" => Some(self.2.clone()),
+            "DEMO_ADMIN_LISTEN" => Some(self.3.clone()),
             other => crate::config::expand::ProcessEnv.var(other),
         }
     }

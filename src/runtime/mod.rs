@@ -161,6 +161,7 @@ struct StartupSettings {
     log_level: String,
     max_header_bytes: usize,
     max_uri_bytes: usize,
+    admin: (bool, String),
 }
 
 impl StartupSettings {
@@ -171,6 +172,7 @@ impl StartupSettings {
             log_level: plan.raw.log_level.clone(),
             max_header_bytes: plan.limits.max_header_bytes,
             max_uri_bytes: plan.limits.max_uri_bytes,
+            admin: (plan.raw.admin.enabled, plan.raw.admin.listen.clone()),
         }
     }
 
@@ -184,6 +186,9 @@ impl StartupSettings {
         }
         if self.workers != new.workers {
             keys.push("workers");
+        }
+        if self.admin != (new.raw.admin.enabled, new.raw.admin.listen.clone()) {
+            keys.push("admin.enabled/admin.listen");
         }
         if self.log_level != new.raw.log_level {
             keys.push("log_level");

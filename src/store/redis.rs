@@ -56,6 +56,10 @@ pub struct RawRedis {
     /// Default `portico:`.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
+    /// The admin API's `/readyz` answers 503 while Redis does not answer a PING (take a node
+    /// out of its load balancer's rotation when the fleet's shared state is gone).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// A primary found through Redis Sentinel.
@@ -295,6 +299,24 @@ impl RedisStore {
             Err(e) => self.failed(e),
         }
         result
+    }
+
+    /// A `PING` within the timeout (readiness). Not counted as a failure of the policies.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let call = async {
+            let mut conn = self.connection().await?;
+            query::<String>(&mut conn, &redis::cmd("PING")).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    self.conn.store(None);
+                }
+                Err(StoreError::Redis(e))
+            }
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
     }
 
     async fn connection(&self) -> Result<Conn, redis::RedisError> {

@@ -69,6 +69,16 @@ impl TestGateway {
         self.runtime().reload()
     }
 
+    /// `http://ADMIN_ADDR{path}` (the admin API; on a free port unless the config sets it).
+    pub fn admin_url(&self, path: &str) -> String {
+        let addr = self
+            .gateway
+            .as_ref()
+            .and_then(|g| g.admin_addr())
+            .expect("the admin API is enabled");
+        format!("http://{addr}{path}")
+    }
+
     /// The shared runtime.
     pub fn runtime(&self) -> &std::sync::Arc<portico::runtime::Runtime> {
         &self.gateway.as_ref().expect("running").runtime
@@ -94,11 +104,15 @@ impl Drop for TestGateway {
 /// Adds `listen: 127.0.0.1:0`, one worker, no access log and a short grace when not set.
 pub fn with_defaults(yaml: &str) -> String {
     let mut out = String::new();
-    if !yaml.contains("listen:") {
+    if !yaml.starts_with("listen:") && !yaml.contains("\nlisten:") {
         out.push_str("listen: [\"127.0.0.1:0\"]\n");
     }
     if !yaml.contains("workers:") {
         out.push_str("workers: 1\n");
+    }
+    if !yaml.contains("\nadmin:") && !yaml.starts_with("admin:") {
+        // Tests run many gateways at once: the admin API on a free port, not on 9901.
+        out.push_str("admin: {listen: \"127.0.0.1:0\"}\n");
     }
     if !yaml.contains("access_log:") {
         out.push_str("access_log: {enabled: false}\n");

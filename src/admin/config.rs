@@ -1,0 +1,110 @@
+//! The `admin:` section, and the redaction of secrets from the config the admin API shows.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::raw::RawConfig;
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Serve the admin API at all. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where it listens. Default `127.0.0.1:9901` (loopback only: expose it elsewhere only on
+    /// purpose, and then with a `token`). **Restart to change.**
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// When set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`. Use
+    /// `${ENV}` or `${file:...}`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+            token: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9901".to_string()
+}
+
+/// Keys whose values are secrets wherever they appear.
+const SECRET_KEYS: &[&str] = &[
+    "api_keys",
+    "password",
+    "password_hash",
+    "secret",
+    "client_secret",
+    "token",
+];
+
+/// The effective config as JSON with every secret replaced by `"<redacted>"`: credentials,
+/// HMAC keys, client secrets, the admin token, and passwords inside URLs.
+pub fn redacted(raw: &RawConfig) -> Value {
+    let mut v = serde_json::to_value(raw).unwrap_or(Value::Null);
+    redact(&mut v);
+    v
+}
+
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) && !child.is_null() {
+                    *child = Value::String("<redacted>".into());
+                } else {
+                    redact(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) => {
+            if let Some(clean) = strip_url_password(s) {
+                *s = clean;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:pass@host...` → `scheme://user:<redacted>@host...`.
+fn strip_url_password(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (userinfo, _) = rest[..authority_end].rsplit_once('@')?;
+    let (user, _password) = userinfo.split_once(':')?;
+    let after = &rest[userinfo.len()..];
+    Some(format!("{scheme}://{user}:<redacted>{after}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(
+            strip_url_password("redis://:pw@h:1/0").unwrap(),
+            "redis://:<redacted>@h:1/0"
+        );
+        assert_eq!(
+            strip_url_password("redis://u:pw@h").unwrap(),
+            "redis://u:<redacted>@h"
+        );
+        assert!(strip_url_password("http://h/a@b").is_none());
+        assert!(strip_url_password("plain text").is_none());
+    }
+}

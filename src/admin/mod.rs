@@ -1,0 +1,358 @@
+//! The admin listener: a separate port (default `127.0.0.1:9901`, never the public listener)
+//! answering operators in JSON: liveness, readiness, status, routes, services with their
+//! health and breaker state, the effective config with secrets redacted, and reloads.
+//!
+//! It runs on its own thread with its own small runtime, so a saturated public listener does
+//! not make the gateway look dead to its orchestrator, and the admin API costs the request
+//! path nothing. With `admin.token` set, every endpoint but `/healthz` needs
+//! `Authorization: Bearer <token>` (compared in constant time).
+
+pub mod config;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::runtime::{ReloadError, ReloadOutcome, Runtime};
+use crate::upstream::breaker::BreakerState;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// A running admin listener.
+pub struct AdminServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `listen` now (so a taken port fails the start) and serves on a thread of its own
+    /// until the runtime shuts down.
+    pub fn start(runtime: Arc<Runtime>, listen: SocketAddr) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let thread = std::thread::Builder::new()
+            .name("portico-admin".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("admin listener: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(serve(runtime, listener));
+            })?;
+        tracing::info!("admin API at http://{addr}");
+        Ok(Self {
+            addr,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the listener thread (after the runtime began shutting down).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let mut shutdown = runtime.shutdown_signal();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|down| *down) => return,
+        };
+        let runtime = Arc::clone(&runtime);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let runtime = Arc::clone(&runtime);
+                async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+/// Largest request body the admin API reads (it takes none today; a reload takes no body).
+const MAX_BODY: usize = 64 * 1024;
+
+async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path != "/healthz" && !authorized(runtime, &req) {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this admin API needs `Authorization: Bearer <admin.token>`",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico-admin\""),
+        );
+        return resp;
+    }
+    // Drain (bounded) so keep-alive works; no endpoint uses a body.
+    let _ = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await;
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/healthz") => ok(json!({"status": "live"})),
+        (Method::GET, "/readyz") => readyz(runtime).await,
+        (Method::GET, "/status") => ok(status(runtime)),
+        (Method::GET, "/routes") => ok(routes(runtime)),
+        (Method::GET, "/services") => ok(services(runtime)),
+        (Method::GET, "/config") => ok(config::redacted(&runtime.active().plan.raw)),
+        (Method::POST, "/reload") => reload(runtime),
+        (Method::GET, "/openapi.json") => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
+            | "/openapi.json",
+        ) => method_not_allowed("GET"),
+        (_, "/reload") => method_not_allowed("POST"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such admin endpoint; see /openapi.json",
+        ),
+    }
+}
+
+fn authorized(runtime: &Runtime, req: &Request<Incoming>) -> bool {
+    let active = runtime.active();
+    let Some(token) = active.plan.raw.admin.token.as_deref() else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+}
+
+async fn readyz(runtime: &Runtime) -> Response<Full<Bytes>> {
+    let active = runtime.active();
+    let mut checks = serde_json::Map::new();
+    let mut ready = !runtime.shutting_down();
+    checks.insert(
+        "config".into(),
+        json!({"ok": true, "revision": active.revision}),
+    );
+    checks.insert(
+        "listeners".into(),
+        json!({"ok": !runtime.shutting_down(), "shutting_down": runtime.shutting_down()}),
+    );
+    if let Some(redis) = &active.plan.redis {
+        let required = active.plan.raw.redis.as_ref().is_some_and(|r| r.required);
+        let reachable = redis.ping().await.is_ok();
+        if required && !reachable {
+            ready = false;
+        }
+        checks.insert(
+            "redis".into(),
+            json!({"ok": reachable || !required, "reachable": reachable, "required": required}),
+        );
+    }
+    let body = json!({"status": if ready { "ready" } else { "unready" }, "checks": checks});
+    let mut resp = ok(body);
+    if !ready {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp
+}
+
+fn status(runtime: &Runtime) -> Value {
+    let active = runtime.active();
+    let plan = &active.plan;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": runtime.started.elapsed().as_secs(),
+        "config": {
+            "revision": active.revision,
+            "hash": format!("{:016x}", plan.fingerprint),
+        },
+        "listeners": plan.listen,
+        "workers": plan.workers,
+        "connections": runtime.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "routes": plan.routes.len(),
+        "services": plan.services.len(),
+        "shutting_down": runtime.shutting_down(),
+    })
+}
+
+fn routes(runtime: &Runtime) -> Value {
+    let active = runtime.active();
+    let plan = &active.plan;
+    let list: Vec<Value> = plan
+        .raw
+        .routes
+        .iter()
+        .zip(&plan.routes)
+        .map(|(raw, route)| {
+            let mut policies = Vec::new();
+            if route.policies.auth.is_some() {
+                policies.push("auth");
+            }
+            if route.policies.rate_limit.is_some() {
+                policies.push("rate_limit");
+            }
+            json!({
+                "name": &*route.name,
+                "service": &*plan.services[route.service].name,
+                "hosts": raw.matcher.hosts,
+                "path": raw.matcher.path,
+                "methods": raw.matcher.methods,
+                "timeout_ms": route.timeout.as_millis() as u64,
+                "policies": policies,
+            })
+        })
+        .collect();
+    json!({"routes": list})
+}
+
+fn services(runtime: &Runtime) -> Value {
+    let active = runtime.active();
+    let list: Vec<Value> = active
+        .plan
+        .services
+        .iter()
+        .map(|s| {
+            let targets: Vec<Value> = crate::upstream::health::service_health(s)
+                .into_iter()
+                .zip(&s.targets)
+                .map(|((url, h), t)| {
+                    json!({
+                        "url": url,
+                        "weight": t.weight,
+                        "healthy": h.healthy,
+                        "ejected_for_ms": h.ejected_for.map(|d| d.as_millis() as u64),
+                        "ejections": h.ejections,
+                        "in_flight": t.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            let breaker = s.breaker.as_ref().map(|b| match b.state() {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half_open",
+            });
+            json!({
+                "name": &*s.name,
+                "health_checked": s.health_check.is_some(),
+                "breaker": breaker,
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({"services": list})
+}
+
+fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
+    match runtime.reload() {
+        Ok(ReloadOutcome::Applied { revision }) => {
+            crate::log_reload(&Ok(ReloadOutcome::Applied { revision }));
+            ok(json!({"result": "applied", "revision": revision}))
+        }
+        Ok(ReloadOutcome::Unchanged) => ok(json!({"result": "unchanged"})),
+        Err(ReloadError::Invalid(errors)) => {
+            tracing::error!(
+                "config reload (admin API) rejected; the previous config keeps serving:\n{errors}"
+            );
+            let list: Vec<Value> = errors
+                .errors
+                .iter()
+                .map(|e| {
+                    json!({
+                        "path": e.path,
+                        "message": e.message,
+                        "line": e.position.map(|p| p.line),
+                        "column": e.position.map(|p| p.column),
+                    })
+                })
+                .collect();
+            let mut resp = ok(json!({
+                "error": "config_invalid",
+                "message": "the new config was rejected; the previous config keeps serving",
+                "file": errors.file,
+                "errors": list,
+            }));
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            resp
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            &e.to_string(),
+        ),
+    }
+}
+
+fn ok(body: Value) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let mut resp = ok(json!({"error": code, "message": message}));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "see /openapi.json",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
