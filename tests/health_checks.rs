@@ -350,3 +350,19 @@ routes:
         assert!(err.contains(needle), "no error at {needle}:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn probes_stop_when_the_gateway_shuts_down() {
+    let sick = Arc::new(AtomicBool::new(false));
+    let a = switchable("a", &sick).await;
+    let gw = TestGateway::start(&config(&[a.url()], FAST, ""));
+    wait_until(Duration::from_secs(5), "probes run", || a.hits() >= 3).await;
+    tokio::task::spawn_blocking(move || gw.shutdown())
+        .await
+        .expect("shutdown");
+    // One probe may have been under way; after that, silence (the interval is 50 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = a.hits();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(a.hits(), hits, "a stopped gateway is still probing");
+}
