@@ -52,7 +52,7 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
     let sick = Arc::new(AtomicBool::new(true));
     let up = flaky("up", &sick).await;
     let gw = TestGateway::start(&format!(
-        "services:\n  s:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 3, open_for: 700ms, half_open_requests: 2}}\nroutes:\n  - {{name: all, service: s}}\n",
+        "services:\n  s:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 3, open_for: 1500ms, half_open_requests: 2}}\nroutes:\n  - {{name: all, service: s}}\n",
         up.url()
     ));
     for _ in 0..3 {
@@ -63,12 +63,12 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
 
     // Open: fail fast, nothing reaches the upstream.
     let hits = up.hits();
-    for _ in 0..10 {
+    for _ in 0..5 {
         let started = Instant::now();
         let r = get(&gw.url("/x")).await;
         r.assert_error(503, "circuit_open");
         let retry_after: u64 = r.header("retry-after").parse().expect("Retry-After");
-        assert!((1..=1).contains(&retry_after), "{retry_after}");
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
         assert!(started.elapsed() < Duration::from_millis(200));
     }
     assert_eq!(
@@ -79,7 +79,11 @@ async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
 
     // After the cool-down, the upstream has recovered: two probes pass and the breaker closes.
     sick.store(false, Ordering::SeqCst);
-    let wait = Duration::from_millis(750).saturating_sub(opened.elapsed());
+    assert!(
+        opened.elapsed() < Duration::from_millis(1500),
+        "the machine is too slow for this test's timing"
+    );
+    let wait = Duration::from_millis(1550).saturating_sub(opened.elapsed());
     tokio::time::sleep(wait).await;
     for _ in 0..2 {
         assert_eq!(get(&gw.url("/x")).await.status, 200);
@@ -97,14 +101,14 @@ async fn a_failed_half_open_probe_reopens_the_breaker() {
     let sick = Arc::new(AtomicBool::new(true));
     let up = flaky("up", &sick).await;
     let gw = TestGateway::start(&format!(
-        "services:\n  s:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 2, open_for: 300ms, half_open_requests: 1}}\nroutes:\n  - {{name: all, service: s}}\n",
+        "services:\n  s:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 2, open_for: 500ms, half_open_requests: 1}}\nroutes:\n  - {{name: all, service: s}}\n",
         up.url()
     ));
     for _ in 0..2 {
         assert_eq!(get(&gw.url("/x")).await.status, 500);
     }
     assert_eq!(breaker_state(&gw), BreakerState::Open);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     let hits = up.hits();
     // The probe reaches the upstream, fails, and the breaker opens again.
     assert_eq!(get(&gw.url("/x")).await.status, 500);

@@ -273,3 +273,96 @@ fn health_changes_log_one_line_each() {
     let line = gw.wait_for_line("back in rotation", Duration::from_secs(10));
     assert!(line.contains(&a.url()), "{line}");
 }
+
+#[tokio::test]
+async fn an_h2c_target_is_probed_over_http2() {
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&sick);
+    let up = upstream::h2c("h2")
+        .route(
+            "/healthz",
+            upstream::handler(move |req| {
+                let sick = flag.load(Ordering::SeqCst);
+                async move {
+                    assert_eq!(req.version(), http::Version::HTTP_2);
+                    let mut r = http::Response::new(upstream::full("ok"));
+                    if sick {
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    r
+                }
+            }),
+        )
+        .spawn()
+        .await;
+    let url = up.url().replace("http://", "h2c://");
+    let gw = TestGateway::start(&config(&[url], FAST, ""));
+    wait_until(Duration::from_secs(5), "the h2c target was probed", || {
+        up.hits() >= 2
+    })
+    .await;
+    assert!(healthy(&gw, 0, 0));
+    sick.store(true, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(5),
+        "the h2c target is unhealthy",
+        || !healthy(&gw, 0, 0),
+    )
+    .await;
+}
+
+#[test]
+fn resilience_config_errors_are_all_reported_at_their_key_paths() {
+    let err = TestGateway::try_start(
+        r#"
+services:
+  api:
+    targets: [{url: "http://127.0.0.1:1"}]
+    health_check: {interval: 0s, expected_statuses: ["300-200"], method: get}
+    outlier_detection: {consecutive_5xx: 0, consecutive_connect_failures: 0, max_ejection_percent: 0}
+    circuit_breaker: {open_for: 10s}
+    max_concurrent_requests: 0
+routes:
+  - name: r
+    service: api
+    retry: {attempts: 0, retry_on: [bogus, 404], backoff_base: 1s, backoff_max: 10ms}
+    fallback: {status: 42}
+    deadline_header: "bad header"
+"#,
+    )
+    .err()
+    .expect("the config is refused");
+    for needle in [
+        "services.api.health_check.interval",
+        "services.api.health_check.expected_statuses[0]",
+        "services.api.health_check.method",
+        "services.api.outlier_detection.consecutive_5xx",
+        "services.api.outlier_detection.max_ejection_percent",
+        "services.api.circuit_breaker.error_rate",
+        "services.api.max_concurrent_requests",
+        "routes[0].retry.attempts",
+        "routes[0].retry.retry_on[0]",
+        "routes[0].retry.retry_on[1]",
+        "routes[0].retry.backoff_max",
+        "routes[0].fallback.status",
+        "routes[0].deadline_header",
+    ] {
+        assert!(err.contains(needle), "no error at {needle}:\n{err}");
+    }
+}
+
+#[tokio::test]
+async fn probes_stop_when_the_gateway_shuts_down() {
+    let sick = Arc::new(AtomicBool::new(false));
+    let a = switchable("a", &sick).await;
+    let gw = TestGateway::start(&config(&[a.url()], FAST, ""));
+    wait_until(Duration::from_secs(5), "probes run", || a.hits() >= 3).await;
+    tokio::task::spawn_blocking(move || gw.shutdown())
+        .await
+        .expect("shutdown");
+    // One probe may have been under way; after that, silence (the interval is 50 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = a.hits();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(a.hits(), hits, "a stopped gateway is still probing");
+}

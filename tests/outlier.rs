@@ -70,7 +70,7 @@ async fn a_target_answering_500s_is_ejected_and_returns_after_its_ejection() {
     let b = upstream::http1("b").spawn().await;
     let gw = TestGateway::start(&config(
         &[a.url(), b.url()],
-        "{consecutive_5xx: 3, base_ejection_time: 600ms, max_ejection_time: 10s}",
+        "{consecutive_5xx: 3, base_ejection_time: 2s, max_ejection_time: 10s}",
     ));
     // Round robin alternates: a fails 3 times in a row within 6 requests, then is ejected.
     let first = spread(&gw, 6).await;
@@ -84,7 +84,7 @@ async fn a_target_answering_500s_is_ejected_and_returns_after_its_ejection() {
 
     // Recovered and the ejection over: a is back.
     sick.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while snapshot(&gw, 0).ejected_for.is_some() {
         assert!(Instant::now() < deadline, "the ejection never ended");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -101,19 +101,19 @@ async fn a_second_ejection_in_a_row_lasts_longer() {
     let b = upstream::http1("b").spawn().await;
     let gw = TestGateway::start(&config(
         &[a.url(), b.url()],
-        "{consecutive_5xx: 1, base_ejection_time: 300ms, max_ejection_time: 10s}",
+        "{consecutive_5xx: 1, base_ejection_time: 500ms, max_ejection_time: 10s}",
     ));
     let _ = spread(&gw, 2).await;
     assert_eq!(snapshot(&gw, 0).ejections, 1);
     let deadline = Instant::now() + Duration::from_secs(5);
-    // Keep sending: once the first ejection ends, a fails again and is ejected for 2 × 300 ms.
+    // Keep sending: once the first ejection ends, a fails again and is ejected for 2 × 500 ms.
     while snapshot(&gw, 0).ejections < 2 {
         assert!(Instant::now() < deadline, "no second ejection");
         let _ = get(&gw.url("/x")).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let left = snapshot(&gw, 0).ejected_for.expect("ejected");
-    assert!(left > Duration::from_millis(300), "{left:?}");
+    assert!(left > Duration::from_millis(500), "{left:?}");
 }
 
 #[tokio::test]

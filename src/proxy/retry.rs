@@ -287,7 +287,7 @@ pub(super) async fn forward(
     f: &Forward<'_>,
     mut parts: Parts,
     body: Incoming,
-    mut draft: Option<&mut LogDraft>,
+    draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
     let (service, route) = (f.service, f.route);
@@ -326,8 +326,27 @@ pub(super) async fn forward(
         }
         return result.map(|sent| Answer { sent, in_flight });
     };
+    // Boxed: the retry loop's state (buffered body, backoff timer) would otherwise make every
+    // request's future larger, and each await of a future copies its whole state.
+    Box::pin(forward_retrying(f, policy, parts, body, draft)).await
+}
 
-    let body = buffer(body, route.max_body_bytes).await?;
+/// The retry loop: a buffered body, one attempt per target pick, backoff between attempts.
+async fn forward_retrying(
+    f: &Forward<'_>,
+    policy: &RetryPolicy,
+    parts: Parts,
+    body: Incoming,
+    mut draft: Option<&mut LogDraft>,
+) -> Result<Answer, GatewayError> {
+    use hyper::body::Body as _;
+    let (service, route) = (f.service, f.route);
+    // Most retried requests (GET) have no body: nothing to read.
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        buffer(body, route.max_body_bytes).await?
+    };
     let replay_ok = idempotent(&parts.method);
     let started = tokio::time::Instant::now();
     let deadline = started + route.timeout;

@@ -163,3 +163,85 @@ fn eject(
         s.ejections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{Address, Protocol};
+    use std::sync::atomic::AtomicUsize;
+
+    const S: u64 = 1_000_000_000;
+
+    fn targets(n: usize) -> Vec<Arc<Target>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Target {
+                    id: i as u64,
+                    url: format!("http://10.0.0.{i}:80"),
+                    authority: http::HeaderValue::from_static("x"),
+                    address: Address::Ip(([127, 0, 0, 1], 1).into()),
+                    protocol: Protocol::Http1,
+                    weight: 1,
+                    in_flight: AtomicUsize::new(0),
+                    state: Arc::new(TargetState::new(None)),
+                })
+            })
+            .collect()
+    }
+
+    fn cfg(max_percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: 2,
+            consecutive_connect: 0,
+            error_rate: None,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+            max_percent,
+        }
+    }
+
+    fn until(t: &Target) -> u64 {
+        t.state.ejected_until.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_success_breaks_the_streak() {
+        let t = targets(2);
+        let c = cfg(50);
+        record(&c, "s", &t, 0, Outcome::ServerError, S);
+        record(&c, "s", &t, 0, Outcome::Success, S);
+        record(&c, "s", &t, 0, Outcome::ServerError, S);
+        assert_eq!(until(&t[0]), 0);
+        record(&c, "s", &t, 0, Outcome::GatewayFailure, S);
+        assert_eq!(until(&t[0]), S + 10 * S);
+    }
+
+    #[test]
+    fn ejections_in_a_row_grow_up_to_the_cap() {
+        let t = targets(2);
+        let c = cfg(50);
+        let mut now = S;
+        for expected in [10, 20, 25, 25] {
+            record(&c, "s", &t, 0, Outcome::ServerError, now);
+            record(&c, "s", &t, 0, Outcome::ServerError, now);
+            assert_eq!(until(&t[0]), now + expected * S, "ejection of {expected}s");
+            // Failing again as soon as the ejection is over: the next one is longer.
+            now = until(&t[0]);
+        }
+    }
+
+    #[test]
+    fn max_ejection_percent_keeps_targets_in_but_one_may_always_go() {
+        let t = targets(4);
+        let c = cfg(10);
+        for i in 0..4 {
+            record(&c, "s", &t, i, Outcome::ServerError, S);
+            record(&c, "s", &t, i, Outcome::ServerError, S);
+        }
+        let out = t.iter().filter(|t| t.state.ejected(S)).count();
+        assert_eq!(
+            out, 1,
+            "10 % of 4 rounds down to 0, and one may always be ejected"
+        );
+    }
+}
