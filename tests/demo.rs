@@ -152,7 +152,10 @@ fn every_printed_curl_command_works_as_printed() {
             .to_string();
         if let Some(c) = line.strip_prefix("# ") {
             comment = c.to_string();
-        } else if line.starts_with("curl ") || line.starts_with("for ") {
+        } else if line.starts_with("curl ")
+            || line.starts_with("for ")
+            || line.starts_with("sleep ")
+        {
             let last = line.contains("/limited/");
             pairs.push((comment.clone(), line));
             if last {
@@ -162,14 +165,20 @@ fn every_printed_curl_command_works_as_printed() {
     }
     assert!(pairs.len() >= 8, "{pairs:?}");
     for (comment, command) in pairs {
-        if command.starts_with("for ") {
-            // The rate-limit loop prints one status per request.
+        if command.starts_with("for ") || command.starts_with("sleep ") {
+            // The loops print one status per request.
             let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
             let statuses = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert_eq!(
-                statuses, "200 200 200 200 200 429 429",
-                "{comment}: {command}"
-            );
+            let expected = if command.contains("/limited/") {
+                "200 200 200 200 200 429 429"
+            } else if command.contains("x-demo-heal") {
+                "200 200 200"
+            } else if command.contains("/unstable") {
+                "500 500 500 503 503 503"
+            } else {
+                "200 200 200 200 200 200"
+            };
+            assert_eq!(statuses, expected, "{comment}: {command}");
             continue;
         }
         let expected = if comment.contains("405") {

@@ -30,6 +30,9 @@ pub struct DemoPorts {
     pub products: u16,
     /// orders service.
     pub orders: u16,
+    /// A broken backend: every answer is a 500 (to show retries and the circuit breaker), but
+    /// for requests carrying `x-demo-heal`.
+    pub flaky: u16,
 }
 
 /// Starts the three backends on ephemeral loopback ports inside the current tokio runtime.
@@ -38,6 +41,7 @@ pub async fn start_backends() -> std::io::Result<DemoPorts> {
         users: spawn_backend("users").await?,
         products: spawn_backend("products").await?,
         orders: spawn_backend("orders").await?,
+        flaky: spawn_backend("flaky").await?,
     })
 }
 
@@ -98,7 +102,14 @@ async fn respond(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let collection = format!("/{name}");
-    let (status, value) = if path == "/echo" || path.ends_with("/echo") {
+    let (status, value) = if name == "flaky" && seen.contains_key("x-demo-heal") {
+        (StatusCode::OK, json!({"service": name, "healed": true}))
+    } else if name == "flaky" {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "the flaky demo backend always fails", "path": path}),
+        )
+    } else if path == "/echo" || path.ends_with("/echo") {
         (
             StatusCode::OK,
             json!({"service": name, "method": method.as_str(), "path": path, "headers": seen}),
@@ -150,6 +161,7 @@ impl crate::config::expand::Source for DemoEnv<'_> {
             "DEMO_USERS_PORT" => Some(self.0.users.to_string()),
             "DEMO_PRODUCTS_PORT" => Some(self.0.products.to_string()),
             "DEMO_ORDERS_PORT" => Some(self.0.orders.to_string()),
+            "DEMO_FLAKY_PORT" => Some(self.0.flaky.to_string()),
             "DEMO_LISTEN" => Some(self.1.clone()),
             "DEMO_JWT_X" => Some(self.2.clone()),
             "DEMO_ADMIN_LISTEN" => Some(self.3.clone()),
@@ -228,6 +240,9 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("The same JWT route without a token (401 with WWW-Authenticate)".into(), format!("curl -si {base}/secure/users")),
         ("API-key route with partner-shop's key".into(), format!("curl -s -H 'x-api-key: {DEMO_API_KEY}' {base}/partner/products")),
         ("The same API-key route without the key (401)".into(), format!("curl -si {base}/partner/products")),
+        ("Retries: the service has a broken target (always 500) beside the products backend; each failed try is retried on the other target, so every request gets 200".into(), format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/resilient/products; done; echo")),
+        ("Circuit breaker: 3 failures in a row open it for 5 s; then 503 circuit_open without calling the backend (curl -si shows Retry-After)".into(), format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/unstable; done; echo")),
+        ("5 s later the breaker lets a probe through; with x-demo-heal the flaky backend answers, so the breaker closes".into(), format!("sleep 5; for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-demo-heal: 1' {base}/unstable; done; echo")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }
