@@ -141,17 +141,14 @@ async fn when_every_target_is_unhealthy_fail_mode_answers_503_at_once_and_panic_
 
 #[tokio::test]
 async fn all_targets_down_gives_503_within_the_connect_timeout() {
-    // Ports nothing listens on: bind, note, close.
-    let closed = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        format!("http://127.0.0.1:{port}")
-    };
+    // Ports that refuse connections (reserved for the test's duration).
+    let (a, _a) = support::refusing_port();
+    let (b, _b) = support::refusing_port();
     let gw = TestGateway::start(&config(
-        &[closed(), closed()],
+        &[
+            format!("http://127.0.0.1:{a}"),
+            format!("http://127.0.0.1:{b}"),
+        ],
         "{interval: 50ms, timeout: 200ms, jitter: 0ms, unhealthy_threshold: 1}",
         "    when_all_unhealthy: fail\n    timeouts: {connect: 500ms}\n",
     ));

@@ -118,11 +118,7 @@ async fn a_second_ejection_in_a_row_lasts_longer() {
 
 #[tokio::test]
 async fn connect_failures_eject_a_dead_target() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, _refusing) = support::refusing_port();
     let b = upstream::http1("b").spawn().await;
     let gw = TestGateway::start(&config(
         &[format!("http://127.0.0.1:{port}"), b.url()],

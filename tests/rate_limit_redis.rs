@@ -264,11 +264,7 @@ async fn redis_dying_is_handled_per_on_store_error_and_limits_resume_when_it_ret
 #[tokio::test]
 async fn a_redis_unreachable_at_startup_does_not_stop_the_gateway() {
     // Nothing listens there: the gateway starts, and the policy's fallback answers.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, _refusing) = support::refusing_port();
     let up = upstream::http1("a").spawn().await;
     let gw = TestGateway::start(&config(
         &format!("{{url: \"redis://127.0.0.1:{port}\"}}"),
@@ -357,11 +353,7 @@ fn redis_settings_are_checked_at_their_paths() {
 
 #[test]
 fn a_failing_redis_is_logged_once_per_interval_without_its_password() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, _refusing) = support::refusing_port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let up = rt.block_on(upstream::http1("a").spawn());
     let mut gw = support::GatewayProcess::spawn(

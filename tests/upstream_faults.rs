@@ -50,11 +50,7 @@ async fn assert_still_serving(gw: &TestGateway, ok: &upstream::Upstream) {
 #[tokio::test]
 async fn upstream_down_gives_502_upstream_unreachable_quickly() {
     // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let (port, _refusing) = support::refusing_port();
     let (ok, gw) = gateway(&format!("http://127.0.0.1:{port}"), "", "").await;
     for _ in 0..3 {
         let started = Instant::now();

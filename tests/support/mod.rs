@@ -487,3 +487,20 @@ impl RawReply {
 pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> RawReply {
     RawReply::parse(&raw(addr, request, Duration::from_secs(5)).await)
 }
+
+/// A loopback port that refuses connections and stays reserved while the guard lives (a
+/// socket bound but not listening), so no other test's server can take it meanwhile.
+pub fn refusing_port() -> (u16, socket2::Socket) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = socket
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (port, socket)
+}
