@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Instructions per request of a bench profile, counted by callgrind: repeatable whatever else the
+# machine is doing (unlike CPU time). Runs the release build under valgrind twice, with N1 and N2
+# keep-alive `GET /small` requests against the shared bench's C origin, and prints
+# (instructions(N2) - instructions(N1)) / (N2 - N1), so start-up and shutdown cancel out.
+#   bench/callgrind.sh [profile...]      (default: plain)
+# Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
+# `cargo build --release`. Profiles that need Redis need it running (see bench/README.md).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+n1=${N1:-1000}
+n2=${N2:-4000}
+origin_bin="$(ls /tmp/gwbench/bin/gwbench-origin-* 2>/dev/null | head -1)"
+[ -x "$origin_bin" ] || { echo "run ../shared/bench/setup.sh and ../shared/bench/peers.sh once first (it builds the origin)" >&2; exit 1; }
+oport=18181; gport=18180
+"$origin_bin" "$oport" >/dev/null 2>&1 & origin=$!
+trap 'kill $origin 2>/dev/null' EXIT
+
+requests() { # N: N keep-alive requests over one connection
+  python3 - "$gport" "$1" <<'PY'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/small"); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+}
+
+count() { # PROFILE N: total instructions of a gateway run serving N requests
+  local out; out="$(mktemp /tmp/portico-callgrind-XXXXXX)"
+  PORTICO_BENCH_PROFILE="$1" GWBENCH_WORKERS=1 PORTICO_BENCH_BIN="$here/valgrind-portico.sh" \
+    CALLGRIND_OUT="$out" "$here/start-gateway.sh" "$gport" "$oport" 2>"$out.log" &
+  local gw=$!
+  for _ in $(seq 1 300); do
+    curl -s -o /dev/null "http://127.0.0.1:$gport/small" 2>/dev/null && break; sleep 0.1
+  done
+  requests "$2"
+  # start-gateway.sh and valgrind-portico.sh exec: $gw is the process under valgrind.
+  kill -TERM "$gw" 2>/dev/null || true
+  wait "$gw" || true
+  grep -o "Collected : [0-9]*" "$out.log" | awk '{print $3}'
+  rm -f "$out" "$out.log"
+}
+
+for profile in "${@:-plain}"; do
+  a=$(count "$profile" "$n1"); b=$(count "$profile" "$n2")
+  echo "$profile: $(( (b - a) / (n2 - n1) )) instructions per request"
+done

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# bench/callgrind.sh's stand-in for the binary: the release build under callgrind.
+exec valgrind --tool=callgrind --callgrind-out-file="${CALLGRIND_OUT:-/dev/null}" \
+  "$(dirname "${BASH_SOURCE[0]}")/../target/release/portico" "$@"
