@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
-use crate::policy::auth;
+use crate::policy::{auth, cache};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
@@ -142,6 +142,7 @@ async fn handle(
             error: None,
             request_bytes: content_length(&req).unwrap_or(0),
             upstream_duration: None,
+            cache: None,
         }),
     });
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
@@ -156,6 +157,10 @@ async fn handle(
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if let Some(mut d) = draft {
         d.finish.status = resp.status().as_u16();
+        d.finish.cache = resp
+            .extensions()
+            .get::<cache::CacheStatus>()
+            .map(|s| s.as_str());
         resp.body_mut().set_finish(d.finish);
     }
     resp.body_mut().set_active(guard);
@@ -333,6 +338,21 @@ async fn proxy(
         ),
         None => None,
     };
+    // The cache answers after rate limiting (a hit counts against the limits too) and before
+    // a target is picked; a miss goes on with a `Fill` that takes the upstream's response.
+    let mut cached = match &route.policies.cache {
+        Some(policy) => match policy.lookup(&mut parts, identity.as_ref()).await {
+            cache::Lookup::Respond(mut resp) => {
+                for (k, v) in admitted.map(|a| a.headers).unwrap_or_default() {
+                    resp.headers_mut().insert(k, v);
+                }
+                return Ok(resp);
+            }
+            cache::Lookup::Forward(fill) => Some(fill),
+        },
+        None => None,
+    };
+
     let index = service
         .balancer
         .pick(&service.targets, &parts.headers, client_ip, None);
@@ -418,9 +438,26 @@ async fn proxy(
 
     let body = RequestBody::streaming(body, route.max_body_bytes);
     let upstream_req = Request::from_parts(parts, body);
+    if let Some(stale) = cached.as_mut().and_then(cache::Fill::take_background) {
+        // stale-while-revalidate: the client has its answer; the refresh goes on alone.
+        if let Some(fill) = cached {
+            let (service, target) = (Arc::clone(service), Arc::clone(target));
+            fill.refresh_in_background(service, target, upstream_req, route.timeout);
+        }
+        return Ok(stale);
+    }
     let in_flight = InFlight::start(target);
     let sent_at = Instant::now();
-    let sent = client::send(service, target, upstream_req, route.timeout).await?;
+    let sent = match client::send(service, target, upstream_req, route.timeout).await {
+        Ok(sent) => sent,
+        // stale-if-error: a stale entry may answer instead.
+        Err(e) => {
+            return match cached {
+                Some(fill) => fill.upstream_failed(e),
+                None => Err(e),
+            }
+        }
+    };
     if let Some(d) = draft {
         d.finish.upstream_duration = Some(sent_at.elapsed());
     }
@@ -446,7 +483,11 @@ async fn proxy(
             ..Epilogue::default()
         },
     );
-    Ok(Response::from_parts(parts, body))
+    let resp = Response::from_parts(parts, body);
+    Ok(match cached {
+        Some(fill) => fill.respond(resp),
+        None => resp,
+    })
 }
 
 /// RFC 7239 `Forwarded: for=...;host=...;proto=http`.
