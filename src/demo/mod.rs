@@ -227,6 +227,7 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("The same JWT route without a token (401 with WWW-Authenticate)".into(), format!("curl -si {base}/secure/users")),
         ("API-key route with partner-shop's key".into(), format!("curl -s -H 'x-api-key: {DEMO_API_KEY}' {base}/partner/products")),
         ("The same API-key route without the key (401)".into(), format!("curl -si {base}/partner/products")),
+        ("Response cache: the products listing is kept for 10 s; the first request is a MISS, the second a HIT (X-Cache)".into(), format!("for i in 1 2; do curl -s -o /dev/null -D - {base}/api/products | grep -i '^x-cache'; done")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }
