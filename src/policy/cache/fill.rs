@@ -236,7 +236,14 @@ impl CachePolicy {
         {
             return None;
         }
-        let mut stored_headers = headers.clone();
+        // Values are copied, not cloned: a parsed value is a slice of the connection's read
+        // buffer, which a long-lived entry would otherwise keep alive (8 KiB or more each).
+        let mut stored_headers = http::HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers {
+            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                stored_headers.append(name.clone(), v);
+            }
+        }
         stored_headers.remove(header::AGE);
         // Rate-limit headers describe this request's quota, not the resource: a hit gets its own.
         for h in [
