@@ -477,6 +477,12 @@ async fn bodies_over_the_cap_stream_and_are_not_cached() {
     get(&gw.url("/small")).await;
     let r = get(&gw.url("/small")).await;
     assert_eq!((r.text(), x_cache(&r)), ("abab".into(), "HIT".into()));
+    // It was chunked upstream; the entry knows its length, so HEAD says it.
+    let head = send("HEAD", &gw.url("/small"), &[], "").await;
+    assert_eq!(
+        (head.header("content-length"), x_cache(&head)),
+        ("4".into(), "HIT".into())
+    );
     assert_eq!(up.hits(), 5);
 }
 
