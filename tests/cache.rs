@@ -578,3 +578,71 @@ async fn entries_survive_a_reload_that_keeps_the_policy() {
     assert_eq!(x_cache(&get(&gw.url("/k")).await), "MISS");
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test]
+async fn waiting_for_a_slow_leader_is_bounded() {
+    let up = upstream::http1("a")
+        .route(
+            "/",
+            handler(|_req| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                resp(200, &[("cache-control", "max-age=60")], "slow")
+            }),
+        )
+        .spawn()
+        .await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  a: {{targets: [{{url: \"{}\"}}]}}\n\
+         routes:\n  - name: r\n    service: a\n    policies:\n      - cache: {{coalesce_wait: 100ms}}\n",
+        up.url()
+    ));
+    let url = gw.url("/slow");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let url = url.clone();
+        set.spawn(async move { get(&url).await });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap().text(), "slow");
+    }
+    // The four followers gave up waiting after 100ms and went upstream themselves.
+    assert_eq!(up.hits(), 5);
+}
+
+#[tokio::test]
+async fn must_revalidate_forbids_stale_answers_and_request_no_cache_revalidates() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&fail);
+    let up = upstream::http1("a")
+        .route(
+            "/",
+            handler(move |_req| {
+                let fail = f.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        return resp(503, &[], "down");
+                    }
+                    resp(
+                        200,
+                        &[(
+                            "cache-control",
+                            "max-age=1, must-revalidate, stale-if-error=60",
+                        )],
+                        "good",
+                    )
+                }
+            }),
+        )
+        .spawn()
+        .await;
+    let gw = TestGateway::start(&config(&up.url(), "{}"));
+    get(&gw.url("/m")).await;
+    // A fresh entry, but the client asks for validation: the upstream is asked.
+    let r = get_h(&gw.url("/m"), &[("cache-control", "no-cache")]).await;
+    assert_eq!((r.text(), x_cache(&r)), ("good".into(), "MISS".into()));
+    assert_eq!(up.hits(), 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fail.store(true, Ordering::SeqCst);
+    let r = get(&gw.url("/m")).await;
+    assert_eq!((r.status.as_u16(), x_cache(&r)), (503, "MISS".into()));
+}
