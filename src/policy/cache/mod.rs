@@ -566,28 +566,23 @@ impl CachePolicy {
         let key: Box<str> = match vary {
             None => base.into(),
             Some((names, request)) => {
-                // Reuse the rule when it names the same headers, so sibling variants stay
-                // reachable; a different rule starts a new generation.
-                let keep = slot.time_to_keep(now).max(self.keep_stale);
-                let rule = match self.memory.get(base) {
-                    Some(Slot::Vary(r)) if r.names == names => r,
-                    _ => Arc::new(VaryRule {
-                        names,
-                        generation: fastrand::u64(..),
-                        keep,
-                        made: now,
-                    }),
+                // The same headers keep the rule's generation, so sibling variants stay
+                // reachable, and the rule lives as long as the longest of them; a different
+                // rule starts a new generation (the old variants become unreachable).
+                let mut keep = slot.time_to_keep(now).max(self.keep_stale);
+                let generation = match self.memory.get(base) {
+                    Some(Slot::Vary(old)) if old.names == names => {
+                        keep = keep.max(Slot::Vary(Arc::clone(&old)).time_to_keep(now));
+                        old.generation
+                    }
+                    _ => fastrand::u64(..),
                 };
-                let rule = if rule.time_to_keep_less_than(now, keep) {
-                    Arc::new(VaryRule {
-                        names: rule.names.clone(),
-                        generation: rule.generation,
-                        keep,
-                        made: now,
-                    })
-                } else {
-                    rule
-                };
+                let rule = Arc::new(VaryRule {
+                    names,
+                    generation,
+                    keep,
+                    made: now,
+                });
                 let variant = key::variant_key(base, rule.generation, &rule.names, request);
                 let rule = Slot::Vary(rule);
                 if let Some(r) = &self.redis {
@@ -647,14 +642,6 @@ impl CachePolicy {
     pub fn entry_count(&self) -> u64 {
         self.memory.run_pending_tasks();
         self.memory.entry_count()
-    }
-}
-
-impl VaryRule {
-    fn time_to_keep_less_than(&self, now: Instant, keep: Duration) -> bool {
-        self.keep
-            .saturating_sub(now.saturating_duration_since(self.made))
-            < keep
     }
 }
 
