@@ -264,15 +264,18 @@ async fn stale_entries_are_revalidated_with_their_etag() {
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     let n = Arc::new(AtomicUsize::new(0));
+    // The refresh waits for this gate, so the requests below all arrive while it is under way.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = Arc::clone(&gate);
     let up = upstream::http1("a")
         .route(
             "/",
             handler(move |_req| {
                 let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+                let gate = Arc::clone(&g);
                 async move {
                     if n > 1 {
-                        // The refresh is slow, so the requests below all arrive during it.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let _ = gate.acquire().await;
                     }
                     resp(
                         200,
@@ -291,6 +294,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
         let r = get(&gw.url("/s")).await;
         assert_eq!((r.text(), x_cache(&r)), ("body-1".into(), "STALE".into()));
     }
+    gate.add_permits(100);
     // Exactly one background refresh; once it is stored, fresh hits carry the new body.
     let mut refreshed = None;
     for _ in 0..100 {
@@ -581,12 +585,18 @@ async fn entries_survive_a_reload_that_keeps_the_policy() {
 
 #[tokio::test]
 async fn waiting_for_a_slow_leader_is_bounded() {
+    // The upstream answers nobody until all five requests reached it: the four that wait for
+    // the first must give up waiting (after 100ms) and come themselves, or nobody is answered.
+    let all_here = Arc::new(tokio::sync::Barrier::new(5));
     let up = upstream::http1("a")
         .route(
             "/",
-            handler(|_req| async {
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                resp(200, &[("cache-control", "max-age=60")], "slow")
+            handler(move |_req| {
+                let all_here = Arc::clone(&all_here);
+                async move {
+                    all_here.wait().await;
+                    resp(200, &[("cache-control", "max-age=60")], "slow")
+                }
             }),
         )
         .spawn()
@@ -605,7 +615,6 @@ async fn waiting_for_a_slow_leader_is_bounded() {
     while let Some(r) = set.join_next().await {
         assert_eq!(r.unwrap().text(), "slow");
     }
-    // The four followers gave up waiting after 100ms and went upstream themselves.
     assert_eq!(up.hits(), 5);
 }
 
