@@ -12,7 +12,7 @@ use http::Response;
 use portico::policy::cache::{purge, Purge};
 use support::redis::RedisServer;
 use support::upstream::{self, full, handler};
-use support::{get, Reply, TestGateway};
+use support::{get, send, Reply, TestGateway};
 
 fn config(redis: &RedisServer, up: &str) -> String {
     format!(
@@ -32,6 +32,10 @@ async fn origin() -> support::Upstream {
             handler(move |req| {
                 let n = n.fetch_add(1, Ordering::SeqCst) + 1;
                 async move {
+                    let lang = req
+                        .headers()
+                        .get("accept-language")
+                        .map(|v| v.to_str().unwrap().to_string());
                     let body = if req.uri().path() == "/big" {
                         "z".repeat(4096)
                     } else {
@@ -40,6 +44,12 @@ async fn origin() -> support::Upstream {
                     let mut r = Response::new(full(body));
                     r.headers_mut()
                         .insert("cache-control", "max-age=60".parse().unwrap());
+                    if req.uri().path() == "/lang" {
+                        let body = format!("{}-{n}", lang.unwrap_or_default());
+                        *r.body_mut() = full(body);
+                        r.headers_mut()
+                            .insert("vary", "Accept-Language".parse().unwrap());
+                    }
                     r
                 }
             }),
@@ -102,6 +112,31 @@ async fn two_gateways_share_entries_through_redis() {
     );
     assert_eq!(x_cache(&get(&b.url("/shared")).await), "MISS");
     assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_are_shared_through_redis_too() {
+    let redis = RedisServer::start();
+    let up = origin().await;
+    let a = TestGateway::start(&config(&redis, &up.url()));
+    let b = TestGateway::start(&config(&redis, &up.url()));
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(send("GET", &a.url("/lang"), &en, "").await.text(), "en-1");
+    assert_eq!(send("GET", &a.url("/lang"), &fr, "").await.text(), "fr-2");
+    // Both variants (and the vary rule) reach Redis.
+    for _ in 0..200 {
+        if redis.cmd(&["DBSIZE"]) == ":3" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(redis.cmd(&["DBSIZE"]), ":3");
+    let r = send("GET", &b.url("/lang"), &fr, "").await;
+    assert_eq!((r.text(), x_cache(&r)), ("fr-2".into(), "HIT".into()));
+    let r = send("GET", &b.url("/lang"), &en, "").await;
+    assert_eq!((r.text(), x_cache(&r)), ("en-1".into(), "HIT".into()));
+    assert_eq!(up.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
