@@ -13,6 +13,7 @@ use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
+use crate::policy::cache::CachePolicy;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
@@ -50,6 +51,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
     // A service or global rate_limit policy has one set of counters, shared by every route that
     // inherits it: compiled once per config path.
     let mut rate_limits = std::collections::HashMap::new();
+    let mut caches = std::collections::HashMap::new();
     let mut specs = Vec::with_capacity(raw.routes.len());
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in raw.routes.iter().enumerate() {
@@ -119,6 +121,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 &authenticators,
                 redis.as_ref(),
                 &mut rate_limits,
+                &mut caches,
                 &mut errors,
             ),
             resilience: route_resilience(r, &service_retries[service]),
@@ -194,6 +197,7 @@ fn route_policies(
     authenticators: &Authenticators,
     redis: Option<&Arc<RedisStore>>,
     rate_limits: &mut std::collections::HashMap<String, Option<Arc<RateLimitPolicy>>>,
+    caches: &mut std::collections::HashMap<String, Option<Arc<CachePolicy>>>,
     errors: &mut Vec<ConfigError>,
 ) -> RoutePolicies {
     let route = &raw.routes[index];
@@ -217,6 +221,16 @@ fn route_policies(
                     .entry(path)
                     .or_insert_with_key(|path| {
                         RateLimitPolicy::build(rl, path, &id, redis, errors).map(Arc::new)
+                    })
+                    .clone();
+            }
+            RawPolicy::Cache(c) => {
+                // Like rate limits: one store per place the policy is written.
+                let path = format!("{path}.cache");
+                out.cache = caches
+                    .entry(path)
+                    .or_insert_with_key(|path| {
+                        CachePolicy::build(c, path, redis, errors).map(Arc::new)
                     })
                     .clone();
             }

@@ -243,6 +243,7 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("Retries: the service has a broken target (always 500) beside the products backend; each failed try is retried on the other target, so every request gets 200".into(), format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/resilient/products; done; echo")),
         ("Circuit breaker: 3 failures in a row open it for 5 s; then 503 circuit_open without calling the backend (curl -si shows Retry-After)".into(), format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/unstable; done; echo")),
         ("5 s later the breaker lets a probe through; with x-demo-heal the flaky backend answers, so the breaker closes".into(), format!("sleep 5; for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-demo-heal: 1' {base}/unstable; done; echo")),
+        ("Response cache: the products listing is kept for 10 s; the first request is a MISS, the second a HIT (X-Cache)".into(), format!("for i in 1 2; do curl -s -o /dev/null -D - {base}/api/products | grep -i '^x-cache'; done")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }

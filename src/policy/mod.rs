@@ -11,6 +11,7 @@
 //! `error.rs` turns into the response, so no policy ever drops a connection.
 
 pub mod auth;
+pub mod cache;
 pub mod rate_limit;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub enum RawPolicy {
     /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
     /// route, header).
     RateLimit(rate_limit::config::RawRateLimitPolicy),
+    /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
+    Cache(cache::config::RawCachePolicy),
 }
 
 /// The compiled policies of one route.
@@ -37,6 +40,8 @@ pub struct RoutePolicies {
     pub auth: Option<Arc<auth::AuthPolicy>>,
     /// Rate and concurrency limits (shared by every route inheriting the same policy).
     pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
+    /// Response cache (shared by every route inheriting the same policy).
+    pub cache: Option<Arc<cache::CachePolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

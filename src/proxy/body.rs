@@ -152,6 +152,8 @@ pub struct GatewayBody {
     sent: u64,
     ended: bool,
     epilogue: Epilogue,
+    /// A copy for the response cache, taken as the body streams.
+    record: Option<Box<crate::policy::cache::record::Recorder>>,
 }
 
 impl GatewayBody {
@@ -162,6 +164,7 @@ impl GatewayBody {
             sent: 0,
             ended: false,
             epilogue: Epilogue::default(),
+            record: None,
         }
     }
 
@@ -172,6 +175,7 @@ impl GatewayBody {
             sent: 0,
             ended: false,
             epilogue: Epilogue::default(),
+            record: None,
         }
     }
 
@@ -186,12 +190,18 @@ impl GatewayBody {
             sent: 0,
             ended: false,
             epilogue,
+            record: None,
         }
     }
 
     /// Keeps the request active on its connection until this body is dropped.
     pub fn set_active(&mut self, active: ActiveRequest) {
         self.epilogue.active = Some(active);
+    }
+
+    /// Records the body for the response cache, which gets it if the body ends cleanly.
+    pub fn record(&mut self, recorder: Box<crate::policy::cache::record::Recorder>) {
+        self.record = Some(recorder);
     }
 
     /// Attaches the access log line, written when the body ends or is dropped.
@@ -232,12 +242,23 @@ impl Body for GatewayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                    if let Some(r) = &mut this.record {
+                        if !r.data(d) {
+                            this.record = None;
+                        }
+                    }
                 }
             }
-            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(r) = this.record.take() {
+                    r.complete();
+                }
+            }
             Poll::Ready(Some(Err(_))) => {
                 // A broken upstream connection must not go back to the pool.
                 this.epilogue.pooled = None;
+                this.record = None;
             }
             Poll::Pending => {}
         }
@@ -263,6 +284,12 @@ impl Body for GatewayBody {
 impl Drop for GatewayBody {
     fn drop(&mut self) {
         let complete = self.ended || self.is_end_stream();
+        if let Some(r) = self.record.take() {
+            // A body that ended with its head (no data at all) is never polled to its end.
+            if complete {
+                r.complete();
+            }
+        }
         if let Some(pooled) = self.epilogue.pooled.take() {
             if complete {
                 pooled.release();

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
-use crate::policy::auth;
+use crate::policy::{auth, cache};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
@@ -143,6 +143,7 @@ async fn handle(
             error: None,
             request_bytes: content_length(&req).unwrap_or(0),
             upstream_duration: None,
+            cache: None,
         }),
     });
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
@@ -157,6 +158,10 @@ async fn handle(
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if let Some(mut d) = draft {
         d.finish.status = resp.status().as_u16();
+        d.finish.cache = resp
+            .extensions()
+            .get::<cache::CacheStatus>()
+            .map(|s| s.as_str());
         resp.body_mut().set_finish(d.finish);
     }
     resp.body_mut().set_active(guard);
@@ -334,6 +339,21 @@ async fn proxy(
         ),
         None => None,
     };
+    // The cache answers after rate limiting (a hit counts against the limits too) and before
+    // the breaker or a target is involved; a miss goes on with a `Fill` that takes the
+    // upstream's response.
+    let mut cached = match &route.policies.cache {
+        Some(policy) => match policy.lookup(&mut parts, identity.as_ref()).await {
+            cache::Lookup::Respond(mut resp) => {
+                for (k, v) in admitted.map(|a| a.headers).unwrap_or_default() {
+                    resp.headers_mut().insert(k, v);
+                }
+                return Ok(resp);
+            }
+            cache::Lookup::Forward(fill) => Some(fill),
+        },
+        None => None,
+    };
     // The breaker and the service's concurrency cap come before any target is picked: an open
     // breaker or a full service answers without touching the upstream.
     let breaker = route
@@ -345,12 +365,17 @@ async fn proxy(
         Some(b) => match b.admit(now_ns()) {
             Ok(permit) => Some(permit),
             Err(wait) => {
-                return match &route.resilience.fallback {
-                    Some(fallback) => Ok(fallback.response()),
-                    None => Err(GatewayError::CircuitOpen {
-                        breaker: Arc::clone(&b.name),
-                        retry_after: wait.as_secs_f64().ceil() as u64,
-                    }),
+                if let Some(fallback) = &route.resilience.fallback {
+                    return Ok(fallback.response());
+                }
+                let open = GatewayError::CircuitOpen {
+                    breaker: Arc::clone(&b.name),
+                    retry_after: wait.as_secs_f64().ceil() as u64,
+                };
+                // stale-if-error covers an open breaker too.
+                return match cached {
+                    Some(fill) => fill.upstream_failed(open),
+                    None => Err(open),
                 };
             }
         },
@@ -426,6 +451,24 @@ async fn proxy(
         .await;
     }
 
+    if let Some(stale) = cached.as_mut().and_then(cache::Fill::take_background) {
+        // stale-while-revalidate: the client has its answer; the refresh goes on alone, to one
+        // target, without retries.
+        if let (Some(fill), Some(index)) = (cached, service.pick(&parts.headers, client_ip, None)) {
+            let target = Arc::clone(&service.targets[index]);
+            retry::prepare(
+                &mut parts,
+                &target,
+                route.preserve_host,
+                client_host.as_ref(),
+                &new_path,
+            )?;
+            let body = RequestBody::streaming(body, route.max_body_bytes);
+            let upstream_req = Request::from_parts(parts, body);
+            fill.refresh_in_background(Arc::clone(service), target, upstream_req, route.timeout);
+        }
+        return Ok(stale);
+    }
     let forward = retry::Forward {
         service,
         route,
@@ -445,7 +488,16 @@ async fn proxy(
             permit.record(failed, now_ns());
         }
     }
-    let retry::Answer { sent, in_flight } = result?;
+    let retry::Answer { sent, in_flight } = match result {
+        Ok(answer) => answer,
+        // stale-if-error: a stale entry may answer instead.
+        Err(e) => {
+            return match cached {
+                Some(fill) => fill.upstream_failed(e),
+                None => Err(e),
+            }
+        }
+    };
     let (mut parts, incoming) = sent.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let mut concurrency = None;
@@ -469,7 +521,11 @@ async fn proxy(
             ..Epilogue::default()
         },
     );
-    Ok(Response::from_parts(parts, body))
+    let resp = Response::from_parts(parts, body);
+    Ok(match cached {
+        Some(fill) => fill.respond(resp),
+        None => resp,
+    })
 }
 
 /// RFC 7239 `Forwarded: for=...;host=...;proto=http`.

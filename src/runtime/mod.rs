@@ -114,6 +114,8 @@ impl Runtime {
         }
         // Rate-limit counters of unchanged policies survive the reload.
         crate::policy::rate_limit::carry_over(&current.plan.routes, &mut plan.routes);
+        // So do cache entries.
+        crate::policy::cache::carry_over(&current.plan.routes, &mut plan.routes);
         let restart_only = self.startup.restart_only_changes(&plan);
         if !restart_only.is_empty() {
             tracing::warn!(

@@ -78,6 +78,8 @@ pub struct Finish {
     pub request_bytes: u64,
     /// Time from sending upstream to the response head.
     pub upstream_duration: Option<Duration>,
+    /// How the response cache answered (`hit`, `miss`, ...), on routes with a `cache` policy.
+    pub cache: Option<&'static str>,
 }
 
 /// The texts of a request that its log line needs, copied into one small allocation. Keeping
@@ -248,6 +250,7 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         ("consumer", f.consumer.as_deref()),
         ("upstream", f.target.as_deref().map(|t| t.url.as_str())),
         ("error", f.error),
+        ("cache", f.cache),
     ] {
         let _ = write!(buf, ",\"{key}\":");
         match value {
@@ -373,6 +376,7 @@ mod tests {
             error: Some("no_route"),
             request_bytes: 7,
             upstream_duration: Some(Duration::from_micros(1500)),
+            cache: None,
         });
         let line = Line {
             finish,

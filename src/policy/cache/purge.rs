@@ -1,0 +1,53 @@
+//! Purge: removing entries by exact key or by key prefix, from memory and Redis. The admin API
+//! (a later issue) calls [`purge`]; until then it is a library function.
+
+use std::sync::Arc;
+
+use super::CachePolicy;
+
+/// What a purge removed: entries from memory, keys from Redis (`None`: Redis failed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    /// Memory entries removed (a resource with variants counts once for its vary rule).
+    pub memory: u64,
+    /// Redis keys removed; `None` when Redis did not answer.
+    pub redis: Option<u64>,
+}
+
+/// What to purge.
+#[derive(Debug, Clone, Copy)]
+pub enum Purge<'a> {
+    /// Exactly this key (with its variants).
+    Key(&'a str),
+    /// Every key starting with this.
+    Prefix(&'a str),
+}
+
+/// Purges from every cache policy of `plan` (each once, however many routes share it): the
+/// function the admin API calls. Returns the totals.
+pub async fn purge(plan: &crate::config::plan::Plan, what: Purge<'_>) -> PurgeCount {
+    let mut seen: Vec<*const CachePolicy> = Vec::new();
+    let mut total = PurgeCount {
+        memory: 0,
+        redis: Some(0),
+    };
+    for route in &plan.routes {
+        let Some(policy) = &route.policies.cache else {
+            continue;
+        };
+        if seen.contains(&Arc::as_ptr(policy)) {
+            continue;
+        }
+        seen.push(Arc::as_ptr(policy));
+        let n = match what {
+            Purge::Key(k) => policy.purge_key(k).await,
+            Purge::Prefix(p) => policy.purge_prefix(p).await,
+        };
+        total.memory += n.memory;
+        total.redis = match (total.redis, n.redis) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+    total
+}
