@@ -183,3 +183,33 @@ fn an_admin_api_beyond_loopback_needs_a_token() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn cache_entries_are_purged_by_key_and_by_prefix() {
+    let up = upstream::http1("a").spawn().await;
+    let cached = "    policies:\n      - cache: {default_ttl: 1m}\n";
+    let gw = TestGateway::start(&config(&up.url(), cached));
+    let auth = format!("Bearer {TOKEN}");
+    let purge = |body: &'static str| {
+        let url = gw.admin_url("/cache/purge");
+        let auth = auth.clone();
+        async move { send("POST", &url, &[("authorization", &auth)], body).await }
+    };
+    let x_cache = |r: &support::Reply| r.header("x-cache");
+    assert_eq!(x_cache(&get(&gw.url("/first")).await), "MISS");
+    assert_eq!(x_cache(&get(&gw.url("/first")).await), "HIT");
+    let r = purge(r#"{"key": "127.0.0.1/first"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["purged"]["memory"], 1);
+    assert_eq!(x_cache(&get(&gw.url("/first")).await), "MISS");
+    assert_eq!(x_cache(&get(&gw.url("/first?page=2")).await), "MISS");
+    let r = purge(r#"{"prefix": "127.0.0.1/fir"}"#).await;
+    assert_eq!(r.json()["purged"]["memory"], 2, "{}", r.text());
+    assert_eq!(x_cache(&get(&gw.url("/first?page=2")).await), "MISS");
+    assert_eq!(up.hits(), 4);
+    purge(r#"{"key": "a", "prefix": "b"}"#).await.json()["error"]
+        .as_str()
+        .map(|e| assert_eq!(e, "bad_request"))
+        .unwrap();
+    assert_eq!(purge("not json").await.status, 400);
+}

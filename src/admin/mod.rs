@@ -104,7 +104,7 @@ async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
     }
 }
 
-/// Largest request body the admin API reads (it takes none today; a reload takes no body).
+/// Largest request body the admin API reads (a purge request).
 const MAX_BODY: usize = 64 * 1024;
 
 async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -122,10 +122,20 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         );
         return resp;
     }
-    // Drain (bounded) so keep-alive works; no endpoint uses a body.
-    let _ = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+    // Read (bounded) even when unused, so keep-alive works.
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
-        .await;
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "admin request bodies are at most 64 KiB",
+            )
+        }
+    };
     match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => ok(json!({"status": "live"})),
         (Method::GET, "/readyz") => readyz(runtime).await,
@@ -134,6 +144,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         (Method::GET, "/services") => ok(services(runtime)),
         (Method::GET, "/config") => ok(config::redacted(&runtime.active().plan.raw)),
         (Method::POST, "/reload") => reload(runtime),
+        (Method::POST, "/cache/purge") => purge(runtime, &body).await,
         (Method::GET, "/openapi.json") => {
             let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             resp.headers_mut().insert(
@@ -147,7 +158,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
             "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
             | "/openapi.json",
         ) => method_not_allowed("GET"),
-        (_, "/reload") => method_not_allowed("POST"),
+        (_, "/reload" | "/cache/purge") => method_not_allowed("POST"),
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -325,6 +336,42 @@ fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
             &e.to_string(),
         ),
     }
+}
+
+/// `{"key": K}` purges that cache key (with its variants), `{"prefix": P}` every key starting
+/// with P, from every cache policy (memory and Redis).
+async fn purge(runtime: &Runtime, body: &[u8]) -> Response<Full<Bytes>> {
+    use crate::policy::cache::{purge, Purge};
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        key: Option<String>,
+        prefix: Option<String>,
+    }
+    let what: Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("expected {{\"key\": ...}} or {{\"prefix\": ...}}: {e}"),
+            )
+        }
+    };
+    let active = runtime.active();
+    let count = match (&what.key, &what.prefix) {
+        (Some(k), None) => purge(&active.plan, Purge::Key(k)).await,
+        (None, Some(p)) if !p.is_empty() => purge(&active.plan, Purge::Prefix(p)).await,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of `key` or a non-empty `prefix`",
+            )
+        }
+    };
+    tracing::info!(key = ?what.key, prefix = ?what.prefix, memory = count.memory, redis = ?count.redis, "cache purged (admin API)");
+    ok(json!({"purged": {"memory": count.memory, "redis": count.redis}}))
 }
 
 fn ok(body: Value) -> Response<Full<Bytes>> {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use super::CachePolicy;
 
 /// What a purge removed: entries from memory, keys from Redis (`None`: Redis failed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +25,8 @@ pub enum Purge<'a> {
 /// Purges from every cache policy of `plan` (each once, however many routes share it): the
 /// function the admin API calls. Returns the totals.
 pub async fn purge(plan: &crate::config::plan::Plan, what: Purge<'_>) -> PurgeCount {
-    let mut seen: Vec<*const CachePolicy> = Vec::new();
+    // Addresses as integers (the future must stay `Send` for the admin API's tasks).
+    let mut seen: Vec<usize> = Vec::new();
     let mut total = PurgeCount {
         memory: 0,
         redis: Some(0),
@@ -35,10 +35,11 @@ pub async fn purge(plan: &crate::config::plan::Plan, what: Purge<'_>) -> PurgeCo
         let Some(policy) = &route.policies.cache else {
             continue;
         };
-        if seen.contains(&Arc::as_ptr(policy)) {
+        let id = Arc::as_ptr(policy) as usize;
+        if seen.contains(&id) {
             continue;
         }
-        seen.push(Arc::as_ptr(policy));
+        seen.push(id);
         let n = match what {
             Purge::Key(k) => policy.purge_key(k).await,
             Purge::Prefix(p) => policy.purge_prefix(p).await,
