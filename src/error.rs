@@ -72,6 +72,9 @@ pub enum GatewayError {
     /// The upstream did not send its response head in time.
     #[error("the upstream service did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
+    /// The TLS handshake with the upstream failed (expired, untrusted or misnamed certificate).
+    #[error("the TLS handshake with the upstream service failed: {0}")]
+    UpstreamTls(String),
     /// The upstream broke the exchange (reset, closed, invalid response).
     #[error("the upstream service failed: {0}")]
     UpstreamProtocol(String),
@@ -157,6 +160,7 @@ impl GatewayError {
             ),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
+            UpstreamTls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error", Upstream),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),

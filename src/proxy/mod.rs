@@ -47,6 +47,8 @@ pub struct ConnCtx {
     pub active: AtomicU32,
     /// Signalled by the watchdog to close an idle or stalled connection.
     pub kill: tokio::sync::Notify,
+    /// What the TLS handshake established; `None` on a plain connection.
+    pub tls: Option<Box<crate::tls::TlsConn>>,
 }
 
 impl ConnCtx {
@@ -61,6 +63,7 @@ impl ConnCtx {
             requests: AtomicU64::new(0),
             active: AtomicU32::new(0),
             kill: tokio::sync::Notify::new(),
+            tls: None,
         }
     }
 }
@@ -313,6 +316,13 @@ async fn proxy(
     let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
+    if let Some(name) = plan.tls.as_ref().and_then(|t| t.forward_header.as_ref()) {
+        // Only the gateway vouches for a client certificate: the client's own header goes.
+        parts.headers.remove(name);
+        if let Some(v) = ctx.tls.as_ref().and_then(|t| t.forward_value.clone()) {
+            parts.headers.insert(name, v);
+        }
+    }
     let identity = match &route.policies.auth {
         Some(policy) => Some(policy.authenticate(&mut parts).await?),
         None => None,
@@ -364,13 +374,16 @@ async fn proxy(
     }
     if plan.forwarding.x_forwarded {
         headers::append_forwarded_for(h, &ctx.peer_header);
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if ctx.tls.is_some() { "https" } else { "http" }),
+        );
         if let Some(v) = &client_host {
             h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
     if plan.forwarding.forwarded {
-        if let Some(v) = forwarded_value(ctx.peer.ip(), client_host.as_ref()) {
+        if let Some(v) = forwarded_value(ctx.peer.ip(), client_host.as_ref(), ctx.tls.is_some()) {
             h.append(header::FORWARDED, v);
         }
     }
@@ -391,7 +404,11 @@ async fn proxy(
             let host = parts.headers.remove(header::HOST);
             let host = host.as_ref().unwrap_or(&target.authority);
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
+            uri.scheme = Some(if target.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
             uri.authority =
                 Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
             uri.path_and_query = Some(new_path);
@@ -449,8 +466,8 @@ async fn proxy(
     Ok(Response::from_parts(parts, body))
 }
 
-/// RFC 7239 `Forwarded: for=...;host=...;proto=http`.
-fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+/// RFC 7239 `Forwarded: for=...;host=...;proto=http` (or `https`).
+fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>, https: bool) -> Option<HeaderValue> {
     let mut v = match peer {
         IpAddr::V4(ip) => format!("for={ip}"),
         IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
@@ -467,7 +484,7 @@ fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderVal
         }
         v.push('"');
     }
-    v.push_str(";proto=http");
+    v.push_str(if https { ";proto=https" } else { ";proto=http" });
     HeaderValue::from_str(&v).ok()
 }
 

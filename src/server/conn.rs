@@ -28,8 +28,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper connection builders, built once per worker.
 pub struct Builders {
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    pub(super) h1: http1::Builder,
+    pub(super) h2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
@@ -43,9 +43,9 @@ impl Builders {
         );
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
             .max_header_list_size(plan.limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        plan.raw.http2.apply(&mut h2);
         Self { h1, h2 }
     }
 }
@@ -99,7 +99,7 @@ pub async fn serve(
     }
 }
 
-async fn drive<C, E>(
+pub(super) async fn drive<C, E>(
     mut conn: Pin<Box<C>>,
     ctx: &ConnCtx,
     shutdown: &mut watch::Receiver<bool>,
@@ -232,10 +232,10 @@ thread_local! {
 }
 
 /// Keeps a connection in its worker's watchdog registry while alive.
-struct Watched(usize);
+pub(super) struct Watched(usize);
 
 impl Watched {
-    fn register(ctx: &Arc<ConnCtx>) -> Self {
+    pub(super) fn register(ctx: &Arc<ConnCtx>) -> Self {
         WATCHED.with(|w| {
             let mut w = w.borrow_mut();
             let entry = Entry {

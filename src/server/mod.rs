@@ -16,6 +16,19 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::runtime::Runtime;
 
 mod conn;
+pub mod http2;
+mod tls;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plain HTTP/1.1 and h2c.
+    Plain,
+    /// Plain HTTP answering every request with a 308 to this HTTPS port.
+    Redirect(u16),
+    /// HTTPS.
+    Tls,
+}
 
 /// Running workers and the addresses they listen on.
 pub struct Server {
@@ -30,9 +43,16 @@ impl Server {
         let active = runtime.active();
         let plan = &active.plan;
         let workers = plan.workers.max(1);
-        let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(StdListener, Kind)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
-        for text in &plan.listen {
+        let plain = match plan.tls.as_ref().and_then(|t| t.redirect_port) {
+            Some(port) => Kind::Redirect(port),
+            None => Kind::Plain,
+        };
+        let tls_listen = plan.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+        let all = plan.listen.iter().map(|a| (a, plain));
+        for (text, kind) in all.chain(tls_listen.iter().map(|a| (a, Kind::Tls))) {
             let addr: SocketAddr = text.parse().map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -43,9 +63,9 @@ impl Server {
             let first = bind_reuseport(addr)?;
             let actual = first.local_addr()?;
             local_addrs.push(actual);
-            per_worker[0].push(first);
+            per_worker[0].push((first, kind));
             for listeners in per_worker.iter_mut().skip(1) {
-                listeners.push(bind_reuseport(actual)?);
+                listeners.push((bind_reuseport(actual)?, kind));
             }
         }
         let mut handles = Vec::with_capacity(workers);
@@ -56,8 +76,10 @@ impl Server {
                 .spawn(move || run_worker(runtime, listeners))?;
             handles.push(handle);
         }
-        for addr in &local_addrs {
-            tracing::info!(workers, "portico listening on http://{addr}");
+        let plain_count = plan.listen.len();
+        for (i, addr) in local_addrs.iter().enumerate() {
+            let scheme = if i < plain_count { "http" } else { "https" };
+            tracing::info!(workers, "portico listening on {scheme}://{addr}");
         }
         Ok(Server {
             local_addrs,
@@ -102,7 +124,7 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
+fn run_worker(runtime: Arc<Runtime>, listeners: Vec<(StdListener, Kind)>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,11 +139,12 @@ fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
         let builders = Arc::new(conn::Builders::new(&runtime.active().plan));
         let watchdog = tokio::spawn(conn::watchdog(Arc::clone(&runtime)));
         let mut accepting = Vec::new();
-        for l in listeners {
+        for (l, kind) in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => accepting.push(tokio::spawn(accept_loop(
                     Arc::clone(&runtime),
                     l,
+                    kind,
                     Arc::clone(&builders),
                 ))),
                 Err(e) => tracing::error!(error = %e, "cannot register a listener"),
@@ -159,7 +182,12 @@ async fn drain(runtime: &Runtime) {
     }
 }
 
-async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builders: Arc<conn::Builders>) {
+async fn accept_loop(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    kind: Kind,
+    builders: Arc<conn::Builders>,
+) {
     let mut shutdown = runtime.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -196,7 +224,15 @@ async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builders: Arc
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            conn::serve(runtime, stream, peer, &builders, shutdown).await;
+            match kind {
+                Kind::Plain => conn::serve(runtime, stream, peer, &builders, shutdown).await,
+                Kind::Tls => {
+                    Box::pin(tls::serve_tls(runtime, stream, peer, &builders, shutdown)).await
+                }
+                Kind::Redirect(port) => {
+                    tls::serve_redirect(runtime, stream, peer, &builders, port, shutdown).await
+                }
+            }
         });
     }
 }

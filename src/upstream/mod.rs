@@ -22,7 +22,8 @@ pub use balancer::Balancer;
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
-    /// HTTP/2 over cleartext TCP with prior knowledge.
+    /// HTTP/2 with prior knowledge: over cleartext TCP, or over TLS (ALPN `h2`) when the target
+    /// has `tls`.
     H2c,
 }
 
@@ -57,6 +58,8 @@ pub struct Target {
     pub address: Address,
     /// Wire protocol.
     pub protocol: Protocol,
+    /// TLS to open before speaking `protocol` (`https://` targets).
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
     /// Relative share of traffic.
     pub weight: u32,
     /// Requests sent to this target whose response has not finished (for least-request).
