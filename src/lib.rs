@@ -146,6 +146,8 @@ async fn control_loop(
     let watching = watch.is_some();
     let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Certificate files are watched always (renewals land without a config edit).
+    let mut pem_stamps = tls::file_stamps(&runtime.active().plan.raw);
     prefetch_in_background(runtime);
     loop {
         tokio::select! {
@@ -159,8 +161,16 @@ async fn control_loop(
             }
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
-            _ = tick.tick(), if watching => {
-                let stamp = file_stamp(path);
+            _ = tick.tick() => {
+                let pems = tls::file_stamps(&runtime.active().plan.raw);
+                if pems != pem_stamps {
+                    pem_stamps = pems;
+                    tracing::info!("certificate files changed: reloading");
+                    let result = runtime.reload();
+                    log_reload(&result);
+                    continue;
+                }
+                let stamp = if watching { file_stamp(path) } else { last_seen };
                 if stamp != last_seen {
                     last_seen = stamp;
                     tracing::info!("config file changed: reloading");

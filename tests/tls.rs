@@ -247,3 +247,31 @@ fn unreadable_certificate_files_are_config_errors_at_their_path() {
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     assert!(err.contains("tls.alpn[0]"), "{err}");
 }
+
+#[test]
+fn a_certificate_renewed_on_disk_is_picked_up_without_a_signal() {
+    let pki = Pki::new("test CA");
+    let first = pki.issue("gw", "first", &["gw.test"]);
+    let yaml = format!(
+        "listen: [\"127.0.0.1:0\"]\nservices:\n  a: {{targets: [{{url: \"http://127.0.0.1:9\"}}]}}\nroutes:\n  - {{name: all, service: a}}\ntls:\n  listen: [\"127.0.0.1:0\"]\n  certificates:\n{}",
+        cert_entry(&first, &[])
+    );
+    // No --watch: the config file is not watched, the certificate files are.
+    let mut gw = support::GatewayProcess::spawn(&yaml, &[]);
+    let line = gw.wait_for_line("listening on https://", Duration::from_secs(10));
+    let addr: std::net::SocketAddr = line
+        .split("https://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let second = pki.issue("gw", "second", &["gw.test"]);
+    gw.wait_for_line("config reloaded", Duration::from_secs(10));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = ClientTls::trusting(&pki);
+    let n = rt.block_on(async {
+        tls::Negotiated::of(&tls::connect(addr, "gw.test", &client).await.unwrap())
+    });
+    assert!(n.presented(&second));
+}

@@ -309,6 +309,15 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }
+        // With TLS 1.3 an upstream refuses our client certificate (or its absence) only after
+        // the handshake, with an alert on the first read: still a TLS failure, said so.
+        if let Some(tls) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return GatewayError::UpstreamTls(tls.to_string());
+        }
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_user())
         {

@@ -130,3 +130,17 @@ pub struct TlsConn {
     /// Its forwarded-header value, computed once per connection.
     pub forward_value: Option<http::HeaderValue>,
 }
+
+/// Modification time and size of every PEM file the config refers to: the control loop
+/// compares them once a second and reloads when a certificate was renewed in place.
+pub fn file_stamps(
+    raw: &crate::config::raw::RawConfig,
+) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    referenced_files(raw)
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(p).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+}
