@@ -324,7 +324,10 @@ async fn proxy(
         }
     }
     let identity = match &route.policies.auth {
-        Some(policy) => Some(policy.authenticate(&mut parts).await?),
+        Some(policy) => {
+            let cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
+            Some(policy.authenticate(&mut parts, cert).await?)
+        }
         None => None,
     };
     if let (Some(d), Some(id)) = (draft.as_deref_mut(), &identity) {
