@@ -229,6 +229,39 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The gRPC status code for this error: what a gRPC client should make of it.
+    pub fn grpc_code(&self) -> u16 {
+        match self.kind().0.as_u16() {
+            400 => 3,                   // INVALID_ARGUMENT
+            401 => 16,                  // UNAUTHENTICATED
+            403 => 7,                   // PERMISSION_DENIED
+            404 | 405 => 12,            // UNIMPLEMENTED
+            413 | 414 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+            502 | 503 => 14,            // UNAVAILABLE
+            504 => 4,                   // DEADLINE_EXCEEDED
+            _ => 13,                    // INTERNAL
+        }
+    }
+
+    /// The answer to a gRPC call: HTTP 200, trailers-only, with `grpc-status` and a
+    /// `grpc-message` naming the stable error code, so gRPC clients see a status instead of
+    /// failing to parse a JSON body.
+    pub fn to_grpc_response(&self) -> Response<GatewayBody> {
+        use crate::proxy::grpc::{encode_message, GRPC_MESSAGE, GRPC_STATUS};
+        let (_, code, _) = self.kind();
+        let mut resp = Response::new(GatewayBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
+        h.insert(GRPC_MESSAGE, encode_message(&format!("{code}: {self}")));
+        resp
+    }
+}
+
 /// A response with the common JSON error body:
 /// `{"error": code, "message": ..., "request_id": ...}`.
 pub fn json_error(

@@ -210,6 +210,12 @@ impl Body for GatewayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                } else if let (Some(t), Some(f)) = (frame.trailers_ref(), &mut this.epilogue.finish)
+                {
+                    // gRPC reports its status in the trailers.
+                    if let Some(code) = super::grpc::status_of(t) {
+                        f.grpc_status = Some(code);
+                    }
                 }
             }
             Poll::Ready(None) => this.ended = true,

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client;
+pub mod grpc;
 pub mod headers;
 mod upgrade;
 
@@ -145,20 +146,32 @@ async fn handle(
             error: None,
             request_bytes: content_length(&req).unwrap_or(0),
             upstream_duration: None,
+            grpc_status: None,
         }),
     });
+    // Only HTTP/2 requests can be gRPC calls: HTTP/1.1 traffic skips the header lookup.
+    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(d) = draft.as_mut() {
                 d.finish.error = Some(e.kind().1);
             }
-            e.to_response(Some(&request_id))
+            if grpc {
+                e.to_grpc_response()
+            } else {
+                e.to_response(Some(&request_id))
+            }
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if let Some(mut d) = draft {
         d.finish.status = resp.status().as_u16();
+        if grpc {
+            // Trailers-only answers carry the status in the head; others in the trailers,
+            // which the body records when they pass.
+            d.finish.grpc_status = grpc::status_of(resp.headers());
+        }
         resp.body_mut().set_finish(d.finish);
     }
     resp.body_mut().set_active(guard);
@@ -366,8 +379,17 @@ async fn proxy(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    // gRPC servers may insist on `te: trailers` (the one TE value HTTP/2 allows): keep it.
+    let te_trailers = parts.version == Version::HTTP_2
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
+    if te_trailers && target.protocol == Protocol::H2c {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if route.preserve_host {
         if let Some(v) = &client_host {
             h.insert(header::HOST, v.clone());
