@@ -65,6 +65,18 @@ impl Gateway {
         Ok(Gateway { runtime, server })
     }
 
+    /// Like `start`, on sockets inherited from a predecessor (when any), keeping copies of the
+    /// sockets so that SIGUSR2 can hand them to a successor.
+    pub fn start_upgradable(
+        plan: Plan,
+        config_path: Option<PathBuf>,
+        inherited: server::handoff::Inherited,
+    ) -> Result<Gateway, StartError> {
+        let runtime = Runtime::new(plan, config_path)?;
+        let server = Server::start_with(Arc::clone(&runtime), inherited, true)?;
+        Ok(Gateway { runtime, server })
+    }
+
     /// The addresses the public listeners are bound to.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.server.local_addrs
@@ -72,6 +84,7 @@ impl Gateway {
 
     /// Stops accepting, drains in-flight requests (up to the grace period) and waits.
     pub fn shutdown(self) {
+        self.server.release_handoff();
         self.runtime.begin_shutdown();
         self.server.join();
     }
@@ -91,6 +104,8 @@ pub fn log_reload(result: &Result<ReloadOutcome, ReloadError>) {
 /// Serves `config` until SIGTERM or SIGINT; reloads on SIGHUP and, with `watch`, when the file
 /// changes. Returns once every connection has drained.
 pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
+    // Before any thread exists: this reads and clears the handoff's environment variables.
+    let inherited = server::handoff::Inherited::from_env();
     // Stamp before reading, so an edit made while starting up is picked up by the first poll.
     let stamp = file_stamp(config_path);
     let plan = config::load_file(config_path)?;
@@ -104,10 +119,10 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
         let _in_runtime = control.enter();
         Signals::install()?
     };
-    let gateway = Gateway::start(plan, Some(config_path.to_path_buf()))?;
-    tracing::info!(routes, config = %config_path.display(), "portico started");
+    let gateway = Gateway::start_upgradable(plan, Some(config_path.to_path_buf()), inherited)?;
+    tracing::info!(routes, config = %config_path.display(), pid = std::process::id(), "portico started");
     control.block_on(control_loop(
-        &gateway.runtime,
+        &gateway,
         config_path,
         watch.then_some(stamp),
         signals,
@@ -122,6 +137,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -131,6 +147,7 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -138,11 +155,12 @@ impl Signals {
 /// Reloads on SIGHUP (and on file changes when `watch` holds the file's stamp at startup);
 /// returns on SIGTERM or SIGINT.
 async fn control_loop(
-    runtime: &Arc<Runtime>,
+    gateway: &Gateway,
     path: &Path,
     watch: Option<Option<(SystemTime, u64)>>,
     mut signals: Signals,
 ) {
+    let runtime = &gateway.runtime;
     let watching = watch.is_some();
     let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -157,6 +175,22 @@ async fn control_loop(
                 log_reload(&result);
                 if matches!(result, Ok(ReloadOutcome::Applied { .. })) {
                     prefetch_in_background(runtime);
+                }
+            }
+            _ = signals.usr2.recv() => {
+                // The successor takes the sockets and sends us SIGTERM once it serves.
+                match gateway.server.spawn_successor() {
+                    Ok(mut child) => {
+                        tracing::info!(successor = child.id(), "SIGUSR2: started a successor on the listening sockets");
+                        std::thread::spawn(move || {
+                            if let Ok(status) = child.wait() {
+                                if !status.success() {
+                                    tracing::error!(%status, "the successor exited; this process keeps serving");
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGUSR2: cannot start a successor"),
                 }
             }
             _ = signals.term.recv() => return,

@@ -50,6 +50,8 @@ pub struct ConnCtx {
     pub kill: tokio::sync::Notify,
     /// What the TLS handshake established; `None` on a plain connection.
     pub tls: Option<Box<crate::tls::TlsConn>>,
+    /// Shutdown began: HTTP/1.1 responses say `Connection: close` (set by the server's drain).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ConnCtx {
@@ -65,6 +67,7 @@ impl ConnCtx {
             active: AtomicU32::new(0),
             kill: tokio::sync::Notify::new(),
             tls: None,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -149,8 +152,9 @@ async fn handle(
             grpc_status: None,
         }),
     });
+    let version = req.version();
     // Only HTTP/2 requests can be gRPC calls: HTTP/1.1 traffic skips the header lookup.
-    let grpc = req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers());
+    let grpc = version == Version::HTTP_2 && grpc::is_grpc(req.headers());
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -165,6 +169,12 @@ async fn handle(
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if ctx.draining.load(Ordering::Relaxed) && version == Version::HTTP_11 {
+        // hyper closes the connection after a response saying so: the client opens a new one
+        // instead of racing a close of its idle connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(mut d) = draft {
         d.finish.status = resp.status().as_u16();
         if grpc {

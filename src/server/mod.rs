@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::runtime::Runtime;
 
 mod conn;
+pub mod handoff;
 pub mod http2;
 mod tls;
 
@@ -35,11 +36,25 @@ pub struct Server {
     /// The bound addresses (port 0 in the config is resolved here).
     pub local_addrs: Vec<SocketAddr>,
     workers: Vec<JoinHandle<()>>,
+    /// Copies of every listening socket with its `listen` entry, kept only by a process that
+    /// may hand them to a successor (`run`); released when shutdown begins.
+    handoff: std::sync::Mutex<Vec<(String, StdListener)>>,
 }
 
 impl Server {
     /// Binds every listen address once per worker and starts the workers.
     pub fn start(runtime: Arc<Runtime>) -> io::Result<Server> {
+        Self::start_with(runtime, handoff::Inherited::default(), false)
+    }
+
+    /// Like `start`, serving on sockets inherited from a predecessor where there are some, and
+    /// keeping copies of the sockets for a successor when `keep_for_handoff`.
+    pub fn start_with(
+        runtime: Arc<Runtime>,
+        mut inherited: handoff::Inherited,
+        keep_for_handoff: bool,
+    ) -> io::Result<Server> {
+        let mut handoff = Vec::new();
         let active = runtime.active();
         let plan = &active.plan;
         let workers = plan.workers.max(1);
@@ -59,13 +74,24 @@ impl Server {
                     format!("bad listen address {text}"),
                 )
             })?;
-            ensure_port_free(addr)?;
-            let first = bind_reuseport(addr)?;
-            let actual = first.local_addr()?;
+            let mut sockets = inherited.take(text);
+            if sockets.is_empty() {
+                ensure_port_free(addr)?;
+                sockets.push(bind_reuseport(addr)?);
+            }
+            let actual = sockets[0].local_addr()?;
             local_addrs.push(actual);
-            per_worker[0].push((first, kind));
-            for listeners in per_worker.iter_mut().skip(1) {
-                listeners.push((bind_reuseport(actual)?, kind));
+            // Every inherited socket must be served (connections are queued on each), and
+            // every worker needs one.
+            while sockets.len() < workers {
+                sockets.push(bind_reuseport(actual)?);
+            }
+            for (i, socket) in sockets.into_iter().enumerate() {
+                socket.set_nonblocking(true)?;
+                if keep_for_handoff {
+                    handoff.push((text.clone(), socket.try_clone()?));
+                }
+                per_worker[i % workers].push((socket, kind));
             }
         }
         let mut handles = Vec::with_capacity(workers);
@@ -81,10 +107,39 @@ impl Server {
             let scheme = if i < plain_count { "http" } else { "https" };
             tracing::info!(workers, "portico listening on {scheme}://{addr}");
         }
+        inherited.finish();
         Ok(Server {
             local_addrs,
             workers: handles,
+            handoff: std::sync::Mutex::new(handoff),
         })
+    }
+
+    /// Starts a successor process on copies of the listening sockets (see `handoff`).
+    pub fn spawn_successor(&self) -> io::Result<std::process::Child> {
+        let sockets = self.handoff.lock().unwrap_or_else(|e| e.into_inner());
+        if sockets.is_empty() {
+            return Err(io::Error::other(
+                "this process keeps no sockets to hand over",
+            ));
+        }
+        let mut fds = Vec::with_capacity(sockets.len());
+        for (addr, socket) in sockets.iter() {
+            fds.push((
+                addr.clone(),
+                std::os::fd::OwnedFd::from(socket.try_clone()?),
+            ));
+        }
+        handoff::spawn_successor(fds)
+    }
+
+    /// Closes the copies kept for a successor, so that once the workers stop accepting, new
+    /// connections are refused rather than queued on a socket nobody serves.
+    pub fn release_handoff(&self) {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Waits for every worker to finish draining.

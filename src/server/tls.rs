@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn::{drive, Builders, Watched};
+use super::conn::{drive, Builders, Watched, H1_CLOSE_WINDOW};
 use crate::proxy::body::GatewayBody;
 use crate::proxy::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
@@ -41,20 +41,19 @@ pub async fn serve_tls(
     let forward = tls.forward_header.is_some();
     let timeout = active.plan.header_read_timeout;
     drop(active);
-    let stream = tokio::select! {
-        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no TLS handshake within the header read timeout: closing");
-                return;
-            }
-        },
-        _ = shutdown.changed() => return,
+    // Like the plain path, an accepted connection is not abandoned when shutdown begins.
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no TLS handshake within the header read timeout: closing");
+            return;
+        }
     };
+    let draining = *shutdown.borrow_and_update();
     let (_, session) = stream.get_ref();
     let h2 = session.alpn_protocol() == Some(b"h2");
     let client_cert = session
@@ -76,15 +75,21 @@ pub async fn serve_tls(
     let service = ProxyService(Arc::clone(&ctx));
     if h2 {
         let conn = Box::pin(builders.h2.serve_connection(io, service));
-        drive(conn, &ctx, &mut shutdown, |c| {
+        drive(conn, &ctx, &mut shutdown, draining, None, |c| {
             c.as_mut().graceful_shutdown()
         })
         .await;
     } else {
-        let conn = Box::pin(builders.h1.serve_connection(io, service).with_upgrades());
-        drive(conn, &ctx, &mut shutdown, |c| {
-            c.as_mut().graceful_shutdown()
-        })
+        let h1 = builders.h1(draining);
+        let conn = Box::pin(h1.serve_connection(io, service).with_upgrades());
+        drive(
+            conn,
+            &ctx,
+            &mut shutdown,
+            false,
+            Some(H1_CLOSE_WINDOW),
+            |c| c.as_mut().graceful_shutdown(),
+        )
         .await;
     }
 }
@@ -109,7 +114,7 @@ pub async fn serve_redirect(
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = Box::pin(builders.h1.serve_connection(TokioIo::new(stream), service));
-    drive(conn, &ctx, &mut shutdown, |c| {
+    drive(conn, &ctx, &mut shutdown, false, None, |c| {
         c.as_mut().graceful_shutdown()
     })
     .await;
