@@ -268,3 +268,61 @@ async fn gateway_errors_are_grpc_statuses_and_the_access_log_has_grpc_status() {
         ]
     );
 }
+
+/// A gRPC channel over one HTTP/2 connection of our own (here: TLS with ALPN h2).
+#[derive(Clone)]
+struct H2Channel(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2Channel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = BoxFut<Result<Self::Response, hyper::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_alpn_h2_to_the_gateway() {
+    let (up, _task) = tonic_upstream().await;
+    let pki = support::tls::Pki::new("test CA");
+    let cert = pki.issue("gw", "gw", &["gw.test"]);
+    let gw = TestGateway::start(&format!(
+        "listen: [\"127.0.0.1:0\"]\nservices:\n  grpc: {{targets: [{{url: \"h2c://{up}\"}}]}}\nroutes:\n  - {{name: echo, service: grpc, match: {{path: /test.Echo}}}}\ntls:\n  listen: [\"127.0.0.1:0\"]\n  certificates:\n    - {{cert: \"{}\", key: \"{}\"}}\n",
+        cert.cert_str(),
+        cert.key_str()
+    ));
+    let stream = support::tls::connect(
+        gw.local_addrs()[1],
+        "gw.test",
+        &support::tls::ClientTls::trusting(&pki),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut client =
+        tonic::client::Grpc::with_origin(H2Channel(send), "https://gw.test".parse().unwrap());
+    client.ready().await.unwrap();
+    let r = client
+        .unary(
+            Request::new(Msg { text: "tls".into() }),
+            PathAndQuery::from_static("/test.Echo/Say"),
+            Codec::default(),
+        )
+        .await
+        .expect("unary over TLS");
+    assert_eq!(r.get_ref().text, "hello, tls");
+}
