@@ -37,6 +37,9 @@ impl Inherited {
         let predecessor = std::env::var(PREDECESSOR_ENV)
             .ok()
             .and_then(|p| p.parse().ok());
+        // Not passed on to anything this process starts (a successor gets fresh values).
+        std::env::remove_var(ADDRS_ENV);
+        std::env::remove_var(PREDECESSOR_ENV);
         let mut fds = listenfd::ListenFd::from_env();
         let mut by_address: HashMap<String, Vec<StdListener>> = HashMap::new();
         for (i, addr) in addrs.split(',').enumerate() {

@@ -148,3 +148,36 @@ pub fn redirect<B>(req: &Request<B>, port: u16) -> Response<GatewayBody> {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(host: Option<&str>, target: &str, port: u16) -> (u16, String) {
+        let mut req = Request::get(target);
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        let resp = redirect(&req.body(()).unwrap(), port);
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (resp.status().as_u16(), loc)
+    }
+
+    #[test]
+    fn redirects_keep_host_path_and_query_and_drop_port_443() {
+        assert_eq!(
+            location(Some("shop.test:8080"), "/a/b?x=1", 443),
+            (308, "https://shop.test/a/b?x=1".to_string())
+        );
+        assert_eq!(
+            location(Some("[::1]:8080"), "/", 8443),
+            (308, "https://[::1]:8443/".to_string())
+        );
+        assert_eq!(location(None, "/", 443).0, 400);
+        assert_eq!(location(Some("bad host"), "/", 443).0, 400);
+    }
+}
