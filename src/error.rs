@@ -72,6 +72,9 @@ pub enum GatewayError {
     /// The upstream did not send its response head in time.
     #[error("the upstream service did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
+    /// The TLS handshake with the upstream failed (expired, untrusted or misnamed certificate).
+    #[error("the TLS handshake with the upstream service failed: {0}")]
+    UpstreamTls(String),
     /// The upstream broke the exchange (reset, closed, invalid response).
     #[error("the upstream service failed: {0}")]
     UpstreamProtocol(String),
@@ -171,6 +174,7 @@ impl GatewayError {
             ),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
+            UpstreamTls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error", Upstream),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
@@ -252,6 +256,39 @@ impl GatewayError {
             }
             _ => {}
         }
+        resp
+    }
+}
+
+impl GatewayError {
+    /// The gRPC status code for this error: what a gRPC client should make of it.
+    pub fn grpc_code(&self) -> u16 {
+        match self.kind().0.as_u16() {
+            400 => 3,                   // INVALID_ARGUMENT
+            401 => 16,                  // UNAUTHENTICATED
+            403 => 7,                   // PERMISSION_DENIED
+            404 | 405 => 12,            // UNIMPLEMENTED
+            413 | 414 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+            502 | 503 => 14,            // UNAVAILABLE
+            504 => 4,                   // DEADLINE_EXCEEDED
+            _ => 13,                    // INTERNAL
+        }
+    }
+
+    /// The answer to a gRPC call: HTTP 200, trailers-only, with `grpc-status` and a
+    /// `grpc-message` naming the stable error code, so gRPC clients see a status instead of
+    /// failing to parse a JSON body.
+    pub fn to_grpc_response(&self) -> Response<GatewayBody> {
+        use crate::proxy::grpc::{encode_message, GRPC_MESSAGE, GRPC_STATUS};
+        let (_, code, _) = self.kind();
+        let mut resp = Response::new(GatewayBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
+        h.insert(GRPC_MESSAGE, encode_message(&format!("{code}: {self}")));
         resp
     }
 }

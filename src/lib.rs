@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -69,26 +70,10 @@ pub struct Gateway {
 impl Gateway {
     /// Starts workers serving `plan`. `config_path` is what `reload` re-reads.
     pub fn start(plan: Plan, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
-        let admin_listen = plan
-            .raw
-            .admin
-            .enabled
-            .then(|| plan.raw.admin.listen.clone());
+        let admin_listen = admin_listen(&plan);
         let runtime = Runtime::new(plan, config_path)?;
         // The admin port first: when it is taken, nothing has started serving yet.
-        let admin = match admin_listen {
-            Some(listen) => {
-                let bound = listen
-                    .parse()
-                    .map_err(|_| std::io::Error::other("not an IP:port"))
-                    .and_then(|addr| admin::AdminServer::start(Arc::clone(&runtime), addr));
-                Some(bound.map_err(|error| StartError::Admin {
-                    addr: listen,
-                    error,
-                })?)
-            }
-            None => None,
-        };
+        let admin = start_admin(&runtime, admin_listen)?;
         let server = Server::start(Arc::clone(&runtime))?;
         Ok(Gateway {
             runtime,
@@ -102,6 +87,24 @@ impl Gateway {
         self.admin.as_ref().map(|a| a.addr)
     }
 
+    /// Like `start`, on sockets inherited from a predecessor (when any), keeping copies of the
+    /// sockets so that SIGUSR2 can hand them to a successor.
+    pub fn start_upgradable(
+        plan: Plan,
+        config_path: Option<PathBuf>,
+        inherited: server::handoff::Inherited,
+    ) -> Result<Gateway, StartError> {
+        let admin_listen = admin_listen(&plan);
+        let runtime = Runtime::new(plan, config_path)?;
+        let admin = start_admin(&runtime, admin_listen)?;
+        let server = Server::start_with(Arc::clone(&runtime), inherited, true)?;
+        Ok(Gateway {
+            runtime,
+            server,
+            admin,
+        })
+    }
+
     /// The addresses the public listeners are bound to.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.server.local_addrs
@@ -109,12 +112,36 @@ impl Gateway {
 
     /// Stops accepting, drains in-flight requests (up to the grace period) and waits.
     pub fn shutdown(self) {
+        self.server.release_handoff();
         self.runtime.begin_shutdown();
         self.server.join();
         if let Some(admin) = self.admin {
             admin.join();
         }
     }
+}
+
+fn admin_listen(plan: &Plan) -> Option<String> {
+    let admin = &plan.raw.admin;
+    admin.enabled.then(|| admin.listen.clone())
+}
+
+fn start_admin(
+    runtime: &Arc<Runtime>,
+    listen: Option<String>,
+) -> Result<Option<admin::AdminServer>, StartError> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    listen
+        .parse()
+        .map_err(|_| std::io::Error::other("not an IP:port"))
+        .and_then(|addr| admin::AdminServer::start(Arc::clone(runtime), addr))
+        .map(Some)
+        .map_err(|error| StartError::Admin {
+            addr: listen,
+            error,
+        })
 }
 
 /// Logs the outcome of a reload in one line.
@@ -131,6 +158,8 @@ pub fn log_reload(result: &Result<ReloadOutcome, ReloadError>) {
 /// Serves `config` until SIGTERM or SIGINT; reloads on SIGHUP and, with `watch`, when the file
 /// changes. Returns once every connection has drained.
 pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
+    // Before any thread exists: this reads and clears the handoff's environment variables.
+    let inherited = server::handoff::Inherited::from_env();
     // Stamp before reading, so an edit made while starting up is picked up by the first poll.
     let stamp = file_stamp(config_path);
     let plan = config::load_file(config_path)?;
@@ -144,10 +173,10 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
         let _in_runtime = control.enter();
         Signals::install()?
     };
-    let gateway = Gateway::start(plan, Some(config_path.to_path_buf()))?;
-    tracing::info!(routes, config = %config_path.display(), "portico started");
+    let gateway = Gateway::start_upgradable(plan, Some(config_path.to_path_buf()), inherited)?;
+    tracing::info!(routes, config = %config_path.display(), pid = std::process::id(), "portico started");
     control.block_on(control_loop(
-        &gateway.runtime,
+        &gateway,
         config_path,
         watch.then_some(stamp),
         signals,
@@ -162,6 +191,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -171,6 +201,7 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -178,14 +209,17 @@ impl Signals {
 /// Reloads on SIGHUP (and on file changes when `watch` holds the file's stamp at startup);
 /// returns on SIGTERM or SIGINT.
 async fn control_loop(
-    runtime: &Arc<Runtime>,
+    gateway: &Gateway,
     path: &Path,
     watch: Option<Option<(SystemTime, u64)>>,
     mut signals: Signals,
 ) {
+    let runtime = &gateway.runtime;
     let watching = watch.is_some();
     let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Certificate files are watched always (renewals land without a config edit).
+    let mut pem_stamps = tls::file_stamps(&runtime.active().plan.raw);
     prefetch_in_background(runtime);
     loop {
         tokio::select! {
@@ -197,10 +231,34 @@ async fn control_loop(
                     prefetch_in_background(runtime);
                 }
             }
+            _ = signals.usr2.recv() => {
+                // The successor takes the sockets and sends us SIGTERM once it serves.
+                match gateway.server.spawn_successor() {
+                    Ok(mut child) => {
+                        tracing::info!(successor = child.id(), "SIGUSR2: started a successor on the listening sockets");
+                        std::thread::spawn(move || {
+                            if let Ok(status) = child.wait() {
+                                if !status.success() {
+                                    tracing::error!(%status, "the successor exited; this process keeps serving");
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGUSR2: cannot start a successor"),
+                }
+            }
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
-            _ = tick.tick(), if watching => {
-                let stamp = file_stamp(path);
+            _ = tick.tick() => {
+                let pems = tls::file_stamps(&runtime.active().plan.raw);
+                if pems != pem_stamps {
+                    pem_stamps = pems;
+                    tracing::info!("certificate files changed: reloading");
+                    let result = runtime.reload();
+                    log_reload(&result);
+                    continue;
+                }
+                let stamp = if watching { file_stamp(path) } else { last_seen };
                 if stamp != last_seen {
                     last_seen = stamp;
                     tracing::info!("config file changed: reloading");

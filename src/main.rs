@@ -38,6 +38,12 @@ enum Command {
         /// Where the demo's admin API listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: String,
+        /// Also serve HTTPS, with a self-signed certificate made at start.
+        #[arg(long)]
+        tls: bool,
+        /// Where the demo's HTTPS listener listens (with --tls).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: String,
     },
     /// Print the JSON Schema of the config file (for editor validation and completion).
     Schema,
@@ -136,14 +142,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo {
             listen,
             admin_listen,
+            tls,
+            tls_listen,
         } => {
             init_tracing("info");
-            demo(&listen, &admin_listen)
+            demo(&listen, &admin_listen, tls.then_some(tls_listen.as_str()))
         }
     }
 }
 
-fn demo(listen: &str, admin_listen: &str) -> anyhow::Result<ExitCode> {
+fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::Result<ExitCode> {
     let backends_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -156,7 +164,17 @@ fn demo(listen: &str, admin_listen: &str) -> anyhow::Result<ExitCode> {
         key.public_x().to_string(),
         admin_listen.to_string(),
     );
-    let plan = portico::config::load_str(portico::demo::DEMO_YAML, "examples/demo.yaml", &env)
+    let cert = match tls_listen {
+        Some(_) => Some(
+            portico::demo::tls::DemoCert::generate().context("cannot make the demo certificate")?,
+        ),
+        None => None,
+    };
+    let mut yaml = portico::demo::DEMO_YAML.to_string();
+    if let (Some(cert), Some(addr)) = (&cert, tls_listen) {
+        yaml.push_str(&cert.yaml(addr));
+    }
+    let plan = portico::config::load_str(&yaml, "examples/demo.yaml", &env)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
         format!(
@@ -164,8 +182,26 @@ fn demo(listen: &str, admin_listen: &str) -> anyhow::Result<ExitCode> {
              (use --listen and --admin-listen to pick other addresses)"
         )
     })?;
-    let base = format!("http://{}", gateway.local_addrs()[0]);
-    println!("\nPortico demo gateway on {base}");
+    let plain = format!("http://{}", gateway.local_addrs()[0]);
+    let base = match &cert {
+        // curl trusts the demo's self-signed certificate with --cacert.
+        Some(cert) => format!(
+            "--cacert {} https://{}",
+            cert.cert.display(),
+            gateway.local_addrs()[1]
+        ),
+        None => plain.clone(),
+    };
+    match &cert {
+        Some(cert) => {
+            println!(
+                "\nPortico demo gateway on https://{} (self-signed certificate {}; plain HTTP on {plain})",
+                gateway.local_addrs()[1],
+                cert.cert.display()
+            );
+        }
+        None => println!("\nPortico demo gateway on {base}"),
+    }
     println!(
         "backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}",
         ports.users, ports.products, ports.orders
@@ -178,6 +214,9 @@ fn demo(listen: &str, admin_listen: &str) -> anyhow::Result<ExitCode> {
     println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");
     for (what, cmd) in portico::demo::curl_commands(&base, &token) {
         println!("  # {what}\n  {cmd}\n");
+    }
+    if cert.is_some() {
+        println!("  # HTTP/2 over TLS (ALPN h2): the response head says HTTP/2\n  curl -s --http2 -D - -o /dev/null {base}/api/products/1\n");
     }
     backends_rt.block_on(async {
         let _ = tokio::signal::ctrl_c().await;

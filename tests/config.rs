@@ -178,7 +178,7 @@ routes:
     assert_at(
         find(&errors, "services.users.targets[0].url"),
         pos_of(text, "\"ftp://"),
-        "must start with http:// or h2c://",
+        "must start with http://, https:// or h2c://",
     );
     assert_at(
         find(&errors, "routes[0].timeout"),

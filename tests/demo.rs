@@ -22,6 +22,11 @@ impl Drop for Demo {
 
 /// Starts `portico demo` on a free port; its stdout lines arrive on the receiver.
 fn start_demo() -> (Demo, mpsc::Receiver<String>) {
+    start_demo_with(&[])
+}
+
+/// `start_demo` with extra arguments.
+fn start_demo_with(extra: &[&str]) -> (Demo, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args([
             "demo",
@@ -30,6 +35,7 @@ fn start_demo() -> (Demo, mpsc::Receiver<String>) {
             "--admin-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -217,4 +223,65 @@ fn every_printed_curl_command_works_as_printed() {
         let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(status, expected.to_string(), "{comment}: {command}");
     }
+}
+
+/// `portico demo --tls`: HTTPS with the self-signed certificate it made; the printed commands
+/// (curl with `--cacert`) work as printed, HTTP/2 included.
+#[test]
+fn the_tls_demo_serves_https_and_its_printed_commands_work() {
+    let (_demo, rx) = start_demo_with(&["--tls", "--tls-listen", "127.0.0.1:0"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("demo banner")
+            .trim()
+            .to_string();
+        let last = line.contains("--http2");
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    let banner = lines
+        .iter()
+        .find(|l| l.starts_with("Portico demo gateway on https://"))
+        .expect("an https banner");
+    assert!(banner.contains("self-signed certificate"), "{banner}");
+    let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    assert!(commands.len() >= 8, "{lines:?}");
+    for command in &commands {
+        assert!(
+            command.contains("--cacert ") && command.contains("https://"),
+            "{command}"
+        );
+    }
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = commands.iter().find(|c| c.ends_with("/api/users")).unwrap();
+    assert!(run(list).contains("Ada Lovelace"));
+    let echo = commands
+        .iter()
+        .find(|c| c.contains("x-request-id: demo-123"))
+        .unwrap();
+    assert!(
+        run(echo).contains("\"x-forwarded-proto\":\"https\""),
+        "{}",
+        run(echo)
+    );
+    let h2 = commands.iter().find(|c| c.contains("--http2")).unwrap();
+    assert!(run(h2).starts_with("HTTP/2 200"), "{}", run(h2));
 }

@@ -39,8 +39,19 @@ impl AdminServer {
     /// Binds `listen` now (so a taken port fails the start) and serves on a thread of its own
     /// until the runtime shuts down.
     pub fn start(runtime: Arc<Runtime>, listen: SocketAddr) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
+        // SO_REUSEPORT, like the public listeners: during a zero-downtime restart the successor
+        // binds the admin port while its predecessor still drains.
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(listen),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&listen.into())?;
+        socket.listen(128)?;
+        socket.set_nonblocking(true)?;
+        let listener: std::net::TcpListener = socket.into();
         let addr = listener.local_addr()?;
         let thread = std::thread::Builder::new()
             .name("portico-admin".into())

@@ -28,12 +28,15 @@ use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, Upstre
 /// Builds the plan. `validate` must have passed; what only shows while building (routes that
 /// cannot be told apart) is returned as errors.
 pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
-    let fingerprint = fingerprint(&raw);
+    // A renewed certificate behind an unchanged config file must still make a reload apply.
+    let fingerprint = fingerprint(&raw)
+        ^ crate::tls::certs::files_hash(&crate::tls::referenced_files(&raw)).rotate_left(17);
     let service_names: Vec<&String> = raw.services.keys().collect();
+    let mut errors = Vec::new();
     let services: Vec<Arc<Service>> = raw
         .services
         .iter()
-        .map(|(name, svc)| Arc::new(build_service(name, svc)))
+        .map(|(name, svc)| Arc::new(build_service(name, svc, &mut errors)))
         .collect();
     // A service's `retry` block has one budget, shared by every route that inherits it.
     let service_retries: Vec<Option<Arc<RetryPolicy>>> = raw
@@ -42,7 +45,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         .map(|s| s.retry.as_ref().map(|r| Arc::new(RetryPolicy::compile(r))))
         .collect();
 
-    let mut errors = Vec::new();
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| crate::tls::ListenerTls::build(t, &mut errors));
     let authenticators = Authenticators::build(&raw.auth, &raw.consumers, &mut errors);
     let redis = raw
         .redis
@@ -186,6 +192,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         services,
         identity_headers: authenticators.identity_headers.clone(),
         redis,
+        tls,
         raw,
     })
 }
@@ -337,7 +344,8 @@ fn route_resilience(r: &RawRoute, service_retry: &Option<Arc<RetryPolicy>>) -> R
     }
 }
 
-fn build_service(name: &str, svc: &RawService) -> Service {
+fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) -> Service {
+    let tls = crate::tls::upstream::ServiceTls::for_service(name, svc, errors);
     let outlier = svc
         .outlier_detection
         .as_ref()
@@ -362,12 +370,18 @@ fn build_service(name: &str, svc: &RawService) -> Service {
             } else {
                 format!("{host}:{port}")
             };
+            let tls = match &tls {
+                Some(tls) if t.url.starts_with("https://") => Some(tls.for_host(&host)?),
+                _ => None,
+            };
+            let h2 = h2c || (tls.is_some() && svc.tls.as_ref().is_some_and(|t| t.http2));
             Some(Arc::new(Target {
                 id: upstream::target_id(&t.url),
                 url: t.url.clone(),
                 authority: HeaderValue::from_str(&authority).ok()?,
                 address,
-                protocol: if h2c { Protocol::H2c } else { Protocol::Http1 },
+                protocol: if h2 { Protocol::H2c } else { Protocol::Http1 },
+                tls,
                 weight: t.weight,
                 in_flight: AtomicUsize::new(0),
                 state: Arc::new(upstream::TargetState::new(error_window)),

@@ -47,6 +47,8 @@ pub struct Plan {
     pub identity_headers: Vec<http::HeaderName>,
     /// The shared Redis (`redis:`), when configured.
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
+    /// The HTTPS listeners' TLS (`tls:`), when configured.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Client-side limits.

@@ -71,6 +71,12 @@ pub struct RawConfig {
     /// Routes, matched by host, path, method and headers (most specific first, see the README).
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// HTTPS listeners: certificates by SNI, ALPN, client certificates, redirect from HTTP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::config::RawTls>,
+    /// HTTP/2 limits for client connections (abuse resistance).
+    #[serde(default)]
+    pub http2: crate::server::http2::RawHttp2,
 }
 
 fn default_listen() -> Vec<String> {
@@ -186,7 +192,8 @@ pub enum AccessLogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
-    /// Upstream targets: `http://host:port` (HTTP/1.1) or `h2c://host:port` (cleartext HTTP/2).
+    /// Upstream targets: `http://host:port` (HTTP/1.1), `h2c://host:port` (cleartext HTTP/2)
+    /// or `https://host:port` (TLS; see `tls`).
     pub targets: Vec<RawTarget>,
     /// How a target is picked for each request: `round_robin`, `least_request`, `random`, or
     /// `{consistent_hash: {header: NAME}}` (or `cookie: NAME`, `client_ip: true`).
@@ -204,6 +211,9 @@ pub struct RawService {
     /// How often DNS names in target URLs are resolved again.
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+    /// TLS towards the `https://` targets (trust, SNI name, client certificate, HTTP/2).
+    #[serde(default)]
+    pub tls: Option<crate::tls::config::RawUpstreamTls>,
     /// Policies for this service's routes, unless a route sets one of the same kind.
     #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<RawPolicy>")]
@@ -240,7 +250,8 @@ fn default_dns_refresh() -> Dur {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
-    /// `http://host:port` or `h2c://host:port`; the host may be an IP or a DNS name.
+    /// `http://host:port`, `h2c://host:port` or `https://host:port`; the host may be an IP or
+    /// a DNS name.
     pub url: String,
     /// Relative share of traffic (1 to 1000).
     #[serde(default = "default_weight")]

@@ -97,6 +97,12 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
             "must be stdout, stderr or a file path",
         ));
     }
+    if let Some(tls) = &raw.tls {
+        crate::tls::validate(tls, &mut errs);
+    }
+    for (path, message) in raw.http2.validate() {
+        errs.push(ConfigError::new(path, message));
+    }
     for (name, svc) in &raw.services {
         validate_service(name, svc, &mut errs);
     }
@@ -140,6 +146,12 @@ fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
                 "weight must be between 1 and 1000",
             ));
         }
+    }
+    if svc.tls.is_some() && !svc.targets.iter().any(|t| t.url.starts_with("https://")) {
+        errs.push(ConfigError::new(
+            at("tls"),
+            "tls applies to https:// targets, and this service has none",
+        ));
     }
     if let RawLoadBalancing::ConsistentHash(on) = &svc.load_balancing {
         let set = usize::from(on.header.is_some())
@@ -186,10 +198,12 @@ pub fn parse_target_url(url: &str) -> Result<(bool, String, u16), String> {
         (false, r)
     } else if let Some(r) = url.strip_prefix("h2c://") {
         (true, r)
-    } else if url.starts_with("https://") {
-        return Err("https:// targets come with TLS support; use http:// or h2c:// for now".into());
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (false, r)
     } else {
-        return Err(format!("`{url}` must start with http:// or h2c://"));
+        return Err(format!(
+            "`{url}` must start with http://, https:// or h2c://"
+        ));
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') || authority.contains('?') {
@@ -205,7 +219,8 @@ pub fn parse_target_url(url: &str) -> Result<(bool, String, u16), String> {
             "`{url}`: credentials in target URLs are not supported"
         ));
     }
-    let port = uri.port_u16().unwrap_or(80);
+    let default_port = if url.starts_with("https://") { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
     let host = uri
         .host()
         .trim_start_matches('[')

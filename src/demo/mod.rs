@@ -19,6 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+pub mod tls;
+
 /// The demo config, compiled into the binary so `portico demo` works from any directory.
 pub const DEMO_YAML: &str = include_str!("../../examples/demo.yaml");
 

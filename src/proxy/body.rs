@@ -247,6 +247,12 @@ impl Body for GatewayBody {
                             this.record = None;
                         }
                     }
+                } else if let (Some(t), Some(f)) = (frame.trailers_ref(), &mut this.epilogue.finish)
+                {
+                    // gRPC reports its status in the trailers.
+                    if let Some(code) = super::grpc::status_of(t) {
+                        f.grpc_status = Some(code);
+                    }
                 }
             }
             Poll::Ready(None) => {

@@ -165,13 +165,40 @@ async fn open_http1(
     target: &Target,
 ) -> Result<http1::SendRequest<RequestBody>, GatewayError> {
     let stream = connect(service, target).await?;
+    // Generic over the stream, so the plain path compiles to exactly what it was without TLS.
+    match &target.tls {
+        None => handshake_http1(stream).await,
+        Some(tls) => handshake_http1(tls.connect(&target.url, stream).await?).await,
+    }
+}
+
+async fn handshake_http1<IO>(io: IO) -> Result<http1::SendRequest<RequestBody>, GatewayError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2<IO>(io: IO) -> Result<http2::SendRequest<RequestBody>, GatewayError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, RequestBody>(TokioIo::new(io))
+        .await
+        .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection closed with an error");
         }
     });
     Ok(sender)
@@ -191,15 +218,10 @@ async fn send_h2(
         Some(s) => s,
         None => {
             let stream = connect(service, target).await?;
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, RequestBody>(TokioIo::new(stream))
-                .await
-                .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection closed with an error");
-                }
-            });
+            let sender = match &target.tls {
+                None => handshake_h2(stream).await?,
+                Some(tls) => handshake_h2(tls.connect(&target.url, stream).await?).await?,
+            };
             POOL.with(|p| p.borrow_mut().h2.insert(target.id, sender.clone()));
             sender
         }
@@ -223,17 +245,28 @@ pub async fn send_upgradable(
     timeout: Duration,
 ) -> Result<Response<Incoming>, GatewayError> {
     let stream = connect(service, target).await?;
-    let (mut sender, conn) = http1::Builder::new()
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+    let mut sender = match &target.tls {
+        None => handshake_upgradable(stream).await?,
+        Some(tls) => handshake_upgradable(tls.connect(&target.url, stream).await?).await?,
+    };
+    tokio::time::timeout(timeout, sender.send_request(req))
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+        .map_err(upstream_error)
+}
+
+async fn handshake_upgradable<IO>(io: IO) -> Result<http1::SendRequest<RequestBody>, GatewayError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    tokio::time::timeout(timeout, sender.send_request(req))
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
-        .map_err(upstream_error)
+    Ok(sender)
 }
 
 async fn connect(service: &Service, target: &Target) -> Result<TcpStream, GatewayError> {
@@ -275,6 +308,15 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                 }
                 other => GatewayError::ClientBody(other.to_string()),
             };
+        }
+        // With TLS 1.3 an upstream refuses our client certificate (or its absence) only after
+        // the handshake, with an alert on the first read: still a TLS failure, said so.
+        if let Some(tls) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return GatewayError::UpstreamTls(tls.to_string());
         }
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_user())

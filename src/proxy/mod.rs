@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client;
+pub mod grpc;
 pub mod headers;
 pub mod retry;
 mod upgrade;
@@ -48,6 +49,10 @@ pub struct ConnCtx {
     pub active: AtomicU32,
     /// Signalled by the watchdog to close an idle or stalled connection.
     pub kill: tokio::sync::Notify,
+    /// What the TLS handshake established; `None` on a plain connection.
+    pub tls: Option<Box<crate::tls::TlsConn>>,
+    /// Shutdown began: HTTP/1.1 responses say `Connection: close` (set by the server's drain).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl ConnCtx {
@@ -62,6 +67,8 @@ impl ConnCtx {
             requests: AtomicU64::new(0),
             active: AtomicU32::new(0),
             kill: tokio::sync::Notify::new(),
+            tls: None,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -144,24 +151,43 @@ async fn handle(
             request_bytes: content_length(&req).unwrap_or(0),
             upstream_duration: None,
             cache: None,
+            grpc_status: None,
         }),
     });
+    let version = req.version();
+    // Only HTTP/2 requests can be gRPC calls: HTTP/1.1 traffic skips the header lookup.
+    let grpc = version == Version::HTTP_2 && grpc::is_grpc(req.headers());
     let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(d) = draft.as_mut() {
                 d.finish.error = Some(e.kind().1);
             }
-            e.to_response(Some(&request_id))
+            if grpc {
+                e.to_grpc_response()
+            } else {
+                e.to_response(Some(&request_id))
+            }
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if ctx.draining.load(Ordering::Relaxed) && version == Version::HTTP_11 {
+        // hyper closes the connection after a response saying so: the client opens a new one
+        // instead of racing a close of its idle connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(mut d) = draft {
         d.finish.status = resp.status().as_u16();
         d.finish.cache = resp
             .extensions()
             .get::<cache::CacheStatus>()
             .map(|s| s.as_str());
+        if grpc {
+            // Trailers-only answers carry the status in the head; others in the trailers,
+            // which the body records when they pass.
+            d.finish.grpc_status = grpc::status_of(resp.headers());
+        }
         resp.body_mut().set_finish(d.finish);
     }
     resp.body_mut().set_active(guard);
@@ -319,8 +345,18 @@ async fn proxy(
     let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
+    if let Some(name) = plan.tls.as_ref().and_then(|t| t.forward_header.as_ref()) {
+        // Only the gateway vouches for a client certificate: the client's own header goes.
+        parts.headers.remove(name);
+        if let Some(v) = ctx.tls.as_ref().and_then(|t| t.forward_value.clone()) {
+            parts.headers.insert(name, v);
+        }
+    }
     let identity = match &route.policies.auth {
-        Some(policy) => Some(policy.authenticate(&mut parts).await?),
+        Some(policy) => {
+            let cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
+            Some(policy.authenticate(&mut parts, cert).await?)
+        }
         None => None,
     };
     if let (Some(d), Some(id)) = (draft.as_deref_mut(), &identity) {
@@ -402,17 +438,30 @@ async fn proxy(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    // gRPC servers may insist on `te: trailers` (the one TE value HTTP/2 allows): keep it.
+    let te_trailers = parts.version == Version::HTTP_2
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
+    if te_trailers {
+        // Kept for HTTP/2 targets only (see `retry::prepare`).
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if plan.forwarding.x_forwarded {
         headers::append_forwarded_for(h, &ctx.peer_header);
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if ctx.tls.is_some() { "https" } else { "http" }),
+        );
         if let Some(v) = &client_host {
             h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
     if plan.forwarding.forwarded {
-        if let Some(v) = forwarded_value(ctx.peer.ip(), client_host.as_ref()) {
+        if let Some(v) = forwarded_value(ctx.peer.ip(), client_host.as_ref(), ctx.tls.is_some()) {
             h.append(header::FORWARDED, v);
         }
     }
@@ -528,8 +577,8 @@ async fn proxy(
     })
 }
 
-/// RFC 7239 `Forwarded: for=...;host=...;proto=http`.
-fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+/// RFC 7239 `Forwarded: for=...;host=...;proto=http` (or `https`).
+fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>, https: bool) -> Option<HeaderValue> {
     let mut v = match peer {
         IpAddr::V4(ip) => format!("for={ip}"),
         IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
@@ -546,7 +595,7 @@ fn forwarded_value(peer: IpAddr, host: Option<&HeaderValue>) -> Option<HeaderVal
         }
         v.push('"');
     }
-    v.push_str(";proto=http");
+    v.push_str(if https { ";proto=https" } else { ";proto=http" });
     HeaderValue::from_str(&v).ok()
 }
 

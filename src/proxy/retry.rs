@@ -235,6 +235,10 @@ pub(super) fn prepare(
     new_path: &PathAndQuery,
 ) -> Result<(), GatewayError> {
     let h = &mut parts.headers;
+    if target.protocol != Protocol::H2c {
+        // `te: trailers` (kept for gRPC) is hop-by-hop in HTTP/1.1.
+        h.remove(header::TE);
+    }
     if preserve_host {
         if let Some(v) = client_host {
             h.insert(header::HOST, v.clone());
@@ -251,7 +255,11 @@ pub(super) fn prepare(
             let host = parts.headers.remove(header::HOST);
             let host = host.as_ref().unwrap_or(&target.authority);
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
+            uri.scheme = Some(if target.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
             uri.authority =
                 Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
             uri.path_and_query = Some(new_path.clone());

@@ -159,6 +159,9 @@ impl Runtime {
 #[derive(Debug, Clone, PartialEq)]
 struct StartupSettings {
     listen: Vec<String>,
+    tls_listen: Vec<String>,
+    redirect_port: Option<u16>,
+    http2: crate::server::http2::RawHttp2,
     workers: usize,
     log_level: String,
     max_header_bytes: usize,
@@ -170,6 +173,13 @@ impl StartupSettings {
     fn of(plan: &Plan) -> Self {
         Self {
             listen: plan.listen.clone(),
+            tls_listen: plan
+                .tls
+                .as_ref()
+                .map(|t| t.listen.clone())
+                .unwrap_or_default(),
+            redirect_port: plan.tls.as_ref().and_then(|t| t.redirect_port),
+            http2: plan.raw.http2.clone(),
             workers: plan.workers,
             log_level: plan.raw.log_level.clone(),
             max_header_bytes: plan.limits.max_header_bytes,
@@ -185,6 +195,21 @@ impl StartupSettings {
         let mut keys = Vec::new();
         if self.listen != new.listen {
             keys.push("listen");
+        }
+        if self.tls_listen
+            != new
+                .tls
+                .as_ref()
+                .map(|t| t.listen.clone())
+                .unwrap_or_default()
+        {
+            keys.push("tls.listen");
+        }
+        if self.redirect_port != new.tls.as_ref().and_then(|t| t.redirect_port) {
+            keys.push("tls.redirect_http");
+        }
+        if self.http2 != new.raw.http2 {
+            keys.push("http2");
         }
         if self.workers != new.workers {
             keys.push("workers");

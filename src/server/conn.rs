@@ -24,15 +24,30 @@ use crate::config::Plan;
 use crate::proxy::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
 
+/// How long HTTP/1.1 keep-alive connections get, once shutdown begins, to send one more request
+/// (answered with `Connection: close`) before they are closed.
+pub(super) const H1_CLOSE_WINDOW: Duration = Duration::from_secs(1);
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper connection builders, built once per worker.
 pub struct Builders {
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    pub(super) h1: http1::Builder,
+    pub(super) h2: http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
+    /// The HTTP/1 builder; while draining, one without keep-alive, so the request already
+    /// received is answered (with `Connection: close`) and the connection then closes.
+    pub(super) fn h1(&self, draining: bool) -> std::borrow::Cow<'_, http1::Builder> {
+        if !draining {
+            return std::borrow::Cow::Borrowed(&self.h1);
+        }
+        let mut h1 = self.h1.clone();
+        h1.keep_alive(false);
+        std::borrow::Cow::Owned(h1)
+    }
+
     /// Builders configured from `plan`'s limits.
     pub fn new(plan: &Plan) -> Self {
         let mut h1 = http1::Builder::new();
@@ -43,9 +58,9 @@ impl Builders {
         );
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
             .max_header_list_size(plan.limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
+        plan.raw.http2.apply(&mut h2);
         Self { h1, h2 }
     }
 }
@@ -60,6 +75,9 @@ pub async fn serve(
 ) {
     let ctx = Arc::new(ConnCtx::new(runtime, peer));
     let _watched = Watched::register(&ctx);
+    // Not cut short by shutdown: the connection was accepted, so its client has sent or is
+    // sending a request, and closing the socket on unread bytes would reset the connection (a
+    // failed request during a restart). The watchdog bounds the wait.
     let prefix = tokio::select! {
         p = read_prefix(&stream) => match p {
             Ok(Some(p)) => p,
@@ -73,8 +91,8 @@ pub async fn serve(
             tracing::debug!(%peer, "client sent nothing within the header read timeout: closing");
             return;
         }
-        _ = shutdown.changed() => return,
     };
+    let draining = *shutdown.borrow_and_update();
     let is_h2 = prefix.starts_with(H2_PREFACE);
     let io = TokioIo::new(ConnIo {
         prefix,
@@ -86,38 +104,79 @@ pub async fn serve(
     // tokio moves (memcpy) a task's future several times while spawning it.
     if is_h2 {
         let conn = Box::pin(builders.h2.serve_connection(io, service));
-        drive(conn, &ctx, &mut shutdown, |c| {
+        drive(conn, &ctx, &mut shutdown, draining, None, |c| {
             c.as_mut().graceful_shutdown()
         })
         .await;
     } else {
-        let conn = Box::pin(builders.h1.serve_connection(io, service).with_upgrades());
-        drive(conn, &ctx, &mut shutdown, |c| {
-            c.as_mut().graceful_shutdown()
-        })
+        let conn = Box::pin(
+            builders
+                .h1(draining)
+                .serve_connection(io, service)
+                .with_upgrades(),
+        );
+        drive(
+            conn,
+            &ctx,
+            &mut shutdown,
+            false,
+            Some(H1_CLOSE_WINDOW),
+            |c| c.as_mut().graceful_shutdown(),
+        )
         .await;
     }
 }
 
-async fn drive<C, E>(
+/// Serves `conn` until it ends, the watchdog cuts it, or shutdown asks it to finish. With
+/// `draining`, shutdown began before the connection was served: it is asked at once.
+pub(super) async fn drive<C, E>(
     mut conn: Pin<Box<C>>,
     ctx: &ConnCtx,
     shutdown: &mut watch::Receiver<bool>,
+    draining: bool,
+    close_window: Option<Duration>,
     graceful: impl FnOnce(&mut Pin<Box<C>>),
 ) where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    if draining {
+        graceful(&mut conn);
+        let outcome = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = ctx.kill.notified() => None,
+        };
+        if let Some(Err(e)) = outcome {
+            tracing::debug!(error = %e, peer = %ctx.peer, "client connection ended with an error");
+        }
+        return;
+    }
     let outcome = tokio::select! {
         r = conn.as_mut() => Some(r),
         _ = ctx.kill.notified() => {
             tracing::debug!(peer = %ctx.peer, "no complete request head within the header read timeout: closing");
             None
         }
-        _ = shutdown.changed() => {
-            graceful(&mut conn);
-            Some(conn.await)
-        }
+        _ = shutdown.changed() => match close_window {
+            // HTTP/1.1: closing an idle keep-alive connection races with a request the client
+            // may be sending on it (which then fails). So first the next response says
+            // `Connection: close`; only connections still idle after the window are closed.
+            Some(window) => {
+                ctx.draining.store(true, Ordering::Relaxed);
+                tokio::select! {
+                    r = conn.as_mut() => Some(r),
+                    _ = tokio::time::sleep(window) => {
+                        graceful(&mut conn);
+                        Some(conn.await)
+                    }
+                }
+            }
+            // HTTP/2's GOAWAY tells the client which streams were served: no such race.
+            None => {
+                graceful(&mut conn);
+                Some(conn.await)
+            }
+        },
     };
     if let Some(Err(e)) = outcome {
         tracing::debug!(error = %e, peer = %ctx.peer, "client connection ended with an error");
@@ -232,10 +291,10 @@ thread_local! {
 }
 
 /// Keeps a connection in its worker's watchdog registry while alive.
-struct Watched(usize);
+pub(super) struct Watched(usize);
 
 impl Watched {
-    fn register(ctx: &Arc<ConnCtx>) -> Self {
+    pub(super) fn register(ctx: &Arc<ConnCtx>) -> Self {
         WATCHED.with(|w| {
             let mut w = w.borrow_mut();
             let entry = Entry {

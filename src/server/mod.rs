@@ -16,36 +16,82 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::runtime::Runtime;
 
 mod conn;
+pub mod handoff;
+pub mod http2;
+mod tls;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Plain HTTP/1.1 and h2c.
+    Plain,
+    /// Plain HTTP answering every request with a 308 to this HTTPS port.
+    Redirect(u16),
+    /// HTTPS.
+    Tls,
+}
 
 /// Running workers and the addresses they listen on.
 pub struct Server {
     /// The bound addresses (port 0 in the config is resolved here).
     pub local_addrs: Vec<SocketAddr>,
     workers: Vec<JoinHandle<()>>,
+    /// Copies of every listening socket with its `listen` entry, kept only by a process that
+    /// may hand them to a successor (`run`); released when shutdown begins.
+    handoff: std::sync::Mutex<Vec<(String, StdListener)>>,
 }
 
 impl Server {
     /// Binds every listen address once per worker and starts the workers.
     pub fn start(runtime: Arc<Runtime>) -> io::Result<Server> {
+        Self::start_with(runtime, handoff::Inherited::default(), false)
+    }
+
+    /// Like `start`, serving on sockets inherited from a predecessor where there are some, and
+    /// keeping copies of the sockets for a successor when `keep_for_handoff`.
+    pub fn start_with(
+        runtime: Arc<Runtime>,
+        mut inherited: handoff::Inherited,
+        keep_for_handoff: bool,
+    ) -> io::Result<Server> {
+        let mut handoff = Vec::new();
         let active = runtime.active();
         let plan = &active.plan;
         let workers = plan.workers.max(1);
-        let mut per_worker: Vec<Vec<StdListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(StdListener, Kind)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
-        for text in &plan.listen {
+        let plain = match plan.tls.as_ref().and_then(|t| t.redirect_port) {
+            Some(port) => Kind::Redirect(port),
+            None => Kind::Plain,
+        };
+        let tls_listen = plan.tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+        let all = plan.listen.iter().map(|a| (a, plain));
+        for (text, kind) in all.chain(tls_listen.iter().map(|a| (a, Kind::Tls))) {
             let addr: SocketAddr = text.parse().map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("bad listen address {text}"),
                 )
             })?;
-            ensure_port_free(addr)?;
-            let first = bind_reuseport(addr)?;
-            let actual = first.local_addr()?;
+            let mut sockets = inherited.take(text);
+            if sockets.is_empty() {
+                ensure_port_free(addr)?;
+                sockets.push(bind_reuseport(addr)?);
+            }
+            let actual = sockets[0].local_addr()?;
             local_addrs.push(actual);
-            per_worker[0].push(first);
-            for listeners in per_worker.iter_mut().skip(1) {
-                listeners.push(bind_reuseport(actual)?);
+            // Every inherited socket must be served (connections are queued on each), and
+            // every worker needs one.
+            while sockets.len() < workers {
+                sockets.push(bind_reuseport(actual)?);
+            }
+            for (i, socket) in sockets.into_iter().enumerate() {
+                socket.set_nonblocking(true)?;
+                if keep_for_handoff {
+                    handoff.push((text.clone(), socket.try_clone()?));
+                }
+                per_worker[i % workers].push((socket, kind));
             }
         }
         let mut handles = Vec::with_capacity(workers);
@@ -56,13 +102,44 @@ impl Server {
                 .spawn(move || run_worker(runtime, listeners))?;
             handles.push(handle);
         }
-        for addr in &local_addrs {
-            tracing::info!(workers, "portico listening on http://{addr}");
+        let plain_count = plan.listen.len();
+        for (i, addr) in local_addrs.iter().enumerate() {
+            let scheme = if i < plain_count { "http" } else { "https" };
+            tracing::info!(workers, "portico listening on {scheme}://{addr}");
         }
+        inherited.finish();
         Ok(Server {
             local_addrs,
             workers: handles,
+            handoff: std::sync::Mutex::new(handoff),
         })
+    }
+
+    /// Starts a successor process on copies of the listening sockets (see `handoff`).
+    pub fn spawn_successor(&self) -> io::Result<std::process::Child> {
+        let sockets = self.handoff.lock().unwrap_or_else(|e| e.into_inner());
+        if sockets.is_empty() {
+            return Err(io::Error::other(
+                "this process keeps no sockets to hand over",
+            ));
+        }
+        let mut fds = Vec::with_capacity(sockets.len());
+        for (addr, socket) in sockets.iter() {
+            fds.push((
+                addr.clone(),
+                std::os::fd::OwnedFd::from(socket.try_clone()?),
+            ));
+        }
+        handoff::spawn_successor(fds)
+    }
+
+    /// Closes the copies kept for a successor, so that once the workers stop accepting, new
+    /// connections are refused rather than queued on a socket nobody serves.
+    pub fn release_handoff(&self) {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Waits for every worker to finish draining.
@@ -102,7 +179,7 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
+fn run_worker(runtime: Arc<Runtime>, listeners: Vec<(StdListener, Kind)>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,11 +194,12 @@ fn run_worker(runtime: Arc<Runtime>, listeners: Vec<StdListener>) {
         let builders = Arc::new(conn::Builders::new(&runtime.active().plan));
         let watchdog = tokio::spawn(conn::watchdog(Arc::clone(&runtime)));
         let mut accepting = Vec::new();
-        for l in listeners {
+        for (l, kind) in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => accepting.push(tokio::spawn(accept_loop(
                     Arc::clone(&runtime),
                     l,
+                    kind,
                     Arc::clone(&builders),
                 ))),
                 Err(e) => tracing::error!(error = %e, "cannot register a listener"),
@@ -159,7 +237,12 @@ async fn drain(runtime: &Runtime) {
     }
 }
 
-async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builders: Arc<conn::Builders>) {
+async fn accept_loop(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    kind: Kind,
+    builders: Arc<conn::Builders>,
+) {
     let mut shutdown = runtime.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -196,7 +279,15 @@ async fn accept_loop(runtime: Arc<Runtime>, listener: TcpListener, builders: Arc
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            conn::serve(runtime, stream, peer, &builders, shutdown).await;
+            match kind {
+                Kind::Plain => conn::serve(runtime, stream, peer, &builders, shutdown).await,
+                Kind::Tls => {
+                    Box::pin(tls::serve_tls(runtime, stream, peer, &builders, shutdown)).await
+                }
+                Kind::Redirect(port) => {
+                    tls::serve_redirect(runtime, stream, peer, &builders, port, shutdown).await
+                }
+            }
         });
     }
 }

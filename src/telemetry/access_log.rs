@@ -80,6 +80,8 @@ pub struct Finish {
     pub upstream_duration: Option<Duration>,
     /// How the response cache answered (`hit`, `miss`, ...), on routes with a `cache` policy.
     pub cache: Option<&'static str>,
+    /// The gRPC status of a gRPC call (from the response head or its trailers).
+    pub grpc_status: Option<u16>,
 }
 
 /// The texts of a request that its log line needs, copied into one small allocation. Keeping
@@ -273,6 +275,10 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         }
         None => buf.extend_from_slice(b",\"upstream_ms\":null"),
     }
+    // Only gRPC calls carry the key, so other lines keep their shape.
+    if let Some(code) = f.grpc_status {
+        let _ = write!(buf, ",\"grpc_status\":{code}");
+    }
     buf.extend_from_slice(b",\"user_agent\":");
     match f.text.user_agent() {
         Some(ua) => json_str(buf, ua.as_bytes()),
@@ -375,6 +381,7 @@ mod tests {
             status: 201,
             error: Some("no_route"),
             request_bytes: 7,
+            grpc_status: None,
             upstream_duration: Some(Duration::from_micros(1500)),
             cache: None,
         });

@@ -301,6 +301,7 @@ mod tests {
                     authority: http::HeaderValue::from_static("x"),
                     address: Address::Ip(([127, 0, 0, 1], 1).into()),
                     protocol: Protocol::Http1,
+                    tls: None,
                     weight: *w,
                     in_flight: AtomicUsize::new(0),
                     state: Arc::new(crate::upstream::TargetState::new(None)),

@@ -299,6 +299,59 @@ async fn probe_loop(hc: HealthCheck, service: Arc<str>, target: Arc<Target>) {
     }
 }
 
+/// Sends the probe request over `io` (plain or TLS) in the target's protocol.
+async fn exchange<IO>(
+    hc: &HealthCheck,
+    target: &Target,
+    io: TokioIo<IO>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let req = Request::builder().method(hc.method.clone()).header(
+        header::USER_AGENT,
+        HeaderValue::from_static("portico-health-check"),
+    );
+    let sent = match target.protocol {
+        Protocol::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = req
+                .uri(hc.path.clone())
+                .header(header::HOST, target.authority.clone())
+                .header(header::CONNECTION, HeaderValue::from_static("close"))
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(req).await
+        }
+        Protocol::H2c => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let scheme = if target.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let uri = format!(
+                "{scheme}://{}{}",
+                target.authority.to_str().unwrap_or("localhost"),
+                hc.path
+            );
+            let req = req
+                .uri(uri)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(req).await
+        }
+    };
+    sent.map_err(|e| format!("bad response: {e}"))
+}
+
 /// One probe: connect, send, check the status and (if asked) the body.
 async fn probe(hc: &HealthCheck, target: &Target) -> Result<(), String> {
     let addrs = target.resolve().await.map_err(|e| e.to_string())?;
@@ -315,43 +368,17 @@ async fn probe(hc: &HealthCheck, target: &Target) -> Result<(), String> {
     }
     let stream = stream.ok_or(last)?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
-    let mut req = Request::builder().method(hc.method.clone()).header(
-        header::USER_AGENT,
-        HeaderValue::from_static("portico-health-check"),
-    );
-    let response = match target.protocol {
-        Protocol::Http1 => {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    // https:// targets are probed over TLS, as requests reach them.
+    let response = match &target.tls {
+        Some(tls) => {
+            let stream = tls
+                .connect(&target.url, stream)
                 .await
                 .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            req = req
-                .uri(hc.path.clone())
-                .header(header::HOST, target.authority.clone())
-                .header(header::CONNECTION, HeaderValue::from_static("close"));
-            let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-            sender.send_request(req).await
+            exchange(hc, target, TokioIo::new(stream)).await
         }
-        Protocol::H2c => {
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let uri = format!(
-                "http://{}{}",
-                target.authority.to_str().unwrap_or("localhost"),
-                hc.path
-            );
-            let req = req
-                .uri(uri)
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| e.to_string())?;
-            sender.send_request(req).await
-        }
-    }
-    .map_err(|e| format!("bad response: {e}"))?;
+        None => exchange(hc, target, TokioIo::new(stream)).await,
+    }?;
     let status = response.status().as_u16();
     if !hc
         .expected

@@ -30,7 +30,8 @@ pub use state::TargetState;
 pub enum Protocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
-    /// HTTP/2 over cleartext TCP with prior knowledge.
+    /// HTTP/2 with prior knowledge: over cleartext TCP, or over TLS (ALPN `h2`) when the target
+    /// has `tls`.
     H2c,
 }
 
@@ -65,6 +66,8 @@ pub struct Target {
     pub address: Address,
     /// Wire protocol.
     pub protocol: Protocol,
+    /// TLS to open before speaking `protocol` (`https://` targets).
+    pub tls: Option<Arc<crate::tls::upstream::UpstreamTls>>,
     /// Relative share of traffic.
     pub weight: u32,
     /// Requests sent to this target whose response has not finished (for least-request).

@@ -181,6 +181,7 @@ mod tests {
                     authority: http::HeaderValue::from_static("x"),
                     address: Address::Ip(([127, 0, 0, 1], 1).into()),
                     protocol: Protocol::Http1,
+                    tls: None,
                     weight: 1,
                     in_flight: AtomicUsize::new(0),
                     state: Arc::new(TargetState::new(None)),

@@ -4,6 +4,7 @@
 
 pub mod jwt;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,6 +54,15 @@ impl TestGateway {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Every bound address: the plain `listen` ones first, then `tls.listen`.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.gateway
+            .as_ref()
+            .expect("running")
+            .local_addrs()
+            .to_vec()
     }
 
     /// The config file path (for reload tests).

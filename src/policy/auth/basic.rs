@@ -341,6 +341,7 @@ mod tests {
                     password_hash: h.clone(),
                 }),
                 jwt_subjects: vec![],
+                mtls_subjects: vec![],
             })
             .collect();
         let mut errors = Vec::new();

@@ -29,6 +29,10 @@ pub struct RawConsumer {
     /// this consumer.
     #[serde(default)]
     pub jwt_subjects: Vec<String>,
+    /// Names of client certificates (mutual TLS) that identify this consumer: a common name,
+    /// a whole subject (`CN=a,O=b`) or a SAN (`spiffe://...`, `DNS:...`).
+    #[serde(default)]
+    pub mtls_subjects: Vec<String>,
 }
 
 /// An API key as stored in config.
@@ -273,6 +277,10 @@ pub struct RawAuthPolicy {
     /// Accept consumers' basic-auth credentials.
     #[serde(default)]
     pub basic: bool,
+    /// Accept the client certificate verified on an HTTPS listener (`tls.client_auth`); a
+    /// consumer lists its names in `mtls_subjects`.
+    #[serde(default)]
+    pub mtls: bool,
     /// Let requests without any credential through as anonymous (bad credentials are still
     /// rejected).
     #[serde(default)]

@@ -31,6 +31,8 @@ pub struct ConsumerRegistry {
     /// SHA-256 of each API key: the key itself is never kept in memory.
     api_keys: FxHashMap<[u8; 32], Arc<Consumer>>,
     subjects: FxHashMap<String, Arc<Consumer>>,
+    /// Client-certificate names (`mtls_subjects`).
+    certificates: FxHashMap<String, Arc<Consumer>>,
     /// User name to (password hash, consumer).
     basic: FxHashMap<String, (String, Arc<Consumer>)>,
 }
@@ -167,7 +169,36 @@ impl ConsumerRegistry {
                 ));
             }
         }
+        for (i, s) in raw.mtls_subjects.iter().enumerate() {
+            if self
+                .certificates
+                .insert(s.clone(), Arc::clone(&consumer))
+                .is_some()
+            {
+                errors.push(ConfigError::new(
+                    format!("{at}.mtls_subjects[{i}]"),
+                    format!("`{s}` already identifies another consumer"),
+                ));
+            }
+        }
         self.by_name.insert(raw.name.clone(), consumer);
+    }
+
+    /// The consumer a client certificate identifies: looked up by its common name, its whole
+    /// subject, then each SAN (with and without its `DNS:`/`URI:` prefix).
+    pub fn by_certificate(&self, cert: &crate::tls::ClientCert) -> Option<&Arc<Consumer>> {
+        if self.certificates.is_empty() {
+            return None;
+        }
+        let names = cert.common_name.iter().chain([&cert.subject]);
+        let sans = cert.sans.iter().flat_map(|s| {
+            let bare = s.split_once(':').map(|(_, v)| v);
+            [Some(s.as_str()), bare].into_iter().flatten()
+        });
+        names
+            .map(String::as_str)
+            .chain(sans)
+            .find_map(|n| self.certificates.get(n))
     }
 
     /// The consumer called `name`.
@@ -239,6 +270,7 @@ mod tests {
             api_keys: keys,
             basic: None,
             jwt_subjects: vec![format!("{name}@example.com")],
+            mtls_subjects: vec![],
         }
     }
 

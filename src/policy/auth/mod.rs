@@ -187,12 +187,13 @@ impl Authenticators {
             && introspection.is_empty()
             && !raw.api_key
             && !raw.basic
+            && !raw.mtls
             && !raw.anonymous
         {
             ok = false;
             errors.push(ConfigError::new(
                 path.to_string(),
-                "accepts no credential: list jwt or introspection providers, or set api_key, basic or anonymous",
+                "accepts no credential: list jwt or introspection providers, or set api_key, basic, mtls or anonymous",
             ));
         }
         for (list, field) in [(&raw.allow, "allow"), (&raw.deny, "deny")] {
@@ -222,6 +223,7 @@ impl Authenticators {
             introspection,
             api_key: raw.api_key.then(|| Arc::clone(&self.api_key)),
             basic: raw.basic.then(|| Arc::clone(&self.basic)),
+            mtls: raw.mtls,
             consumers: Arc::clone(&self.consumers),
             anonymous: raw.anonymous,
             require_consumer: raw.require_consumer,
@@ -238,6 +240,7 @@ pub struct AuthPolicy {
     introspection: Vec<Arc<introspection::Introspector>>,
     api_key: Option<Arc<api_key::ApiKeyAuth>>,
     basic: Option<Arc<basic::BasicAuth>>,
+    mtls: bool,
     consumers: Arc<ConsumerRegistry>,
     anonymous: bool,
     require_consumer: bool,
@@ -269,11 +272,36 @@ pub async fn prefetch_keys(plan: &crate::config::Plan) {
 impl AuthPolicy {
     /// Authenticates the request and applies the ACLs. Removes credentials that must not go
     /// upstream (API keys unless `forward`). Never returns a 5xx for bad credentials.
-    pub async fn authenticate(&self, parts: &mut Parts) -> Result<Identity, GatewayError> {
+    /// `client_cert` is the certificate the connection's TLS handshake verified, if any.
+    pub async fn authenticate(
+        &self,
+        parts: &mut Parts,
+        client_cert: Option<&crate::tls::ClientCert>,
+    ) -> Result<Identity, GatewayError> {
         // The last failure, and whether it was a bearer token (only then does the Bearer challenge
         // carry `error="invalid_token"`).
         let mut failure: Option<(String, bool)> = None;
         let mut presented = false;
+        // A verified client certificate is the strongest credential and costs no I/O: first.
+        if let (true, Some(cert)) = (self.mtls, client_cert) {
+            return match self.consumers.by_certificate(cert) {
+                Some(c) => self.accept_consumer(Arc::clone(c), Vec::new(), None),
+                None if self.require_consumer => Err(self.unauthorized(Some((
+                    "the client certificate identifies no known consumer".to_string(),
+                    false,
+                )))),
+                None => self.check_acl(Identity {
+                    name: Some(
+                        cert.common_name
+                            .as_ref()
+                            .unwrap_or(&cert.subject)
+                            .as_str()
+                            .into(),
+                    ),
+                    ..Identity::default()
+                }),
+            };
+        }
         for provider in &self.jwt {
             let Some(token) = provider.token(parts) else {
                 continue;

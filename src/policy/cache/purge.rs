@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-
 /// What a purge removed: entries from memory, keys from Redis (`None`: Redis failed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeCount {
