@@ -14,6 +14,7 @@ use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::policy::transform::TransformPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
@@ -219,6 +220,17 @@ fn route_policies(
                         RateLimitPolicy::build(rl, path, &id, redis, errors).map(Arc::new)
                     })
                     .clone();
+            }
+            RawPolicy::Transform(t) => {
+                let captures = route
+                    .matcher
+                    .path
+                    .as_deref()
+                    .map(super::validate::template_captures)
+                    .unwrap_or_default();
+                out.transform =
+                    TransformPolicy::build(t, &format!("{path}.transform"), &captures, errors)
+                        .map(Arc::new);
             }
         }
     }

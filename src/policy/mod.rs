@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod rate_limit;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub enum RawPolicy {
     /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
     /// route, header).
     RateLimit(rate_limit::config::RawRateLimitPolicy),
+    /// Change the request (headers, query, path, method) and the response (headers).
+    Transform(Box<transform::config::RawTransformPolicy>),
 }
 
 /// The compiled policies of one route.
@@ -37,6 +40,8 @@ pub struct RoutePolicies {
     pub auth: Option<Arc<auth::AuthPolicy>>,
     /// Rate and concurrency limits (shared by every route inheriting the same policy).
     pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
+    /// Request and response transformation.
+    pub transform: Option<Arc<transform::TransformPolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
-use crate::policy::auth;
+use crate::policy::{auth, transform};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
@@ -312,6 +312,7 @@ async fn proxy(
     // The rewritten path needs the route's captures, which borrow the request; the query is
     // attached after authentication, which may remove an API key from it.
     let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
+    let captures = transform_captures(route, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
     let identity = match &route.policies.auth {
@@ -321,7 +322,7 @@ async fn proxy(
     if let (Some(d), Some(id)) = (draft.as_deref_mut(), &identity) {
         d.finish.consumer = id.name.clone();
     }
-    let new_path = upstream_path_and_query(rewritten, &parts.uri);
+    let mut new_path = upstream_path_and_query(rewritten, &parts.uri);
 
     let client_ip = headers::client_ip(ctx.peer.ip(), &parts.headers, &plan.trusted_proxies);
     // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
@@ -398,6 +399,19 @@ async fn proxy(
     if let Some(identity) = &identity {
         identity.apply(h);
     }
+    // Transforms run last on the request, so they can rename or remove what the gateway added.
+    let mut response_headers = None;
+    if let Some(t) = &route.policies.transform {
+        let original = new_path.clone();
+        let facts = transform::Facts {
+            captures: &captures,
+            query: original.query(),
+            client_ip,
+            request_id,
+            identity: identity.as_ref(),
+        };
+        (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
+    }
 
     if let Some(client_upgrade) = client_upgrade {
         drop(body);
@@ -448,6 +462,9 @@ async fn proxy(
     let retry::Answer { sent, in_flight } = result?;
     let (mut parts, incoming) = sent.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let (Some(t), Some(rendered)) = (&route.policies.transform, response_headers) {
+        t.apply_response(&mut parts.headers, rendered);
+    }
     let mut concurrency = None;
     if let Some(admitted) = admitted {
         for (k, v) in admitted.headers {
@@ -470,6 +487,17 @@ async fn proxy(
         },
     );
     Ok(Response::from_parts(parts, body))
+}
+
+/// The route captures a transform's templates read; empty (no allocation) otherwise.
+fn transform_captures(
+    route: &Route,
+    params: &matchit::Params<'_, '_>,
+) -> Vec<(Box<str>, Box<str>)> {
+    match &route.policies.transform {
+        Some(t) if t.needs_captures() => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// RFC 7239 `Forwarded: for=...;host=...;proto=http`.

@@ -1,0 +1,415 @@
+//! The `transform` policy: changes a request on its way upstream (headers, query, path,
+//! method) and the upstream's response on its way back (headers).
+//!
+//! Owns compiling the operations (templates parsed and validated at config load) and applying
+//! them. It does not own the core `rewrite` of a route (applied before), authentication (it
+//! reads the [`Identity`]) or hop-by-hop hygiene (the proxy's; hop-by-hop and framing headers
+//! cannot be touched by a transform).
+//!
+//! Files: `config.rs` (YAML), `template.rs` (the `${...}` templates); this file compiles and
+//! applies.
+
+pub mod config;
+pub mod template;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::ConfigError;
+use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
+pub use template::{Facts, RequestData, Template};
+
+/// A header or query value: fixed, or rendered per request.
+#[derive(Debug)]
+enum Value {
+    Fixed(HeaderValue),
+    Template(Template),
+}
+
+impl Value {
+    fn header_value(&self, data: &RequestData<'_>) -> HeaderValue {
+        match self {
+            Value::Fixed(v) => v.clone(),
+            // A value the request made unrepresentable (a decoded query with a newline) is
+            // sent empty rather than failing the request.
+            Value::Template(t) => HeaderValue::from_str(&t.render(data))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        }
+    }
+}
+
+/// Compiled header operations.
+#[derive(Debug, Default)]
+struct HeaderOps {
+    remove: Vec<HeaderName>,
+    rename: Vec<(HeaderName, HeaderName)>,
+    set: Vec<(HeaderName, Value)>,
+    add: Vec<(HeaderName, Value)>,
+    append: Vec<(HeaderName, Value)>,
+}
+
+/// Header operations with their values rendered for one request.
+#[derive(Debug, Default)]
+pub struct RenderedHeaders {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    append: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Compiled query operations.
+#[derive(Debug, Default)]
+struct QueryOps {
+    remove: Vec<String>,
+    rename: Vec<(String, String)>,
+    set: Vec<(String, Template)>,
+    add: Vec<(String, Template)>,
+}
+
+/// A compiled `transform` policy.
+#[derive(Debug)]
+pub struct TransformPolicy {
+    request_headers: Option<HeaderOps>,
+    query: Option<QueryOps>,
+    path: Option<(regex::Regex, String)>,
+    method: Option<Method>,
+    response_headers: Option<HeaderOps>,
+    /// Whether any template reads route captures (they are collected only then).
+    needs_captures: bool,
+}
+
+/// Headers a transform may not touch: the proxy owns connection management and framing, and
+/// the upstream `Host` comes from the target (or `preserve_host`).
+const RESERVED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+impl TransformPolicy {
+    /// Compiles a policy written at `path` for a route whose path has `captures`.
+    pub fn build(
+        raw: &RawTransformPolicy,
+        path: &str,
+        captures: &[String],
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Self> {
+        let before = errors.len();
+        let mut policy = TransformPolicy {
+            request_headers: None,
+            query: None,
+            path: None,
+            method: None,
+            response_headers: None,
+            needs_captures: false,
+        };
+        if let Some(req) = &raw.request {
+            let at = format!("{path}.request");
+            if !req.headers.is_empty() {
+                policy.request_headers = Some(header_ops(
+                    &req.headers,
+                    &format!("{at}.headers"),
+                    captures,
+                    errors,
+                ));
+            }
+            if !req.query.is_empty() {
+                policy.query = Some(query_ops(
+                    &req.query,
+                    &format!("{at}.query"),
+                    captures,
+                    errors,
+                ));
+            }
+            if let Some(p) = &req.path {
+                match regex::Regex::new(&p.regex) {
+                    Ok(re) => {
+                        if !p.replacement.starts_with('/') {
+                            errors.push(ConfigError::new(
+                                format!("{at}.path.replacement"),
+                                "must start with `/`",
+                            ));
+                        }
+                        policy.path = Some((re, p.replacement.clone()));
+                    }
+                    Err(e) => errors.push(ConfigError::new(
+                        format!("{at}.path.regex"),
+                        format!("invalid regex: {e}"),
+                    )),
+                }
+            }
+            if let Some(m) = &req.method {
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(m) if m != Method::CONNECT => policy.method = Some(m),
+                    _ => errors.push(ConfigError::new(
+                        format!("{at}.method"),
+                        format!("`{m}` is not a method a request can be sent with"),
+                    )),
+                }
+            }
+        }
+        if let Some(resp) = &raw.response {
+            if !resp.headers.is_empty() {
+                policy.response_headers = Some(header_ops(
+                    &resp.headers,
+                    &format!("{path}.response.headers"),
+                    captures,
+                    errors,
+                ));
+            }
+        }
+        let uses = |ops: &Option<HeaderOps>| {
+            ops.iter().any(|o| {
+                o.set
+                    .iter()
+                    .chain(&o.add)
+                    .chain(&o.append)
+                    .any(|(_, v)| matches!(v, Value::Template(t) if t.uses_captures()))
+            })
+        };
+        policy.needs_captures = uses(&policy.request_headers)
+            || uses(&policy.response_headers)
+            || policy
+                .query
+                .iter()
+                .any(|q| q.set.iter().chain(&q.add).any(|(_, t)| t.uses_captures()));
+        (errors.len() == before).then_some(policy)
+    }
+
+    /// Whether [`Facts::captures`] must be filled.
+    pub fn needs_captures(&self) -> bool {
+        self.needs_captures
+    }
+
+    /// Whether the upstream response is touched.
+    pub fn has_response(&self) -> bool {
+        self.response_headers.is_some()
+    }
+
+    /// Applies the request operations to `parts` and returns the new upstream target.
+    /// Response header values are rendered now too (they read the request, which is gone by
+    /// the time the response arrives).
+    pub fn apply_request(
+        &self,
+        parts: &mut Parts,
+        target: PathAndQuery,
+        facts: &Facts<'_>,
+    ) -> (PathAndQuery, Option<RenderedHeaders>) {
+        let d = RequestData {
+            headers: &parts.headers,
+            facts,
+        };
+        let request = self.request_headers.as_ref().map(|o| o.render(&d));
+        let response = self.response_headers.as_ref().map(|o| o.render(&d));
+        let new_target = self.target(&target, &d);
+        if let (Some(ops), Some(rendered)) = (&self.request_headers, request) {
+            ops.apply(&mut parts.headers, rendered);
+        }
+        if let Some(m) = &self.method {
+            parts.method = m.clone();
+        }
+        (new_target.unwrap_or(target), response)
+    }
+
+    /// Applies the response operations rendered at request time.
+    pub fn apply_response(&self, headers: &mut HeaderMap, rendered: RenderedHeaders) {
+        if let Some(ops) = &self.response_headers {
+            ops.apply(headers, rendered);
+        }
+    }
+
+    /// The rewritten target, or `None` when neither path nor query changes.
+    fn target(&self, target: &PathAndQuery, d: &RequestData<'_>) -> Option<PathAndQuery> {
+        if self.path.is_none() && self.query.is_none() {
+            return None;
+        }
+        let mut out = match &self.path {
+            Some((re, replacement)) => re.replace(target.path(), replacement.as_str()).into_owned(),
+            None => target.path().to_string(),
+        };
+        let query = match &self.query {
+            Some(ops) => ops.apply(target.query(), d),
+            None => target.query().map(str::to_string),
+        };
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            out.push('?');
+            out.push_str(&q);
+        }
+        // A replacement that produced bytes a target cannot hold keeps the old target.
+        PathAndQuery::try_from(out).ok()
+    }
+}
+
+impl HeaderOps {
+    fn render(&self, d: &RequestData<'_>) -> RenderedHeaders {
+        let r = |v: &Vec<(HeaderName, Value)>| {
+            v.iter()
+                .map(|(n, v)| (n.clone(), v.header_value(d)))
+                .collect()
+        };
+        RenderedHeaders {
+            set: r(&self.set),
+            add: r(&self.add),
+            append: r(&self.append),
+        }
+    }
+
+    fn apply(&self, h: &mut HeaderMap, rendered: RenderedHeaders) {
+        for name in &self.remove {
+            h.remove(name);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<HeaderValue> = match h.entry(from) {
+                http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+                http::header::Entry::Vacant(_) => continue,
+            };
+            h.remove(to);
+            for v in values {
+                h.append(to.clone(), v);
+            }
+        }
+        for (name, v) in rendered.set {
+            h.insert(name, v);
+        }
+        for (name, v) in rendered.add {
+            if !h.contains_key(&name) {
+                h.insert(name, v);
+            }
+        }
+        for (name, v) in rendered.append {
+            h.append(name, v);
+        }
+    }
+}
+
+impl QueryOps {
+    fn apply(&self, query: Option<&str>, d: &RequestData<'_>) -> Option<String> {
+        let mut pairs: Vec<(String, String)> = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        pairs.retain(|(k, _)| !self.remove.contains(k));
+        for (from, to) in &self.rename {
+            if pairs.iter().any(|(k, _)| k == from) {
+                pairs.retain(|(k, _)| k != to);
+                for (k, _) in pairs.iter_mut().filter(|(k, _)| k == from) {
+                    k.clone_from(to);
+                }
+            }
+        }
+        for (name, t) in &self.set {
+            let value = t.render(d);
+            pairs.retain(|(k, _)| k != name);
+            pairs.push((name.clone(), value));
+        }
+        for (name, t) in &self.add {
+            if !pairs.iter().any(|(k, _)| k == name) {
+                pairs.push((name.clone(), t.render(d)));
+            }
+        }
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &pairs {
+            s.append_pair(k, v);
+        }
+        Some(s.finish())
+    }
+}
+
+fn header_name(name: &str, at: &str, errors: &mut Vec<ConfigError>) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if RESERVED.contains(&n.as_str()) => {
+            errors.push(ConfigError::new(
+                at,
+                format!("`{n}` is managed by the gateway and cannot be transformed"),
+            ));
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            errors.push(ConfigError::new(at, "not a valid header name"));
+            None
+        }
+    }
+}
+
+fn header_ops(
+    raw: &RawHeaderOps,
+    at: &str,
+    captures: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    for (i, n) in raw.remove.iter().enumerate() {
+        ops.remove
+            .extend(header_name(n, &format!("{at}.remove[{i}]"), errors));
+    }
+    for (from, to) in &raw.rename {
+        let key = format!("{at}.rename.{from}");
+        if let (Some(f), Some(t)) = (
+            header_name(from, &key, errors),
+            header_name(to, &key, errors),
+        ) {
+            ops.rename.push((f, t));
+        }
+    }
+    let values = |map: &std::collections::BTreeMap<String, String>,
+                  kind: &str,
+                  errors: &mut Vec<ConfigError>| {
+        let mut out = Vec::new();
+        for (name, text) in map {
+            let key = format!("{at}.{kind}.{name}");
+            let Some(n) = header_name(name, &key, errors) else {
+                continue;
+            };
+            match Template::parse(text, captures) {
+                Ok(t) => match t.as_literal() {
+                    Some(lit) => match HeaderValue::from_str(lit) {
+                        Ok(v) => out.push((n, Value::Fixed(v))),
+                        Err(_) => errors.push(ConfigError::new(key, "not a valid header value")),
+                    },
+                    None => out.push((n, Value::Template(t))),
+                },
+                Err(e) => errors.push(ConfigError::new(key, e)),
+            }
+        }
+        out
+    };
+    ops.set = values(&raw.set, "set", errors);
+    ops.add = values(&raw.add, "add", errors);
+    ops.append = values(&raw.append, "append", errors);
+    ops
+}
+
+fn query_ops(
+    raw: &RawQueryOps,
+    at: &str,
+    captures: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> QueryOps {
+    let mut ops = QueryOps {
+        remove: raw.remove.clone(),
+        rename: raw
+            .rename
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
+        ..QueryOps::default()
+    };
+    for (kind, map, out) in [
+        ("set", &raw.set, &mut ops.set),
+        ("add", &raw.add, &mut ops.add),
+    ] {
+        for (name, text) in map {
+            match Template::parse(text, captures) {
+                Ok(t) => out.push((name.clone(), t)),
+                Err(e) => errors.push(ConfigError::new(format!("{at}.{kind}.{name}"), e)),
+            }
+        }
+    }
+    ops
+}
