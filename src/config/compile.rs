@@ -13,6 +13,8 @@ use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
+use crate::policy::cors::CorsPolicy;
+use crate::policy::ip_filter::IpFilter;
 use crate::policy::rate_limit::RateLimitPolicy;
 use crate::policy::transform::TransformPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
@@ -231,6 +233,13 @@ fn route_policies(
                 out.transform =
                     TransformPolicy::build(t, &format!("{path}.transform"), &captures, errors)
                         .map(Arc::new);
+            }
+            RawPolicy::Cors(c) => {
+                out.cors = CorsPolicy::build(c, &format!("{path}.cors"), errors).map(Arc::new);
+            }
+            RawPolicy::IpFilter(f) => {
+                out.ip_filter =
+                    IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
             }
         }
     }

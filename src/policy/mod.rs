@@ -11,6 +11,8 @@
 //! `error.rs` turns into the response, so no policy ever drops a connection.
 
 pub mod auth;
+pub mod cors;
+pub mod ip_filter;
 pub mod rate_limit;
 pub mod transform;
 
@@ -31,6 +33,10 @@ pub enum RawPolicy {
     RateLimit(rate_limit::config::RawRateLimitPolicy),
     /// Change the request (headers, query, path, method) and the response (headers).
     Transform(Box<transform::config::RawTransformPolicy>),
+    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
+    Cors(Box<cors::RawCors>),
+    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
+    IpFilter(ip_filter::RawIpFilter),
 }
 
 /// The compiled policies of one route.
@@ -42,6 +48,10 @@ pub struct RoutePolicies {
     pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
     /// Request and response transformation.
     pub transform: Option<Arc<transform::TransformPolicy>>,
+    /// CORS.
+    pub cors: Option<Arc<cors::CorsPolicy>>,
+    /// Client IP allow/deny lists.
+    pub ip_filter: Option<Arc<ip_filter::IpFilter>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

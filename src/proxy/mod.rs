@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
-use crate::policy::{auth, transform};
+use crate::policy::{auth, cors, transform};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
@@ -282,7 +282,20 @@ async fn proxy(
         None => "".into(),
     };
     let path = req.uri().path();
-    let found = match plan.router.find(&host, path, req.method(), req.headers()) {
+    let mut found = plan.router.find(&host, path, req.method(), req.headers());
+    if let Match::MethodNotAllowed(_) = found {
+        // A CORS preflight is routed by the method it asks about, so a route need not list
+        // OPTIONS to have its preflights answered.
+        if let Some(asked) = cors::preflight_method(&req) {
+            match plan.router.find(&host, path, &asked, req.headers()) {
+                Match::Found(f) if plan.routes[f.route].policies.cors.is_some() => {
+                    found = Match::Found(f)
+                }
+                _ => {}
+            }
+        }
+    }
+    let found = match found {
         Match::Found(found) => found,
         Match::MethodNotAllowed(allow) => {
             let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
@@ -304,6 +317,18 @@ async fn proxy(
         d.finish.route = Some(Arc::clone(&route.name));
         d.finish.service = Some(Arc::clone(&service.name));
     }
+    if let Some(filter) = &route.policies.ip_filter {
+        filter.check(headers::client_ip(
+            ctx.peer.ip(),
+            req.headers(),
+            &plan.trusted_proxies,
+        ))?;
+    }
+    if let Some(cors) = &route.policies.cors {
+        if cors::preflight_method(&req).is_some() {
+            return cors.preflight(&req);
+        }
+    }
     if content_length(&req).is_some_and(|len| len > route.max_body_bytes) {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_body_bytes,
@@ -315,6 +340,11 @@ async fn proxy(
     let captures = transform_captures(route, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
+    let cors_origin = route
+        .policies
+        .cors
+        .as_ref()
+        .map(|c| c.allowed_origin(&parts.headers));
     let identity = match &route.policies.auth {
         Some(policy) => Some(policy.authenticate(&mut parts).await?),
         None => None,
@@ -464,6 +494,9 @@ async fn proxy(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     if let (Some(t), Some(rendered)) = (&route.policies.transform, response_headers) {
         t.apply_response(&mut parts.headers, rendered);
+    }
+    if let (Some(c), Some(origin)) = (&route.policies.cors, cors_origin) {
+        c.apply(&mut parts.headers, origin);
     }
     let mut concurrency = None;
     if let Some(admitted) = admitted {
