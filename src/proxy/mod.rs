@@ -431,17 +431,22 @@ async fn proxy(
     }
     // Transforms run last on the request, so they can rename or remove what the gateway added.
     let mut response_headers = None;
-    if let Some(t) = &route.policies.transform {
-        let original = new_path.clone();
-        let facts = transform::Facts {
-            captures: &captures,
-            query: original.query(),
-            client_ip,
-            request_id,
-            identity: identity.as_ref(),
-        };
-        (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
-    }
+    let body = match &route.policies.transform {
+        Some(t) => {
+            let original = new_path.clone();
+            let facts = transform::Facts {
+                captures: &captures,
+                query: original.query(),
+                client_ip,
+                request_id,
+                identity: identity.as_ref(),
+            };
+            (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
+            t.request_body(&mut parts, body, route.max_body_bytes, &facts)
+                .await?
+        }
+        None => RequestBody::streaming(body, route.max_body_bytes),
+    };
 
     if let Some(client_upgrade) = client_upgrade {
         drop(body);
@@ -498,6 +503,13 @@ async fn proxy(
     if let (Some(c), Some(origin)) = (&route.policies.cors, cors_origin) {
         c.apply(&mut parts.headers, origin);
     }
+    let incoming = match &route.policies.transform {
+        Some(t) if t.has_response_body() => {
+            t.response_body(&mut parts.headers, incoming, route.timeout)
+                .await?
+        }
+        _ => Err(incoming),
+    };
     let mut concurrency = None;
     if let Some(admitted) = admitted {
         for (k, v) in admitted.headers {
@@ -508,17 +520,17 @@ async fn proxy(
     if let Some(via) = &plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let body = GatewayBody::upstream(
-        incoming,
-        service.timeouts.idle,
-        Epilogue {
-            pooled: sent.pooled,
-            in_flight: Some(in_flight),
-            concurrency,
-            service_slot,
-            ..Epilogue::default()
-        },
-    );
+    let epilogue = Epilogue {
+        pooled: sent.pooled,
+        in_flight: Some(in_flight),
+        concurrency,
+        service_slot,
+        ..Epilogue::default()
+    };
+    let body = match incoming {
+        Ok(rewritten) => GatewayBody::full_with(rewritten, epilogue),
+        Err(incoming) => GatewayBody::upstream(incoming, service.timeouts.idle, epilogue),
+    };
     Ok(Response::from_parts(parts, body))
 }
 

@@ -21,7 +21,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{GatewayBody, RequestBody};
 use super::client::{self, Sent};
@@ -286,7 +285,7 @@ fn no_healthy(service: &Service) -> GatewayError {
 pub(super) async fn forward(
     f: &Forward<'_>,
     mut parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     mut draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
@@ -315,7 +314,7 @@ pub(super) async fn forward(
         if let Some(name) = &route.resilience.deadline_header {
             parts.headers.insert(name.clone(), millis(route.timeout));
         }
-        let req = Request::from_parts(parts, RequestBody::streaming(body, route.max_body_bytes));
+        let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, route.timeout).await;
@@ -403,11 +402,14 @@ fn millis(d: Duration) -> HeaderValue {
 }
 
 /// Reads a body of known, small length whole (the caller checked the size hint).
-async fn buffer(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
+async fn buffer(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError> {
     let mut out = BytesMut::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        let frame = frame.map_err(|e| match e {
+            super::body::BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+            e => GatewayError::ClientBody(e.to_string()),
+        })?;
         if let Some(d) = frame.data_ref() {
             out.extend_from_slice(d);
             if out.len() as u64 > limit {

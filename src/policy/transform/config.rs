@@ -33,6 +33,13 @@ pub struct RawRequestTransform {
     /// Send the request upstream with this method instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// JSON body operations (JSON content types under `max_bytes` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<super::json::RawJsonOps>,
+    /// A JSON Schema the request body must satisfy (checked before `body` operations);
+    /// failures are answered 400 with every error listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// Response changes, applied to upstream responses (not to the gateway's own errors).
@@ -42,6 +49,9 @@ pub struct RawResponseTransform {
     /// Header operations; templates read the request.
     #[serde(default)]
     pub headers: RawHeaderOps,
+    /// JSON body operations (no templates: string values are literal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<super::json::RawJsonOps>,
 }
 
 /// Header operations, applied in this order: remove, rename, set, add, append.

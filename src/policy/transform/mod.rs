@@ -10,14 +10,22 @@
 //! applies.
 
 pub mod config;
+pub mod json;
 pub mod template;
 
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 
 use crate::config::ConfigError;
+use crate::error::GatewayError;
+use crate::proxy::body::RequestBody;
 use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
+use json::{JsonOps, OnOversize};
 pub use template::{Facts, RequestData, Template};
 
 /// A header or query value: fixed, or rendered per request.
@@ -67,13 +75,15 @@ struct QueryOps {
 }
 
 /// A compiled `transform` policy.
-#[derive(Debug)]
 pub struct TransformPolicy {
     request_headers: Option<HeaderOps>,
     query: Option<QueryOps>,
     path: Option<(regex::Regex, String)>,
     method: Option<Method>,
     response_headers: Option<HeaderOps>,
+    request_body: Option<JsonOps>,
+    schema: Option<jsonschema::Validator>,
+    response_body: Option<JsonOps>,
     /// Whether any template reads route captures (they are collected only then).
     needs_captures: bool,
 }
@@ -107,6 +117,9 @@ impl TransformPolicy {
             path: None,
             method: None,
             response_headers: None,
+            request_body: None,
+            schema: None,
+            response_body: None,
             needs_captures: false,
         };
         if let Some(req) = &raw.request {
@@ -144,6 +157,19 @@ impl TransformPolicy {
                     )),
                 }
             }
+            if let Some(b) = &req.body {
+                policy.request_body =
+                    Some(JsonOps::build(b, &format!("{at}.body"), captures, errors));
+            }
+            if let Some(schema) = &req.json_schema {
+                match jsonschema::validator_for(schema) {
+                    Ok(v) => policy.schema = Some(v),
+                    Err(e) => errors.push(ConfigError::new(
+                        format!("{at}.json_schema"),
+                        format!("not a valid JSON Schema: {e}"),
+                    )),
+                }
+            }
             if let Some(m) = &req.method {
                 match Method::from_bytes(m.as_bytes()) {
                     Ok(m) if m != Method::CONNECT => policy.method = Some(m),
@@ -163,6 +189,17 @@ impl TransformPolicy {
                     errors,
                 ));
             }
+            if let Some(b) = &resp.body {
+                let at = format!("{path}.response.body");
+                let ops = JsonOps::build(b, &at, captures, errors);
+                if ops.uses_templates() {
+                    errors.push(ConfigError::new(
+                        at,
+                        "templates (`${...}`) are only available in request bodies",
+                    ));
+                }
+                policy.response_body = Some(ops);
+            }
         }
         let uses = |ops: &Option<HeaderOps>| {
             ops.iter().any(|o| {
@@ -174,6 +211,10 @@ impl TransformPolicy {
             })
         };
         policy.needs_captures = uses(&policy.request_headers)
+            || policy
+                .request_body
+                .as_ref()
+                .is_some_and(JsonOps::uses_captures)
             || uses(&policy.response_headers)
             || policy
                 .query
@@ -187,9 +228,124 @@ impl TransformPolicy {
         self.needs_captures
     }
 
-    /// Whether the upstream response is touched.
-    pub fn has_response(&self) -> bool {
-        self.response_headers.is_some()
+    /// Whether the upstream response body may be rewritten.
+    pub fn has_response_body(&self) -> bool {
+        self.response_body.is_some()
+    }
+
+    /// The request body to send upstream: validated and rewritten when it is JSON and small
+    /// enough, else the client's stream untouched (or 413 with `on_oversize: reject`).
+    pub async fn request_body(
+        &self,
+        parts: &mut Parts,
+        body: Incoming,
+        limit: u64,
+        facts: &Facts<'_>,
+    ) -> Result<RequestBody, GatewayError> {
+        if self.request_body.is_none() && self.schema.is_none() {
+            return Ok(RequestBody::streaming(body, limit));
+        }
+        let len = body.size_hint().exact();
+        if len == Some(0) && self.schema.is_none() {
+            return Ok(RequestBody::streaming(body, limit));
+        }
+        if !json::is_json(&parts.headers) {
+            if self.schema.is_some() && len != Some(0) {
+                return Err(GatewayError::InvalidBody {
+                    message: "this route expects a JSON body (Content-Type: application/json)"
+                        .into(),
+                    errors: Vec::new(),
+                });
+            }
+            return Ok(RequestBody::streaming(body, limit));
+        }
+        let (cap, oversize) = self
+            .request_body
+            .as_ref()
+            .map_or((1024 * 1024, OnOversize::Reject), |o| {
+                (o.max_bytes, o.on_oversize)
+            });
+        // A schema cannot be checked on a body that is not read: with one, oversize is refused.
+        let oversize = if self.schema.is_some() {
+            OnOversize::Reject
+        } else {
+            oversize
+        };
+        let cap = cap.min(limit);
+        if len.is_none_or(|l| l > cap) {
+            return match oversize {
+                OnOversize::Pass => Ok(RequestBody::streaming(body, limit)),
+                OnOversize::Reject => Err(GatewayError::PayloadTooLarge { limit: cap }),
+            };
+        }
+        let bytes = collect(body, cap).await?;
+        let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(GatewayError::InvalidBody {
+                    message: format!("the request body is not valid JSON: {e}"),
+                    errors: Vec::new(),
+                })
+            }
+        };
+        if let Some(schema) = &self.schema {
+            let errors: Vec<String> = schema
+                .iter_errors(&value)
+                .take(50)
+                .map(|e| format!("{}: {e}", display_path(&e.instance_path().to_string())))
+                .collect();
+            if !errors.is_empty() {
+                return Err(GatewayError::InvalidBody {
+                    message: format!(
+                        "the request body does not match the route's JSON Schema ({} error{})",
+                        errors.len(),
+                        if errors.len() == 1 { "" } else { "s" }
+                    ),
+                    errors,
+                });
+            }
+        }
+        let Some(ops) = &self.request_body else {
+            return Ok(RequestBody::full(bytes));
+        };
+        let d = RequestData {
+            headers: &parts.headers,
+            facts,
+        };
+        let out = Bytes::from(serde_json::to_vec(&ops.apply(value, Some(&d))).unwrap_or_default());
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Ok(RequestBody::full(out))
+    }
+
+    /// Rewrites an upstream response body when it is JSON of known length under the cap.
+    /// Returns `Err(incoming)` untouched otherwise. A body that does not parse is passed on as
+    /// it came (the upstream's answer is more useful than an error of ours).
+    pub async fn response_body(
+        &self,
+        headers: &mut HeaderMap,
+        incoming: Incoming,
+        timeout: std::time::Duration,
+    ) -> Result<Result<Bytes, Incoming>, GatewayError> {
+        let Some(ops) = &self.response_body else {
+            return Ok(Err(incoming));
+        };
+        let len = incoming.size_hint().exact();
+        if !json::is_json(headers) || !len.is_some_and(|l| l > 0 && l <= ops.max_bytes) {
+            return Ok(Err(incoming));
+        }
+        let bytes = match tokio::time::timeout(timeout, incoming.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => return Err(GatewayError::UpstreamProtocol(e.to_string())),
+            Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return Ok(Ok(bytes));
+        };
+        let out = Bytes::from(serde_json::to_vec(&ops.apply(value, None)).unwrap_or_default());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        Ok(Ok(out))
     }
 
     /// Applies the request operations to `parts` and returns the new upstream target.
@@ -412,4 +568,29 @@ fn query_ops(
         }
     }
     ops
+}
+
+/// `""` (the root) reads better as `/`.
+fn display_path(p: &str) -> &str {
+    if p.is_empty() {
+        "/"
+    } else {
+        p
+    }
+}
+
+/// Reads a body of known length up to `cap`.
+async fn collect(body: Incoming, cap: u64) -> Result<Bytes, GatewayError> {
+    let mut out = BytesMut::new();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        if let Some(d) = frame.data_ref() {
+            out.extend_from_slice(d);
+            if out.len() as u64 > cap {
+                return Err(GatewayError::PayloadTooLarge { limit: cap });
+            }
+        }
+    }
+    Ok(out.freeze())
 }
