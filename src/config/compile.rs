@@ -16,6 +16,7 @@ use crate::policy::auth::Authenticators;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::ip_filter::IpFilter;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::policy::traffic::TrafficPolicy;
 use crate::policy::transform::TransformPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
@@ -240,6 +241,25 @@ fn route_policies(
             RawPolicy::IpFilter(f) => {
                 out.ip_filter =
                     IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
+            }
+            RawPolicy::Split(_) | RawPolicy::Versioning(_) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                let built = match policy {
+                    RawPolicy::Split(sp) => {
+                        TrafficPolicy::split(sp, &format!("{path}.split"), &names, errors)
+                    }
+                    RawPolicy::Versioning(v) => {
+                        TrafficPolicy::versioning(v, &format!("{path}.versioning"), &names, errors)
+                    }
+                    _ => None,
+                };
+                if out.traffic.is_some() {
+                    errors.push(ConfigError::new(
+                        path,
+                        "a route chooses its service by `split` or by `versioning`, not both",
+                    ));
+                }
+                out.traffic = built.map(Arc::new);
             }
         }
     }

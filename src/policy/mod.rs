@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cors;
 pub mod ip_filter;
 pub mod rate_limit;
+pub mod traffic;
 pub mod transform;
 
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub enum RawPolicy {
     Cors(Box<cors::RawCors>),
     /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
     IpFilter(ip_filter::RawIpFilter),
+    /// Split traffic between services by weight (canary), optionally sticky.
+    Split(traffic::RawSplit),
+    /// Route to a service by API version (path, header, media type or query).
+    Versioning(traffic::RawVersioning),
 }
 
 /// The compiled policies of one route.
@@ -52,6 +57,8 @@ pub struct RoutePolicies {
     pub cors: Option<Arc<cors::CorsPolicy>>,
     /// Client IP allow/deny lists.
     pub ip_filter: Option<Arc<ip_filter::IpFilter>>,
+    /// Service choice (`split` or `versioning`).
+    pub traffic: Option<Arc<traffic::TrafficPolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

@@ -355,6 +355,23 @@ async fn proxy(
     let mut new_path = upstream_path_and_query(rewritten, &parts.uri);
 
     let client_ip = headers::client_ip(ctx.peer.ip(), &parts.headers, &plan.trusted_proxies);
+    // `split` or `versioning` may send the request to another service than the route's.
+    let mut version_headers: &[(header::HeaderName, HeaderValue)] = &[];
+    let service = match &route.policies.traffic {
+        Some(t) => {
+            let (index, headers, strip) = t.choose(&parts, identity.as_ref())?;
+            version_headers = headers;
+            if strip {
+                new_path = strip_first_segment(&new_path);
+            }
+            let chosen = &plan.services[index];
+            if let Some(d) = draft.as_deref_mut() {
+                d.finish.service = Some(Arc::clone(&chosen.name));
+            }
+            chosen
+        }
+        None => service,
+    };
     // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
     // upstream: a rejected request never reaches a target.
     let admitted = match &route.policies.rate_limit {
@@ -503,6 +520,9 @@ async fn proxy(
     if let (Some(c), Some(origin)) = (&route.policies.cors, cors_origin) {
         c.apply(&mut parts.headers, origin);
     }
+    for (name, value) in version_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     let incoming = match &route.policies.transform {
         Some(t) if t.has_response_body() => {
             t.response_body(&mut parts.headers, incoming, route.timeout)
@@ -532,6 +552,17 @@ async fn proxy(
         Err(incoming) => GatewayBody::upstream(incoming, service.timeouts.idle, epilogue),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// `/v2/users?x=1` without its first segment: `/users?x=1` (path versioning).
+fn strip_first_segment(target: &PathAndQuery) -> PathAndQuery {
+    let path = target.path();
+    let rest = path[1..].find('/').map_or("/", |i| &path[i + 1..]);
+    let text = match target.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    PathAndQuery::try_from(text).unwrap_or_else(|_| target.clone())
 }
 
 /// The route captures a transform's templates read; empty (no allocation) otherwise.
