@@ -16,6 +16,7 @@ use crate::policy::auth::Authenticators;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::ip_filter::IpFilter;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::policy::shadow::ShadowPolicy;
 use crate::policy::traffic::TrafficPolicy;
 use crate::policy::transform::TransformPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
@@ -241,6 +242,11 @@ fn route_policies(
             RawPolicy::IpFilter(f) => {
                 out.ip_filter =
                     IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
+            }
+            RawPolicy::Shadow(sh) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                out.shadow = ShadowPolicy::build(sh, &format!("{path}.shadow"), &names, errors)
+                    .map(Arc::new);
             }
             RawPolicy::Split(_) | RawPolicy::Versioning(_) => {
                 let names: Vec<&String> = raw.services.keys().collect();

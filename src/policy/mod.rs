@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cors;
 pub mod ip_filter;
 pub mod rate_limit;
+pub mod shadow;
 pub mod traffic;
 pub mod transform;
 
@@ -42,6 +43,8 @@ pub enum RawPolicy {
     Split(traffic::RawSplit),
     /// Route to a service by API version (path, header, media type or query).
     Versioning(traffic::RawVersioning),
+    /// Mirror a percentage of requests to another service (responses discarded).
+    Shadow(shadow::RawShadow),
 }
 
 /// The compiled policies of one route.
@@ -59,6 +62,8 @@ pub struct RoutePolicies {
     pub ip_filter: Option<Arc<ip_filter::IpFilter>>,
     /// Service choice (`split` or `versioning`).
     pub traffic: Option<Arc<traffic::TrafficPolicy>>,
+    /// Shadow traffic.
+    pub shadow: Option<Arc<shadow::ShadowPolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

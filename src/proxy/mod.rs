@@ -8,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod headers;
 pub mod retry;
+pub mod shadow;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -463,6 +464,21 @@ async fn proxy(
                 .await?
         }
         None => RequestBody::streaming(body, route.max_body_bytes),
+    };
+
+    let body = match &route.policies.shadow {
+        Some(policy) if client_upgrade.is_none() => {
+            let copy = shadow::MirrorOf {
+                parts: &parts,
+                client_ip,
+                client_host: client_host.as_ref(),
+                new_path: &new_path,
+                preserve_host: route.preserve_host,
+                timeout: route.timeout,
+            };
+            shadow::maybe_mirror(policy, &plan.services[policy.service], copy, body).await?
+        }
+        _ => body,
     };
 
     if let Some(client_upgrade) = client_upgrade {
