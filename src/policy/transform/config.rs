@@ -40,6 +40,23 @@ pub struct RawRequestTransform {
     /// failures are answered 400 with every error listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
+    /// Send a JSON request body to the upstream as XML (see `policy/transform/xml.rs` for the
+    /// mapping), under this root element when the body is not a one-key object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_xml: Option<RawToXml>,
+}
+
+/// `to_xml: {root: request}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawToXml {
+    /// Root element name for bodies that are not a one-key object. Default `request`.
+    #[serde(default = "default_root")]
+    pub root: String,
+}
+
+fn default_root() -> String {
+    "request".into()
 }
 
 /// Response changes, applied to upstream responses (not to the gateway's own errors).
@@ -52,6 +69,10 @@ pub struct RawResponseTransform {
     /// JSON body operations (no templates: string values are literal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<super::json::RawJsonOps>,
+    /// Convert an XML upstream response to JSON (before `body` operations); malformed XML is
+    /// answered 502.
+    #[serde(default)]
+    pub from_xml: bool,
 }
 
 /// Header operations, applied in this order: remove, rename, set, add, append.

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod json;
 pub mod template;
+pub mod xml;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -84,6 +85,9 @@ pub struct TransformPolicy {
     request_body: Option<JsonOps>,
     schema: Option<jsonschema::Validator>,
     response_body: Option<JsonOps>,
+    /// Root element for JSON → XML request bodies.
+    to_xml: Option<String>,
+    from_xml: bool,
     /// Whether any template reads route captures (they are collected only then).
     needs_captures: bool,
 }
@@ -120,6 +124,8 @@ impl TransformPolicy {
             request_body: None,
             schema: None,
             response_body: None,
+            to_xml: None,
+            from_xml: false,
             needs_captures: false,
         };
         if let Some(req) = &raw.request {
@@ -170,6 +176,15 @@ impl TransformPolicy {
                     )),
                 }
             }
+            if let Some(x) = &req.to_xml {
+                if HeaderName::from_bytes(x.root.as_bytes()).is_err() || x.root.contains(':') {
+                    errors.push(ConfigError::new(
+                        format!("{at}.to_xml.root"),
+                        "not a valid element name",
+                    ));
+                }
+                policy.to_xml = Some(x.root.clone());
+            }
             if let Some(m) = &req.method {
                 match Method::from_bytes(m.as_bytes()) {
                     Ok(m) if m != Method::CONNECT => policy.method = Some(m),
@@ -189,6 +204,7 @@ impl TransformPolicy {
                     errors,
                 ));
             }
+            policy.from_xml = resp.from_xml;
             if let Some(b) = &resp.body {
                 let at = format!("{path}.response.body");
                 let ops = JsonOps::build(b, &at, captures, errors);
@@ -230,7 +246,7 @@ impl TransformPolicy {
 
     /// Whether the upstream response body may be rewritten.
     pub fn has_response_body(&self) -> bool {
-        self.response_body.is_some()
+        self.response_body.is_some() || self.from_xml
     }
 
     /// The request body to send upstream: validated and rewritten when it is JSON and small
@@ -242,7 +258,7 @@ impl TransformPolicy {
         limit: u64,
         facts: &Facts<'_>,
     ) -> Result<RequestBody, GatewayError> {
-        if self.request_body.is_none() && self.schema.is_none() {
+        if self.request_body.is_none() && self.schema.is_none() && self.to_xml.is_none() {
             return Ok(RequestBody::streaming(body, limit));
         }
         let len = body.size_hint().exact();
@@ -305,14 +321,27 @@ impl TransformPolicy {
                 });
             }
         }
-        let Some(ops) = &self.request_body else {
-            return Ok(RequestBody::full(bytes));
+        let value = match &self.request_body {
+            Some(ops) => {
+                let d = RequestData {
+                    headers: &parts.headers,
+                    facts,
+                };
+                ops.apply(value, Some(&d))
+            }
+            None if self.to_xml.is_none() => return Ok(RequestBody::full(bytes)),
+            None => value,
         };
-        let d = RequestData {
-            headers: &parts.headers,
-            facts,
+        let out = match &self.to_xml {
+            Some(root) => {
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/xml; charset=utf-8"),
+                );
+                Bytes::from(xml::json_to_xml(&value, root))
+            }
+            None => Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
         };
-        let out = Bytes::from(serde_json::to_vec(&ops.apply(value, Some(&d))).unwrap_or_default());
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
@@ -328,6 +357,9 @@ impl TransformPolicy {
         incoming: Incoming,
         timeout: std::time::Duration,
     ) -> Result<Result<Bytes, Incoming>, GatewayError> {
+        if self.from_xml && xml::is_xml(headers) {
+            return self.xml_response(headers, incoming, timeout).await.map(Ok);
+        }
         let Some(ops) = &self.response_body else {
             return Ok(Err(incoming));
         };
@@ -378,6 +410,56 @@ impl TransformPolicy {
         if let Some(ops) = &self.response_headers {
             ops.apply(headers, rendered);
         }
+    }
+
+    /// Reads an XML upstream body whole (up to the cap), converts it to JSON and applies the
+    /// response `body` operations.
+    async fn xml_response(
+        &self,
+        headers: &mut HeaderMap,
+        incoming: Incoming,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, GatewayError> {
+        let cap = self
+            .response_body
+            .as_ref()
+            .map_or(1024 * 1024, |o| o.max_bytes);
+        let mut out = BytesMut::new();
+        let mut body = incoming;
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| GatewayError::UpstreamProtocol(e.to_string()))?;
+                if let Some(d) = frame.data_ref() {
+                    out.extend_from_slice(d);
+                    if out.len() as u64 > cap {
+                        return Err(GatewayError::UpstreamProtocol(format!(
+                            "the upstream's XML response is over {cap} bytes and cannot be \
+                             converted to JSON"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r?,
+            Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
+        }
+        let value = xml::xml_to_json(&out).map_err(|e| {
+            GatewayError::UpstreamProtocol(format!("the upstream sent malformed XML: {e}"))
+        })?;
+        let value = match &self.response_body {
+            Some(ops) => ops.apply(value, None),
+            None => value,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        headers.remove(header::TRANSFER_ENCODING);
+        Ok(bytes)
     }
 
     /// The rewritten target, or `None` when neither path nor query changes.
