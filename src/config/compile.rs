@@ -243,6 +243,23 @@ fn route_policies(
                 out.ip_filter =
                     IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
             }
+            RawPolicy::Aggregate(a) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                let captures = route
+                    .matcher
+                    .path
+                    .as_deref()
+                    .map(super::validate::template_captures)
+                    .unwrap_or_default();
+                out.aggregate = crate::aggregate::AggregatePolicy::build(
+                    a,
+                    &format!("{path}.aggregate"),
+                    &names,
+                    &captures,
+                    errors,
+                )
+                .map(Arc::new);
+            }
             RawPolicy::Shadow(sh) => {
                 let names: Vec<&String> = raw.services.keys().collect();
                 out.shadow = ShadowPolicy::build(sh, &format!("{path}.shadow"), &names, errors)

@@ -58,7 +58,7 @@ pub fn expand_tree(
 /// Keys whose strings are request templates (`${header.x}`, `${client_ip}`, ...), rendered per
 /// request by the policy: there, only `${file:...}` and environment variables that are not
 /// template references are expanded at load.
-const TEMPLATE_KEYS: &[&str] = &["transform"];
+const TEMPLATE_KEYS: &[&str] = &["transform", "aggregate"];
 
 /// Whether `reference` is left for the template parser (which reports the ones it does not
 /// know, with the list of valid ones): anything but `file:` and plain variable names, and the

@@ -45,6 +45,8 @@ pub enum RawPolicy {
     Versioning(traffic::RawVersioning),
     /// Mirror a percentage of requests to another service (responses discarded).
     Shadow(shadow::RawShadow),
+    /// Answer the route by calling several services and merging their JSON (BFF).
+    Aggregate(Box<crate::aggregate::RawAggregate>),
 }
 
 /// The compiled policies of one route.
@@ -64,6 +66,8 @@ pub struct RoutePolicies {
     pub traffic: Option<Arc<traffic::TrafficPolicy>>,
     /// Shadow traffic.
     pub shadow: Option<Arc<shadow::ShadowPolicy>>,
+    /// Aggregation: the route is answered by the fan-out, not by its service.
+    pub aggregate: Option<Arc<crate::aggregate::AggregatePolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

@@ -466,6 +466,25 @@ async fn proxy(
         None => RequestBody::streaming(body, route.max_body_bytes),
     };
 
+    if let Some(aggregate) = &route.policies.aggregate {
+        drop(body);
+        let facts = transform::Facts {
+            captures: &captures,
+            query: new_path.query(),
+            client_ip,
+            request_id,
+            identity: identity.as_ref(),
+        };
+        return aggregate
+            .run(
+                &plan.services,
+                &parts.headers,
+                &facts,
+                client_ip,
+                route.timeout,
+            )
+            .await;
+    }
     let body = match &route.policies.shadow {
         Some(policy) if client_upgrade.is_none() => {
             let copy = shadow::MirrorOf {
@@ -588,6 +607,9 @@ fn transform_captures(
 ) -> Vec<(Box<str>, Box<str>)> {
     match &route.policies.transform {
         Some(t) if t.needs_captures() => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        _ if route.policies.aggregate.is_some() => {
+            params.iter().map(|(k, v)| (k.into(), v.into())).collect()
+        }
         _ => Vec::new(),
     }
 }

@@ -226,7 +226,7 @@ pub(super) fn outcome(result: &Result<Sent, GatewayError>) -> Option<Outcome> {
 
 /// Points the request at `target`: the Host (the target's, or the client's with
 /// `preserve_host`), the URI form and the version of the target's protocol.
-pub(super) fn prepare(
+pub(crate) fn prepare(
     parts: &mut Parts,
     target: &Target,
     preserve_host: bool,
