@@ -132,6 +132,15 @@ pub enum GatewayError {
         /// Seconds until it lets a probe through (`Retry-After`).
         retry_after: u64,
     },
+    /// The request body is not what the route accepts (not JSON, or against its JSON Schema).
+    #[error("{message}")]
+    InvalidBody {
+        /// What is wrong, in one line.
+        message: String,
+        /// Each problem found (JSON Schema errors with their instance paths); listed in the
+        /// response as `errors`.
+        errors: Vec<String>,
+    },
     /// The service's `max_concurrent_requests` is reached: shed rather than queue.
     #[error("service {0} has too many requests in flight")]
     ServiceOverloaded(std::sync::Arc<str>),
@@ -181,6 +190,7 @@ impl GatewayError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
             InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Downstream),
             RateLimited { status, .. } => (*status, "rate_limited", Downstream),
+            InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body", Downstream),
             AuthUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -208,6 +218,9 @@ impl GatewayError {
     /// The JSON error response for this error.
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
         let (status, code, _) = self.kind();
+        if let GatewayError::InvalidBody { message, errors } = self {
+            return invalid_body(status, code, message, errors, request_id);
+        }
         let mut resp = json_error(status, code, &self.to_string(), request_id);
         match self {
             GatewayError::Unauthorized { challenges, .. } => {
@@ -316,5 +329,24 @@ pub fn json_error(
     if let Some(v) = request_id {
         h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());
     }
+    resp
+}
+
+/// The error body with the list of problems: `{"error", "message", "errors": [...],
+/// "request_id"}`.
+fn invalid_body(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    errors: &[String],
+    request_id: Option<&HeaderValue>,
+) -> Response<GatewayBody> {
+    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let body =
+        serde_json::json!({"error": code, "message": message, "errors": errors, "request_id": id});
+    let mut resp = json_error(status, code, message, request_id);
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    *resp.body_mut() = GatewayBody::full(Bytes::from(bytes));
     resp
 }

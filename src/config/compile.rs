@@ -14,7 +14,12 @@ use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy::auth::Authenticators;
 use crate::policy::cache::CachePolicy;
+use crate::policy::cors::CorsPolicy;
+use crate::policy::ip_filter::IpFilter;
 use crate::policy::rate_limit::RateLimitPolicy;
+use crate::policy::shadow::ShadowPolicy;
+use crate::policy::traffic::TrafficPolicy;
+use crate::policy::transform::TransformPolicy;
 use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
@@ -240,6 +245,65 @@ fn route_policies(
                         CachePolicy::build(c, path, redis, errors).map(Arc::new)
                     })
                     .clone();
+            }
+            RawPolicy::Transform(t) => {
+                let captures = route
+                    .matcher
+                    .path
+                    .as_deref()
+                    .map(super::validate::template_captures)
+                    .unwrap_or_default();
+                out.transform =
+                    TransformPolicy::build(t, &format!("{path}.transform"), &captures, errors)
+                        .map(Arc::new);
+            }
+            RawPolicy::Cors(c) => {
+                out.cors = CorsPolicy::build(c, &format!("{path}.cors"), errors).map(Arc::new);
+            }
+            RawPolicy::IpFilter(f) => {
+                out.ip_filter =
+                    IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
+            }
+            RawPolicy::Aggregate(a) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                let captures = route
+                    .matcher
+                    .path
+                    .as_deref()
+                    .map(super::validate::template_captures)
+                    .unwrap_or_default();
+                out.aggregate = crate::aggregate::AggregatePolicy::build(
+                    a,
+                    &format!("{path}.aggregate"),
+                    &names,
+                    &captures,
+                    errors,
+                )
+                .map(Arc::new);
+            }
+            RawPolicy::Shadow(sh) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                out.shadow = ShadowPolicy::build(sh, &format!("{path}.shadow"), &names, errors)
+                    .map(Arc::new);
+            }
+            RawPolicy::Split(_) | RawPolicy::Versioning(_) => {
+                let names: Vec<&String> = raw.services.keys().collect();
+                let built = match policy {
+                    RawPolicy::Split(sp) => {
+                        TrafficPolicy::split(sp, &format!("{path}.split"), &names, errors)
+                    }
+                    RawPolicy::Versioning(v) => {
+                        TrafficPolicy::versioning(v, &format!("{path}.versioning"), &names, errors)
+                    }
+                    _ => None,
+                };
+                if out.traffic.is_some() {
+                    errors.push(ConfigError::new(
+                        path,
+                        "a route chooses its service by `split` or by `versioning`, not both",
+                    ));
+                }
+                out.traffic = built.map(Arc::new);
             }
         }
     }

@@ -44,19 +44,42 @@ pub fn expand_tree(
 ) -> (FxHashMap<String, String>, Vec<ExpandError>) {
     let mut expanded = FxHashMap::default();
     let mut errors = Vec::new();
-    walk(value, String::new(), source, &mut expanded, &mut errors);
+    walk(
+        value,
+        String::new(),
+        false,
+        source,
+        &mut expanded,
+        &mut errors,
+    );
     (expanded, errors)
+}
+
+/// Keys whose strings are request templates (`${header.x}`, `${client_ip}`, ...), rendered per
+/// request by the policy: there, only `${file:...}` and environment variables that are not
+/// template references are expanded at load.
+const TEMPLATE_KEYS: &[&str] = &["transform", "aggregate"];
+
+/// Whether `reference` is left for the template parser (which reports the ones it does not
+/// know, with the list of valid ones): anything but `file:` and plain variable names, and the
+/// two template references that look like variable names.
+fn is_template_ref(reference: &str) -> bool {
+    matches!(reference, "client_ip" | "request_id")
+        || !(reference.starts_with("file:") || is_var_name(reference))
 }
 
 fn walk(
     value: &mut Value,
     path: String,
+    templates: bool,
     source: &dyn Source,
     expanded: &mut FxHashMap<String, String>,
     errors: &mut Vec<ExpandError>,
 ) {
     match value {
-        Value::String(s) if s.contains("${") => match expand_str(s, source) {
+        Value::String(s) if s.contains("${") => match expand(s, source, templates) {
+            // A template string left as written is not an expansion (its errors may quote it).
+            Ok(new) if new == *s => {}
             Ok(new) => {
                 expanded.insert(path, new.clone());
                 *s = new;
@@ -65,7 +88,14 @@ fn walk(
         },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk(item, format!("{path}[{i}]"), source, expanded, errors);
+                walk(
+                    item,
+                    format!("{path}[{i}]"),
+                    templates,
+                    source,
+                    expanded,
+                    errors,
+                );
             }
         }
         Value::Mapping(map) => {
@@ -82,23 +112,31 @@ fn walk(
                 } else {
                     format!("{path}.{key}")
                 };
-                walk(v, child, source, expanded, errors);
+                let templates = templates
+                    || matches!(k, Value::String(s) if TEMPLATE_KEYS.contains(&s.as_str()));
+                walk(v, child, templates, source, expanded, errors);
             }
         }
-        Value::Tagged(t) => walk(&mut t.value, path, source, expanded, errors),
+        Value::Tagged(t) => walk(&mut t.value, path, templates, source, expanded, errors),
         _ => {}
     }
 }
 
 /// Expands `${NAME}`, `${file:PATH}` and the escape `$${` (a literal `${`) in one string.
 pub fn expand_str(text: &str, source: &dyn Source) -> Result<String, String> {
+    expand(text, source, false)
+}
+
+/// [`expand_str`]; with `templates`, request template references and the `$${` escape are
+/// left for the template parser.
+fn expand(text: &str, source: &dyn Source, templates: bool) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
+            out.push_str(if templates { "$${" } else { "${" });
             rest = after;
             continue;
         }
@@ -108,10 +146,16 @@ pub fn expand_str(text: &str, source: &dyn Source) -> Result<String, String> {
             continue;
         };
         let Some(end) = body_start.find('}') else {
+            if templates {
+                out.push_str(tail);
+                return Ok(out);
+            }
             return Err("unterminated `${`: write `$${` for a literal `${`".to_string());
         };
         let reference = &body_start[..end];
-        if let Some(file) = reference.strip_prefix("file:") {
+        if templates && is_template_ref(reference) {
+            out.push_str(&tail[..end + 3]);
+        } else if let Some(file) = reference.strip_prefix("file:") {
             let content = source
                 .file(file)
                 .map_err(|e| format!("cannot read `${{file:{file}}}`: {e}"))?;
@@ -180,5 +224,23 @@ mod tests {
         assert_eq!(changed["x[0]"], "1");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "x[1]");
+    }
+
+    #[test]
+    fn template_references_under_transform_are_left_for_the_policy() {
+        let src = Fake(HashMap::from([("TOKEN", "t0k"), ("client_ip", "env")]));
+        let mut v: Value = serde_yaml_ng::from_str(
+            "transform: {a: \"Bearer ${TOKEN} ${header.x} ${client_ip} $${lit} ${x\"}\nb: \"${client_ip}\"",
+        )
+        .unwrap();
+        let (changed, errors) = expand_tree(&mut v, &src);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            v["transform"]["a"].as_str().unwrap(),
+            "Bearer t0k ${header.x} ${client_ip} $${lit} ${x"
+        );
+        // Outside a transform, `${client_ip}` is an environment variable as before.
+        assert_eq!(v["b"].as_str().unwrap(), "env");
+        assert_eq!(changed.len(), 2);
     }
 }

@@ -12,7 +12,12 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cors;
+pub mod ip_filter;
 pub mod rate_limit;
+pub mod shadow;
+pub mod traffic;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -31,6 +36,20 @@ pub enum RawPolicy {
     RateLimit(rate_limit::config::RawRateLimitPolicy),
     /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
     Cache(cache::config::RawCachePolicy),
+    /// Change the request (headers, query, path, method) and the response (headers).
+    Transform(Box<transform::config::RawTransformPolicy>),
+    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
+    Cors(Box<cors::RawCors>),
+    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
+    IpFilter(ip_filter::RawIpFilter),
+    /// Split traffic between services by weight (canary), optionally sticky.
+    Split(traffic::RawSplit),
+    /// Route to a service by API version (path, header, media type or query).
+    Versioning(traffic::RawVersioning),
+    /// Mirror a percentage of requests to another service (responses discarded).
+    Shadow(shadow::RawShadow),
+    /// Answer the route by calling several services and merging their JSON (BFF).
+    Aggregate(Box<crate::aggregate::RawAggregate>),
 }
 
 /// The compiled policies of one route.
@@ -42,6 +61,18 @@ pub struct RoutePolicies {
     pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
     /// Response cache (shared by every route inheriting the same policy).
     pub cache: Option<Arc<cache::CachePolicy>>,
+    /// Request and response transformation.
+    pub transform: Option<Arc<transform::TransformPolicy>>,
+    /// CORS.
+    pub cors: Option<Arc<cors::CorsPolicy>>,
+    /// Client IP allow/deny lists.
+    pub ip_filter: Option<Arc<ip_filter::IpFilter>>,
+    /// Service choice (`split` or `versioning`).
+    pub traffic: Option<Arc<traffic::TrafficPolicy>>,
+    /// Shadow traffic.
+    pub shadow: Option<Arc<shadow::ShadowPolicy>>,
+    /// Aggregation: the route is answered by the fan-out, not by its service.
+    pub aggregate: Option<Arc<crate::aggregate::AggregatePolicy>>,
 }
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the

@@ -168,6 +168,18 @@ impl GatewayBody {
         }
     }
 
+    /// A complete body read from the upstream and rewritten by a policy; `epilogue` holds what
+    /// the upstream exchange still owns (in-flight counts, concurrency slots).
+    pub fn full_with(bytes: Bytes, epilogue: Epilogue) -> Self {
+        Self {
+            source: Source::Full(Some(bytes)),
+            sent: 0,
+            ended: false,
+            epilogue,
+            record: None,
+        }
+    }
+
     /// No body at all.
     pub fn empty() -> Self {
         Self {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod grpc;
 pub mod headers;
 pub mod retry;
+pub mod shadow;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -27,7 +28,7 @@ use hyper::body::Incoming;
 
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
-use crate::policy::{auth, cache};
+use crate::policy::{auth, cache, cors, transform};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{Finish, RequestText};
@@ -313,7 +314,20 @@ async fn proxy(
         None => "".into(),
     };
     let path = req.uri().path();
-    let found = match plan.router.find(&host, path, req.method(), req.headers()) {
+    let mut found = plan.router.find(&host, path, req.method(), req.headers());
+    if let Match::MethodNotAllowed(_) = found {
+        // A CORS preflight is routed by the method it asks about, so a route need not list
+        // OPTIONS to have its preflights answered.
+        if let Some(asked) = cors::preflight_method(&req) {
+            match plan.router.find(&host, path, &asked, req.headers()) {
+                Match::Found(f) if plan.routes[f.route].policies.cors.is_some() => {
+                    found = Match::Found(f)
+                }
+                _ => {}
+            }
+        }
+    }
+    let found = match found {
         Match::Found(found) => found,
         Match::MethodNotAllowed(allow) => {
             let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
@@ -335,6 +349,18 @@ async fn proxy(
         d.finish.route = Some(Arc::clone(&route.name));
         d.finish.service = Some(Arc::clone(&service.name));
     }
+    if let Some(filter) = &route.policies.ip_filter {
+        filter.check(headers::client_ip(
+            ctx.peer.ip(),
+            req.headers(),
+            &plan.trusted_proxies,
+        ))?;
+    }
+    if let Some(cors) = &route.policies.cors {
+        if cors::preflight_method(&req).is_some() {
+            return cors.preflight(&req);
+        }
+    }
     if content_length(&req).is_some_and(|len| len > route.max_body_bytes) {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_body_bytes,
@@ -343,6 +369,7 @@ async fn proxy(
     // The rewritten path needs the route's captures, which borrow the request; the query is
     // attached after authentication, which may remove an API key from it.
     let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
+    let captures = transform_captures(route, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
     if let Some(name) = plan.tls.as_ref().and_then(|t| t.forward_header.as_ref()) {
@@ -352,6 +379,11 @@ async fn proxy(
             parts.headers.insert(name, v);
         }
     }
+    let cors_origin = route
+        .policies
+        .cors
+        .as_ref()
+        .map(|c| c.allowed_origin(&parts.headers));
     let identity = match &route.policies.auth {
         Some(policy) => {
             let cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
@@ -362,9 +394,26 @@ async fn proxy(
     if let (Some(d), Some(id)) = (draft.as_deref_mut(), &identity) {
         d.finish.consumer = id.name.clone();
     }
-    let new_path = upstream_path_and_query(rewritten, &parts.uri);
+    let mut new_path = upstream_path_and_query(rewritten, &parts.uri);
 
     let client_ip = headers::client_ip(ctx.peer.ip(), &parts.headers, &plan.trusted_proxies);
+    // `split` or `versioning` may send the request to another service than the route's.
+    let mut version_headers: &[(header::HeaderName, HeaderValue)] = &[];
+    let service = match &route.policies.traffic {
+        Some(t) => {
+            let (index, headers, strip) = t.choose(&parts, identity.as_ref())?;
+            version_headers = headers;
+            if strip {
+                new_path = strip_first_segment(&new_path);
+            }
+            let chosen = &plan.services[index];
+            if let Some(d) = draft.as_deref_mut() {
+                d.finish.service = Some(Arc::clone(&chosen.name));
+            }
+            chosen
+        }
+        None => service,
+    };
     // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
     // upstream: a rejected request never reaches a target.
     let admitted = match &route.policies.rate_limit {
@@ -472,6 +521,58 @@ async fn proxy(
     if let Some(identity) = &identity {
         identity.apply(h);
     }
+    // Transforms run last on the request, so they can rename or remove what the gateway added.
+    let mut response_headers = None;
+    let body = match &route.policies.transform {
+        Some(t) => {
+            let original = new_path.clone();
+            let facts = transform::Facts {
+                captures: &captures,
+                query: original.query(),
+                client_ip,
+                request_id,
+                identity: identity.as_ref(),
+            };
+            (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
+            t.request_body(&mut parts, body, route.max_body_bytes, &facts)
+                .await?
+        }
+        None => RequestBody::streaming(body, route.max_body_bytes),
+    };
+
+    if let Some(aggregate) = &route.policies.aggregate {
+        drop(body);
+        let facts = transform::Facts {
+            captures: &captures,
+            query: new_path.query(),
+            client_ip,
+            request_id,
+            identity: identity.as_ref(),
+        };
+        return aggregate
+            .run(
+                &plan.services,
+                &parts.headers,
+                &facts,
+                client_ip,
+                route.timeout,
+            )
+            .await;
+    }
+    let body = match &route.policies.shadow {
+        Some(policy) if client_upgrade.is_none() => {
+            let copy = shadow::MirrorOf {
+                parts: &parts,
+                client_ip,
+                client_host: client_host.as_ref(),
+                new_path: &new_path,
+                preserve_host: route.preserve_host,
+                timeout: route.timeout,
+            };
+            shadow::maybe_mirror(policy, &plan.services[policy.service], copy, body).await?
+        }
+        _ => body,
+    };
 
     if let Some(client_upgrade) = client_upgrade {
         drop(body);
@@ -512,7 +613,6 @@ async fn proxy(
                 client_host.as_ref(),
                 &new_path,
             )?;
-            let body = RequestBody::streaming(body, route.max_body_bytes);
             let upstream_req = Request::from_parts(parts, body);
             fill.refresh_in_background(Arc::clone(service), target, upstream_req, route.timeout);
         }
@@ -549,6 +649,22 @@ async fn proxy(
     };
     let (mut parts, incoming) = sent.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let (Some(t), Some(rendered)) = (&route.policies.transform, response_headers) {
+        t.apply_response(&mut parts.headers, rendered);
+    }
+    if let (Some(c), Some(origin)) = (&route.policies.cors, cors_origin) {
+        c.apply(&mut parts.headers, origin);
+    }
+    for (name, value) in version_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let incoming = match &route.policies.transform {
+        Some(t) if t.has_response_body() => {
+            t.response_body(&mut parts.headers, incoming, route.timeout)
+                .await?
+        }
+        _ => Err(incoming),
+    };
     let mut concurrency = None;
     if let Some(admitted) = admitted {
         for (k, v) in admitted.headers {
@@ -559,22 +675,47 @@ async fn proxy(
     if let Some(via) = &plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let body = GatewayBody::upstream(
-        incoming,
-        service.timeouts.idle,
-        Epilogue {
-            pooled: sent.pooled,
-            in_flight: Some(in_flight),
-            concurrency,
-            service_slot,
-            ..Epilogue::default()
-        },
-    );
+    let epilogue = Epilogue {
+        pooled: sent.pooled,
+        in_flight: Some(in_flight),
+        concurrency,
+        service_slot,
+        ..Epilogue::default()
+    };
+    let body = match incoming {
+        Ok(rewritten) => GatewayBody::full_with(rewritten, epilogue),
+        Err(incoming) => GatewayBody::upstream(incoming, service.timeouts.idle, epilogue),
+    };
     let resp = Response::from_parts(parts, body);
     Ok(match cached {
         Some(fill) => fill.respond(resp),
         None => resp,
     })
+}
+
+/// `/v2/users?x=1` without its first segment: `/users?x=1` (path versioning).
+fn strip_first_segment(target: &PathAndQuery) -> PathAndQuery {
+    let path = target.path();
+    let rest = path[1..].find('/').map_or("/", |i| &path[i + 1..]);
+    let text = match target.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    PathAndQuery::try_from(text).unwrap_or_else(|_| target.clone())
+}
+
+/// The route captures a transform's templates read; empty (no allocation) otherwise.
+fn transform_captures(
+    route: &Route,
+    params: &matchit::Params<'_, '_>,
+) -> Vec<(Box<str>, Box<str>)> {
+    match &route.policies.transform {
+        Some(t) if t.needs_captures() => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        _ if route.policies.aggregate.is_some() => {
+            params.iter().map(|(k, v)| (k.into(), v.into())).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// RFC 7239 `Forwarded: for=...;host=...;proto=http` (or `https`).

@@ -21,7 +21,6 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{GatewayBody, RequestBody};
 use super::client::{self, Sent};
@@ -227,7 +226,7 @@ pub(super) fn outcome(result: &Result<Sent, GatewayError>) -> Option<Outcome> {
 
 /// Points the request at `target`: the Host (the target's, or the client's with
 /// `preserve_host`), the URI form and the version of the target's protocol.
-pub(super) fn prepare(
+pub(crate) fn prepare(
     parts: &mut Parts,
     target: &Target,
     preserve_host: bool,
@@ -294,7 +293,7 @@ fn no_healthy(service: &Service) -> GatewayError {
 pub(super) async fn forward(
     f: &Forward<'_>,
     mut parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
@@ -323,7 +322,7 @@ pub(super) async fn forward(
         if let Some(name) = &route.resilience.deadline_header {
             parts.headers.insert(name.clone(), millis(route.timeout));
         }
-        let req = Request::from_parts(parts, RequestBody::streaming(body, route.max_body_bytes));
+        let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, route.timeout).await;
@@ -344,7 +343,7 @@ async fn forward_retrying(
     f: &Forward<'_>,
     policy: &RetryPolicy,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     mut draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
@@ -430,11 +429,14 @@ fn millis(d: Duration) -> HeaderValue {
 }
 
 /// Reads a body of known, small length whole (the caller checked the size hint).
-async fn buffer(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
+async fn buffer(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError> {
     let mut out = BytesMut::new();
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::ClientBody(e.to_string()))?;
+        let frame = frame.map_err(|e| match e {
+            super::body::BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+            e => GatewayError::ClientBody(e.to_string()),
+        })?;
         if let Some(d) = frame.data_ref() {
             out.extend_from_slice(d);
             if out.len() as u64 > limit {
