@@ -363,3 +363,68 @@ async fn probes_stop_when_the_gateway_shuts_down() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(a.hits(), hits, "a stopped gateway is still probing");
 }
+
+/// An h2c upstream answering `grpc.health.v1.Health/Check` with SERVING while `serving` holds
+/// (NOT_SERVING otherwise), status in the trailers as gRPC servers send it.
+async fn grpc_health_target(serving: &Arc<AtomicBool>) -> Upstream {
+    let flag = Arc::clone(serving);
+    upstream::h2c("grpc")
+        .route(
+            "/grpc.health.v1.Health/Check",
+            upstream::handler(move |_req| {
+                let status = if flag.load(Ordering::SeqCst) { 1u8 } else { 2 };
+                async move {
+                    use http_body_util::BodyExt;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let frames = vec![
+                        Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                            0, 0, 0, 0, 2, 0x08, status,
+                        ]))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed();
+                    let mut r = http::Response::new(body);
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    r
+                }
+            }),
+        )
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let serving = Arc::new(AtomicBool::new(true));
+    let up = grpc_health_target(&serving).await;
+    let gw = TestGateway::start(&config(
+        &[format!("h2c://{}", up.addr)],
+        "{grpc_service: \"\", interval: 50ms, timeout: 1s, jitter: 0ms, healthy_threshold: 1, unhealthy_threshold: 1}",
+        "    when_all_unhealthy: fail\n",
+    ));
+    let status_until = |want: u16| {
+        let url = gw.url("/x");
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = get(&url).await;
+                if r.status == want {
+                    return r;
+                }
+                assert!(Instant::now() < deadline, "never {want}; last {}", r.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    status_until(200).await;
+    serving.store(false, Ordering::SeqCst);
+    status_until(503)
+        .await
+        .assert_error(503, "no_healthy_upstream");
+    serving.store(true, Ordering::SeqCst);
+    status_until(200).await;
+}

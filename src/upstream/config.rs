@@ -44,6 +44,13 @@ pub struct RawHealthCheck {
     /// fleet of gateways does not probe in lock step. Default: a tenth of `interval`.
     #[serde(default)]
     pub jitter: Option<Dur>,
+    /// Probe with the gRPC health protocol (`grpc.health.v1.Health/Check`) for this service
+    /// name (`""`: the server as a whole) instead of an HTTP request: healthy means
+    /// `grpc-status: 0` and `SERVING`. The targets must speak HTTP/2 (`h2c://`, or `https://`
+    /// with `tls: {http2: true}`); `method`, `path`, `expected_statuses` and `body_contains`
+    /// are then unused.
+    #[serde(default)]
+    pub grpc_service: Option<String>,
 }
 
 fn default_hc_method() -> String {

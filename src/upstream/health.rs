@@ -53,6 +53,8 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Failures in a row that make it unhealthy.
     pub unhealthy_threshold: u32,
+    /// gRPC health checking: the `HealthCheckRequest` message for this service name.
+    pub grpc: Option<Bytes>,
 }
 
 impl HealthCheck {
@@ -75,7 +77,66 @@ impl HealthCheck {
             jitter: raw.jitter.map_or(raw.interval.0 / 10, |j| j.0),
             healthy_threshold: raw.healthy_threshold,
             unhealthy_threshold: raw.unhealthy_threshold,
+            grpc: raw.grpc_service.as_deref().map(grpc_health_request),
         }
+    }
+}
+
+/// A length-prefixed gRPC message: `HealthCheckRequest { service = 1 }` in protobuf.
+fn grpc_health_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 3);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        message.push(len as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0); // not compressed
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame.into()
+}
+
+/// Judges a gRPC health answer: `grpc-status` 0 (in the trailers, or the head of a
+/// trailers-only answer) and `HealthCheckResponse.status` SERVING (1).
+async fn grpc_verdict(response: http::Response<hyper::body::Incoming>) -> Result<(), String> {
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("status {}", response.status().as_u16()));
+    }
+    let status_of = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let mut grpc_status = status_of(response.headers());
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        if let Some(d) = frame.data_ref() {
+            if data.len() + d.len() > MAX_PROBE_BODY {
+                return Err("gRPC health answer too large".into());
+            }
+            data.extend_from_slice(d);
+        } else if let Some(t) = frame.trailers_ref() {
+            grpc_status = status_of(t).or(grpc_status);
+        }
+    }
+    match grpc_status.as_deref() {
+        Some("0") => {}
+        Some(code) => return Err(format!("grpc-status {code}")),
+        None => return Err("no grpc-status".into()),
+    }
+    // 5-byte prefix, then field 1 (varint) = status; an empty message means UNKNOWN (0).
+    let serving = data.len() >= 7 && data[5] == 0x08 && data[6] == 1;
+    if serving {
+        Ok(())
+    } else {
+        Err("gRPC health status is not SERVING".into())
     }
 }
 
@@ -312,6 +373,41 @@ where
         header::USER_AGENT,
         HeaderValue::from_static("portico-health-check"),
     );
+    if let Some(message) = &hc.grpc {
+        if target.protocol != Protocol::H2c {
+            return Err(
+                "gRPC health checks need an HTTP/2 target (h2c://, or https:// with tls.http2)"
+                    .into(),
+            );
+        }
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let scheme = if target.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri = format!(
+            "{scheme}://{}/grpc.health.v1.Health/Check",
+            target.authority.to_str().unwrap_or("localhost")
+        );
+        let req = req
+            .method(http::Method::POST)
+            .uri(uri)
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            )
+            .header(header::TE, HeaderValue::from_static("trailers"))
+            .body(http_body_util::Full::new(message.clone()))
+            .map_err(|e| e.to_string())?;
+        return sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("bad response: {e}"));
+    }
     let sent = match target.protocol {
         Protocol::Http1 => {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
@@ -379,6 +475,9 @@ async fn probe(hc: &HealthCheck, target: &Target) -> Result<(), String> {
         }
         None => exchange(hc, target, TokioIo::new(stream)).await,
     }?;
+    if hc.grpc.is_some() {
+        return grpc_verdict(response).await;
+    }
     let status = response.status().as_u16();
     if !hc
         .expected
