@@ -330,6 +330,12 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
             }
         }
     }
+    if r.https_redirect && raw.tls.is_none() {
+        errs.push(ConfigError::new(
+            at("https_redirect"),
+            "redirecting to https needs a `tls:` section with HTTPS listeners",
+        ));
+    }
     if let Some(t) = r.timeout {
         if t.0.is_zero() {
             errs.push(ConfigError::new(at("timeout"), "must be greater than 0"));
