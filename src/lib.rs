@@ -164,6 +164,9 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
     // Stamp before reading, so an edit made while starting up is picked up by the first poll.
     let stamp = file_stamp(config_path);
     let plan = config::load_file(config_path)?;
+    // Certificate stamps before the listeners exist, so a renewal that lands as soon as
+    // "listening on" is logged is seen by the first poll.
+    let pem_stamps = tls::file_stamps(&plan.raw);
     let routes = plan.routes.len();
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,6 +183,7 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
         &gateway,
         config_path,
         watch.then_some(stamp),
+        pem_stamps,
         signals,
     ));
     tracing::info!("shutting down: draining connections");
@@ -213,6 +217,7 @@ async fn control_loop(
     gateway: &Gateway,
     path: &Path,
     watch: Option<Option<(SystemTime, u64)>>,
+    mut pem_stamps: Vec<Option<(SystemTime, u64)>>,
     mut signals: Signals,
 ) {
     let runtime = &gateway.runtime;
@@ -220,7 +225,6 @@ async fn control_loop(
     let mut last_seen = watch.flatten();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Certificate files are watched always (renewals land without a config edit).
-    let mut pem_stamps = tls::file_stamps(&runtime.active().plan.raw);
     prefetch_in_background(runtime);
     loop {
         tokio::select! {

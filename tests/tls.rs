@@ -275,3 +275,34 @@ fn a_certificate_renewed_on_disk_is_picked_up_without_a_signal() {
     });
     assert!(n.presented(&second));
 }
+
+#[tokio::test]
+async fn a_route_can_redirect_plain_http_to_https_while_others_stay_plain() {
+    let pki = Pki::new("test CA");
+    let c = pki.issue("gw", "gw", &["gw.test"]);
+    let up = upstream::http1("up").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "listen: [\"127.0.0.1:0\"]\nservices:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: login, service: a, match: {{path: /login}}, https_redirect: true}}\n  - {{name: rest, service: a}}\ntls:\n  listen: [\"127.0.0.1:0\"]\n  redirect_port: 443\n  certificates:\n{}",
+        up.url(),
+        cert_entry(&c, &[])
+    ));
+    let r = support::get(&gw.url("/login?next=/home")).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), "https://127.0.0.1/login?next=/home");
+    assert_eq!(support::get(&gw.url("/other")).await.status, 200);
+    let (r, _) = tls::get(
+        gw.local_addrs()[1],
+        "gw.test",
+        &ClientTls::trusting(&pki),
+        "/login",
+    )
+    .await;
+    assert_eq!(r.status, 200, "over HTTPS the route is proxied");
+    assert_eq!(up.hits(), 2);
+    let err = TestGateway::try_start(
+        "services:\n  a: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - {name: r, service: a, https_redirect: true}\n",
+    )
+    .err()
+    .expect("needs tls");
+    assert!(err.contains("routes[0].https_redirect"), "{err}");
+}

@@ -152,3 +152,13 @@ async fn optional_mode_serves_everyone_and_mtls_auth_identifies_consumers() {
         .unwrap()
         .assert_error(401, "unauthorized");
 }
+
+#[test]
+fn an_mtls_policy_without_client_auth_is_a_config_error() {
+    let err = TestGateway::try_start(
+        "services:\n  a: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - name: r\n    service: a\n    policies:\n      - auth: {mtls: true}\n",
+    )
+    .err()
+    .expect("must fail");
+    assert!(err.contains("routes[0].policies[0].auth.mtls"), "{err}");
+}

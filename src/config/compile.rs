@@ -124,6 +124,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             path,
             rewrite,
             preserve_host: r.preserve_host,
+            https_redirect: r.https_redirect,
             max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
             policies: route_policies(

@@ -96,6 +96,8 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Send the client's Host upstream.
     pub preserve_host: bool,
+    /// Plain-HTTP requests get a 308 to `https://`.
+    pub https_redirect: bool,
     /// Largest request body.
     pub max_body_bytes: u64,
     /// Whole-request timeout (send to response head).

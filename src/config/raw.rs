@@ -332,6 +332,10 @@ pub struct RawRoute {
     /// Send the client's `Host` upstream instead of the target's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Answer requests that arrive over plain HTTP with a 308 redirect to `https://` (needs
+    /// `tls`); requests over HTTPS are proxied as usual.
+    #[serde(default)]
+    pub https_redirect: bool,
     /// Largest request body on this route (overrides `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<ByteSize>,

@@ -100,6 +100,7 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     if let Some(tls) = &raw.tls {
         crate::tls::validate(tls, &mut errs);
     }
+    validate_mtls_policies(raw, &mut errs);
     for (path, message) in raw.http2.validate() {
         errs.push(ConfigError::new(path, message));
     }
@@ -117,6 +118,35 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
         validate_route(i, route, raw, &mut errs);
     }
     errs
+}
+
+/// `auth: {mtls: true}` only means something when HTTPS listeners ask for client certificates.
+fn validate_mtls_policies(raw: &RawConfig, errs: &mut Vec<ConfigError>) {
+    if raw.tls.as_ref().is_some_and(|t| t.client_auth.is_some()) {
+        return;
+    }
+    let lists = std::iter::once(("policies".to_string(), &raw.policies))
+        .chain(
+            raw.services
+                .iter()
+                .map(|(n, s)| (format!("services.{n}.policies"), &s.policies)),
+        )
+        .chain(
+            raw.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("routes[{i}].policies"), &r.policies)),
+        );
+    for (at, list) in lists {
+        for (i, p) in list.iter().enumerate() {
+            if matches!(p, crate::policy::RawPolicy::Auth(a) if a.mtls) {
+                errs.push(ConfigError::new(
+                    format!("{at}[{i}].auth.mtls"),
+                    "needs tls.client_auth: without it no client certificate is asked for",
+                ));
+            }
+        }
+    }
 }
 
 /// An IP address or CIDR range.
@@ -359,6 +389,12 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
                 }
             }
         }
+    }
+    if r.https_redirect && raw.tls.is_none() {
+        errs.push(ConfigError::new(
+            at("https_redirect"),
+            "redirecting to https needs a `tls:` section with HTTPS listeners",
+        ));
     }
     if let Some(t) = r.timeout {
         if t.0.is_zero() {

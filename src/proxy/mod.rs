@@ -344,6 +344,10 @@ async fn proxy(
         }
     };
     let route = &plan.routes[found.route];
+    if route.https_redirect && ctx.tls.is_none() {
+        let port = plan.tls.as_ref().map_or(443, |t| t.https_port);
+        return Ok(crate::tls::https_redirect(&req, port));
+    }
     let service = &plan.services[route.service];
     if let Some(d) = draft.as_deref_mut() {
         d.finish.route = Some(Arc::clone(&route.name));
@@ -833,6 +837,7 @@ mod tests {
             path: PathSpec::Prefix("/api".into()),
             rewrite,
             preserve_host: false,
+            https_redirect: false,
             max_body_bytes: 0,
             timeout: Duration::from_secs(1),
             policies: Default::default(),

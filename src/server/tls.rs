@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -20,7 +19,6 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{drive, Builders, Watched, H1_CLOSE_WINDOW};
-use crate::proxy::body::GatewayBody;
 use crate::proxy::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
 use crate::tls::{ClientCert, TlsConn};
@@ -110,7 +108,7 @@ pub async fn serve_redirect(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The watchdog closes connections that start no request: count this one.
         counted.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = redirect(&req, port);
+        let resp = crate::tls::https_redirect(&req, port);
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = Box::pin(builders.h1.serve_connection(TokioIo::new(stream), service));
@@ -120,45 +118,17 @@ pub async fn serve_redirect(
     .await;
 }
 
-/// The 308 answer for `req`: same host (its port replaced), path and query, on `https://`.
-pub fn redirect<B>(req: &Request<B>, port: u16) -> Response<GatewayBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return crate::error::json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "a Host header is required to redirect to https",
-            None,
-        );
-    };
-    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let location = if port == 443 {
-        format!("https://{}{path}", host.host())
-    } else {
-        format!("https://{}:{port}{path}", host.host())
-    };
-    let mut resp = Response::new(GatewayBody::full(Bytes::new()));
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     fn location(host: Option<&str>, target: &str, port: u16) -> (u16, String) {
         let mut req = Request::get(target);
         if let Some(h) = host {
             req = req.header(header::HOST, h);
         }
-        let resp = redirect(&req.body(()).unwrap(), port);
+        let resp = crate::tls::https_redirect(&req.body(()).unwrap(), port);
         let loc = resp
             .headers()
             .get(header::LOCATION)

@@ -12,7 +12,10 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use http::HeaderName;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+
+use crate::proxy::body::GatewayBody;
 
 use crate::config::ConfigError;
 use config::RawTls;
@@ -28,6 +31,9 @@ pub struct ListenerTls {
     pub redirect_port: Option<u16>,
     /// Where the client certificate goes upstream, when configured.
     pub forward_header: Option<HeaderName>,
+    /// The port of `https://` redirects (a route's `https_redirect`): `redirect_port`, else the
+    /// first `tls.listen` port.
+    pub https_port: u16,
 }
 
 impl ListenerTls {
@@ -69,6 +75,7 @@ impl ListenerTls {
                 .redirect_http
                 .then(|| raw.redirect_port.unwrap_or(first_port)),
             forward_header,
+            https_port: raw.redirect_port.unwrap_or(first_port),
         }))
     }
 }
@@ -143,4 +150,33 @@ pub fn file_stamps(
             Some((meta.modified().ok()?, meta.len()))
         })
         .collect()
+}
+
+/// The 308 answer for `req`: same host (its port replaced), path and query, on `https://`.
+pub fn https_redirect<B>(req: &Request<B>, port: u16) -> Response<GatewayBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return crate::error::json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a Host header is required to redirect to https",
+            None,
+        );
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{}{path}", host.host())
+    } else {
+        format!("https://{}:{port}{path}", host.host())
+    };
+    let mut resp = Response::new(GatewayBody::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
