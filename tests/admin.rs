@@ -198,6 +198,10 @@ async fn cache_entries_are_purged_by_key_and_by_prefix() {
     let x_cache = |r: &support::Reply| r.header("x-cache");
     assert_eq!(x_cache(&get(&gw.url("/first")).await), "MISS");
     assert_eq!(x_cache(&get(&gw.url("/first")).await), "HIT");
+    assert_eq!(
+        admin_get(&gw, "/routes").await.json()["routes"][0]["policies"],
+        serde_json::json!(["cache"])
+    );
     let r = purge(r#"{"key": "127.0.0.1/first"}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["purged"]["memory"], 1);

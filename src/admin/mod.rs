@@ -251,13 +251,21 @@ fn routes(runtime: &Runtime) -> Value {
         .iter()
         .zip(&plan.routes)
         .map(|(raw, route)| {
-            let mut policies = Vec::new();
-            if route.policies.auth.is_some() {
-                policies.push("auth");
-            }
-            if route.policies.rate_limit.is_some() {
-                policies.push("rate_limit");
-            }
+            let p = &route.policies;
+            let policies: Vec<&str> = [
+                ("ip_filter", p.ip_filter.is_some()),
+                ("cors", p.cors.is_some()),
+                ("auth", p.auth.is_some()),
+                ("rate_limit", p.rate_limit.is_some()),
+                ("traffic", p.traffic.is_some()),
+                ("cache", p.cache.is_some()),
+                ("transform", p.transform.is_some()),
+                ("shadow", p.shadow.is_some()),
+                ("aggregate", p.aggregate.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
             json!({
                 "name": &*route.name,
                 "service": &*plan.services[route.service].name,
