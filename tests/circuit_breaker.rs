@@ -9,31 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::upstream::{self, Upstream};
+use support::upstream::{self, flaky};
 use support::{get, TestGateway};
-
-/// An echo upstream that answers 500 while `sick` is set.
-async fn flaky(name: &'static str, sick: &Arc<AtomicBool>) -> Upstream {
-    let flag = Arc::clone(sick);
-    upstream::http1(name)
-        .route(
-            "/",
-            upstream::handler(move |req| {
-                let sick = flag.load(Ordering::SeqCst);
-                async move {
-                    if sick {
-                        let mut r = http::Response::new(upstream::full("broken"));
-                        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                        r
-                    } else {
-                        upstream::echo(name, req).await
-                    }
-                }
-            }),
-        )
-        .spawn()
-        .await
-}
 
 fn breaker_state(gw: &TestGateway) -> portico::upstream::breaker::BreakerState {
     let active = gw.runtime().active();

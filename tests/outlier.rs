@@ -8,31 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::upstream::{self, Upstream};
+use support::upstream::{self, flaky};
 use support::{get, TestGateway};
-
-/// An echo upstream that answers every request with 500 while `sick` is set.
-async fn flaky(name: &'static str, sick: &Arc<AtomicBool>) -> Upstream {
-    let flag = Arc::clone(sick);
-    upstream::http1(name)
-        .route(
-            "/",
-            upstream::handler(move |req| {
-                let sick = flag.load(Ordering::SeqCst);
-                async move {
-                    if sick {
-                        let mut r = http::Response::new(upstream::full("broken"));
-                        *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                        r
-                    } else {
-                        upstream::echo(name, req).await
-                    }
-                }
-            }),
-        )
-        .spawn()
-        .await
-}
 
 fn config(urls: &[String], outlier: &str) -> String {
     let targets: Vec<String> = urls.iter().map(|u| format!("{{url: \"{u}\"}}")).collect();

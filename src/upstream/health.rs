@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
@@ -360,7 +360,8 @@ async fn probe_loop(hc: HealthCheck, service: Arc<str>, target: Arc<Target>) {
     }
 }
 
-/// Sends the probe request over `io` (plain or TLS) in the target's protocol.
+/// Sends the probe request over `io` (plain or TLS) in the target's protocol: the configured
+/// HTTP request, or with `grpc_service` a gRPC health `Check` (HTTP/2 only).
 async fn exchange<IO>(
     hc: &HealthCheck,
     target: &Target,
@@ -369,56 +370,45 @@ async fn exchange<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let req = Request::builder().method(hc.method.clone()).header(
+    let req = Request::builder().header(
         header::USER_AGENT,
         HeaderValue::from_static("portico-health-check"),
     );
-    if let Some(message) = &hc.grpc {
-        if target.protocol != Protocol::H2c {
+    let (req, path, body) = match &hc.grpc {
+        Some(message) => (
+            req.method(http::Method::POST)
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                )
+                .header(header::TE, HeaderValue::from_static("trailers")),
+            "/grpc.health.v1.Health/Check",
+            message.clone(),
+        ),
+        None => (
+            req.method(hc.method.clone()),
+            hc.path.as_str(),
+            Bytes::new(),
+        ),
+    };
+    let body = http_body_util::Full::new(body);
+    let sent = match target.protocol {
+        Protocol::Http1 if hc.grpc.is_some() => {
             return Err(
                 "gRPC health checks need an HTTP/2 target (h2c://, or https:// with tls.http2)"
                     .into(),
-            );
-        }
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let scheme = if target.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri = format!(
-            "{scheme}://{}/grpc.health.v1.Health/Check",
-            target.authority.to_str().unwrap_or("localhost")
-        );
-        let req = req
-            .method(http::Method::POST)
-            .uri(uri)
-            .header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
             )
-            .header(header::TE, HeaderValue::from_static("trailers"))
-            .body(http_body_util::Full::new(message.clone()))
-            .map_err(|e| e.to_string())?;
-        return sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("bad response: {e}"));
-    }
-    let sent = match target.protocol {
+        }
         Protocol::Http1 => {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
                 .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
             let req = req
-                .uri(hc.path.clone())
+                .uri(path)
                 .header(header::HOST, target.authority.clone())
                 .header(header::CONNECTION, HeaderValue::from_static("close"))
-                .body(Empty::<Bytes>::new())
+                .body(body)
                 .map_err(|e| e.to_string())?;
             sender.send_request(req).await
         }
@@ -434,14 +424,10 @@ where
                 "http"
             };
             let uri = format!(
-                "{scheme}://{}{}",
+                "{scheme}://{}{path}",
                 target.authority.to_str().unwrap_or("localhost"),
-                hc.path
             );
-            let req = req
-                .uri(uri)
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| e.to_string())?;
+            let req = req.uri(uri).body(body).map_err(|e| e.to_string())?;
             sender.send_request(req).await
         }
     };

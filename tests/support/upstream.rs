@@ -305,3 +305,29 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
+
+/// An echo upstream that answers every request with 500 while `sick` is set.
+pub async fn flaky(
+    name: &'static str,
+    sick: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Upstream {
+    let flag = Arc::clone(sick);
+    http1(name)
+        .route(
+            "/",
+            handler(move |req| {
+                let sick = flag.load(Ordering::SeqCst);
+                async move {
+                    if sick {
+                        let mut r = Response::new(full("broken"));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        r
+                    } else {
+                        echo(name, req).await
+                    }
+                }
+            }),
+        )
+        .spawn()
+        .await
+}
