@@ -109,7 +109,11 @@ impl RequestText {
             .into_iter()
             .enumerate()
         {
-            buf.push_str(&String::from_utf8_lossy(part));
+            // `from_utf8` checks ASCII a word at a time; the lossy path walks byte by byte.
+            match std::str::from_utf8(part) {
+                Ok(text) => buf.push_str(text),
+                Err(_) => buf.push_str(&String::from_utf8_lossy(part)),
+            }
             ends[i] = buf.len() as u32;
         }
         Self {
@@ -297,23 +301,36 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
 /// replaced, control characters escaped, so every line stays valid JSON.
 fn json_str(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.push(b'"');
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => buf.extend_from_slice(b"\\\""),
-            '\\' => buf.extend_from_slice(b"\\\\"),
-            '\n' => buf.extend_from_slice(b"\\n"),
-            '\r' => buf.extend_from_slice(b"\\r"),
-            '\t' => buf.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(buf, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut tmp = [0u8; 4];
-                buf.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-            }
-        }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json_escape(buf, text.as_bytes()),
+        Err(_) => json_escape(buf, String::from_utf8_lossy(bytes).as_bytes()),
     }
     buf.push(b'"');
+}
+
+/// Escapes valid UTF-8 for a JSON string, copying the runs that need no escape whole: multi-byte
+/// characters never contain bytes below 0x80, so only `"`, `\` and controls are looked at.
+fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&text[start..i]);
+        if escape.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", b);
+        } else {
+            buf.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&text[start..]);
 }
 
 fn format_common(line: &Line, buf: &mut Vec<u8>) {
@@ -415,6 +432,15 @@ mod tests {
         assert_eq!(v["retries"], 2);
         assert_eq!(v["rate_limit"], "allowed");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn strings_are_escaped_for_json() {
+        let mut buf = Vec::new();
+        json_str(&mut buf, "a\"b\\c\nd\u{1}é\u{7f}".as_bytes());
+        assert_eq!(buf, "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\"".as_bytes());
+        let parsed: String = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}é\u{7f}");
     }
 
     #[test]
