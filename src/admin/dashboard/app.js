@@ -81,7 +81,7 @@
   function fmtSeconds(v) {
     if (v === null || v === undefined) return "–";
     if (v < 0.001) return (v * 1000).toFixed(2) + " ms";
-    if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 2 : 1) + " ms";
+    if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 2 : v < 0.1 ? 1 : 0) + " ms";
     return v.toFixed(2) + " s";
   }
 
@@ -205,7 +205,9 @@
     var t = r.total;
     $("rps").textContent = fmtRate(t.rps);
     $("rate5xx").textContent = fmtShare(t.rate5xx);
+    $("rate5xx").className = t.rate5xx ? "bad" : "";
     $("rate4xx").textContent = fmtShare(t.rate4xx);
+    $("rate4xx").className = t.rate4xx ? "warn" : "";
     $("p50").textContent = fmtSeconds(t.p50);
     $("p95").textContent = fmtSeconds(t.p95);
     $("p99").textContent = fmtSeconds(t.p99);
