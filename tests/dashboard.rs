@@ -163,7 +163,18 @@ impl Browser {
         }
     }
 
+    /// A PNG of the whole page at 1280 CSS pixels wide (the viewport is grown to the page's
+    /// height first, through chromedriver's DevTools passthrough).
     async fn screenshot(&self) -> Vec<u8> {
+        let height = self
+            .eval("return document.documentElement.scrollHeight", json!([]))
+            .await;
+        let metrics = json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+            "width": 1280, "height": height.as_u64().unwrap_or(900).clamp(600, 1600),
+            "deviceScaleFactor": 1, "mobile": false,
+        }});
+        let cdp = format!("/session/{}/goog/cdp/execute", self.session);
+        self.call("POST", &cdp, metrics).await;
         let path = format!("/session/{}/screenshot", self.session);
         let b64 = self.call("GET", &path, Value::Null).await;
         base64::engine::general_purpose::STANDARD
@@ -390,21 +401,25 @@ async fn the_dashboard_shows_live_traffic_errors_and_targets() {
         .eval("document.getElementById('all').click()", json!([]))
         .await;
 
-    // A screenshot with a few seconds of history on the charts, for the README.
+    // A screenshot with some history on the charts; the README's copy gets half a minute.
+    let update = std::env::var_os("PORTICO_UPDATE_SCREENSHOT").is_some_and(|v| v == "1");
+    let history = if update { 30 } else { 10 };
     browser
         .wait_for(
-            "ten points on the requests/s chart",
-            "return +document.querySelector('#chart-rps path').dataset.points >= 10",
-            long,
+            &format!("{history} points on the requests/s chart"),
+            &format!(
+                "return +document.querySelector('#chart-rps path').dataset.points >= {history}"
+            ),
+            Duration::from_secs(history + 30),
         )
         .await;
+    let png = browser.screenshot().await;
     stop.store(true, Ordering::Relaxed);
     traffic.await.expect("traffic task");
-    let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&tmp, &png).expect("write screenshot");
-    if std::env::var_os("PORTICO_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+    if update {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
         std::fs::write(docs, &png).expect("write docs/dashboard.png");
     }

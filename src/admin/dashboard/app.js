@@ -250,7 +250,13 @@
 
   function drawRoutes() {
     var body = $("routes").tBodies[0];
-    var names = Object.keys(history.routes).sort(function (a, b) {
+    // Requests no route matched get a row only while there are some: usually there are none.
+    var names = Object.keys(history.routes).filter(function (name) {
+      return name !== "_unmatched" || history.routes[name].some(function (p) {
+        return p.rps > 0;
+      });
+    });
+    names.sort(function (a, b) {
       var ha = history.routes[a];
       var hb = history.routes[b];
       return hb[hb.length - 1].rps - ha[ha.length - 1].rps || a.localeCompare(b);
@@ -323,7 +329,7 @@
       tr.appendChild(td);
       body.appendChild(tr);
     }
-    list.slice(0, 25).forEach(function (e) {
+    list.slice(0, 10).forEach(function (e) {
       var tr = el("tr");
       tr.dataset.status = e.status;
       var time = String(e.time || "");
