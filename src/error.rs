@@ -91,6 +91,8 @@ pub enum GatewayError {
         message: String,
         /// `WWW-Authenticate` challenges, one per accepted scheme.
         challenges: Vec<HeaderValue>,
+        /// Credentials were presented and refused (not merely missing); for the metrics.
+        presented: bool,
     },
     /// Authenticated, but not allowed on this route (ACL).
     #[error("{0}")]

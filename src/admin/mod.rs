@@ -165,6 +165,19 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         (Method::GET, "/routes") => ok(routes(runtime)),
         (Method::GET, "/services") => ok(services(runtime)),
         (Method::GET, "/config") => ok(config::redacted(&runtime.active().plan.raw)),
+        (Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(
+                crate::telemetry::metrics::scrape(runtime),
+            )));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        (Method::GET, "/errors") => ok(json!({"errors": runtime.metrics.recent_errors()})),
         (Method::POST, "/reload") => reload(runtime),
         (Method::POST, "/cache/purge") => purge(runtime, &body).await,
         (Method::GET, "/openapi.json") => {
@@ -178,7 +191,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         (
             _,
             "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
-            | "/openapi.json",
+            | "/openapi.json" | "/metrics" | "/errors",
         ) => method_not_allowed("GET"),
         (_, p) if dashboard::is_asset(p) => method_not_allowed("GET"),
         (_, "/reload" | "/cache/purge") => method_not_allowed("POST"),

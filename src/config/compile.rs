@@ -137,6 +137,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 &mut errors,
             ),
             resilience: route_resilience(r, &service_retries[service]),
+            metrics: crate::telemetry::metrics::RouteMetrics::detached(),
         });
     }
     // A service or global policy is compiled once per route that inherits it: report each of its
@@ -491,5 +492,6 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
         max_concurrent: svc
             .max_concurrent_requests
             .map(|n| Arc::new(ConcurrencyLimit::new(n))),
+        metrics: crate::telemetry::metrics::ServiceMetrics::detached(),
     }
 }

@@ -106,6 +106,8 @@ pub struct Route {
     pub policies: RoutePolicies,
     /// Retries, the route's own breaker, fallback, deadline propagation.
     pub resilience: crate::proxy::retry::RouteResilience,
+    /// The route's metric series (given by the runtime when the plan is published).
+    pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
 }
 
 impl std::fmt::Debug for Route {

@@ -43,6 +43,9 @@ pub struct RawConfig {
     /// The per-request access log.
     #[serde(default)]
     pub access_log: RawAccessLog,
+    /// Prometheus metrics, served by the admin listener at `/metrics`.
+    #[serde(default)]
+    pub metrics: RawMetrics,
     /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -153,6 +156,21 @@ impl Default for RawForwarding {
             forwarded: false,
             via: false,
         }
+    }
+}
+
+/// Metrics settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Record request metrics (on by default; the admin `/metrics` endpoint then serves only
+    /// the scrape-time state: health, breakers, connections, config revision).
+    pub enabled: bool,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 

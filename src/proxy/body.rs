@@ -135,6 +135,8 @@ pub struct Epilogue {
     pub concurrency: Option<crate::policy::rate_limit::ConcurrencySlot>,
     /// Holds the request's place under its service's `max_concurrent_requests`.
     pub service_slot: Option<crate::upstream::breaker::ConcurrencyGuard>,
+    /// The request's metrics, recorded when the body ends.
+    pub measure: Option<crate::telemetry::metrics::Measure>,
 }
 
 enum Source {
@@ -216,6 +218,11 @@ impl GatewayBody {
         self.record = Some(recorder);
     }
 
+    /// Attaches the request's metrics, recorded when the body ends or is dropped.
+    pub fn set_measure(&mut self, measure: crate::telemetry::metrics::Measure) {
+        self.epilogue.measure = Some(measure);
+    }
+
     /// Attaches the access log line, written when the body ends or is dropped.
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.epilogue.finish = Some(finish);
@@ -259,11 +266,15 @@ impl Body for GatewayBody {
                             this.record = None;
                         }
                     }
-                } else if let (Some(t), Some(f)) = (frame.trailers_ref(), &mut this.epilogue.finish)
-                {
+                } else if let Some(t) = frame.trailers_ref() {
                     // gRPC reports its status in the trailers.
                     if let Some(code) = super::grpc::status_of(t) {
-                        f.grpc_status = Some(code);
+                        if let Some(f) = &mut this.epilogue.finish {
+                            f.grpc_status = Some(code);
+                        }
+                        if let Some(m) = this.epilogue.measure.as_ref().filter(|m| m.grpc) {
+                            m.route.grpc(code);
+                        }
                     }
                 }
             }
@@ -312,6 +323,9 @@ impl Drop for GatewayBody {
             if complete {
                 pooled.release();
             }
+        }
+        if let Some(measure) = self.epilogue.measure.take() {
+            measure.finish(self.sent);
         }
         if let Some(finish) = self.epilogue.finish.take() {
             finish.write(self.sent, complete);

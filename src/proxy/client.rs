@@ -6,6 +6,7 @@
 //! read to the end; an h2c connection is shared by all requests of the worker.
 
 use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,12 +168,21 @@ async fn open_http1(
     let stream = connect(service, target).await?;
     // Generic over the stream, so the plain path compiles to exactly what it was without TLS.
     match &target.tls {
-        None => handshake_http1(stream).await,
-        Some(tls) => handshake_http1(tls.connect(&target.url, stream).await?).await,
+        None => handshake_http1(stream, OpenConnection::new(target)).await,
+        Some(tls) => {
+            handshake_http1(
+                tls.connect(&target.url, stream).await?,
+                OpenConnection::new(target),
+            )
+            .await
+        }
     }
 }
 
-async fn handshake_http1<IO>(io: IO) -> Result<http1::SendRequest<RequestBody>, GatewayError>
+async fn handshake_http1<IO>(
+    io: IO,
+    open: OpenConnection,
+) -> Result<http1::SendRequest<RequestBody>, GatewayError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -184,11 +194,15 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection closed with an error");
         }
+        drop(open);
     });
     Ok(sender)
 }
 
-async fn handshake_h2<IO>(io: IO) -> Result<http2::SendRequest<RequestBody>, GatewayError>
+async fn handshake_h2<IO>(
+    io: IO,
+    open: OpenConnection,
+) -> Result<http2::SendRequest<RequestBody>, GatewayError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -200,6 +214,7 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream h2 connection closed with an error");
         }
+        drop(open);
     });
     Ok(sender)
 }
@@ -219,8 +234,14 @@ async fn send_h2(
         None => {
             let stream = connect(service, target).await?;
             let sender = match &target.tls {
-                None => handshake_h2(stream).await?,
-                Some(tls) => handshake_h2(tls.connect(&target.url, stream).await?).await?,
+                None => handshake_h2(stream, OpenConnection::new(target)).await?,
+                Some(tls) => {
+                    handshake_h2(
+                        tls.connect(&target.url, stream).await?,
+                        OpenConnection::new(target),
+                    )
+                    .await?
+                }
             };
             POOL.with(|p| p.borrow_mut().h2.insert(target.id, sender.clone()));
             sender
@@ -246,8 +267,14 @@ pub async fn send_upgradable(
 ) -> Result<Response<Incoming>, GatewayError> {
     let stream = connect(service, target).await?;
     let mut sender = match &target.tls {
-        None => handshake_upgradable(stream).await?,
-        Some(tls) => handshake_upgradable(tls.connect(&target.url, stream).await?).await?,
+        None => handshake_upgradable(stream, OpenConnection::new(target)).await?,
+        Some(tls) => {
+            handshake_upgradable(
+                tls.connect(&target.url, stream).await?,
+                OpenConnection::new(target),
+            )
+            .await?
+        }
     };
     tokio::time::timeout(timeout, sender.send_request(req))
         .await
@@ -255,7 +282,10 @@ pub async fn send_upgradable(
         .map_err(upstream_error)
 }
 
-async fn handshake_upgradable<IO>(io: IO) -> Result<http1::SendRequest<RequestBody>, GatewayError>
+async fn handshake_upgradable<IO>(
+    io: IO,
+    open: OpenConnection,
+) -> Result<http1::SendRequest<RequestBody>, GatewayError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -265,8 +295,25 @@ where
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
+        drop(open);
     });
     Ok(sender)
+}
+
+/// Counts an open upstream connection on its target until the connection's task ends.
+struct OpenConnection(Arc<crate::upstream::state::TargetState>);
+
+impl OpenConnection {
+    fn new(target: &Target) -> Self {
+        target.state.connections.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(&target.state))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn connect(service: &Service, target: &Target) -> Result<TcpStream, GatewayError> {

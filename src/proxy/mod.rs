@@ -31,7 +31,8 @@ use crate::error::GatewayError;
 use crate::policy::{auth, cache, cors, transform};
 use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
-use crate::telemetry::access_log::{Finish, RequestText};
+use crate::telemetry::access_log::{rfc3339, Finish, RequestText};
+use crate::telemetry::metrics::{Measure, RecentError};
 use crate::upstream::window::now_ns;
 use body::{Epilogue, GatewayBody, RequestBody};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -120,6 +121,14 @@ async fn handle(
     let guard = ActiveRequest::start(ctx);
     let ctx = &guard.0;
     let active = ctx.runtime.active();
+    let start = Instant::now();
+    let metrics_on = active.plan.raw.metrics.enabled;
+    // Kept for the metrics (methods are cheap to clone; the path only for a recent-errors
+    // entry, a reference-count increment).
+    let method = req.method().clone();
+    let path = metrics_on.then(|| req.uri().path_and_query().cloned());
+    let mut matched = None;
+    let request_bytes = content_length(&req).unwrap_or(0);
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
@@ -127,7 +136,7 @@ async fn handle(
     let mut draft = active.access_log.as_ref().map(|logger| LogDraft {
         finish: Box::new(Finish {
             logger: Arc::clone(logger),
-            start: Instant::now(),
+            start,
             timestamp: SystemTime::now(),
             text: RequestText::new(
                 request_id.as_bytes(),
@@ -149,20 +158,35 @@ async fn handle(
             target: None,
             status: 0,
             error: None,
-            request_bytes: content_length(&req).unwrap_or(0),
+            request_bytes,
             upstream_duration: None,
             cache: None,
             grpc_status: None,
+            retries: 0,
+            rate_limit: None,
         }),
     });
     let version = req.version();
     // Only HTTP/2 requests can be gRPC calls: HTTP/1.1 traffic skips the header lookup.
     let grpc = version == Version::HTTP_2 && grpc::is_grpc(req.headers());
-    let mut resp = match proxy(ctx, &active, req, &request_id, draft.as_mut()).await {
+    let result = proxy(ctx, &active, req, &request_id, draft.as_mut(), &mut matched).await;
+    let route_metrics = metrics_on.then(|| match matched {
+        Some(i) => &active.plan.routes[i].metrics,
+        None => &ctx.runtime.metrics.unmatched,
+    });
+    let mut error_code = None;
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
+            error_code = Some(e.kind().1);
             if let Some(d) = draft.as_mut() {
-                d.finish.error = Some(e.kind().1);
+                d.finish.error = error_code;
+                if matches!(e, GatewayError::RateLimited { .. }) {
+                    d.finish.rate_limit = Some("rejected");
+                }
+            }
+            if let Some(m) = route_metrics {
+                m.refused(&e);
             }
             if grpc {
                 e.to_grpc_response()
@@ -171,26 +195,60 @@ async fn handle(
             }
         }
     };
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if ctx.draining.load(Ordering::Relaxed) && version == Version::HTTP_11 {
         // hyper closes the connection after a response saying so: the client opens a new one
         // instead of racing a close of its idle connection.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(mut d) = draft {
-        d.finish.status = resp.status().as_u16();
-        d.finish.cache = resp
-            .extensions()
-            .get::<cache::CacheStatus>()
-            .map(|s| s.as_str());
-        if grpc {
-            // Trailers-only answers carry the status in the head; others in the trailers,
-            // which the body records when they pass.
-            d.finish.grpc_status = grpc::status_of(resp.headers());
+    let status = resp.status().as_u16();
+    let cache_status = resp
+        .extensions()
+        .get::<cache::CacheStatus>()
+        .map(|s| s.as_str());
+    // Trailers-only gRPC answers carry the status in the head; others in the trailers, which
+    // the body records when they pass.
+    let grpc_status = if grpc {
+        grpc::status_of(resp.headers())
+    } else {
+        None
+    };
+    if let Some(m) = route_metrics {
+        m.count(&method, status);
+        if let Some(c) = cache_status {
+            m.cache(c);
         }
+        if let Some(code) = grpc_status {
+            m.grpc(code);
+        }
+        if error_code.is_some() || status >= 500 {
+            ctx.runtime.metrics.note_error(RecentError {
+                time: rfc3339(SystemTime::now()),
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                route: matched.map(|_| m.route().to_string()),
+                service: matched.map(|_| m.service().to_string()),
+                method: method.to_string(),
+                path: path
+                    .flatten()
+                    .map_or_else(String::new, |p| p.path().chars().take(200).collect()),
+                status,
+                error: error_code,
+            });
+        }
+        resp.body_mut().set_measure(Measure {
+            route: Arc::clone(m),
+            start,
+            request_bytes,
+            grpc: grpc && grpc_status.is_none(),
+        });
+    }
+    if let Some(mut d) = draft {
+        d.finish.status = status;
+        d.finish.cache = cache_status;
+        d.finish.grpc_status = grpc_status;
         resp.body_mut().set_finish(d.finish);
     }
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp.body_mut().set_active(guard);
     Ok(resp)
 }
@@ -306,6 +364,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     mut draft: Option<&mut LogDraft>,
+    matched: &mut Option<usize>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_request(active, &req)?;
     let plan = &active.plan;
@@ -343,6 +402,7 @@ async fn proxy(
             })
         }
     };
+    *matched = Some(found.route);
     let route = &plan.routes[found.route];
     if route.https_redirect && ctx.tls.is_none() {
         let port = plan.tls.as_ref().map_or(443, |t| t.https_port);
@@ -421,11 +481,15 @@ async fn proxy(
     // Rate limiting runs after auth (it may key on the consumer) and before anything is sent
     // upstream: a rejected request never reaches a target.
     let admitted = match &route.policies.rate_limit {
-        Some(policy) => Some(
-            policy
+        Some(policy) => {
+            let admitted = policy
                 .check(&route.name, identity.as_ref(), &parts.headers, client_ip)
-                .await?,
-        ),
+                .await?;
+            if let Some(d) = draft.as_deref_mut() {
+                d.finish.rate_limit = Some("allowed");
+            }
+            Some(admitted)
+        }
         None => None,
     };
     // The cache answers after rate limiting (a hit counts against the limits too) and before
@@ -842,6 +906,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             policies: Default::default(),
             resilience: Default::default(),
+            metrics: crate::telemetry::metrics::RouteMetrics::detached(),
         }
     }
 

@@ -326,10 +326,12 @@ pub(super) async fn forward(
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, route.timeout).await;
+        let took = sent_at.elapsed();
         record(service, index, outcome(&result));
+        service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft {
             d.finish.target = Some(Arc::clone(target));
-            d.finish.upstream_duration = Some(sent_at.elapsed());
+            d.finish.upstream_duration = Some(took);
         }
         return result.map(|sent| Answer { sent, in_flight });
     };
@@ -389,10 +391,13 @@ async fn forward_retrying(
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, try_timeout).await;
+        let took = sent_at.elapsed();
         record(service, index, outcome(&result));
+        service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft.as_deref_mut() {
             d.finish.target = Some(Arc::clone(target));
-            d.finish.upstream_duration = Some(sent_at.elapsed());
+            d.finish.upstream_duration = Some(took);
+            d.finish.retries = tries - 1;
         }
         if tries < policy.attempts && policy.retryable(&result, replay_ok) {
             let pause = policy.backoff(tries);
@@ -400,7 +405,16 @@ async fn forward_retrying(
             // Chosen before giving up this answer: with no target left in rotation (`fail`
             // mode) the client gets the upstream's own answer, not a 503 of ours.
             let other = service.pick(&parts.headers, f.client_ip, Some(index));
-            if pause < left && other.is_some() && policy.budget.withdraw(now_ns()) {
+            let budget = || {
+                let granted = policy.budget.withdraw(now_ns());
+                if granted {
+                    service.metrics.retries.inc();
+                } else {
+                    service.metrics.retry_budget_exhausted.inc();
+                }
+                granted
+            };
+            if pause < left && other.is_some() && budget() {
                 tracing::debug!(
                     route = &*route.name,
                     target_url = %target.url,

@@ -66,6 +66,8 @@ pub struct Runtime {
     startup: StartupSettings,
     /// Health-check probes and the health and breaker state carried across reloads.
     pub health: crate::upstream::health::Checker,
+    /// Prometheus metrics (series survive reloads).
+    pub metrics: crate::telemetry::metrics::Metrics,
 }
 
 impl Runtime {
@@ -75,6 +77,8 @@ impl Runtime {
         let health = crate::upstream::health::Checker::default();
         let mut plan = plan;
         health.adopt(&mut plan);
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        metrics.adopt(&mut plan);
         let (shutdown, _) = watch::channel(false);
         let startup = StartupSettings::of(&plan);
         Ok(Arc::new(Self {
@@ -91,6 +95,7 @@ impl Runtime {
             started: Instant::now(),
             startup,
             health,
+            metrics,
         }))
     }
 
@@ -102,8 +107,15 @@ impl Runtime {
     /// Re-reads the config file and publishes it when it is valid and different.
     pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let plan = config::load_file(path)?;
-        self.publish(plan)
+        let result = config::load_file(path)
+            .map_err(ReloadError::from)
+            .and_then(|plan| self.publish(plan));
+        self.metrics.reload(match &result {
+            Ok(ReloadOutcome::Applied { .. }) => "applied",
+            Ok(ReloadOutcome::Unchanged) => "unchanged",
+            Err(_) => "rejected",
+        });
+        result
     }
 
     /// Publishes `plan` unless it equals the one serving.
@@ -127,6 +139,7 @@ impl Runtime {
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
         // Last before publishing: a plan refused above must not have touched the probes.
         self.health.adopt(&mut plan);
+        self.metrics.adopt(&mut plan);
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.active.store(Arc::new(Active {
             plan,

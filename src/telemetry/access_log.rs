@@ -82,6 +82,10 @@ pub struct Finish {
     pub cache: Option<&'static str>,
     /// The gRPC status of a gRPC call (from the response head or its trailers).
     pub grpc_status: Option<u16>,
+    /// Upstream attempts beyond the first.
+    pub retries: u32,
+    /// The rate-limit decision (`allowed`, `rejected`) on routes with a `rate_limit` policy.
+    pub rate_limit: Option<&'static str>,
 }
 
 /// The texts of a request that its log line needs, copied into one small allocation. Keeping
@@ -253,6 +257,7 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         ("upstream", f.target.as_deref().map(|t| t.url.as_str())),
         ("error", f.error),
         ("cache", f.cache),
+        ("rate_limit", f.rate_limit),
     ] {
         let _ = write!(buf, ",\"{key}\":");
         match value {
@@ -275,6 +280,7 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         }
         None => buf.extend_from_slice(b",\"upstream_ms\":null"),
     }
+    let _ = write!(buf, ",\"retries\":{}", f.retries);
     // Only gRPC calls carry the key, so other lines keep their shape.
     if let Some(code) = f.grpc_status {
         let _ = write!(buf, ",\"grpc_status\":{code}");
@@ -384,6 +390,8 @@ mod tests {
             grpc_status: None,
             upstream_duration: Some(Duration::from_micros(1500)),
             cache: None,
+            retries: 2,
+            rate_limit: Some("allowed"),
         });
         let line = Line {
             finish,
@@ -404,6 +412,8 @@ mod tests {
         assert_eq!(v["status"], 201);
         assert_eq!(v["response_bytes"], 42);
         assert_eq!(v["upstream_ms"], 1.5);
+        assert_eq!(v["retries"], 2);
+        assert_eq!(v["rate_limit"], "allowed");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
     }
 

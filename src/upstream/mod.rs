@@ -142,6 +142,8 @@ pub struct Service {
     pub breaker: Option<Arc<breaker::CircuitBreaker>>,
     /// `max_concurrent_requests`.
     pub max_concurrent: Option<Arc<breaker::ConcurrencyLimit>>,
+    /// The service's metric series (given by the runtime when the plan is published).
+    pub metrics: Arc<crate::telemetry::metrics::ServiceMetrics>,
 }
 
 impl Service {

@@ -28,6 +28,8 @@ pub struct TargetState {
     pub(crate) consecutive_connect: AtomicU32,
     /// (requests, failures) for the error-rate condition; built only when configured.
     pub(crate) window: Option<Window>,
+    /// Open connections to the target, across all workers (idle in a pool or busy).
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 /// A read-only snapshot of a target's health, for status output.
@@ -52,6 +54,7 @@ impl TargetState {
             consecutive_errors: AtomicU32::new(0),
             consecutive_connect: AtomicU32::new(0),
             window: error_window.map(Window::new),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

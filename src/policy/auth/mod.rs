@@ -480,6 +480,7 @@ impl AuthPolicy {
         GatewayError::Unauthorized {
             message,
             challenges,
+            presented: failure.is_some(),
         }
     }
 }
