@@ -371,6 +371,14 @@ async fn the_dashboard_shows_live_traffic_errors_and_targets() {
             long,
         )
         .await;
+    browser
+        .wait_for(
+            "the api service's upstream latency",
+            "const l = document.querySelector('[data-service=\"api\"] .latency'); \
+             return l && l.textContent.startsWith('upstream p50 ')",
+            long,
+        )
+        .await;
     // The charts move: their lines gain points with every refresh.
     let points = "return ['chart-rps', 'chart-errors', 'chart-latency'].map(id => \
         Math.max(...[...document.querySelectorAll(`#${id} path`)].map(p => +p.dataset.points)))";
@@ -519,6 +527,11 @@ async fn the_metrics_code_parses_and_computes_like_prometheus() {
     // All 30 new observations are in (0.1, 0.2]: the median is halfway in.
     assert!((up["routes"]["a"]["p50"].as_f64().unwrap() - 0.15).abs() < 1e-9);
     assert_eq!(up["total"]["p99"], up["routes"]["a"]["p99"]);
+    assert_eq!(
+        up["services"],
+        json!({}),
+        "no upstream histogram in the fixture"
+    );
     // The restarted process: 4 requests, not 4 - 110.
     assert_eq!(reset["total"]["requests"], 4, "{reset:#}");
     assert_eq!(reset["total"]["rps"], 4);

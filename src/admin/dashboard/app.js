@@ -12,7 +12,10 @@
   var token = takeToken();
   var previous = null; // {snap, at}: the last /metrics snapshot
   var history = { total: [], routes: {} };
+  var upstream = {}; // service -> upstream latency percentiles of the last interval
   var selected = null; // route whose series the charts show; null = all routes
+  // The body's data-ticks / data-metrics / data-auth / data-rps attributes mirror the page's
+  // state, so a browser test can wait for a refresh instead of sleeping.
   var ticks = 0;
   var waiting = false; // polling paused until a token is given
 
@@ -213,6 +216,7 @@
     $("p99").textContent = fmtSeconds(t.p99);
     document.body.dataset.rps = t.rps;
     push(history.total, t);
+    upstream = r.services;
     Object.keys(r.routes).forEach(function (name) {
       history.routes[name] = history.routes[name] || [];
     });
@@ -299,6 +303,11 @@
       var breaker = s.breaker || "none";
       var badge = el("span", "badge breaker " + breaker, "breaker: " + breaker.replace("_", "-"));
       head.appendChild(badge);
+      var up = upstream[s.name];
+      if (up && up.p50 !== null) {
+        var lat = "upstream p50 " + fmtSeconds(up.p50) + " · p99 " + fmtSeconds(up.p99);
+        head.appendChild(el("span", "facts latency", lat));
+      }
       card.appendChild(head);
       var ul = el("ul");
       (s.targets || []).forEach(function (t) {

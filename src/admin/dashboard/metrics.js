@@ -87,11 +87,11 @@ var PorticoMetrics = (function () {
   /**
    * The families the dashboard shows, indexed for differencing:
    * requests: series key -> {route, service, method, status_class, value};
-   * routes / services: name -> {buckets: {le: cumulative count}, sum, count};
-   * connections, revision: gauges (null when absent).
+   * routes / services: name -> {buckets: {le: cumulative count}, sum, count}.
+   * (Connections and the config revision come from /status, which every gateway has.)
    */
   function snapshot(samples) {
-    var snap = { requests: {}, routes: {}, services: {}, connections: null, revision: null };
+    var snap = { requests: {}, routes: {}, services: {} };
     function hist(map, name) {
       if (!map[name]) map[name] = { buckets: {}, sum: 0, count: 0 };
       return map[name];
@@ -112,10 +112,6 @@ var PorticoMetrics = (function () {
         addHist(hist(snap.routes, l.route || "_unmatched"), m.slice(32), l, s.value);
       } else if (m.indexOf("portico_upstream_duration_seconds") === 0) {
         addHist(hist(snap.services, l.service || ""), m.slice(33), l, s.value);
-      } else if (m === "portico_connections_active" && l.side === "client") {
-        snap.connections = s.value;
-      } else if (m === "portico_config_revision") {
-        snap.revision = s.value;
       }
     }
     return snap;
@@ -200,7 +196,7 @@ var PorticoMetrics = (function () {
   /**
    * Rates between two snapshots taken `seconds` apart, overall and per route:
    * {rps, rate4xx, rate5xx (shares of all requests, null without traffic), p50, p95, p99 (seconds,
-   * null without traffic)}. A series absent from `prev` counts from zero (it was created by its
+   * null without traffic)}; per service, the upstream latency's {p50, p95, p99}. A series absent from `prev` counts from zero (it was created by its
    * first request), so the first request after the dashboard opened is not lost.
    */
   function rates(prev, cur, seconds) {
@@ -228,13 +224,17 @@ var PorticoMetrics = (function () {
       Object.assign(routes[name], percentiles(b));
     }
     Object.assign(total, percentiles(allBuckets));
+    var services = {};
+    Object.keys(cur.services).forEach(function (name) {
+      services[name] = percentiles(histDelta(prev.services[name], cur.services[name]));
+    });
     [total].concat(Object.values(routes)).forEach(function (t) {
       t.rps = seconds > 0 ? t.requests / seconds : 0;
       t.rate4xx = t.requests > 0 ? t.count4xx / t.requests : null;
       t.rate5xx = t.requests > 0 ? t.count5xx / t.requests : null;
       if (t.p50 === undefined) t.p50 = t.p95 = t.p99 = null;
     });
-    return { total: total, routes: routes };
+    return { total: total, routes: routes, services: services };
   }
 
   return {
