@@ -45,19 +45,26 @@
     return e;
   }
 
-  // Resolves to {status, body} (body: text, or null when the request failed).
+  // Resolves to {status, body} (body: text, or null when the request failed). A stalled answer
+  // is abandoned after 5 s, so one hung call cannot stop the refresh loop.
   function api(path) {
     var headers = token ? { Authorization: "Bearer " + token } : {};
-    return fetch(path, { headers: headers, cache: "no-store" }).then(
-      function (r) {
+    var abort = new AbortController();
+    var timer = setTimeout(function () {
+      abort.abort();
+    }, 5000);
+    return fetch(path, { headers: headers, cache: "no-store", signal: abort.signal })
+      .then(function (r) {
         return r.text().then(function (body) {
           return { status: r.status, body: body };
         });
-      },
-      function () {
+      })
+      .catch(function () {
         return { status: 0, body: null };
-      }
-    );
+      })
+      .finally(function () {
+        clearTimeout(timer);
+      });
   }
 
   function json(reply) {
@@ -371,44 +378,54 @@
     var started = performance.now();
     Promise.all([api("/status"), api("/services"), api("/metrics"), api("/errors")]).then(
       function (replies) {
-        var at = performance.now();
-        if (replies[0].status === 401) {
-          document.body.dataset.auth = "needed";
-          $("login").hidden = false;
-          $("live").className = "dot down";
-          $("live").textContent = "token needed";
-          waiting = true; // polling with a wrong token would only repeat the 401
-          return;
+        try {
+          if (!refresh(replies, performance.now())) return;
+        } catch (e) {
+          // An answer of an unexpected shape (an older or newer gateway) must not stop the loop.
+          notice("The dashboard could not show an answer: " + e.message);
         }
-        document.body.dataset.auth = "ok";
-        $("login").hidden = true;
-        var status = json(replies[0]);
-        var live = status !== null;
-        $("live").className = live ? "dot up" : "dot down";
-        $("live").textContent = live ? "live" : "unreachable";
-        if (status) drawStatus(status);
-        var services = json(replies[1]);
-        if (services) drawServices(services);
-        var problems = [];
-        if (replies[2].status === 200) {
-          var snap = M.snapshot(M.parse(replies[2].body));
-          if (previous) showMetrics(M.rates(previous.snap, snap, (at - previous.at) / 1000));
-          previous = { snap: snap, at: at };
-          document.body.dataset.metrics = "ok";
-          drawCharts();
-          drawRoutes();
-        } else if (live) {
-          document.body.dataset.metrics = "missing";
-          problems.push("GET /metrics answered " + replies[2].status + ": no rates or latencies.");
-        }
-        if (replies[3].status === 200) drawErrors(json(replies[3]));
-        else if (live) problems.push("GET /errors answered " + replies[3].status + ".");
-        notice(live ? problems.join(" ") : "The admin API does not answer; retrying every second.");
         ticks++;
         document.body.dataset.ticks = ticks;
         setTimeout(tick, Math.max(0, PERIOD_MS - (performance.now() - started)));
       }
     );
+  }
+
+  // Draws one round of answers; false when polling has to wait for a token.
+  function refresh(replies, at) {
+    if (replies[0].status === 401) {
+      document.body.dataset.auth = "needed";
+      $("login").hidden = false;
+      $("live").className = "dot down";
+      $("live").textContent = "token needed";
+      waiting = true; // polling with a wrong token would only repeat the 401
+      return false;
+    }
+    document.body.dataset.auth = "ok";
+    $("login").hidden = true;
+    var status = json(replies[0]);
+    var live = status !== null;
+    $("live").className = live ? "dot up" : "dot down";
+    $("live").textContent = live ? "live" : "unreachable";
+    if (status) drawStatus(status);
+    var services = json(replies[1]);
+    if (services) drawServices(services);
+    var problems = [];
+    if (replies[2].status === 200) {
+      var snap = M.snapshot(M.parse(replies[2].body));
+      if (previous) showMetrics(M.rates(previous.snap, snap, (at - previous.at) / 1000));
+      previous = { snap: snap, at: at };
+      document.body.dataset.metrics = "ok";
+      drawCharts();
+      drawRoutes();
+    } else if (live) {
+      document.body.dataset.metrics = "missing";
+      problems.push("GET /metrics answered " + replies[2].status + ": no rates or latencies.");
+    }
+    if (replies[3].status === 200) drawErrors(json(replies[3]));
+    else if (live) problems.push("GET /errors answered " + replies[3].status + ".");
+    notice(live ? problems.join(" ") : "The admin API does not answer; retrying every second.");
+    return true;
   }
 
   $("login").addEventListener("submit", function (ev) {
