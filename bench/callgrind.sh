@@ -16,13 +16,14 @@ oport=18181; gport=18180
 "$origin_bin" "$oport" >/dev/null 2>&1 & origin=$!
 trap 'kill $origin 2>/dev/null' EXIT
 
-requests() { # N: N keep-alive requests over one connection
-  python3 - "$gport" "$1" <<'PY'
+requests() { # N [AUTH]: N keep-alive requests over one connection, with an Authorization header
+  python3 - "$gport" "$1" "${2:-}" <<'PY'
 import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, auth = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+headers = {"Authorization": auth} if auth else {}
 c = http.client.HTTPConnection("127.0.0.1", port)
 for _ in range(n):
-    c.request("GET", "/small"); r = c.getresponse(); r.read()
+    c.request("GET", "/small", headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
 }
@@ -32,10 +33,13 @@ count() { # PROFILE N: total instructions of a gateway run serving N requests
   PORTICO_BENCH_PROFILE="$1" GWBENCH_WORKERS=1 PORTICO_BENCH_BIN="$here/valgrind-portico.sh" \
     CALLGRIND_OUT="$out" "$here/start-gateway.sh" "$gport" "$oport" 2>"$out.log" &
   local gw=$!
+  local auth=""
+  # Profiles with JWT authentication get the committed long-lived bench token.
+  case "$1" in jwt|full) auth="Bearer $(cat "$here/jwt-token.txt")" ;; esac
   for _ in $(seq 1 300); do
-    curl -s -o /dev/null "http://127.0.0.1:$gport/small" 2>/dev/null && break; sleep 0.1
+    curl -s -o /dev/null -H "Authorization: $auth" "http://127.0.0.1:$gport/small" 2>/dev/null && break; sleep 0.1
   done
-  requests "$2"
+  requests "$2" "$auth"
   # start-gateway.sh and valgrind-portico.sh exec: $gw is the process under valgrind.
   kill -TERM "$gw" 2>/dev/null || true
   wait "$gw" || true

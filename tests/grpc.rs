@@ -203,7 +203,7 @@ async fn bidirectional_streaming_interleaves_and_keeps_the_trailers() {
 }
 
 #[tokio::test]
-async fn gateway_errors_are_grpc_statuses_and_the_access_log_has_grpc_status() {
+async fn gateway_errors_are_grpc_statuses_in_the_access_log_and_the_metrics() {
     let (up, _task) = tonic_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
@@ -267,6 +267,21 @@ async fn gateway_errors_are_grpc_statuses_and_the_access_log_has_grpc_status() {
             ("/test.Echo/Say".to_string(), 5.into()),
         ]
     );
+    // The same statuses, counted in the metrics by route (trailers-only answers from the head,
+    // the others from the trailers).
+    let metrics = support::get(&gw.admin_url("/metrics")).await.text();
+    for (series, want) in [
+        ("route=\"_unmatched\",grpc_status=\"12\"", 1),
+        ("route=\"broken\",grpc_status=\"14\"", 1),
+        ("route=\"echo\",grpc_status=\"0\"", 1),
+        ("route=\"echo\",grpc_status=\"5\"", 1),
+    ] {
+        let line = format!("portico_grpc_responses_total{{{series}}} {want}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
 }
 
 /// A gRPC channel over one HTTP/2 connection of our own (here: TLS with ALPN h2).
