@@ -246,7 +246,25 @@ async fn the_dashboard_shows_live_traffic_errors_and_targets() {
             Duration::from_secs(20),
         )
         .await;
-    // `#token=` in a fresh load: accepted, and gone from the address bar at once.
+    // Typed into the form: polling resumes with it.
+    browser
+        .eval(
+            "document.getElementById('token').value = arguments[0]; \
+             document.getElementById('login').requestSubmit()",
+            json!([TOKEN]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "a refresh with the typed token",
+            "return document.body.dataset.auth === 'ok' && document.body.dataset.ticks > 0 \
+                && document.getElementById('login').hidden",
+            Duration::from_secs(20),
+        )
+        .await;
+    // `#token=` in a fresh load (the tab forgot the typed one): accepted, and gone from the
+    // address bar at once.
+    browser.eval("sessionStorage.clear()", json!([])).await;
     browser.open("about:blank").await;
     browser
         .open(&gw.admin_url(&format!("/#token={TOKEN}")))
