@@ -209,6 +209,7 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
     let token = key.token("ada", std::time::Duration::from_secs(24 * 3600));
     println!("\ndemo JWT (sub: ada, valid 24 h, signed by a key made for this run):\n  {token}\n");
     if let Some(admin) = gateway.admin_addr() {
+        println!("dashboard: http://{admin}/   (live requests/s, errors, latency, targets)");
         println!("admin API: curl -s http://{admin}/status   (also /routes, /services, /config, /readyz, POST /reload)");
     }
     println!("access log: JSON lines on stdout. Press Ctrl-C to stop.\n\nTry:\n");

@@ -51,6 +51,11 @@ async fn status_routes_and_services_describe_the_running_gateway() {
     let openapi = admin_get(&gw, "/openapi.json").await.json();
     assert_eq!(openapi["openapi"], "3.1.0");
     assert!(openapi["paths"]["/reload"]["post"].is_object());
+    // The dashboard's files are documented as public (no bearer needed).
+    assert_eq!(
+        openapi["paths"]["/"]["get"]["security"],
+        serde_json::json!([])
+    );
 }
 
 #[tokio::test]

@@ -75,6 +75,19 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
         .and_then(|r| r.split_whitespace().next())
         .expect("base URL")
         .to_string();
+    // The printed dashboard URL serves the page (the admin listener of this demo).
+    let dashboard = text
+        .split("dashboard: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("dashboard URL");
+    let page = support::get(dashboard).await;
+    assert_eq!(page.status, 200, "{dashboard}");
+    assert!(
+        page.text().contains("<title>Portico dashboard"),
+        "{}",
+        page.text()
+    );
     let token_line = lines
         .iter()
         .position(|l| l.starts_with("demo JWT"))

@@ -4,10 +4,13 @@
 //!
 //! It runs on its own thread with its own small runtime, so a saturated public listener does
 //! not make the gateway look dead to its orchestrator, and the admin API costs the request
-//! path nothing. With `admin.token` set, every endpoint but `/healthz` needs
-//! `Authorization: Bearer <token>` (compared in constant time).
+//! path nothing. With `admin.token` set, every endpoint but `/healthz` and the dashboard's static
+//! files needs `Authorization: Bearer <token>` (compared in constant time).
+//!
+//! `GET /` is the live dashboard ([`dashboard`]): static files that poll this API from the browser.
 
 pub mod config;
+pub mod dashboard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -121,7 +124,10 @@ const MAX_BODY: usize = 64 * 1024;
 async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    if path != "/healthz" && !authorized(runtime, &req) {
+    // The dashboard's files carry no data: the page asks for the token and sends it on its API
+    // calls, so an operator can open it before typing the token.
+    let public = path == "/healthz" || dashboard::is_asset(&path);
+    if !public && !authorized(runtime, &req) {
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -147,6 +153,11 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
             )
         }
     };
+    if method == Method::GET {
+        if let Some(resp) = dashboard::asset(&path) {
+            return resp;
+        }
+    }
     match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => ok(json!({"status": "live"})),
         (Method::GET, "/readyz") => readyz(runtime).await,
@@ -182,6 +193,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
             "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
             | "/openapi.json" | "/metrics" | "/errors",
         ) => method_not_allowed("GET"),
+        (_, p) if dashboard::is_asset(p) => method_not_allowed("GET"),
         (_, "/reload" | "/cache/purge") => method_not_allowed("POST"),
         _ => error(
             StatusCode::NOT_FOUND,
