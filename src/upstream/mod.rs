@@ -142,6 +142,9 @@ pub struct Service {
     pub breaker: Option<Arc<breaker::CircuitBreaker>>,
     /// `max_concurrent_requests`.
     pub max_concurrent: Option<Arc<breaker::ConcurrencyLimit>>,
+    /// The service's `retry` block, with one budget shared by every route inheriting it and by
+    /// the aggregate calls made to the service.
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 impl Service {
