@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ../shared/bench contract: start the gateway in the foreground on 127.0.0.1:$1, proxying every
 # path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing.
-#   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain)
+#   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain): plain, jwt, ratelimit,
+#                                ratelimit-redis, cache, resilience, transform, aggregate
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
 #   PORTICO_BENCH_BIN=PATH       run another build (A/B comparisons)
 #   PORTICO_BENCH_REDIS_PORT=N   the redis-server of the ratelimit-redis profile (default 6379)

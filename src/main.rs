@@ -203,8 +203,8 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         None => println!("\nPortico demo gateway on {base}"),
     }
     println!(
-        "backends: users 127.0.0.1:{}, products 127.0.0.1:{}, orders 127.0.0.1:{}",
-        ports.users, ports.products, ports.orders
+        "backends: users 127.0.0.1:{}, products 127.0.0.1:{} (v2: {}), orders 127.0.0.1:{}",
+        ports.users, ports.products, ports.products_v2, ports.orders
     );
     let token = key.token("ada", std::time::Duration::from_secs(24 * 3600));
     println!("\ndemo JWT (sub: ada, valid 24 h, signed by a key made for this run):\n  {token}\n");

@@ -427,6 +427,7 @@ const DEMO_ENV: &[(&str, &str)] = &[
     ("DEMO_ORDERS_PORT", "7003"),
     ("DEMO_ADMIN_LISTEN", "127.0.0.1:9901"),
     ("DEMO_FLAKY_PORT", "7004"),
+    ("DEMO_PRODUCTS_V2_PORT", "7005"),
     // The public half of the demo's Ed25519 key (here: tests/fixtures/jwt/ed25519.pub.pem).
     ("DEMO_JWT_X", "YqWIBd7Ih5BEncXAthphjFNnkGR0PGtJT5eLIGw84kY"),
 ];

@@ -154,7 +154,7 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
 }
 
 /// Every curl command the demo prints, run as printed (through `sh`), answers with the status
-/// its comment promises.
+/// its comment promises; the aggregation and versioning ones also show what they say.
 #[test]
 fn every_printed_curl_command_works_as_printed() {
     let (_demo, rx) = start_demo();
@@ -183,6 +183,12 @@ fn every_printed_curl_command_works_as_printed() {
         }
     }
     assert!(pairs.len() >= 8, "{pairs:?}");
+    for needle in ["/api/profile/1", "/v1/catalog/2", "/v2/catalog/2"] {
+        assert!(
+            pairs.iter().any(|(_, c)| c.contains(needle)),
+            "no printed command for {needle}: {pairs:?}"
+        );
+    }
     for (comment, command) in pairs {
         if command.contains("x-cache") {
             // The cache loop prints the X-Cache header of two requests.
@@ -212,6 +218,9 @@ fn every_printed_curl_command_works_as_printed() {
             assert_eq!(statuses, expected, "{comment}: {command}");
             continue;
         }
+        if command.contains("/api/profile/") || command.contains("/catalog/") {
+            check_aggregate_or_version(&comment, &command);
+        }
         let expected = if comment.contains("405") {
             405
         } else if comment.contains("404") {
@@ -235,6 +244,47 @@ fn every_printed_curl_command_works_as_printed() {
         );
         let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(status, expected.to_string(), "{comment}: {command}");
+    }
+}
+
+/// Runs a printed aggregation or versioning command and checks what it shows.
+fn check_aggregate_or_version(comment: &str, command: &str) {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lower = text.to_ascii_lowercase();
+    if command.contains("/api/profile/1") {
+        // Ada (user 1), her one order (100, products 1 and 3), and those two products: the
+        // second and third calls used values from the earlier answers.
+        let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert_eq!(
+            v["user"],
+            serde_json::json!({"id": 1, "name": "Ada Lovelace"}),
+            "{comment}"
+        );
+        let orders = v["orders"]["items"].as_array().expect(&text);
+        assert_eq!(orders.len(), 1, "{text}");
+        assert_eq!(orders[0]["id"], 100, "{text}");
+        let names: Vec<&str> = v["products"]["items"]
+            .as_array()
+            .expect(&text)
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Keyboard", "Mouse"], "{text}");
+        assert!(v.get("errors").is_none(), "{text}");
+    } else if command.contains("/v1/catalog/2") {
+        assert!(
+            lower.contains("\r\ndeprecation: @1767225600"),
+            "{comment}: {text}"
+        );
+        assert!(
+            lower.contains("\r\nsunset: thu, 31 dec 2026"),
+            "{comment}: {text}"
+        );
+        assert!(text.contains("\"price\":199.0"), "{text}");
+    } else if command.contains("/v2/catalog/2") {
+        assert!(!lower.contains("deprecation:"), "{comment}: {text}");
+        assert!(text.contains("\"currency\":\"EUR\""), "{text}");
     }
 }
 

@@ -1,34 +1,31 @@
 //! Aggregation (Backend-for-Frontend): an `aggregate` policy answers the route itself by calling
-//! several services concurrently and merging their JSON answers into one response.
+//! several services and merging their JSON answers into one response.
 //!
-//! Owns the fan-out, per-call timeouts, the partial-failure policy and the shaping of results.
-//! Each call goes through the core's balancer and per-worker connection pools; the route's
-//! `timeout` bounds the whole fan-out. When the client goes away the response future is dropped,
-//! and with it the `JoinSet`, which aborts every call still running.
+//! Owns the call graph (which call reads which earlier answer), the fan-out, per-call timeouts,
+//! the partial-failure policy and the shaping of results. A call may read an earlier call's
+//! answer (`${calls.user.body.id}`): it starts as soon as every call it names has answered, so
+//! calls without such references all start at once. Each call goes through its service's
+//! breaker, concurrency cap, retries, balancer, outlier detection and the per-worker connection
+//! pools (the same `proxy::retry::forward` a proxied request takes); the route's `timeout`
+//! bounds the whole fan-out. When the client goes away the response future is dropped, and with
+//! it the `JoinSet`, which aborts every call still running.
 //!
-//! Not done yet (see the issue): calls that use an earlier call's response
-//! (`${calls.user.body.id}`), retries and breakers per call.
+//! Not owned here: the route's own policies (auth, rate limits, transforms), which run before.
 
-use std::net::IpAddr;
+mod run;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response};
-use http_body_util::BodyExt as _;
+use http::header::HeaderName;
+use http::Method;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::config::units::Dur;
 use crate::config::ConfigError;
-use crate::error::GatewayError;
-use crate::policy::transform::{Facts, RequestData, Template};
-use crate::proxy::body::{GatewayBody, RequestBody};
-use crate::proxy::client;
-use crate::upstream::Service;
+use crate::policy::transform::Template;
 
 /// `X-Portico-Partial: true` on a response missing optional results.
 pub const X_PORTICO_PARTIAL: HeaderName = HeaderName::from_static("x-portico-partial");
@@ -37,7 +34,8 @@ pub const X_PORTICO_PARTIAL: HeaderName = HeaderName::from_static("x-portico-par
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawAggregate {
-    /// The calls, all started at once.
+    /// The calls. Those that read no other call's answer start at once; the others as soon as
+    /// the calls they name have answered.
     pub calls: Vec<RawCall>,
 }
 
@@ -45,16 +43,22 @@ pub struct RawAggregate {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawCall {
-    /// Name, used in errors and as the default `under` key.
+    /// Name, used in errors, in `${calls.NAME...}` references and as the default `under` key.
     pub name: String,
     /// The service called.
     pub service: String,
     /// Method. Default GET.
     #[serde(default = "get")]
     pub method: String,
-    /// Path and query, a template (`/users/${path.id}?expand=${query.expand}`).
+    /// Path and query, a template (`/users/${path.id}?expand=${query.expand}`); may read an
+    /// earlier call's answer: `/orders?user=${calls.user.body.id}` (values are percent-encoded).
     pub path: String,
-    /// Time allowed for this call (bounded by the route's timeout). Default: the route's.
+    /// Headers set on this call (templates, `${calls.NAME...}` included), besides the client's
+    /// request headers, which every call gets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Time allowed for this call (bounded by what is left of the route's timeout). Default:
+    /// the route's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
     /// `true` (default): a failure fails the whole response with 502. `false`: the result is
@@ -79,11 +83,15 @@ fn yes() -> bool {
     true
 }
 
+/// A compiled call.
 struct Call {
     name: Arc<str>,
     service: usize,
     method: Method,
     path: Template,
+    headers: Vec<(HeaderName, Template)>,
+    /// Calls whose answers this one reads (indexes, sorted, no duplicates).
+    deps: Vec<usize>,
     timeout: Option<Duration>,
     required: bool,
     under: String,
@@ -112,191 +120,146 @@ impl AggregatePolicy {
                 "list at least one call",
             ));
         }
+        let names: Vec<&str> = raw.calls.iter().map(|c| c.name.as_str()).collect();
         let mut calls = Vec::new();
         for (i, c) in raw.calls.iter().enumerate() {
             let at = format!("{path}.calls[{i}]");
-            let service = services.iter().position(|n| **n == c.service);
-            if service.is_none() {
-                errors.push(ConfigError::new(
-                    format!("{at}.service"),
-                    format!("no service named `{}`", c.service),
-                ));
-            }
-            let method = Method::from_bytes(c.method.as_bytes()).ok();
-            if method.is_none() {
-                errors.push(ConfigError::new(
-                    format!("{at}.method"),
-                    "not a valid method",
-                ));
-            }
-            if !c.path.starts_with('/') {
-                errors.push(ConfigError::new(
-                    format!("{at}.path"),
-                    "must start with `/`",
-                ));
-            }
-            let template = match Template::parse(&c.path, captures) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    errors.push(ConfigError::new(format!("{at}.path"), e));
-                    None
+            if let Some(call) = build_call(c, &at, services, captures, &names, errors) {
+                if call.deps.contains(&i) {
+                    errors.push(ConfigError::new(
+                        at,
+                        format!("call `{}` reads its own answer", c.name),
+                    ));
                 }
-            };
-            if raw.calls[..i].iter().any(|o| o.name == c.name) {
+                calls.push(call);
+            }
+            if names[..i].contains(&c.name.as_str()) {
                 errors.push(ConfigError::new(
-                    format!("{at}.name"),
+                    format!("{path}.calls[{i}].name"),
                     "names must be unique",
                 ));
             }
-            if let (Some(service), Some(method), Some(path)) = (service, method, template) {
-                calls.push(Call {
-                    name: c.name.as_str().into(),
-                    service,
-                    method,
-                    path,
-                    timeout: c.timeout.map(|d| d.0),
-                    required: c.required,
-                    under: c.under.clone().unwrap_or_else(|| c.name.clone()),
-                    merge: c.merge,
-                    pick: c.pick.clone(),
-                });
+        }
+        if errors.len() == before {
+            if let Some((first, cycle)) = find_cycle(&calls) {
+                errors.push(ConfigError::new(
+                    format!("{path}.calls[{first}]"),
+                    format!("calls depend on each other in a cycle: {cycle}"),
+                ));
             }
         }
         (errors.len() == before).then_some(AggregatePolicy { calls })
     }
-
-    /// Runs every call concurrently and merges the answers. `headers` are forwarded to each
-    /// call (identity headers and the request id included; the gateway already removed
-    /// hop-by-hop headers and credentials the auth policy consumed).
-    pub async fn run(
-        &self,
-        services: &[Arc<Service>],
-        headers: &HeaderMap,
-        facts: &Facts<'_>,
-        client_ip: IpAddr,
-        deadline: Duration,
-    ) -> Result<Response<GatewayBody>, GatewayError> {
-        let data = RequestData { headers, facts };
-        let mut forwarded = headers.clone();
-        for h in [header::CONTENT_LENGTH, header::CONTENT_TYPE, header::HOST] {
-            forwarded.remove(h);
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for (i, call) in self.calls.iter().enumerate() {
-            let service = Arc::clone(&services[call.service]);
-            let target_path = call.path.render(&data);
-            let method = call.method.clone();
-            let headers = forwarded.clone();
-            let timeout = call.timeout.map_or(deadline, |t| t.min(deadline));
-            set.spawn(async move {
-                (
-                    i,
-                    one(&service, method, &target_path, headers, client_ip, timeout).await,
-                )
-            });
-        }
-        let mut results: Vec<Option<Result<Value, String>>> = vec![None; self.calls.len()];
-        let all = async {
-            while let Some(done) = set.join_next().await {
-                if let Ok((i, r)) = done {
-                    results[i] = Some(r);
-                }
-            }
-        };
-        let _ = tokio::time::timeout(deadline, all).await;
-        let mut out = Map::new();
-        let mut errors = Vec::new();
-        for (call, result) in self.calls.iter().zip(results) {
-            let result = result.unwrap_or_else(|| Err(format!("no answer within {deadline:?}")));
-            match result {
-                Ok(mut v) => {
-                    if let (false, Value::Object(m)) = (call.pick.is_empty(), &mut v) {
-                        m.retain(|k, _| call.pick.contains(k));
-                    }
-                    match (call.merge, v) {
-                        (true, Value::Object(m)) => out.extend(m),
-                        (_, v) => {
-                            out.insert(call.under.clone(), v);
-                        }
-                    }
-                }
-                Err(e) if call.required => {
-                    return Err(GatewayError::UpstreamProtocol(format!(
-                        "aggregate call `{}` failed: {e}",
-                        call.name
-                    )))
-                }
-                Err(e) => {
-                    if !call.merge {
-                        out.insert(call.under.clone(), Value::Null);
-                    }
-                    errors.push(serde_json::json!({"call": &*call.name, "error": e}));
-                }
-            }
-        }
-        let partial = !errors.is_empty();
-        if partial {
-            out.insert("errors".into(), Value::Array(errors));
-        }
-        let body = Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default());
-        let mut resp = Response::new(GatewayBody::full(body));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if partial {
-            resp.headers_mut()
-                .insert(X_PORTICO_PARTIAL, HeaderValue::from_static("true"));
-        }
-        Ok(resp)
-    }
 }
 
-async fn one(
-    service: &Service,
-    method: Method,
-    path: &str,
-    headers: HeaderMap,
-    client_ip: IpAddr,
-    timeout: Duration,
-) -> Result<Value, String> {
-    let path = PathAndQuery::try_from(path).map_err(|_| format!("invalid path `{path}`"))?;
-    let index = service
-        .pick(&headers, client_ip, None)
-        .ok_or_else(|| format!("no healthy target in service {}", service.name))?;
-    let target = &service.targets[index];
-    let mut req = Request::new(RequestBody::empty());
-    *req.method_mut() = method;
-    *req.headers_mut() = headers;
-    let (mut parts, body) = req.into_parts();
-    crate::proxy::retry::prepare(&mut parts, target, false, None, &path)
-        .map_err(|e| e.to_string())?;
-    let work = async {
-        let sent = client::send(service, target, Request::from_parts(parts, body), timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = sent.response.status();
-        let bytes = sent
-            .response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if let Some(p) = sent.pooled {
-            p.release();
+fn build_call(
+    c: &RawCall,
+    at: &str,
+    services: &[&String],
+    captures: &[String],
+    names: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Call> {
+    let service = services.iter().position(|n| **n == c.service);
+    if service.is_none() {
+        errors.push(ConfigError::new(
+            format!("{at}.service"),
+            format!("no service named `{}`", c.service),
+        ));
+    }
+    let method = Method::from_bytes(c.method.as_bytes()).ok();
+    if method.is_none() {
+        errors.push(ConfigError::new(
+            format!("{at}.method"),
+            "not a valid method",
+        ));
+    }
+    if !c.path.starts_with('/') {
+        errors.push(ConfigError::new(
+            format!("{at}.path"),
+            "must start with `/`",
+        ));
+    }
+    let template = |text: &str, key: String, errors: &mut Vec<ConfigError>| match Template::parse_in(
+        text, captures, names,
+    ) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(ConfigError::new(key, e));
+            None
         }
-        if !status.is_success() {
-            return Err(format!("{} answered {}", service.name, status.as_u16()));
-        }
-        serde_json::from_slice::<Value>(&bytes)
-            .map_err(|_| format!("{} answered with a body that is not JSON", service.name))
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "{} did not answer within {timeout:?}",
-            service.name
-        )),
+    let path = template(&c.path, format!("{at}.path"), errors);
+    let mut headers = Vec::new();
+    let mut headers_ok = true;
+    for (name, value) in &c.headers {
+        let key = format!("{at}.headers.{name}");
+        let value = template(value, key.clone(), errors);
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => headers.extend(value.map(|v| (name, v))),
+            Err(_) => {
+                errors.push(ConfigError::new(key, "not a valid header name"));
+                headers_ok = false;
+            }
+        }
+    }
+    let (service, method, path) = (service?, method?, path?);
+    if !headers_ok || headers.len() != c.headers.len() {
+        return None;
+    }
+    let mut deps: Vec<usize> = path
+        .call_refs()
+        .chain(headers.iter().flat_map(|(_, t)| t.call_refs()))
+        .collect();
+    deps.sort_unstable();
+    deps.dedup();
+    Some(Call {
+        name: c.name.as_str().into(),
+        service,
+        method,
+        path,
+        headers,
+        deps,
+        timeout: c.timeout.map(|d| d.0),
+        required: c.required,
+        under: c.under.clone().unwrap_or_else(|| c.name.clone()),
+        merge: c.merge,
+        pick: c.pick.clone(),
+    })
+}
+
+/// A dependency cycle, if any: the index of a call on it and the cycle written out
+/// (`a → b → a`). Calls on a cycle could never start.
+fn find_cycle(calls: &[Call]) -> Option<(usize, String)> {
+    // Kahn's algorithm: what is never freed lies on a cycle or behind one.
+    let mut waiting: Vec<usize> = calls.iter().map(|c| c.deps.len()).collect();
+    let mut ready: Vec<usize> = (0..calls.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut freed = vec![false; calls.len()];
+    while let Some(i) = ready.pop() {
+        freed[i] = true;
+        for (j, c) in calls.iter().enumerate() {
+            if c.deps.contains(&i) {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.push(j);
+                }
+            }
+        }
+    }
+    let start = freed.iter().position(|f| !f)?;
+    // Every unfreed call waits for an unfreed call: walking that way must come back round.
+    let mut walk = vec![start];
+    loop {
+        let here = *walk.last()?;
+        let next = *calls[here].deps.iter().find(|d| !freed[**d])?;
+        if let Some(at) = walk.iter().position(|w| *w == next) {
+            let on: Vec<&str> = walk[at..]
+                .iter()
+                .chain(std::iter::once(&next))
+                .map(|i| &*calls[*i].name)
+                .collect();
+            return Some((next, on.join(" → ")));
+        }
+        walk.push(next);
     }
 }

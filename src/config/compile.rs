@@ -43,12 +43,6 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         .iter()
         .map(|(name, svc)| Arc::new(build_service(name, svc, &mut errors)))
         .collect();
-    // A service's `retry` block has one budget, shared by every route that inherits it.
-    let service_retries: Vec<Option<Arc<RetryPolicy>>> = raw
-        .services
-        .values()
-        .map(|s| s.retry.as_ref().map(|r| Arc::new(RetryPolicy::compile(r))))
-        .collect();
 
     let tls = raw
         .tls
@@ -136,7 +130,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 &mut caches,
                 &mut errors,
             ),
-            resilience: route_resilience(r, &service_retries[service]),
+            resilience: route_resilience(r, &svc.retry),
             metrics: crate::telemetry::metrics::RouteMetrics::detached(),
         });
     }
@@ -493,5 +487,10 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
             .max_concurrent_requests
             .map(|n| Arc::new(ConcurrencyLimit::new(n))),
         metrics: crate::telemetry::metrics::ServiceMetrics::detached(),
+        // One budget for the service, shared by every route that inherits the block.
+        retry: svc
+            .retry
+            .as_ref()
+            .map(|r| Arc::new(RetryPolicy::compile(r))),
     }
 }

@@ -1,8 +1,10 @@
 //! `portico demo`: three small JSON backends (users, products, orders) on loopback and the
 //! gateway in front of them with `examples/demo.yaml`.
 //!
-//! The backends are deliberately tiny: enough to show routing, rewrites, request ids and
-//! forwarding headers. They are not part of the gateway's request path.
+//! The backends are deliberately tiny: enough to show routing, rewrites, request ids,
+//! forwarding headers, aggregation (`/orders?user_id=1`, `/products?ids=[1,3]`) and API
+//! versioning (a `products-v2` backend with a different record shape). They are not part of the
+//! gateway's request path.
 //!
 //! Authentication is shown with a JWT route and an API-key route. The JWT signing key is an
 //! Ed25519 key made at every start (instant, unlike RSA): its public half goes into the demo
@@ -32,6 +34,8 @@ pub struct DemoPorts {
     pub products: u16,
     /// orders service.
     pub orders: u16,
+    /// Version 2 of the products API (prices with a currency).
+    pub products_v2: u16,
     /// A broken backend: every answer is a 500 (to show retries and the circuit breaker), but
     /// for requests carrying `x-demo-heal`.
     pub flaky: u16,
@@ -43,6 +47,7 @@ pub async fn start_backends() -> std::io::Result<DemoPorts> {
         users: spawn_backend("users").await?,
         products: spawn_backend("products").await?,
         orders: spawn_backend("orders").await?,
+        products_v2: spawn_backend("products-v2").await?,
         flaky: spawn_backend("flaky").await?,
     })
 }
@@ -73,6 +78,11 @@ fn records(name: &str) -> Vec<Value> {
             json!({"id": 2, "name": "Grace Hopper", "email": "grace@example.com"}),
             json!({"id": 3, "name": "Alan Turing", "email": "alan@example.com"}),
         ],
+        "products-v2" => vec![
+            json!({"id": 1, "name": "Keyboard", "price": {"amount": 49.0, "currency": "EUR"}, "in_stock": true}),
+            json!({"id": 2, "name": "Monitor", "price": {"amount": 199.0, "currency": "EUR"}, "in_stock": false}),
+            json!({"id": 3, "name": "Mouse", "price": {"amount": 19.5, "currency": "EUR"}, "in_stock": true}),
+        ],
         "products" => vec![
             json!({"id": 1, "name": "Keyboard", "price": 49.0}),
             json!({"id": 2, "name": "Monitor", "price": 199.0}),
@@ -85,12 +95,38 @@ fn records(name: &str) -> Vec<Value> {
     }
 }
 
+/// `GET /NAME`: every record, or those the query selects: `?user_id=1` for orders (with the
+/// product ids of those orders), `?ids=[1,3]` for products (the form an aggregate call renders
+/// an array from an earlier answer in).
+fn listing(name: &str, query: &str) -> Value {
+    let param = |key: &str| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    let mut items = records(name);
+    if let Some(user) = param("user_id").and_then(|u| u.parse::<u64>().ok()) {
+        items.retain(|o| o["user_id"].as_u64() == Some(user));
+        let product_ids: Vec<Value> = items
+            .iter()
+            .flat_map(|o| o["product_ids"].as_array().cloned().unwrap_or_default())
+            .collect();
+        return json!({"service": name, "items": items, "product_ids": product_ids});
+    }
+    if let Some(ids) = param("ids") {
+        let ids: Vec<u64> = serde_json::from_str(&ids).unwrap_or_default();
+        items.retain(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)));
+    }
+    json!({"service": name, "items": items})
+}
+
 async fn respond(
     name: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let seen: serde_json::Map<String, Value> = req
         .headers()
         .iter()
@@ -103,7 +139,8 @@ async fn respond(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let collection = format!("/{name}");
+    // products-v2 serves the same URLs as products.
+    let collection = format!("/{}", name.trim_end_matches("-v2"));
     let (status, value) = if name == "flaky" && seen.contains_key("x-demo-heal") {
         (StatusCode::OK, json!({"service": name, "healed": true}))
     } else if name == "flaky" {
@@ -117,10 +154,7 @@ async fn respond(
             json!({"service": name, "method": method.as_str(), "path": path, "headers": seen}),
         )
     } else if path == collection && method == Method::GET {
-        (
-            StatusCode::OK,
-            json!({"service": name, "items": records(name)}),
-        )
+        (StatusCode::OK, listing(name, &query))
     } else if path == collection && method == Method::POST {
         let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         (
@@ -163,6 +197,7 @@ impl crate::config::expand::Source for DemoEnv<'_> {
             "DEMO_USERS_PORT" => Some(self.0.users.to_string()),
             "DEMO_PRODUCTS_PORT" => Some(self.0.products.to_string()),
             "DEMO_ORDERS_PORT" => Some(self.0.orders.to_string()),
+            "DEMO_PRODUCTS_V2_PORT" => Some(self.0.products_v2.to_string()),
             "DEMO_FLAKY_PORT" => Some(self.0.flaky.to_string()),
             "DEMO_LISTEN" => Some(self.1.clone()),
             "DEMO_JWT_X" => Some(self.2.clone()),
@@ -246,6 +281,9 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("Circuit breaker: 3 failures in a row open it for 5 s; then 503 circuit_open without calling the backend (curl -si shows Retry-After)".into(), format!("for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/unstable; done; echo")),
         ("5 s later the breaker lets a probe through; with x-demo-heal the flaky backend answers, so the breaker closes".into(), format!("sleep 5; for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-demo-heal: 1' {base}/unstable; done; echo")),
         ("Response cache: the products listing is kept for 10 s; the first request is a MISS, the second a HIT (X-Cache)".into(), format!("for i in 1 2; do curl -s -o /dev/null -D - {base}/api/products | grep -i '^x-cache'; done")),
+        ("Aggregation: one call answers with the user, their orders (a second call that uses the user's id from the first answer) and the products in them (a third call using the orders' product ids)".into(), format!("curl -s {base}/api/profile/1")),
+        ("API versioning by path: v1 of the catalog is deprecated (-i shows Deprecation and Sunset headers); v2 comes from another backend, with prices in a currency".into(), format!("curl -si {base}/v1/catalog/2")),
+        ("The same product from v2 (no Deprecation header)".into(), format!("curl -si {base}/v2/catalog/2")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }

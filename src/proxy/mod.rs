@@ -110,7 +110,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 }
 
 /// What the access log needs from the request, captured only when the log is on.
-struct LogDraft {
+pub(crate) struct LogDraft {
     finish: Box<Finish>,
 }
 
@@ -509,11 +509,14 @@ async fn proxy(
     };
     // The breaker and the service's concurrency cap come before any target is picked: an open
     // breaker or a full service answers without touching the upstream.
+    // An aggregate route calls other services, each through its own breaker and cap (see
+    // `aggregate`): only the route's own breaker applies here, not its nominal service's.
+    let aggregate = route.policies.aggregate.is_some();
     let breaker = route
         .resilience
         .breaker
         .as_ref()
-        .or(service.breaker.as_ref());
+        .or(service.breaker.as_ref().filter(|_| !aggregate));
     let permit = match breaker {
         Some(b) => match b.admit(now_ns()) {
             Ok(permit) => Some(permit),
@@ -535,12 +538,12 @@ async fn proxy(
         None => None,
     };
     let service_slot = match &service.max_concurrent {
-        Some(limit) => Some(
+        Some(limit) if !aggregate => Some(
             limit
                 .try_acquire()
                 .ok_or_else(|| GatewayError::ServiceOverloaded(Arc::clone(&service.name)))?,
         ),
-        None => None,
+        _ => None,
     };
 
     let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
@@ -688,22 +691,14 @@ async fn proxy(
     }
     let forward = retry::Forward {
         service,
-        route,
+        how: retry::How::route(route),
         client_ip,
         client_host,
         new_path,
     };
     let result = retry::forward(&forward, parts, body, draft).await;
     if let Some(permit) = permit {
-        // A failure of the client's own making (its body) says nothing about the upstream:
-        // the permit is dropped unrecorded.
-        let failed = match &result {
-            Ok(answer) => Some(answer.sent.response.status().is_server_error()),
-            Err(e) => (e.kind().2 == crate::error::Side::Upstream).then_some(true),
-        };
-        if let Some(failed) = failed {
-            permit.record(failed, now_ns());
-        }
+        retry::settle(permit, &result);
     }
     let retry::Answer { sent, in_flight } = match result {
         Ok(answer) => answer,

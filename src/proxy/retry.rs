@@ -27,7 +27,7 @@ use super::client::{self, Sent};
 use super::LogDraft;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
-use crate::upstream::breaker::CircuitBreaker;
+use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::config::{RawFallback, RawRetry, RawRetryOn};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::window::{now_ns, Window};
@@ -195,16 +195,48 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// What a request needs besides its parts and body.
-pub(super) struct Forward<'a> {
+pub(crate) struct Forward<'a> {
     pub service: &'a Service,
-    pub route: &'a Route,
+    pub how: How<'a>,
     pub client_ip: IpAddr,
     pub client_host: Option<HeaderValue>,
     pub new_path: PathAndQuery,
 }
 
+/// The settings an exchange follows: a proxied route's, or an aggregate call's (which has no
+/// route of its own but follows its service's retries, so both share this loop).
+#[derive(Clone, Copy)]
+pub(crate) struct How<'a> {
+    /// For logs.
+    pub name: &'a str,
+    /// Retries, if any.
+    pub retry: Option<&'a RetryPolicy>,
+    /// The whole exchange's deadline (every try included).
+    pub timeout: Duration,
+    /// Send the client's Host instead of the target's.
+    pub preserve_host: bool,
+    /// Header carrying the time left upstream.
+    pub deadline_header: Option<&'a HeaderName>,
+    /// Largest request body buffered for a retry.
+    pub max_body_bytes: u64,
+}
+
+impl<'a> How<'a> {
+    /// A route's settings.
+    pub fn route(route: &'a Route) -> Self {
+        Self {
+            name: &route.name,
+            retry: route.resilience.retry.as_deref(),
+            timeout: route.timeout,
+            preserve_host: route.preserve_host,
+            deadline_header: route.resilience.deadline_header.as_ref(),
+            max_body_bytes: route.max_body_bytes,
+        }
+    }
+}
+
 /// A response head from a target.
-pub(super) struct Answer {
+pub(crate) struct Answer {
     pub sent: Sent,
     pub in_flight: InFlight,
 }
@@ -221,6 +253,18 @@ pub(super) fn outcome(result: &Result<Sent, GatewayError>) -> Option<Outcome> {
             Some(Outcome::GatewayFailure)
         }
         Err(_) => None,
+    }
+}
+
+/// Reports an exchange's result to the breaker that admitted it. A failure of the client's own
+/// making (its body) says nothing about the upstream: the permit is dropped unrecorded.
+pub(crate) fn settle(permit: Permit, result: &Result<Answer, GatewayError>) {
+    let failed = match result {
+        Ok(answer) => Some(answer.sent.response.status().is_server_error()),
+        Err(e) => (e.kind().2 == crate::error::Side::Upstream).then_some(true),
+    };
+    if let Some(failed) = failed {
+        permit.record(failed, now_ns());
     }
 }
 
@@ -290,15 +334,15 @@ fn no_healthy(service: &Service) -> GatewayError {
 }
 
 /// Sends the request, retrying as the route's policy allows.
-pub(super) async fn forward(
+pub(crate) async fn forward(
     f: &Forward<'_>,
     mut parts: Parts,
     body: RequestBody,
     draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
-    let (service, route) = (f.service, f.route);
-    let policy = route.resilience.retry.as_deref().filter(|p| {
+    let (service, route) = (f.service, f.how);
+    let policy = route.retry.filter(|p| {
         p.attempts > 1
             && (idempotent(&parts.method) || p.retry_non_idempotent || p.on_connect_failure)
             && body
@@ -319,7 +363,7 @@ pub(super) async fn forward(
             f.client_host.as_ref(),
             &f.new_path,
         )?;
-        if let Some(name) = &route.resilience.deadline_header {
+        if let Some(name) = route.deadline_header {
             parts.headers.insert(name.clone(), millis(route.timeout));
         }
         let req = Request::from_parts(parts, body);
@@ -349,7 +393,7 @@ async fn forward_retrying(
     mut draft: Option<&mut LogDraft>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
-    let (service, route) = (f.service, f.route);
+    let (service, route) = (f.service, f.how);
     // Most retried requests (GET) have no body: nothing to read.
     let body = if body.is_end_stream() {
         Bytes::new()
@@ -384,7 +428,7 @@ async fn forward_retrying(
             f.client_host.as_ref(),
             &f.new_path,
         )?;
-        if let Some(name) = &route.resilience.deadline_header {
+        if let Some(name) = route.deadline_header {
             p.headers.insert(name.clone(), millis(try_timeout));
         }
         let req = Request::from_parts(p, b);
@@ -416,7 +460,7 @@ async fn forward_retrying(
             };
             if pause < left && other.is_some() && budget() {
                 tracing::debug!(
-                    route = &*route.name,
+                    route = route.name,
                     target_url = %target.url,
                     attempt = tries,
                     "retrying"

@@ -144,6 +144,9 @@ pub struct Service {
     pub max_concurrent: Option<Arc<breaker::ConcurrencyLimit>>,
     /// The service's metric series (given by the runtime when the plan is published).
     pub metrics: Arc<crate::telemetry::metrics::ServiceMetrics>,
+    /// The service's `retry` block, with one budget shared by every route inheriting it and by
+    /// the aggregate calls made to the service.
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 impl Service {

@@ -27,7 +27,7 @@ use crate::error::GatewayError;
 use crate::proxy::body::RequestBody;
 use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
 use json::{JsonOps, OnOversize};
-pub use template::{Facts, RequestData, Template};
+pub use template::{CallAnswer, Facts, RequestData, Template};
 
 /// A header or query value: fixed, or rendered per request.
 #[derive(Debug)]
@@ -326,6 +326,8 @@ impl TransformPolicy {
                 let d = RequestData {
                     headers: &parts.headers,
                     facts,
+                    calls: &[],
+                    encode_calls: false,
                 };
                 ops.apply(value, Some(&d))
             }
@@ -392,6 +394,8 @@ impl TransformPolicy {
         let d = RequestData {
             headers: &parts.headers,
             facts,
+            calls: &[],
+            encode_calls: false,
         };
         let request = self.request_headers.as_ref().map(|o| o.render(&d));
         let response = self.response_headers.as_ref().map(|o| o.render(&d));

@@ -7,10 +7,17 @@
 //! Syntax: `${source}` where source is `header.NAME`, `path.CAPTURE`, `query.NAME`,
 //! `client_ip`, `request_id`, `consumer.name`, `consumer.id` or `jwt.claims.NAME` (dotted
 //! names walk nested claims). `$$` is a literal `$`; any other `$` is literal too.
+//!
+//! Inside an `aggregate` policy a template may also read what an earlier call answered:
+//! `${calls.NAME.body.a.b.0}` (a dotted path into its JSON body, numbers index arrays),
+//! `${calls.NAME.headers.HEADER}` and `${calls.NAME.status}`. Unlike request data, such a value
+//! must be there: the aggregate checks with [`Template::missing_call_value`] before rendering
+//! and fails the call instead of sending it with an empty id.
 
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde_json::Value;
 
 use crate::policy::auth::Identity;
 
@@ -26,6 +33,33 @@ enum Part {
     ConsumerName,
     ConsumerId,
     Claim(Box<str>),
+    /// `${calls.NAME...}`: `call` indexes the aggregate's calls; `text` is the reference as
+    /// written, for error messages.
+    Call {
+        call: usize,
+        field: CallField,
+        text: Box<str>,
+    },
+}
+
+/// What a `${calls.NAME...}` reference reads from a call's answer.
+#[derive(Debug, Clone, PartialEq)]
+enum CallField {
+    /// Dotted path into the JSON body (empty: the whole body).
+    Body(Vec<Box<str>>),
+    Header(HeaderName),
+    Status,
+}
+
+/// What an earlier aggregate call answered, for `${calls.NAME...}`.
+#[derive(Debug, Clone)]
+pub struct CallAnswer {
+    /// The response status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The parsed JSON body.
+    pub body: Value,
 }
 
 /// A parsed template.
@@ -40,6 +74,11 @@ pub struct RequestData<'a> {
     pub headers: &'a HeaderMap,
     /// Everything else.
     pub facts: &'a Facts<'a>,
+    /// Answers of an aggregate's calls by index (`None`: not answered). Empty elsewhere.
+    pub calls: &'a [Option<CallAnswer>],
+    /// Percent-encode values taken from call answers: the template builds a URI, and an id
+    /// from a backend must not be able to add path segments or query parameters.
+    pub encode_calls: bool,
 }
 
 /// What a template can read from a request besides its headers.
@@ -60,6 +99,12 @@ impl Template {
     /// Parses `text`; `captures` are the capture names of the route it applies to (a
     /// `${path.x}` naming no capture is an error, it would always be empty).
     pub fn parse(text: &str, captures: &[String]) -> Result<Self, String> {
+        Self::parse_in(text, captures, &[])
+    }
+
+    /// Parses `text` in an aggregate whose calls are named `calls` (so `${calls.NAME...}` is
+    /// allowed and resolved to a call index).
+    pub fn parse_in(text: &str, captures: &[String], calls: &[&str]) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -76,7 +121,7 @@ impl Template {
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal).into()));
                 }
-                parts.push(parse_ref(&r[..end], captures)?);
+                parts.push(parse_ref(&r[..end], captures, calls)?);
                 rest = &r[end + 1..];
             } else {
                 literal.push('$');
@@ -148,8 +193,41 @@ impl Template {
                         out.push_str(&v);
                     }
                 }
+                Part::Call { call, field, .. } => {
+                    let answer = data.calls.get(*call).and_then(Option::as_ref);
+                    if let Some(v) = answer.and_then(|a| call_value(a, field)) {
+                        if data.encode_calls {
+                            percent_encode_into(&v, out);
+                        } else {
+                            out.push_str(&v);
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The calls this template reads answers from (indexes into the aggregate's calls).
+    pub fn call_refs(&self) -> impl Iterator<Item = usize> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Call { call, .. } => Some(*call),
+            _ => None,
+        })
+    }
+
+    /// The first `${calls...}` reference with no value in `calls` (an unanswered call, a
+    /// missing or null field), as written.
+    pub fn missing_call_value(&self, calls: &[Option<CallAnswer>]) -> Option<&str> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Call { call, field, text } => {
+                let answer = calls.get(*call).and_then(Option::as_ref);
+                answer
+                    .and_then(|a| call_value(a, field))
+                    .is_none()
+                    .then_some(&**text)
+            }
+            _ => None,
+        })
     }
 
     /// Renders against a request.
@@ -165,8 +243,87 @@ impl Template {
     }
 }
 
-fn parse_ref(r: &str, captures: &[String]) -> Result<Part, String> {
+/// A call answer's value as text: strings as they are, numbers and booleans printed, objects
+/// and arrays as compact JSON; `None` for a missing or null value.
+fn call_value(answer: &CallAnswer, field: &CallField) -> Option<String> {
+    match field {
+        CallField::Status => Some(answer.status.as_str().to_string()),
+        CallField::Header(name) => answer
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        CallField::Body(path) => {
+            let mut v = &answer.body;
+            for seg in path {
+                v = match v {
+                    Value::Object(m) => m.get(&**seg)?,
+                    Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode_into(v: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// `calls.NAME.body.a.b`, `calls.NAME.headers.X`, `calls.NAME.status`.
+fn parse_call_ref(r: &str, rest: &str, calls: &[&str]) -> Result<Part, String> {
+    let (name, field) = rest.split_once('.').unwrap_or((rest, ""));
+    let call = calls.iter().position(|c| *c == name).ok_or_else(|| {
+        format!(
+            "`${{{r}}}`: no call named `{name}` in this aggregate (calls: {})",
+            calls.join(", ")
+        )
+    })?;
+    let field = if field == "status" {
+        CallField::Status
+    } else if field == "body" {
+        CallField::Body(Vec::new())
+    } else if let Some(path) = field.strip_prefix("body.") {
+        if path.split('.').any(str::is_empty) {
+            return Err(format!("`${{{r}}}`: empty segment in the body path"));
+        }
+        CallField::Body(path.split('.').map(Into::into).collect())
+    } else if let Some(h) = field.strip_prefix("headers.") {
+        CallField::Header(
+            HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("`{h}` in `${{{r}}}` is not a valid header name"))?,
+        )
+    } else {
+        return Err(format!(
+            "`${{{r}}}`: expected calls.{name}.body.PATH, calls.{name}.headers.NAME or \
+             calls.{name}.status"
+        ));
+    };
+    Ok(Part::Call {
+        call,
+        field,
+        text: format!("${{{r}}}").into(),
+    })
+}
+
+fn parse_ref(r: &str, captures: &[String], calls: &[&str]) -> Result<Part, String> {
     let r = r.trim();
+    if let (false, Some(rest)) = (calls.is_empty(), r.strip_prefix("calls.")) {
+        return parse_call_ref(r, rest, calls);
+    }
     let part = match r {
         "client_ip" => Part::ClientIp,
         "request_id" => Part::RequestId,
@@ -232,7 +389,9 @@ mod tests {
         assert_eq!(
             t.render(&RequestData {
                 headers: &h,
-                facts: &f
+                facts: &f,
+                calls: &[],
+                encode_calls: false,
             }),
             "t=acme;id=42;p=3;q=a b;ip=10.1.2.3;r=rid1;c=;s=;m=;$5;$x"
         );
