@@ -56,6 +56,12 @@ const SECRET_KEYS: &[&str] = &[
 pub fn redacted(raw: &RawConfig) -> Value {
     let mut v = serde_json::to_value(raw).unwrap_or(Value::Null);
     redact(&mut v);
+    // OTLP headers usually carry a collector's credentials, under any header name.
+    if let Some(Value::Object(headers)) = v.pointer_mut("/tracing/otlp/headers") {
+        for value in headers.values_mut() {
+            *value = Value::String("<redacted>".into());
+        }
+    }
     v
 }
 

@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 use crate::policy::transform::{Facts, RequestData, Template};
 use crate::proxy::body::{GatewayBody, RequestBody};
 use crate::proxy::client;
+use crate::telemetry::trace::{ClientSpan, Trace};
 use crate::upstream::Service;
 
 /// `X-Portico-Partial: true` on a response missing optional results.
@@ -167,7 +168,8 @@ impl AggregatePolicy {
 
     /// Runs every call concurrently and merges the answers. `headers` are forwarded to each
     /// call (identity headers and the request id included; the gateway already removed
-    /// hop-by-hop headers and credentials the auth policy consumed).
+    /// hop-by-hop headers and credentials the auth policy consumed). Each call is a span of
+    /// its own in the request's `trace`.
     pub async fn run(
         &self,
         services: &[Arc<Service>],
@@ -175,6 +177,7 @@ impl AggregatePolicy {
         facts: &Facts<'_>,
         client_ip: IpAddr,
         deadline: Duration,
+        trace: &Trace,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let data = RequestData { headers, facts };
         let mut forwarded = headers.clone();
@@ -186,14 +189,18 @@ impl AggregatePolicy {
             let service = Arc::clone(&services[call.service]);
             let target_path = call.path.render(&data);
             let method = call.method.clone();
-            let headers = forwarded.clone();
+            let mut headers = forwarded.clone();
+            let span_id = trace.stamp(&mut headers);
+            let span = ClientSpan::start(trace, span_id, &method, 1, Some(&call.name));
             let timeout = call.timeout.map_or(deadline, |t| t.min(deadline));
-            set.spawn(async move {
-                (
-                    i,
-                    one(&service, method, &target_path, headers, client_ip, timeout).await,
-                )
-            });
+            let sending = Sending {
+                method,
+                headers,
+                client_ip,
+                timeout,
+                span,
+            };
+            set.spawn(async move { (i, one(&service, &target_path, sending).await) });
         }
         let mut results: Vec<Option<Result<Value, String>>> = vec![None; self.calls.len()];
         let all = async {
@@ -252,18 +259,31 @@ impl AggregatePolicy {
     }
 }
 
-async fn one(
-    service: &Service,
+/// One call's request, ready to go.
+struct Sending {
     method: Method,
-    path: &str,
     headers: HeaderMap,
     client_ip: IpAddr,
     timeout: Duration,
-) -> Result<Value, String> {
+    /// The call's client span (recorded requests only).
+    span: Option<ClientSpan>,
+}
+
+async fn one(service: &Service, path: &str, sending: Sending) -> Result<Value, String> {
+    let Sending {
+        method,
+        headers,
+        client_ip,
+        timeout,
+        span,
+    } = sending;
     let path = PathAndQuery::try_from(path).map_err(|_| format!("invalid path `{path}`"))?;
-    let index = service
-        .pick(&headers, client_ip, None)
-        .ok_or_else(|| format!("no healthy target in service {}", service.name))?;
+    let Some(index) = service.pick(&headers, client_ip, None) else {
+        if let Some(span) = span {
+            span.end(None, Err("no_healthy_upstream"));
+        }
+        return Err(format!("no healthy target in service {}", service.name));
+    };
     let target = &service.targets[index];
     let mut req = Request::new(RequestBody::empty());
     *req.method_mut() = method;
@@ -272,9 +292,9 @@ async fn one(
     crate::proxy::retry::prepare(&mut parts, target, false, None, &path)
         .map_err(|e| e.to_string())?;
     let work = async {
-        let sent = client::send(service, target, Request::from_parts(parts, body), timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sent = client::send(service, target, Request::from_parts(parts, body), timeout).await;
+        crate::proxy::retry::end_span(span, target, &path, &sent);
+        let sent = sent.map_err(|e| e.to_string())?;
         let status = sent.response.status();
         let bytes = sent
             .response

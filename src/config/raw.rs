@@ -43,6 +43,10 @@ pub struct RawConfig {
     /// The per-request access log.
     #[serde(default)]
     pub access_log: RawAccessLog,
+    /// Distributed tracing: OTLP span export and its sampling (`traceparent` propagation is
+    /// always on).
+    #[serde(default)]
+    pub tracing: crate::telemetry::trace::config::RawTracing,
     /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,

@@ -1,6 +1,7 @@
-//! Telemetry: the access log (and, with the observability work, metrics and spans).
+//! Telemetry: the access log and distributed tracing (W3C propagation, OTLP span export).
 //!
 //! Everything here stays off the request path: the path fills records, other threads format
 //! and write them.
 
 pub mod access_log;
+pub mod trace;
