@@ -113,4 +113,18 @@ mod tests {
         assert!(strip_url_password("http://h/a@b").is_none());
         assert!(strip_url_password("plain text").is_none());
     }
+
+    #[test]
+    fn otlp_headers_are_redacted_whatever_their_names() {
+        let raw: RawConfig = serde_yaml_ng::from_str(
+            "tracing: {otlp: {endpoint: 'http://c:4318/v1/traces', headers: {x-honeycomb-team: k1}}}",
+        )
+        .unwrap();
+        let v = redacted(&raw);
+        assert_eq!(
+            v["tracing"]["otlp"]["headers"]["x-honeycomb-team"],
+            "<redacted>"
+        );
+        assert_eq!(v["tracing"]["otlp"]["endpoint"], "http://c:4318/v1/traces");
+    }
 }

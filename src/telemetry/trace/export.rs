@@ -73,7 +73,8 @@ pub struct ExportStats {
 /// The configured OTLP export: one per plan whose `tracing.otlp` is set, shared by every
 /// worker, reused across reloads that leave `tracing:` unchanged.
 pub struct Exporter {
-    processor: BatchSpanProcessor,
+    /// Always `Some` until dropped (taken by `drop` to shut down on a thread of its own).
+    processor: Option<BatchSpanProcessor>,
     counts: Arc<Counts>,
     max_queue: usize,
     sampler: Sampler,
@@ -147,7 +148,7 @@ impl Exporter {
                 .build(),
         );
         Ok(Some(Arc::new(Self {
-            processor,
+            processor: Some(processor),
             counts,
             max_queue: otlp.max_queue_size,
             sampler: Sampler::ratio(settings.sampling_ratio),
@@ -184,12 +185,14 @@ impl Exporter {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.processor.on_end(span);
+        if let Some(p) = &self.processor {
+            p.on_end(span);
+        }
     }
 
     /// Exports what is queued now and waits for it (graceful shutdown, tests).
     pub fn flush(&self) {
-        if let Err(e) = self.processor.force_flush() {
+        if let Some(Err(e)) = self.processor.as_ref().map(|p| p.force_flush()) {
             tracing::warn!(error = %e, "flushing spans to the OTLP collector failed");
         }
     }
@@ -205,21 +208,38 @@ impl Exporter {
 }
 
 impl Drop for Exporter {
-    /// Exports what is still queued (bounded by the export timeout), then stops the threads.
+    /// Exports what is still queued (bounded by the export timeout), then stops the threads. On
+    /// a thread of its own: the last reference may be dropped by a request on a worker (after a
+    /// reload), which must not wait for a slow collector.
     fn drop(&mut self) {
-        let _ = self.processor.shutdown_with_timeout(self.timeout);
-        let stats = self.stats();
-        if stats.dropped > 0 || stats.failed > 0 {
-            tracing::warn!(
-                exported = stats.exported,
-                failed = stats.failed,
-                dropped = stats.dropped,
-                "spans were lost: the OTLP collector was unreachable or too slow"
+        let (processor, runtime) = (self.processor.take(), self.runtime.take());
+        let (counts, timeout) = (Arc::clone(&self.counts), self.timeout);
+        let stop = move || {
+            if let Some(p) = processor {
+                let _ = p.shutdown_with_timeout(timeout);
+            }
+            let (failed, dropped) = (
+                counts.failed.load(Ordering::Relaxed),
+                counts.dropped.load(Ordering::Relaxed),
             );
-        }
-        if let Some(rt) = self.runtime.take() {
-            // Not a blocking drop: this may run on a worker thread (a reload's last reference).
-            rt.shutdown_background();
+            if dropped > 0 || failed > 0 {
+                tracing::warn!(
+                    exported = counts.exported.load(Ordering::Relaxed),
+                    failed,
+                    dropped,
+                    "spans were lost: the OTLP collector was unreachable or too slow"
+                );
+            }
+            if let Some(rt) = runtime {
+                rt.shutdown_background();
+            }
+        };
+        if std::thread::Builder::new()
+            .name("portico-otlp-stop".into())
+            .spawn(stop)
+            .is_err()
+        {
+            tracing::warn!("cannot start a thread to flush the last spans; they are dropped");
         }
     }
 }
