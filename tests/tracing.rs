@@ -452,3 +452,43 @@ async fn bad_tracing_settings_are_reported_by_key_path() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_tracing_moves_export_to_the_new_collector() {
+    let mut first = Collector::start().await;
+    let mut second = Collector::start().await;
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&one_route(&up.url(), &exporting(&first, "")));
+    let r = send("GET", &gw.url("/x"), &[("traceparent", SAMPLED)], "").await;
+    assert_eq!(r.status, 200);
+    first.spans(2, WAIT).await;
+    // Another route, unchanged `tracing:`: the same exporter carries on.
+    let before = gw.runtime().active().tracer.clone().unwrap();
+    let outcome = gw
+        .reload(&format!(
+            "{}  - {{name: more, service: a, match: {{path: /more}}}}\n",
+            one_route(&up.url(), &exporting(&first, ""))
+        ))
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        portico::runtime::ReloadOutcome::Applied { .. }
+    ));
+    let kept = gw.runtime().active().tracer.clone().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&before, &kept));
+    drop((before, kept));
+
+    gw.reload(&one_route(&up.url(), &exporting(&second, "")))
+        .unwrap();
+    let r = send("GET", &gw.url("/x"), &[("traceparent", SAMPLED)], "").await;
+    assert_eq!(r.status, 200);
+    let spans = second.spans(2, WAIT).await;
+    assert!(spans.iter().all(|s| s.trace_id() == TRACE));
+    assert!(first.next(Duration::from_millis(200)).await.is_none());
+
+    // Export switched off: propagation goes on, unsampled for new traces.
+    gw.reload(&one_route(&up.url(), "")).unwrap();
+    assert!(gw.runtime().active().tracer.is_none());
+    let (tp, _) = upstream_trace(&get(&gw.url("/x")).await);
+    assert_eq!(parse(&tp).2, "00");
+}
