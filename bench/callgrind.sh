@@ -7,7 +7,8 @@
 # Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
 # `cargo build --release`. Profiles that need Redis need it running (see bench/README.md). The
 # `tracing` profile starts examples/otlp_sink (release or debug build: `cargo build --example
-# otlp_sink`) as its collector; only the gateway's instructions are counted.
+# otlp_sink`) as its collector; the gateway's instructions are counted (its export threads
+# included), not the collector's, whose span count is printed at the end.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 n1=${N1:-1000}
@@ -57,3 +58,7 @@ for profile in "${@:-plain}"; do
   a=$(count "$profile" "$n1"); b=$(count "$profile" "$n2")
   echo "$profile: $(( (b - a) / (n2 - n1) )) instructions per request"
 done
+if [ -n "$sink" ]; then
+  kill -TERM "$sink" 2>/dev/null; wait "$sink" 2>/dev/null || true; sink=""
+  tail -1 /tmp/portico-callgrind-sink.log
+fi

@@ -4,7 +4,7 @@
 //!     cargo run --example otlp_sink -- 127.0.0.1:4318
 //!
 //! Answers `POST /v1/traces` with an empty `ExportTraceServiceResponse` (200) and prints the
-//! running span count every 100 export requests and on Ctrl-C.
+//! running span count every 100 export requests and when stopped (Ctrl-C or SIGTERM).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +32,12 @@ async fn main() -> std::io::Result<()> {
     eprintln!("otlp_sink: listening on {}", listener.local_addr()?);
     let totals = Arc::new(Totals::default());
     let report = Arc::clone(&totals);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         eprintln!(
             "otlp_sink: {} export requests, {} spans",
             report.requests.load(Ordering::Relaxed),
