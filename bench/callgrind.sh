@@ -5,16 +5,26 @@
 # (instructions(N2) - instructions(N1)) / (N2 - N1), so start-up and shutdown cancel out.
 #   bench/callgrind.sh [profile...]      (default: plain)
 # Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
-# `cargo build --release`. Profiles that need Redis need it running (see bench/README.md).
+# `cargo build --release`. Profiles that need Redis need it running (see bench/README.md). The
+# `tracing` profile starts examples/otlp_sink (release or debug build: `cargo build --example
+# otlp_sink`) as its collector; the gateway's instructions are counted (its export threads
+# included), not the collector's, whose span count is printed at the end.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 n1=${N1:-1000}
 n2=${N2:-4000}
 origin_bin="$(ls /tmp/gwbench/bin/gwbench-origin-* 2>/dev/null | head -1)"
 [ -x "$origin_bin" ] || { echo "run ../shared/bench/setup.sh and ../shared/bench/peers.sh once first (it builds the origin)" >&2; exit 1; }
-oport=18181; gport=18180
+oport=18181; gport=18180; tport=18182
 "$origin_bin" "$oport" >/dev/null 2>&1 & origin=$!
-trap 'kill $origin 2>/dev/null' EXIT
+sink=""
+trap 'kill $origin $sink 2>/dev/null' EXIT
+if [[ " ${*:-plain} " == *" tracing "* ]]; then
+  sink_bin="$here/../target/release/examples/otlp_sink"
+  [ -x "$sink_bin" ] || sink_bin="$here/../target/debug/examples/otlp_sink"
+  [ -x "$sink_bin" ] || { echo "build the collector first: cargo build --example otlp_sink" >&2; exit 1; }
+  "$sink_bin" "127.0.0.1:$tport" 2>/tmp/portico-callgrind-sink.log & sink=$!
+fi
 
 requests() { # N [AUTH]: N keep-alive requests over one connection, with an Authorization header
   python3 - "$gport" "$1" "${2:-}" <<'PY'
@@ -31,6 +41,7 @@ PY
 count() { # PROFILE N: total instructions of a gateway run serving N requests
   local out; out="$(mktemp /tmp/portico-callgrind-XXXXXX)"
   PORTICO_BENCH_PROFILE="$1" GWBENCH_WORKERS=1 PORTICO_BENCH_BIN="$here/valgrind-portico.sh" \
+    PORTICO_BENCH_OTLP_PORT="$tport" \
     CALLGRIND_OUT="$out" "$here/start-gateway.sh" "$gport" "$oport" 2>"$out.log" &
   local gw=$!
   local auth=""
@@ -51,3 +62,7 @@ for profile in "${@:-plain}"; do
   a=$(count "$profile" "$n1"); b=$(count "$profile" "$n2")
   echo "$profile: $(( (b - a) / (n2 - n1) )) instructions per request"
 done
+if [ -n "$sink" ]; then
+  kill -TERM "$sink" 2>/dev/null; wait "$sink" 2>/dev/null || true; sink=""
+  tail -1 /tmp/portico-callgrind-sink.log
+fi

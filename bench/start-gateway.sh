@@ -6,6 +6,7 @@
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
 #   PORTICO_BENCH_BIN=PATH       run another build (A/B comparisons)
 #   PORTICO_BENCH_REDIS_PORT=N   the redis-server of the ratelimit-redis profile (default 6379)
+#   PORTICO_BENCH_OTLP_PORT=N    the OTLP/HTTP collector of the tracing profile (default 4318)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 profile="${PORTICO_BENCH_PROFILE:-plain}"
@@ -15,5 +16,6 @@ config="$(mktemp /tmp/portico-bench-XXXXXX.yaml)"
 sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@UPSTREAM_PORT@/$2/g" \
     -e "s/@WORKERS@/${GWBENCH_WORKERS:-1}/g" -e "s/@ACCESS_LOG@/$access_log/g" \
     -e "s/@REDIS_PORT@/${PORTICO_BENCH_REDIS_PORT:-6379}/g" \
+    -e "s/@OTLP_PORT@/${PORTICO_BENCH_OTLP_PORT:-4318}/g" \
     "$here/$profile.yaml" > "$config"
 exec "${PORTICO_BENCH_BIN:-$here/../target/release/portico}" run --config "$config"

@@ -119,6 +119,11 @@ impl Gateway {
         if let Some(admin) = self.admin {
             admin.join();
         }
+        // Spans of the last requests go out before the process exits (the exporter's own drop
+        // may never run: the runtime can outlive this call).
+        if let Some(tracer) = &self.runtime.active().tracer {
+            tracer.flush();
+        }
     }
 }
 

@@ -56,6 +56,10 @@ routes:
         &[
             ("x-api-key", "alice-secret-key-1"),
             ("user-agent", "test \"agent\""),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         ],
         "hello",
     )
@@ -80,8 +84,15 @@ routes:
     assert_eq!(first["client_ip"], "127.0.0.1");
     assert_eq!(first["user_agent"], "test \"agent\"");
     assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+    // The caller's trace, and the gateway's own span in it.
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let span = first["span_id"].as_str().unwrap();
+    assert!(span.len() == 16 && span != "00f067aa0ba902b7", "{span}");
     let second = &lines[1];
     assert_eq!(second["status"], 404);
+    // A request without a trace gets a new one.
+    let new_trace = second["trace_id"].as_str().unwrap();
+    assert!(new_trace.len() == 32 && new_trace != "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(second["error"], "no_route");
     assert_eq!(second["route"], serde_json::Value::Null);
 
@@ -114,9 +125,11 @@ async fn common_log_format_is_one_line_per_request() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    let (common, trace) = line.rsplit_once(" trace_id=").expect("a trace id");
     assert!(
-        line.ends_with(&format!("\"GET /x?y=1 HTTP/1.1\" 200 {}", r.body.len())),
+        common.ends_with(&format!("\"GET /x?y=1 HTTP/1.1\" 200 {}", r.body.len())),
         "{line}"
     );
+    assert_eq!(trace.len(), 32, "{line}");
     gw.shutdown();
 }

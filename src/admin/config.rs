@@ -56,6 +56,12 @@ const SECRET_KEYS: &[&str] = &[
 pub fn redacted(raw: &RawConfig) -> Value {
     let mut v = serde_json::to_value(raw).unwrap_or(Value::Null);
     redact(&mut v);
+    // OTLP headers usually carry a collector's credentials, under any header name.
+    if let Some(Value::Object(headers)) = v.pointer_mut("/tracing/otlp/headers") {
+        for value in headers.values_mut() {
+            *value = Value::String("<redacted>".into());
+        }
+    }
     v
 }
 
@@ -106,5 +112,19 @@ mod tests {
         );
         assert!(strip_url_password("http://h/a@b").is_none());
         assert!(strip_url_password("plain text").is_none());
+    }
+
+    #[test]
+    fn otlp_headers_are_redacted_whatever_their_names() {
+        let raw: RawConfig = serde_yaml_ng::from_str(
+            "tracing: {otlp: {endpoint: 'http://c:4318/v1/traces', headers: {x-honeycomb-team: k1}}}",
+        )
+        .unwrap();
+        let v = redacted(&raw);
+        assert_eq!(
+            v["tracing"]["otlp"]["headers"]["x-honeycomb-team"],
+            "<redacted>"
+        );
+        assert_eq!(v["tracing"]["otlp"]["endpoint"], "http://c:4318/v1/traces");
     }
 }

@@ -18,6 +18,7 @@ use crate::error::GatewayError;
 use crate::policy::transform::{CallAnswer, Facts, RequestData};
 use crate::proxy::body::{GatewayBody, RequestBody};
 use crate::proxy::retry::{self, Forward, How};
+use crate::telemetry::trace::Trace;
 use crate::upstream::window::now_ns;
 use crate::upstream::Service;
 
@@ -52,6 +53,7 @@ impl AggregatePolicy {
         facts: &Facts<'_>,
         client_ip: IpAddr,
         deadline: Duration,
+        trace: &Trace,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let end = Instant::now() + deadline;
         let mut forwarded = headers.clone();
@@ -65,7 +67,9 @@ impl AggregatePolicy {
                 self.start_ready(&mut states, |i, states| {
                     let out =
                         self.outgoing(i, states, services, &forwarded, facts, client_ip, end)?;
-                    set.spawn(async move { (i, out.send().await) });
+                    // Each call is a span of its own in the request's trace.
+                    let (trace, call) = (trace.clone(), Arc::clone(&self.calls[i].name));
+                    set.spawn(async move { (i, out.send(&trace, &call).await) });
                     Ok(())
                 });
                 match set.join_next().await {
@@ -242,7 +246,7 @@ impl AggregatePolicy {
 impl Outgoing {
     /// Sends the call through its service's breaker, concurrency cap and retries, and reads
     /// its JSON answer, all within the call's timeout.
-    async fn send(self) -> Result<CallAnswer, String> {
+    async fn send(self, trace: &Trace, call: &str) -> Result<CallAnswer, String> {
         let service = &*self.service;
         let name = &service.name;
         let permit = match &service.breaker {
@@ -280,6 +284,8 @@ impl Outgoing {
             client_ip: self.client_ip,
             client_host: None,
             new_path: self.path,
+            trace,
+            call: Some(call),
         };
         let work = async {
             let result = retry::forward(&forward, parts, body, None).await;

@@ -46,6 +46,10 @@ pub struct RawConfig {
     /// Prometheus metrics, served by the admin listener at `/metrics`.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Distributed tracing: OTLP span export and its sampling (`traceparent` propagation is
+    /// always on).
+    #[serde(default)]
+    pub tracing: crate::telemetry::trace::config::RawTracing,
     /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,

@@ -97,6 +97,7 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
             "must be stdout, stderr or a file path",
         ));
     }
+    crate::telemetry::trace::config::validate(&raw.tracing, &mut errs);
     if let Some(tls) = &raw.tls {
         crate::tls::validate(tls, &mut errs);
     }

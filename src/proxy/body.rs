@@ -129,6 +129,8 @@ pub struct Epilogue {
     pub in_flight: Option<InFlight>,
     /// The access log line to finish and write.
     pub finish: Option<Box<Finish>>,
+    /// The request's server span (sampled requests with export on), ended with the body.
+    pub span: Option<Box<crate::telemetry::trace::ServerSpan>>,
     /// Keeps the request counted as active on its client connection.
     pub active: Option<ActiveRequest>,
     /// Holds the request's place under a `rate_limit` concurrency limit until the body ends.
@@ -226,6 +228,11 @@ impl GatewayBody {
     /// Attaches the access log line, written when the body ends or is dropped.
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.epilogue.finish = Some(finish);
+    }
+
+    /// Attaches the server span, ended when the body ends or is dropped.
+    pub fn set_span(&mut self, span: Box<crate::telemetry::trace::ServerSpan>) {
+        self.epilogue.span = Some(span);
     }
 }
 
@@ -329,6 +336,9 @@ impl Drop for GatewayBody {
         }
         if let Some(finish) = self.epilogue.finish.take() {
             finish.write(self.sent, complete);
+        }
+        if let Some(span) = self.epilogue.span.take() {
+            (*span).end(complete);
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::router::{normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{rfc3339, Finish, RequestText};
 use crate::telemetry::metrics::{Measure, RecentError};
+use crate::telemetry::trace::{ServerSpan, Trace};
 use crate::upstream::window::now_ns;
 use body::{Epilogue, GatewayBody, RequestBody};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -114,6 +115,13 @@ pub(crate) struct LogDraft {
     finish: Box<Finish>,
 }
 
+/// The request's trace, handed down the request path: upstream calls stamp `traceparent` from
+/// it, and the server span (recorded requests only) learns the route and service.
+pub(crate) struct Traced<'a> {
+    trace: &'a Trace,
+    span: Option<&'a mut ServerSpan>,
+}
+
 async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
@@ -132,6 +140,19 @@ async fn handle(
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
+    };
+    // Always: the upstream gets a `traceparent` whether or not spans are exported.
+    let trace = Trace::start(req.headers(), active.tracer.as_ref());
+    let mut span = if trace.recording() {
+        ServerSpan::start(
+            &trace,
+            req.method(),
+            req.uri().path(),
+            request_host(&req).unwrap_or(""),
+            headers::client_ip(ctx.peer.ip(), req.headers(), &active.plan.trusted_proxies),
+        )
+    } else {
+        None
     };
     let mut draft = active.access_log.as_ref().map(|logger| LogDraft {
         finish: Box::new(Finish {
@@ -164,12 +185,27 @@ async fn handle(
             grpc_status: None,
             retries: 0,
             rate_limit: None,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
         }),
     });
     let version = req.version();
     // Only HTTP/2 requests can be gRPC calls: HTTP/1.1 traffic skips the header lookup.
     let grpc = version == Version::HTTP_2 && grpc::is_grpc(req.headers());
-    let result = proxy(ctx, &active, req, &request_id, draft.as_mut(), &mut matched).await;
+    let traced = Traced {
+        trace: &trace,
+        span: span.as_deref_mut(),
+    };
+    let result = proxy(
+        ctx,
+        &active,
+        req,
+        &request_id,
+        draft.as_mut(),
+        traced,
+        &mut matched,
+    )
+    .await;
     let route_metrics = metrics_on.then(|| match matched {
         Some(i) => &active.plan.routes[i].metrics,
         None => &ctx.runtime.metrics.unmatched,
@@ -187,6 +223,9 @@ async fn handle(
             }
             if let Some(m) = route_metrics {
                 m.refused(&e);
+            }
+            if let Some(s) = span.as_mut() {
+                s.error = Some(e.kind().1);
             }
             if grpc {
                 e.to_grpc_response()
@@ -249,6 +288,10 @@ async fn handle(
         resp.body_mut().set_finish(d.finish);
     }
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if let Some(mut s) = span {
+        s.status = resp.status().as_u16();
+        resp.body_mut().set_span(s);
+    }
     resp.body_mut().set_active(guard);
     Ok(resp)
 }
@@ -364,6 +407,7 @@ async fn proxy(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     mut draft: Option<&mut LogDraft>,
+    mut traced: Traced<'_>,
     matched: &mut Option<usize>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_request(active, &req)?;
@@ -412,6 +456,10 @@ async fn proxy(
     if let Some(d) = draft.as_deref_mut() {
         d.finish.route = Some(Arc::clone(&route.name));
         d.finish.service = Some(Arc::clone(&service.name));
+    }
+    if let Some(s) = traced.span.as_deref_mut() {
+        s.route = Some(Arc::clone(&route.name));
+        s.service = Some(Arc::clone(&service.name));
     }
     if let Some(filter) = &route.policies.ip_filter {
         filter.check(headers::client_ip(
@@ -473,6 +521,9 @@ async fn proxy(
             let chosen = &plan.services[index];
             if let Some(d) = draft.as_deref_mut() {
                 d.finish.service = Some(Arc::clone(&chosen.name));
+            }
+            if let Some(s) = traced.span.as_deref_mut() {
+                s.service = Some(Arc::clone(&chosen.name));
             }
             chosen
         }
@@ -627,11 +678,14 @@ async fn proxy(
                 &facts,
                 client_ip,
                 route.timeout,
+                traced.trace,
             )
             .await;
     }
     let body = match &route.policies.shadow {
         Some(policy) if client_upgrade.is_none() => {
+            // The mirrored copy is a call of its own (the main one is stamped again).
+            traced.trace.stamp(&mut parts.headers);
             let copy = shadow::MirrorOf {
                 parts: &parts,
                 client_ip,
@@ -654,6 +708,7 @@ async fn proxy(
         if let Some(d) = draft.as_deref_mut() {
             d.finish.target = Some(Arc::clone(target));
         }
+        traced.trace.stamp(&mut parts.headers);
         retry::prepare(
             &mut parts,
             target,
@@ -677,6 +732,7 @@ async fn proxy(
         // target, without retries.
         if let (Some(fill), Some(index)) = (cached, service.pick(&parts.headers, client_ip, None)) {
             let target = Arc::clone(&service.targets[index]);
+            traced.trace.stamp(&mut parts.headers);
             retry::prepare(
                 &mut parts,
                 &target,
@@ -695,6 +751,8 @@ async fn proxy(
         client_ip,
         client_host,
         new_path,
+        trace: traced.trace,
+        call: None,
     };
     let result = retry::forward(&forward, parts, body, draft).await;
     if let Some(permit) = permit {

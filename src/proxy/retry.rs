@@ -27,6 +27,7 @@ use super::client::{self, Sent};
 use super::LogDraft;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
+use crate::telemetry::trace::{ClientSpan, Trace};
 use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::config::{RawFallback, RawRetry, RawRetryOn};
 use crate::upstream::outlier::{self, Outcome};
@@ -201,6 +202,10 @@ pub(crate) struct Forward<'a> {
     pub client_ip: IpAddr,
     pub client_host: Option<HeaderValue>,
     pub new_path: PathAndQuery,
+    /// Each attempt gets its own span id in the request's trace.
+    pub trace: &'a Trace,
+    /// The aggregate call this exchange is (for its spans), if it is one.
+    pub call: Option<&'a str>,
 }
 
 /// The settings an exchange follows: a proxied route's, or an aggregate call's (which has no
@@ -366,11 +371,14 @@ pub(crate) async fn forward(
         if let Some(name) = route.deadline_header {
             parts.headers.insert(name.clone(), millis(route.timeout));
         }
+        let span_id = f.trace.stamp(&mut parts.headers);
+        let span = ClientSpan::start(f.trace, span_id, &parts.method, 1, f.call);
         let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, route.timeout).await;
         let took = sent_at.elapsed();
+        end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));
         service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft {
@@ -431,11 +439,14 @@ async fn forward_retrying(
         if let Some(name) = route.deadline_header {
             p.headers.insert(name.clone(), millis(try_timeout));
         }
+        let span_id = f.trace.stamp(&mut p.headers);
+        let span = ClientSpan::start(f.trace, span_id, &p.method, tries, f.call);
         let req = Request::from_parts(p, b);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, try_timeout).await;
         let took = sent_at.elapsed();
+        end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));
         service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft.as_deref_mut() {
@@ -479,6 +490,22 @@ async fn forward_retrying(
             }
             other => other.map(|sent| Answer { sent, in_flight }),
         };
+    }
+}
+
+/// Ends an attempt's client span (recorded requests only) with its status or error code.
+pub(crate) fn end_span(
+    span: Option<ClientSpan>,
+    target: &Target,
+    path: &PathAndQuery,
+    result: &Result<Sent, GatewayError>,
+) {
+    if let Some(span) = span {
+        let outcome = match result {
+            Ok(sent) => Ok(sent.response.status().as_u16()),
+            Err(e) => Err(e.kind().1),
+        };
+        span.end(Some((target, path.as_str())), outcome);
     }
 }
 

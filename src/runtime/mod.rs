@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{self, ConfigErrors, Plan};
 use crate::telemetry::access_log::AccessLogger;
+use crate::telemetry::trace::export::{ExportError, Exporter};
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub enum ReloadError {
     /// The access log destination could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    /// The OTLP span exporter could not be started.
+    #[error("{0}")]
+    Tracing(#[from] ExportError),
 }
 
 /// A plan together with the runtime parts built for it.
@@ -47,6 +51,8 @@ pub struct Active {
     pub plan: Plan,
     /// The access log writer, when enabled.
     pub access_log: Option<Arc<AccessLogger>>,
+    /// The OTLP span exporter, when `tracing.otlp` is set.
+    pub tracer: Option<Arc<Exporter>>,
     /// Monotonic revision, starting at 1.
     pub revision: u64,
 }
@@ -74,6 +80,7 @@ impl Runtime {
     /// Wraps an initial plan.
     pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
         let access_log = start_access_log(&plan, None)?;
+        let tracer = start_tracer(&plan, None)?;
         let health = crate::upstream::health::Checker::default();
         let mut plan = plan;
         health.adopt(&mut plan);
@@ -85,6 +92,7 @@ impl Runtime {
             active: ArcSwap::from_pointee(Active {
                 plan,
                 access_log,
+                tracer,
                 revision: 1,
             }),
             config_path,
@@ -137,6 +145,7 @@ impl Runtime {
             );
         }
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
+        let tracer = start_tracer(&plan, current.tracer.as_ref())?;
         // Last before publishing: a plan refused above must not have touched the probes.
         self.health.adopt(&mut plan);
         self.metrics.adopt(&mut plan);
@@ -144,6 +153,7 @@ impl Runtime {
         self.active.store(Arc::new(Active {
             plan,
             access_log,
+            tracer,
             revision,
         }));
         Ok(ReloadOutcome::Applied { revision })
@@ -258,4 +268,18 @@ fn start_access_log(
     AccessLogger::start(&plan.access_log)
         .map(Some)
         .map_err(ReloadError::AccessLog)
+}
+
+/// The exporter for `plan`: the previous one when `tracing:` did not change (its queue and
+/// connections carry on), else a new one.
+fn start_tracer(
+    plan: &Plan,
+    previous: Option<&Arc<Exporter>>,
+) -> Result<Option<Arc<Exporter>>, ReloadError> {
+    if let Some(prev) = previous {
+        if *prev.settings() == plan.raw.tracing {
+            return Ok(Some(Arc::clone(prev)));
+        }
+    }
+    Ok(Exporter::start(&plan.raw.tracing)?)
 }

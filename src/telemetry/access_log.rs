@@ -86,6 +86,10 @@ pub struct Finish {
     pub retries: u32,
     /// The rate-limit decision (`allowed`, `rejected`) on routes with a `rate_limit` policy.
     pub rate_limit: Option<&'static str>,
+    /// The W3C trace id (the caller's or a new one), raw: hex is written by the log thread.
+    pub trace_id: [u8; 16],
+    /// The gateway's server span id in that trace.
+    pub span_id: [u8; 8],
 }
 
 /// The texts of a request that its log line needs, copied into one small allocation. Keeping
@@ -254,6 +258,14 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
     json_str(buf, f.text.host().as_bytes());
     buf.extend_from_slice(b",\"path\":");
     json_str(buf, f.text.target().as_bytes());
+    let mut hex = [0u8; 32];
+    crate::telemetry::trace::hex_encode(&f.trace_id, &mut hex);
+    buf.extend_from_slice(b",\"trace_id\":\"");
+    buf.extend_from_slice(&hex);
+    crate::telemetry::trace::hex_encode(&f.span_id, &mut hex[..16]);
+    buf.extend_from_slice(b"\",\"span_id\":\"");
+    buf.extend_from_slice(&hex[..16]);
+    buf.push(b'"');
     for (key, value) in [
         ("route", f.route.as_deref()),
         ("service", f.service.as_deref()),
@@ -335,7 +347,7 @@ fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
 
 fn format_common(line: &Line, buf: &mut Vec<u8>) {
     let f = &line.finish;
-    let _ = writeln!(
+    let _ = write!(
         buf,
         "{} - - [{}] \"{} {} HTTP/1.1\" {} {}",
         f.client_ip,
@@ -345,6 +357,12 @@ fn format_common(line: &Line, buf: &mut Vec<u8>) {
         f.status,
         line.sent
     );
+    // Appended after the common fields, so parsers of the plain format still read the line.
+    let mut hex = [0u8; 32];
+    crate::telemetry::trace::hex_encode(&f.trace_id, &mut hex);
+    buf.extend_from_slice(b" trace_id=");
+    buf.extend_from_slice(&hex);
+    buf.push(b'\n');
 }
 
 fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
@@ -409,6 +427,8 @@ mod tests {
             cache: None,
             retries: 2,
             rate_limit: Some("allowed"),
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
         });
         let line = Line {
             finish,
@@ -432,6 +452,15 @@ mod tests {
         assert_eq!(v["retries"], 2);
         assert_eq!(v["rate_limit"], "allowed");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["trace_id"], "ab".repeat(16));
+        assert_eq!(v["span_id"], "01".repeat(8));
+        let mut common = Vec::new();
+        format_common(&line, &mut common);
+        let common = String::from_utf8(common).unwrap();
+        assert!(
+            common.ends_with(&format!("\" 201 42 trace_id={}\n", "ab".repeat(16))),
+            "{common}"
+        );
     }
 
     #[test]

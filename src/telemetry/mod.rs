@@ -1,7 +1,9 @@
-//! Telemetry: the access log and Prometheus metrics.
+//! Telemetry: the access log, Prometheus metrics and distributed tracing (W3C propagation,
+//! OTLP span export).
 //!
 //! Everything here stays off the request path: the path fills records, other threads format
 //! and write them.
 
 pub mod access_log;
 pub mod metrics;
+pub mod trace;
