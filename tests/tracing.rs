@@ -391,6 +391,13 @@ async fn with_the_collector_down_requests_still_succeed_and_losses_are_counted()
         "{:?}",
         started.elapsed()
     );
+    // The losses are on /metrics too (the exporter's counts at scrape time).
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("portico_trace_spans_total{result=\"exported\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portico_trace_spans_total{result=\"dropped\"}"));
     let tracer = gw.runtime().active().tracer.clone().expect("export is on");
     // Shutdown drains the connections (every response body, so every server span, has ended)
     // and then flushes.

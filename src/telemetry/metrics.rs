@@ -649,6 +649,8 @@ struct StateNow {
     client_connections: usize,
     access_log_dropped: u64,
     targets: Vec<TargetNow>,
+    /// Spans exported, failed and dropped by the OTLP exporter, when export is on.
+    spans: Option<crate::telemetry::trace::export::ExportStats>,
     /// (breaker name, state)
     breakers: Vec<(Arc<str>, &'static str)>,
 }
@@ -699,6 +701,7 @@ impl StateNow {
                 .as_ref()
                 .map_or(0, |l| l.dropped.load(Ordering::Relaxed)),
             targets,
+            spans: active.tracer.as_ref().map(|t| t.stats()),
             breakers,
         }
     }
@@ -783,6 +786,18 @@ impl prometheus_client::collector::Collector for StateNow {
                 })
             }),
         )?;
+        if let Some(spans) = &self.spans {
+            counter_family(
+                e,
+                "trace_spans",
+                "Spans handed to the OTLP exporter, by result (exported, failed, dropped)",
+                [
+                    ([("result", "exported")], spans.exported),
+                    ([("result", "failed")], spans.failed),
+                    ([("result", "dropped")], spans.dropped),
+                ],
+            )?;
+        }
         counter_family(
             e,
             "access_log_dropped",
