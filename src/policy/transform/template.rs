@@ -413,4 +413,65 @@ mod tests {
         let e = Template::parse("x${header.a", &[]).unwrap_err();
         assert!(e.contains("unclosed"), "{e}");
     }
+
+    #[test]
+    fn call_references_read_answers_and_encode_for_uris() {
+        let calls = ["user", "orders"];
+        let t = Template::parse_in(
+            "/o/${calls.user.body.id}?t=${calls.user.body.tags.1}&s=${calls.user.status}\
+             &e=${calls.user.headers.etag}&all=${calls.user.body.tags}",
+            &[],
+            &calls,
+        )
+        .unwrap();
+        assert_eq!(t.call_refs().collect::<Vec<_>>(), vec![0, 0, 0, 0, 0]);
+        let mut headers = HeaderMap::new();
+        headers.insert("etag", HeaderValue::from_static("\"v1\""));
+        let answers = vec![
+            Some(CallAnswer {
+                status: StatusCode::OK,
+                headers,
+                body: serde_json::json!({"id": "a/b c", "tags": ["x", 7]}),
+            }),
+            None,
+        ];
+        assert_eq!(t.missing_call_value(&answers), None);
+        let h = HeaderMap::new();
+        let rid = HeaderValue::from_static("r");
+        let f = facts(&[], &rid);
+        let mut d = RequestData {
+            headers: &h,
+            facts: &f,
+            calls: &answers,
+            encode_calls: true,
+        };
+        assert_eq!(
+            t.render(&d),
+            "/o/a%2Fb%20c?t=7&s=200&e=%22v1%22&all=%5B%22x%22%2C7%5D"
+        );
+        d.encode_calls = false;
+        assert_eq!(t.render(&d), "/o/a/b c?t=7&s=200&e=\"v1\"&all=[\"x\",7]");
+        // A field that is absent or null, or an unanswered call, has no value.
+        let missing = Template::parse_in("${calls.user.body.nope}", &[], &calls).unwrap();
+        assert_eq!(
+            missing.missing_call_value(&answers),
+            Some("${calls.user.body.nope}")
+        );
+        let unanswered = Template::parse_in("${calls.orders.status}", &[], &calls).unwrap();
+        assert!(unanswered.missing_call_value(&answers).is_some());
+    }
+
+    #[test]
+    fn bad_call_references_are_rejected_with_a_reason() {
+        let calls = ["user"];
+        let e = Template::parse_in("${calls.nobody.body.id}", &[], &calls).unwrap_err();
+        assert!(e.contains("no call named `nobody`"), "{e}");
+        let e = Template::parse_in("${calls.user.bdy.id}", &[], &calls).unwrap_err();
+        assert!(e.contains("expected calls.user.body.PATH"), "{e}");
+        let e = Template::parse_in("${calls.user.body..id}", &[], &calls).unwrap_err();
+        assert!(e.contains("empty segment"), "{e}");
+        // Outside an aggregate, `calls.` is no reference at all.
+        let e = Template::parse("${calls.user.status}", &[]).unwrap_err();
+        assert!(e.contains("unknown reference"), "{e}");
+    }
 }
