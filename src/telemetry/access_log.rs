@@ -252,7 +252,9 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
     write_timestamp(buf, f.timestamp);
     buf.extend_from_slice(b"\",\"request_id\":");
     json_str(buf, f.text.request_id().as_bytes());
-    let _ = write!(buf, ",\"client_ip\":\"{}\",\"method\":", f.client_ip);
+    buf.extend_from_slice(b",\"client_ip\":\"");
+    write_ip(buf, f.client_ip);
+    buf.extend_from_slice(b"\",\"method\":");
     json_str(buf, f.method.as_str().as_bytes());
     buf.extend_from_slice(b",\"host\":");
     json_str(buf, f.text.host().as_bytes());
@@ -275,28 +277,37 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         ("cache", f.cache),
         ("rate_limit", f.rate_limit),
     ] {
-        let _ = write!(buf, ",\"{key}\":");
+        buf.extend_from_slice(b",\"");
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(b"\":");
         match value {
             Some(v) => json_str(buf, v.as_bytes()),
             None => buf.extend_from_slice(b"null"),
         }
     }
-    let _ = write!(
-        buf,
-        ",\"status\":{},\"request_bytes\":{},\"response_bytes\":{},\"complete\":{},\"duration_ms\":{:.3}",
-        f.status,
-        f.request_bytes,
-        line.sent,
-        line.complete,
-        total.as_secs_f64() * 1000.0
-    );
+    // Numbers without `core::fmt`: with it, formatting took most of the writer thread's time
+    // (floats and IP addresses especially).
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(b",\"status\":");
+    buf.extend_from_slice(n.format(f.status).as_bytes());
+    buf.extend_from_slice(b",\"request_bytes\":");
+    buf.extend_from_slice(n.format(f.request_bytes).as_bytes());
+    buf.extend_from_slice(b",\"response_bytes\":");
+    buf.extend_from_slice(n.format(line.sent).as_bytes());
+    buf.extend_from_slice(if line.complete {
+        b",\"complete\":true"
+    } else {
+        b",\"complete\":false"
+    });
+    buf.extend_from_slice(b",\"duration_ms\":");
+    write_millis(buf, total);
+    buf.extend_from_slice(b",\"upstream_ms\":");
     match f.upstream_duration {
-        Some(d) => {
-            let _ = write!(buf, ",\"upstream_ms\":{:.3}", d.as_secs_f64() * 1000.0);
-        }
-        None => buf.extend_from_slice(b",\"upstream_ms\":null"),
+        Some(d) => write_millis(buf, d),
+        None => buf.extend_from_slice(b"null"),
     }
-    let _ = write!(buf, ",\"retries\":{}", f.retries);
+    buf.extend_from_slice(b",\"retries\":");
+    buf.extend_from_slice(n.format(f.retries).as_bytes());
     // Only gRPC calls carry the key, so other lines keep their shape.
     if let Some(code) = f.grpc_status {
         let _ = write!(buf, ",\"grpc_status\":{code}");
@@ -365,16 +376,59 @@ fn format_common(line: &Line, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
-    buf.extend_from_slice(rfc3339(t).as_bytes());
+/// Milliseconds with three decimals (microsecond resolution), e.g. `12.034`.
+fn write_millis(buf: &mut Vec<u8>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(n.format(micros / 1000).as_bytes());
+    let frac = micros % 1000;
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
-/// UTC timestamp with milliseconds, e.g. `2026-11-29T00:29:07.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+/// The IP in its usual text form; IPv4 (nearly every line) without `core::fmt`.
+fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(n.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+    let (year, month, day, h, m, s, ms) = civil(t);
+    let mut n = itoa::Buffer::new();
+    buf.extend_from_slice(n.format(year).as_bytes());
+    for (sep, v) in [(b'-', month), (b'-', day), (b'T', h), (b':', m), (b':', s)] {
+        buf.extend_from_slice(&[sep, b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    }
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
+/// (year, month, day, hour, minute, second, millisecond) in UTC.
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (days, rem) = (secs / 86_400, (secs % 86_400) as u32);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -382,13 +436,25 @@ pub fn rfc3339(t: SystemTime) -> String {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis(),
     )
+}
+
+/// UTC timestamp with milliseconds, e.g. `2026-11-29T00:29:07.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let mut buf = Vec::with_capacity(24);
+    write_timestamp(&mut buf, t);
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -441,6 +507,8 @@ mod tests {
         assert_eq!(buf.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["method"], "POST");
+        assert_eq!(v["client_ip"], "10.1.2.3");
+        assert_eq!(v["complete"], true);
         assert_eq!(v["host"], "h\u{fffd}st");
         assert_eq!(v["path"], "/a?q=%22x%22&b=\\");
         assert_eq!(v["user_agent"], "ua \"quoted\" \t tab");
@@ -460,6 +528,22 @@ mod tests {
         assert!(
             common.ends_with(&format!("\" 201 42 trace_id={}\n", "ab".repeat(16))),
             "{common}"
+        );
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_without_fmt() {
+        let mut buf = Vec::new();
+        write_millis(&mut buf, Duration::from_micros(12_034));
+        buf.push(b' ');
+        write_millis(&mut buf, Duration::from_nanos(999));
+        buf.push(b' ');
+        write_ip(&mut buf, "10.0.255.7".parse().unwrap());
+        buf.push(b' ');
+        write_ip(&mut buf, "2001:db8::1".parse().unwrap());
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "12.034 0.000 10.0.255.7 2001:db8::1"
         );
     }
 
