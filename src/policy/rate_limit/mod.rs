@@ -336,8 +336,17 @@ impl RateLimitPolicy {
             if let Some(p) = &self.policy_header {
                 out.push((RATELIMIT_POLICY, p.clone()));
             }
-            let v = format!("\"{}\";r={};t={reset}", self.names[i], status.remaining);
-            if let Ok(v) = HeaderValue::from_str(&v) {
+            // Built by hand (no `core::fmt`): this header is on every admitted request.
+            let name = self.names[i].as_bytes();
+            let mut v = Vec::with_capacity(name.len() + 32);
+            let mut n = itoa::Buffer::new();
+            v.push(b'"');
+            v.extend_from_slice(name);
+            v.extend_from_slice(b"\";r=");
+            v.extend_from_slice(n.format(status.remaining).as_bytes());
+            v.extend_from_slice(b";t=");
+            v.extend_from_slice(n.format(reset).as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
                 out.push((RATELIMIT, v));
             }
         }
