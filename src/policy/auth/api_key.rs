@@ -36,7 +36,10 @@ impl ApiKeyAuth {
     /// The key presented by the request, removed from it unless `forward` is set.
     pub fn take(&self, parts: &mut Parts) -> Option<String> {
         if let Some(v) = parts.headers.get(&self.header) {
-            let key = String::from_utf8_lossy(v.as_bytes()).trim().to_string();
+            let key = match std::str::from_utf8(v.as_bytes()) {
+                Ok(text) => text.trim().to_string(),
+                Err(_) => String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
+            };
             if !self.forward {
                 parts.headers.remove(&self.header);
             }
