@@ -217,9 +217,11 @@ async fn handle(
             error_code = Some(e.kind().1);
             if let Some(d) = draft.as_mut() {
                 d.finish.error = error_code;
-                if matches!(e, GatewayError::RateLimited { .. }) {
-                    d.finish.rate_limit = Some("rejected");
-                }
+                d.finish.rate_limit = match e {
+                    GatewayError::RateLimited { .. } => Some("rejected"),
+                    GatewayError::RateLimitUnavailable => Some("unavailable"),
+                    _ => d.finish.rate_limit,
+                };
             }
             if let Some(m) = route_metrics {
                 m.refused(&e);
