@@ -690,3 +690,293 @@ async fn connection_over_max_connections_gets_a_503_json_and_service_recovers() 
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.hits(), 3);
 }
+
+// === upgrades: only allowed protocols, never h2c ===
+
+/// An upstream that switches every connection to a raw byte tunnel, as a server that honours
+/// `Upgrade: h2c` would: after its `101`, whatever the client sends reaches it unrouted.
+async fn switching_upstream() -> support::upstream::RawUpstream {
+    support::upstream::raw_tcp(|mut s, _| async move {
+        if support::upstream::read_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\ntunnel-open")
+            .await;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(b"tunnelled").await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_stripped_and_the_request_answered_normally() {
+    let (up, gw) = gateway("", "").await;
+    let r = raw_reply(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let echo = only_echo(&up, &r);
+    assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
+    assert!(echo["headers"].get("http2-settings").is_none(), "{echo}");
+    assert!(!r.text.contains("101"), "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn upgrade_tokens_outside_the_route_allow_list_are_stripped() {
+    // The default allows websocket only; `upgrades: []` allows nothing.
+    for (route, upgrade, kept) in [
+        ("", "foo/2", None),
+        ("", "foo/2, websocket", Some("websocket")),
+        ("    upgrades: []\n", "websocket", None),
+        (
+            "    upgrades: [foo]\n",
+            "FOO/2, websocket, h2c",
+            Some("FOO/2"),
+        ),
+    ] {
+        let (up, gw) = gateway("", route).await;
+        let req = format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+        );
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        let echo = only_echo(&up, &r);
+        match kept {
+            Some(v) => assert_eq!(
+                echo["headers"]["upgrade"][0], v,
+                "{route} {upgrade}: {echo}"
+            ),
+            None => assert!(
+                echo["headers"].get("upgrade").is_none(),
+                "{route} {upgrade}: {echo}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_in_a_route_allow_list_is_a_config_error() {
+    let err = TestGateway::try_start(
+        "services:\n  up: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - {name: all, service: up, upgrades: [websocket, h2c]}\n",
+    )
+    .err()
+    .expect("h2c must be refused");
+    assert!(err.contains("routes[0].upgrades[1]"), "{err}");
+    assert!(err.contains("never relayed"), "{err}");
+}
+
+#[tokio::test]
+async fn an_upstream_101_for_an_upgrade_not_forwarded_is_a_502_and_no_tunnel() {
+    let up = switching_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  up: {{targets: [{{url: \"http://{}\"}}]}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.addr
+    ));
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        // A request after the head: through a tunnel it would reach the upstream unrouted.
+        s.write_all(b"GET /admin/anything HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let (text, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        // Both requests are routed, each to its own 502: the second never went through a tunnel.
+        let answers: Vec<&str> = text.split("\nHTTP/1.1 ").collect();
+        assert_eq!(answers.len(), 2, "{text:?}");
+        RawReply::parse(answers[0]).assert_error(502, "upstream_error");
+        assert!(answers[1].starts_with("502 "), "{text:?}");
+        assert!(!text.contains(" 101 "), "{text:?}");
+        assert!(!text.contains("tunnel"), "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_101_naming_another_protocol_than_the_one_forwarded_is_a_502() {
+    let up = switching_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  up: {{targets: [{{url: \"http://{}\"}}]}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.addr
+    ));
+    let r = raw_reply(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    r.assert_error(502, "upstream_error");
+    assert!(!r.text.contains("tunnel"), "{:?}", r.text);
+}
+
+// === Host ===
+
+#[tokio::test]
+async fn http_1_1_without_host_gets_a_400_json_and_http_1_0_is_served() {
+    let (up, gw) = gateway("", "    preserve_host: true\n").await;
+    let r = raw_reply(gw.addr, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let v = r.assert_error(400, "bad_request");
+    assert!(v["message"].as_str().unwrap().contains("Host"), "{v}");
+    assert_untouched(&up, "HTTP/1.1 without Host");
+    let r = raw_reply(gw.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn two_host_headers_or_an_invalid_authority_get_a_400_json() {
+    let (up, gw) = gateway("", "").await;
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a b@c\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example:80x\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example/path\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\"b\r\n\r\n",
+    ] {
+        let r = raw_reply(gw.addr, head.as_bytes()).await;
+        assert_eq!(r.status, 400, "{head:?}: {:?}", r.text);
+        r.assert_error(400, "bad_request");
+    }
+    assert_untouched(&up, "bad Host");
+    for ok in [
+        "a.example:8080",
+        "[::1]:8080",
+        "127.0.0.1",
+        "xn--bcher-kva.example",
+    ] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {ok}\r\nConnection: close\r\n\r\n");
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{ok}: {:?}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_authority_wins_over_host_for_routing_and_forwarding() {
+    let right = upstream::http1("right").spawn().await;
+    let wrong = upstream::http1("wrong").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  right: {{targets: [{{url: \"{}\"}}]}}\n  wrong: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: r, service: right, match: {{hosts: [right.example]}}}}\n  - {{name: w, service: wrong, match: {{hosts: [wrong.example]}}}}\n",
+        right.url(),
+        wrong.url()
+    ));
+    let r = raw_reply(
+        gw.addr,
+        b"GET http://right.example/x HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    let echo = r.json_chunked();
+    assert_eq!(echo["upstream"], "right", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-forwarded-host"][0], "right.example",
+        "{echo}"
+    );
+    assert_eq!(wrong.hits(), 0);
+}
+
+// === path spellings: routed and forwarded as the upstream reads them ===
+
+/// A `/secure` route (needing an API key) and a catch-all, each with its own echo upstream.
+async fn secure_and_open(top: &str, secure_route: &str) -> (Upstream, Upstream, TestGateway) {
+    let secure = upstream::http1("secure").spawn().await;
+    let open = upstream::http1("open").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "{top}\nconsumers:\n  - {{name: alice, api_keys: [\"alice-key-0123456789\"]}}\nservices:\n  secure: {{targets: [{{url: \"{}\"}}]}}\n  open: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: secure\n    service: secure\n    match: {{path: /secure}}\n    policies: [{{auth: {{api_key: true}}}}]\n{secure_route}  - {{name: open, service: open, match: {{path: /}}}}\n",
+        secure.url(),
+        open.url()
+    ));
+    (secure, open, gw)
+}
+
+#[tokio::test]
+async fn odd_spellings_of_a_protected_path_take_its_route_and_its_auth() {
+    let (secure, open, gw) = secure_and_open("", "").await;
+    for (spelling, forwarded) in [
+        ("/%73ecure/x", "/secure/x"),
+        ("//secure/x", "/secure/x"),
+        ("/secure;a=b/x", "/secure;a=b/x"),
+        ("/secur%65", "/secure"),
+        ("/%73%65%63%75%72%65", "/secure"),
+        ("///%73ecur%65;v=1//x%2dy?q=%2F", "/secure;v=1/x-y?q=%2F"),
+        ("/SECURE/x", "/SECURE/x"),
+    ] {
+        let req = format!("GET {spelling} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        if spelling.starts_with("/SECURE") {
+            // Case matters unless `paths.case_insensitive` says otherwise.
+            assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+            assert_eq!(r.json_chunked()["upstream"], "open");
+            continue;
+        }
+        r.assert_error(401, "unauthorized");
+        let req = format!(
+            "GET {spelling} HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+        let echo = r.json_chunked();
+        assert_eq!(echo["upstream"], "secure", "{spelling}: {echo}");
+        assert_eq!(echo["uri"], forwarded, "{spelling}: {echo}");
+    }
+    assert_eq!(open.hits(), 1, "only /SECURE reached the catch-all");
+    assert_eq!(secure.hits(), 6);
+}
+
+#[tokio::test]
+async fn encoded_slashes_are_refused_unless_the_route_keeps_them() {
+    let (secure, open, gw) = secure_and_open(
+        "",
+        "  - {name: files, service: open, match: {path: /files}, escaped_slashes: keep}\n",
+    )
+    .await;
+    for path in ["/secure%2Fx", "/a%5cb", "/x%2f..%2fsecure"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(400, "bad_request");
+    }
+    let r = raw_reply(
+        gw.addr,
+        b"GET /files/a%2fb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.json_chunked()["uri"], "/files/a%2Fb");
+    for bad in ["/a%zz", "/a%4", "/a%00b"] {
+        let req = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(400, "bad_request");
+    }
+    assert_eq!(secure.hits(), 0);
+    assert_eq!(open.hits(), 1);
+}
+
+#[tokio::test]
+async fn case_insensitive_paths_route_and_forward_lowercased() {
+    let (secure, _open, gw) = secure_and_open("paths: {case_insensitive: true}", "").await;
+    let r = raw_reply(
+        gw.addr,
+        b"GET /SeCuRe/X?Q=1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    let echo = r.json_chunked();
+    assert_eq!(echo["upstream"], "secure", "{echo}");
+    assert_eq!(echo["uri"], "/secure/x?Q=1", "{echo}");
+    assert_eq!(secure.hits(), 1);
+    let err = TestGateway::try_start(
+        "paths: {case_insensitive: true}\nservices:\n  up: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - {name: r, service: up, match: {path: /Secure}}\n",
+    )
+    .err()
+    .expect("an uppercase route path is refused");
+    assert!(err.contains("routes[0].match.path"), "{err}");
+}

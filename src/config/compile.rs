@@ -118,6 +118,12 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             path,
             rewrite,
             preserve_host: r.preserve_host,
+            upgrades: r
+                .upgrades
+                .iter()
+                .map(|u| u.to_ascii_lowercase().into())
+                .collect(),
+            escaped_slashes: r.escaped_slashes.unwrap_or(raw.paths.escaped_slashes),
             https_redirect: r.https_redirect,
             max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
@@ -175,6 +181,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             .iter()
             .filter_map(|c| parse_cidr(c))
             .collect(),
+        paths: raw.paths.clone(),
         forwarding: Forwarding {
             x_forwarded: raw.forwarding.x_forwarded,
             forwarded: raw.forwarding.forwarded,

@@ -32,6 +32,8 @@ pub struct Plan {
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Path normalisation before routing.
+    pub paths: crate::router::normalize::RawPaths,
     /// Forwarding headers to add.
     pub forwarding: Forwarding,
     /// Access log settings.
@@ -96,6 +98,10 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Send the client's Host upstream.
     pub preserve_host: bool,
+    /// `Upgrade` protocols relayed on this route (lowercase; never `h2c`).
+    pub upgrades: Box<[Box<str>]>,
+    /// Whether a path with `%2F` / `%5C` is served here.
+    pub escaped_slashes: crate::router::normalize::EscapedSlashes,
     /// Plain-HTTP requests get a 308 to `https://`.
     pub https_redirect: bool,
     /// Largest request body.
