@@ -1,11 +1,12 @@
 //! Bad input from clients, over real sockets: malformed and ambiguous HTTP/1.1 framing, targets
 //! that point elsewhere, oversized heads, URIs and bodies, slow and excess connections.
 //!
-//! Two layers answer bad input, and the tests say which one did:
-//! - hyper's HTTP/1 parser refuses what it cannot parse with a *bare* response (status line,
-//!   `content-length: 0`, no JSON) before the gateway's service ever runs;
-//! - everything hyper accepts reaches `proxy::check_request`, which answers with the gateway's
-//!   JSON error shape.
+//! Two layers answer bad input, and the tests say which one did; both answer with the gateway's
+//! JSON error shape:
+//! - hyper's HTTP/1 parser refuses what it cannot parse before the gateway's service ever runs;
+//!   the connection layer swaps hyper's bare answer for the gateway's (`proxy::unparsed`), whose
+//!   400 message says the request "is not valid HTTP/1.1", and closes the connection;
+//! - everything hyper accepts reaches `proxy::check_request`.
 //!
 //! Whatever is refused must not reach the upstream at all: the tests count its requests *and* its
 //! TCP connections. Whatever is accepted must reach it with one unambiguous framing.
@@ -30,6 +31,20 @@ async fn gateway(top: &str, route: &str) -> (Upstream, TestGateway) {
         up.url()
     ));
     (up, gw)
+}
+
+/// Asserts the gateway's answer for a request hyper's parser refused: a JSON 400 that closes
+/// the connection.
+fn assert_unparsable(r: &RawReply) {
+    let v = r.assert_error(400, "bad_request");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid HTTP/1.1"),
+        "{v}"
+    );
+    assert_eq!(r.header("connection"), "close", "{:?}", r.text);
 }
 
 /// Asserts that the upstream saw neither a request nor a TCP connection.
@@ -68,10 +83,10 @@ impl Bystander {
     }
 }
 
-// === malformed requests (hyper answers, bare) ===
+// === malformed requests (hyper refuses, the gateway answers) ===
 
 #[tokio::test]
-async fn malformed_request_lines_get_a_bare_400_and_never_reach_the_upstream() {
+async fn malformed_request_lines_get_a_400_json_and_never_reach_the_upstream() {
     let (up, gw) = gateway("", "").await;
     let cases: &[&[u8]] = &[
         b"GARBAGE\r\n\r\n",
@@ -92,13 +107,13 @@ async fn malformed_request_lines_get_a_bare_400_and_never_reach_the_upstream() {
             String::from_utf8_lossy(req),
             r.text
         );
-        r.assert_bare(400);
+        assert_unparsable(&r);
     }
     assert_untouched(&up, "malformed request lines");
 }
 
 #[tokio::test]
-async fn malformed_header_lines_get_a_bare_400_and_never_reach_the_upstream() {
+async fn malformed_header_lines_get_a_400_json_and_never_reach_the_upstream() {
     let (up, gw) = gateway("", "").await;
     let cases: &[&[u8]] = &[
         // No colon.
@@ -124,7 +139,7 @@ async fn malformed_header_lines_get_a_bare_400_and_never_reach_the_upstream() {
             String::from_utf8_lossy(req),
             r.text
         );
-        r.assert_bare(400);
+        assert_unparsable(&r);
     }
     assert_untouched(&up, "malformed header lines");
 }
@@ -169,7 +184,7 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunked_alone_and_cl
 }
 
 #[tokio::test]
-async fn duplicate_differing_content_lengths_get_a_bare_400_before_the_upstream() {
+async fn duplicate_differing_content_lengths_get_a_400_json_before_the_upstream() {
     let (up, gw) = gateway("", "").await;
     for head in [
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -179,7 +194,7 @@ async fn duplicate_differing_content_lengths_get_a_bare_400_before_the_upstream(
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello",
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
     ] {
-        raw_reply(gw.addr, head.as_bytes()).await.assert_bare(400);
+        assert_unparsable(&raw_reply(gw.addr, head.as_bytes()).await);
     }
     assert_untouched(&up, "differing content lengths");
 }
@@ -197,7 +212,7 @@ async fn duplicate_identical_content_lengths_are_forwarded_once() {
 /// What happens to a `Transfer-Encoding` spelling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
-    /// hyper answers a bare 400; nothing reaches the gateway's service.
+    /// hyper refuses it (the gateway's "not valid HTTP/1.1" 400); nothing reaches the service.
     HyperRejects,
     /// hyper accepts it as chunked; the gateway refuses it with a JSON 400 (a transfer coding
     /// other than plain `chunked` cannot be passed on faithfully once the framing is re-done).
@@ -257,7 +272,12 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
         );
         let r = RawReply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
         let untouched = up.hits() == 0 && up.connections.load(Ordering::SeqCst) == 0;
-        let actual = if r.status == 400 && r.body.is_empty() && untouched {
+        let hyper_refused = |r: &RawReply| {
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not valid HTTP/1.1"))
+        };
+        let actual = if r.status == 400 && untouched && hyper_refused(&r) {
             Some(HyperRejects)
         } else if r.status == 400 && untouched && r.json()["error"] == "bad_request" {
             Some(GatewayRejects)
@@ -286,11 +306,11 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
 }
 
 #[tokio::test]
-async fn transfer_encoding_on_http_1_0_gets_a_bare_400() {
+async fn transfer_encoding_on_http_1_0_gets_a_400_json() {
     let (up, gw) = gateway("", "").await;
     let req =
         "POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(400);
+    assert_unparsable(&raw_reply(gw.addr, req.as_bytes()).await);
     assert_untouched(&up, "HTTP/1.0 with Transfer-Encoding");
 }
 
@@ -413,15 +433,17 @@ async fn headers_just_over_max_header_bytes_get_a_431_json() {
 }
 
 #[tokio::test]
-async fn headers_beyond_the_read_buffer_get_hyper_bare_431() {
+async fn headers_beyond_the_read_buffer_get_a_431_json() {
     // The read buffer is max_header_bytes + max_uri_bytes + 4 KiB (at least 8 KiB): a head that
-    // does not fit is refused by hyper's parser itself, without the JSON body.
+    // does not fit is refused by hyper's parser itself; the gateway answers for it.
     let (up, gw) = gateway("limits: {max_header_bytes: 4096, max_uri_bytes: 1024}", "").await;
     let req = format!(
         "GET /x HTTP/1.1\r\nHost: a\r\nx-fill: {}\r\n\r\n",
         "v".repeat(64 * 1024)
     );
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(431);
+    let r = raw_reply(gw.addr, req.as_bytes()).await;
+    r.assert_error(431, "headers_too_large");
+    assert_eq!(r.header("connection"), "close");
     assert_untouched(&up, "huge headers");
 }
 
@@ -445,14 +467,26 @@ async fn uri_over_max_uri_bytes_gets_a_414_json() {
 }
 
 #[tokio::test]
-async fn uri_beyond_the_read_buffer_gets_hyper_bare_431_not_414() {
-    // A request line that does not fit the read buffer is a "head too large" to hyper: it answers
-    // 431 (bare), not 414. (hyper's own bare 414, for URIs over 65,534 bytes, is only reachable
-    // with limits that make the buffer larger than that.)
-    let (up, gw) = gateway("limits: {max_header_bytes: 4096, max_uri_bytes: 1024}", "").await;
-    let req = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 * 1024));
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(431);
-    assert_untouched(&up, "huge URI");
+async fn a_request_target_beyond_the_read_buffer_gets_a_414_json_not_431() {
+    // A request line that does not fit the read buffer is a "head too large" to hyper (431); the
+    // gateway tells it is the request target and answers 414, on a fresh connection and after
+    // a first request on a kept-alive one.
+    for limits in ["", "limits: {max_header_bytes: 4096, max_uri_bytes: 1024}"] {
+        let (up, gw) = gateway(limits, "").await;
+        let req = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70 * 1024));
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(414, "uri_too_long");
+        assert_untouched(&up, "huge URI");
+        let req = format!(
+            "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
+        let text = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        let answers: Vec<&str> = text.split("HTTP/1.1 ").collect();
+        assert!(answers[1].starts_with("200 "), "{text:?}");
+        RawReply::parse(&format!("HTTP/1.1 {}", answers[2])).assert_error(414, "uri_too_long");
+    }
 }
 
 #[tokio::test]
@@ -979,4 +1013,122 @@ async fn case_insensitive_paths_route_and_forward_lowercased() {
     .err()
     .expect("an uppercase route path is refused");
     assert!(err.contains("routes[0].match.path"), "{err}");
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_are_logged_and_counted_with_their_error_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let (up, gw) = gateway(
+        &format!(
+            "access_log: {{enabled: true, format: json, path: \"{}\"}}\nlimits: {{max_header_bytes: 4096, max_uri_bytes: 1024}}",
+            log.display()
+        ),
+        "",
+    )
+    .await;
+    let cases: [(Vec<u8>, u64, &str); 3] = [
+        (
+            b"GET /x HTTP/1.1\r\nHost: a\r\nX-Bad: a\x00b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!(
+                "GET /x HTTP/1.1\r\nHost: a\r\nx-fill: {}\r\n\r\n",
+                "v".repeat(64 * 1024)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 * 1024)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (req, status, code) in &cases {
+        let r = raw_reply(gw.addr, req).await;
+        let v = r.assert_error(*status as u16, code);
+        assert_eq!(r.header("x-request-id"), v["request_id"].as_str().unwrap());
+        ids.push(v["request_id"].as_str().unwrap().to_string());
+    }
+    assert_untouched(&up, "refused requests");
+    // The writer thread flushes after each burst: poll, boundedly, for the three lines.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= cases.len() {
+            break text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "log: {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for ((_, status, code), (line, id)) in cases.iter().zip(lines.iter().zip(&ids)) {
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["error"], *code, "{line}");
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+    }
+}
+
+// === stalled request bodies: the client's fault ===
+
+/// Sends a POST announcing 100 bytes, sends 5, then waits for the answer.
+async fn stalled_post(gw: &TestGateway) -> (RawReply, Duration) {
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .expect("write");
+    let (text, _) = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    (RawReply::parse(&text), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_never_opens_the_breaker() {
+    let up = upstream::http1("up").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "timeouts: {{request_body_idle: 300ms}}\nservices:\n  up:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 3, open_for: 30s}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.url()
+    ));
+    for _ in 0..4 {
+        let (r, took) = stalled_post(&gw).await;
+        r.assert_error(408, "request_body_timeout");
+        assert_eq!(r.header("connection"), "close", "{:?}", r.text);
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    }
+    // Four client stalls later the breaker is still closed: a healthy upstream serves.
+    let r = raw_reply(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn a_body_unfinished_when_the_route_times_out_is_the_clients_408_not_a_504() {
+    let up = upstream::http1("up").spawn().await;
+    // The route's timeout comes first; the client had still not sent its whole body.
+    let gw = TestGateway::start(&format!(
+        "timeouts: {{request_body_idle: 20s}}\nservices:\n  up:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 1, open_for: 30s}}\nroutes:\n  - {{name: all, service: up, timeout: 300ms}}\n",
+        up.url()
+    ));
+    let (r, _) = stalled_post(&gw).await;
+    r.assert_error(408, "request_body_timeout");
+    let r = raw_reply(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "breaker or ejection after a client's stall: {:?}",
+        r.text
+    );
 }

@@ -175,6 +175,8 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             max_connections: raw.limits.max_connections,
         },
         header_read_timeout: raw.timeouts.header_read.0,
+        request_body_idle: raw.timeouts.request_body_idle.0,
+        send_idle: raw.timeouts.send_idle.0,
         shutdown_grace: raw.timeouts.shutdown_grace.0,
         trusted_proxies: raw
             .trusted_proxies

@@ -28,6 +28,10 @@ pub struct Plan {
     pub limits: Limits,
     /// Client header-read timeout (also the keep-alive idle limit).
     pub header_read_timeout: Duration,
+    /// Longest pause in a request body before 408.
+    pub request_body_idle: Duration,
+    /// Longest time a client may accept no response byte before its connection closes.
+    pub send_idle: Duration,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed.

@@ -134,6 +134,13 @@ pub struct RawServerTimeouts {
     pub header_read: Dur,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub shutdown_grace: Dur,
+    /// A request body that sends nothing for this long is answered with 408
+    /// `request_body_timeout` (the client's fault: never counted against the upstream), like
+    /// nginx's `client_body_timeout`.
+    pub request_body_idle: Dur,
+    /// A client that accepts no byte of its response for this long has its connection closed,
+    /// like nginx's `send_timeout`.
+    pub send_idle: Dur,
 }
 
 impl Default for RawServerTimeouts {
@@ -141,6 +148,8 @@ impl Default for RawServerTimeouts {
         Self {
             header_read: Dur::from_secs(10),
             shutdown_grace: Dur::from_secs(30),
+            request_body_idle: Dur::from_secs(30),
+            send_idle: Dur::from_secs(60),
         }
     }
 }

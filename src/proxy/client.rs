@@ -353,6 +353,7 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                 super::body::BodyError::TooLarge(limit) => {
                     GatewayError::PayloadTooLarge { limit: *limit }
                 }
+                super::body::BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(*idle),
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod headers;
 pub mod retry;
 pub mod shadow;
+pub mod unparsed;
 mod upgrade;
 
 use std::borrow::Cow;
@@ -735,6 +736,7 @@ async fn proxy(
     }
     // Transforms run last on the request, so they can rename or remove what the gateway added.
     let mut response_headers = None;
+    let body = RequestBody::streaming(body, route.max_body_bytes, plan.request_body_idle);
     let body = match &route.policies.transform {
         Some(t) => {
             let original = new_path.clone();
@@ -746,10 +748,9 @@ async fn proxy(
                 identity: identity.as_ref(),
             };
             (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
-            t.request_body(&mut parts, body, route.max_body_bytes, &facts)
-                .await?
+            t.request_body(&mut parts, body, &facts).await?
         }
-        None => RequestBody::streaming(body, route.max_body_bytes),
+        None => body,
     };
 
     if let Some(aggregate) = &route.policies.aggregate {
