@@ -271,6 +271,8 @@ pub struct GatewayBody {
     epilogue: Epilogue,
     /// A copy for the response cache, taken as the body streams.
     record: Option<Box<crate::policy::cache::record::Recorder>>,
+    /// The connection's written count when this body began, when it is paced (HTTP/1).
+    pace_base: Option<u64>,
 }
 
 impl GatewayBody {
@@ -282,6 +284,7 @@ impl GatewayBody {
             ended: false,
             epilogue: Epilogue::default(),
             record: None,
+            pace_base: None,
         }
     }
 
@@ -294,6 +297,7 @@ impl GatewayBody {
             ended: false,
             epilogue,
             record: None,
+            pace_base: None,
         }
     }
 
@@ -305,6 +309,7 @@ impl GatewayBody {
             ended: false,
             epilogue: Epilogue::default(),
             record: None,
+            pace_base: None,
         }
     }
 
@@ -320,11 +325,16 @@ impl GatewayBody {
             ended: false,
             epilogue,
             record: None,
+            pace_base: None,
         }
     }
 
-    /// Keeps the request active on its connection until this body is dropped.
-    pub fn set_active(&mut self, active: ActiveRequest) {
+    /// Keeps the request active on its connection until this body is dropped. With
+    /// `paced` (HTTP/1), an upstream body is read only as fast as the client takes it.
+    pub fn set_active(&mut self, active: ActiveRequest, paced: bool) {
+        if paced {
+            self.pace_base = Some(active.0.flow.written());
+        }
         self.epilogue.active = Some(active);
     }
 
@@ -358,6 +368,13 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let (Source::Upstream { .. }, Some(base), Some(active)) =
+            (&this.source, this.pace_base, &this.epilogue.active)
+        {
+            if !active.0.flow.may_send(base, this.sent, cx.waker()) {
+                return Poll::Pending;
+            }
+        }
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Upstream { inner, idle, sleep } => match Pin::new(inner).poll_frame(cx) {

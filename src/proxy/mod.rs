@@ -58,6 +58,53 @@ pub struct ConnCtx {
     pub tls: Option<Box<crate::tls::TlsConn>>,
     /// Shutdown began: HTTP/1.1 responses say `Connection: close` (set by the server's drain).
     pub draining: std::sync::atomic::AtomicBool,
+    /// How much of its responses the client has taken (HTTP/1): a response body reads its
+    /// upstream only while little of it waits unsent.
+    pub flow: WriteFlow,
+}
+
+/// Bytes a client's HTTP/1 socket accepted, and the response body waiting for more to go.
+///
+/// hyper queues a response body up to its buffer limit plus one upstream chunk and cannot be
+/// told less; the body itself waits here once [`WriteFlow::MAX_UNSENT`] bytes are unsent, so a
+/// client that stops reading stops the upstream reads after that much.
+#[derive(Default)]
+pub struct WriteFlow {
+    written: AtomicU64,
+    waiting: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl WriteFlow {
+    /// The most body bytes handed to hyper but not yet taken by the client's socket.
+    pub const MAX_UNSENT: u64 = 16 * 1024;
+
+    /// The client's socket took `n` more bytes.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Release);
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Whether a body that has handed out `handed` bytes since the count stood at `base` may
+    /// hand out more now; if not, `waker` is woken once the client takes some.
+    pub fn may_send(&self, base: u64, handed: u64, waker: &std::task::Waker) -> bool {
+        if handed <= self.written().saturating_sub(base) + Self::MAX_UNSENT {
+            return true;
+        }
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        self.waiting.store(true, Ordering::Release);
+        // A write between the first look and the registration would have found no waker.
+        handed <= self.written().saturating_sub(base) + Self::MAX_UNSENT
+    }
 }
 
 impl ConnCtx {
@@ -74,6 +121,7 @@ impl ConnCtx {
             kill: tokio::sync::Notify::new(),
             tls: None,
             draining: std::sync::atomic::AtomicBool::new(false),
+            flow: WriteFlow::default(),
         }
     }
 }
@@ -296,7 +344,8 @@ async fn handle(
         s.status = resp.status().as_u16();
         resp.body_mut().set_span(s);
     }
-    resp.body_mut().set_active(guard);
+    resp.body_mut()
+        .set_active(guard, version <= Version::HTTP_11);
     Ok(resp)
 }
 

@@ -239,6 +239,10 @@ struct Refusals {
     /// The gateway's answer still to be written, and how much of it was.
     pending: Vec<u8>,
     written: usize,
+    /// Closes the connection when the client takes no byte for `timeouts.send_idle`; armed
+    /// at the first write the socket refuses, reset (not reallocated) after progress.
+    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    send_stalled: bool,
 }
 
 impl Refusals {
@@ -249,6 +253,46 @@ impl Refusals {
             line_starts_head: true,
             pending: Vec::new(),
             written: 0,
+            send_timer: None,
+            send_stalled: false,
+        }
+    }
+
+    /// Accounts for a write attempt's outcome: progress feeds the response bodies' pacing
+    /// and disarms the send timer; a refused write arms it, and once it fires the write fails
+    /// (hyper then closes the connection).
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match &result {
+            Poll::Ready(Ok(n)) => {
+                self.ctx.flow.wrote(*n);
+                self.send_stalled = false;
+                result
+            }
+            Poll::Ready(Err(_)) => result,
+            Poll::Pending => {
+                let idle = self.ctx.runtime.active().plan.send_idle;
+                let timer = self
+                    .send_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if !self.send_stalled {
+                    self.send_stalled = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        tracing::debug!(peer = %self.ctx.peer, "client took no response byte for {idle:?}: closing");
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client read nothing for timeouts.send_idle",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -376,7 +420,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
             std::task::ready!(this.poll_pending(cx))?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        match this.refusals.as_mut() {
+            Some(r) => r.after_write(cx, result),
+            None => result,
+        }
     }
 
     fn poll_write_vectored(
@@ -392,7 +440,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
                 return Poll::Ready(Ok(first.len()));
             }
         }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        match this.refusals.as_mut() {
+            Some(r) => r.after_write(cx, result),
+            None => result,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
