@@ -72,7 +72,20 @@ fn init_tracing(default_level: &str) {
         .try_init();
 }
 
+/// A panic while loading a config is caught and reported as a config error (see
+/// `portico::config::guard`), so the default hook's message and backtrace would only repeat it
+/// as if the process had crashed.
+fn quiet_config_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(portico::config::guard::THREAD_NAME) {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_config_panics();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
@@ -87,8 +100,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, watch } => {
             let level = portico::config::parse_str(
-                &std::fs::read_to_string(&config)
-                    .with_context(|| format!("cannot read {}", config.display()))?,
+                &portico::config::read_file(&config)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?,
                 &config.display().to_string(),
                 &portico::config::expand::ProcessEnv,
             )

@@ -750,3 +750,108 @@ routes:
     );
     assert!(!closed.contains("app-key-123456"), "{closed}");
 }
+
+// === Inputs that must not crash or exhaust `validate` (issue 15) ===
+
+/// Asserts `validate` exited 1 (not 101 from a panic, not 134 from a stack overflow) with
+/// exactly one error line; returns it.
+#[track_caller]
+fn one_error(cfg: &ConfigFile, run: &Run) -> ErrorLine {
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let mut errors = error_lines(&cfg.path, &run.stderr);
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    errors.remove(0)
+}
+
+#[test]
+fn a_400000_day_cache_ttl_is_an_error_with_its_position_not_a_panic() {
+    let text = format!(
+        "{SERVICES}routes:\n  - name: r\n    service: users\n    policies:\n      - auth: {{basic: true}}\nconsumers:\n  - name: ada\n    basic: {{username: ada, password_hash: \"$2b$04$abcdefghijklmnopqrstuu5Fq6/Hd2WzjYt8YpqBXSU4TA/AR.9xW\"}}\nauth:\n  basic: {{cache_ttl: 400000d}}\n  introspection:\n    idp:\n      url: \"http://127.0.0.1:7002/introspect\"\n      client_id: gw\n      client_secret: s3cret\n      negative_cache_ttl: 366d\n"
+    );
+    let cfg = write_config(&text);
+    let run = validate(&cfg.path, &[]);
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    let errors = error_lines(&cfg.path, &run.stderr);
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert_at(
+        find(&errors, "auth.basic.cache_ttl"),
+        pos_of(&text, "400000d"),
+        "`400000d` is longer than 365d",
+    );
+    assert_at(
+        find(&errors, "auth.introspection.idp.negative_cache_ttl"),
+        pos_of(&text, "366d"),
+        "longer than 365d",
+    );
+}
+
+#[test]
+fn deep_nesting_is_a_clear_error_not_a_stack_overflow() {
+    // Before the fix 20,000 levels aborted `validate` (exit 134).
+    for (name, deep) in [
+        (
+            "block",
+            format!("{SERVICES}extra:\n{}x\n", "- ".repeat(20_000)),
+        ),
+        (
+            "flow",
+            format!(
+                "{SERVICES}extra: {}x{}\n",
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            ),
+        ),
+        (
+            "maps",
+            format!(
+                "{SERVICES}extra: {}x{}\n",
+                "{a: ".repeat(20_000),
+                "}".repeat(20_000)
+            ),
+        ),
+    ] {
+        let cfg = write_config(&deep);
+        let e = one_error(&cfg, &validate(&cfg.path, &[]));
+        assert!(
+            e.message.contains("more than 64 levels deep"),
+            "{name}: {e:?}"
+        );
+        // Pointed at the nested value, after the services.
+        assert!(e.line > SERVICES.lines().count(), "{name}: {e:?}");
+    }
+}
+
+#[test]
+fn an_alias_bomb_is_refused_quickly_before_it_expands() {
+    // Nine levels of nine aliases: 387 million strings once expanded, from 500 bytes.
+    let mut bomb = format!("{SERVICES}x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        bomb.push_str(&format!("x-{i}: &a{i} [{refs}]\n"));
+    }
+    let cfg = write_config(&bomb);
+    let started = std::time::Instant::now();
+    let run = validate(&cfg.path, &[]);
+    let took = started.elapsed();
+    let e = one_error(&cfg, &run);
+    assert!(e.message.contains("refused before building it"), "{e:?}");
+    assert!(e.message.contains("alias"), "{e:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_config_file_over_4_mib_is_refused_without_reading_it_all() {
+    let mut text = format!("{SERVICES}# ");
+    text.push_str(&"x".repeat(4 * 1024 * 1024));
+    let cfg = write_config(&text);
+    let run = validate(&cfg.path, &[]);
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "{}: the config is larger than 4 MiB, the most a config file may hold",
+            cfg.path.display()
+        )
+    );
+}

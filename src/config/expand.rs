@@ -17,7 +17,8 @@ pub struct ExpandError {
 }
 
 /// Where the values come from; the process environment in production, a map in tests.
-pub trait Source {
+/// `Sync` because loading runs on a thread of its own (see `guard`).
+pub trait Source: Sync {
     /// The value of environment variable `name`.
     fn var(&self, name: &str) -> Option<String>;
     /// The contents of the file at `path`.

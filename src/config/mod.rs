@@ -10,6 +10,8 @@
 
 pub mod compile;
 pub mod expand;
+pub mod guard;
+pub mod limits;
 pub mod plan;
 pub mod position;
 pub mod raw;
@@ -76,21 +78,63 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads and compiles a config file.
+/// Reads and compiles a config file (see [`load_str`]).
 pub fn load_file(path: &Path) -> Result<Plan, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let text = read_file(path).map_err(|message| ConfigErrors {
         file: file.clone(),
-        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+        errors: vec![ConfigError::new("", message)],
     })?;
     load_str(&text, &file, &expand::ProcessEnv)
+}
+
+/// The text of a config file, refusing one over [`limits::MAX_DOCUMENT_BYTES`] without reading
+/// it all.
+pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(limits::MAX_DOCUMENT_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if text.len() > limits::MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+fn too_large() -> String {
+    format!(
+        "the config is larger than {} MiB, the most a config file may hold",
+        limits::MAX_DOCUMENT_BYTES >> 20
+    )
 }
 
 /// Parses, expands, validates and compiles config text. `file` names it in errors.
 ///
 /// Reports every problem it can find in one go: a key of the wrong type or an unknown key does
 /// not hide the cross-field errors elsewhere in the file (see [`deserialize_collecting`]).
+/// Runs [`guard::contained`]: a panic while loading is reported as an error, never ends the
+/// process.
 pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
+    guard::contained(|| load_str_here(text, file, env)).unwrap_or_else(|panic| {
+        Err(ConfigErrors {
+            file: file.to_string(),
+            errors: vec![ConfigError::new(
+                "",
+                format!(
+                    "internal error while loading the config ({panic}); this is a bug in \
+                     Portico, please report it with the config that caused it"
+                ),
+            )],
+        })
+    })
+}
+
+/// [`load_str`] on the calling thread.
+fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
     let parsed = parse_stages(text, file, env)?;
     let mut errors = parsed.errors.clone();
     if let Some(raw) = &parsed.raw {
@@ -171,12 +215,15 @@ fn parse_stages(text: &str, file: &str, env: &dyn expand::Source) -> Result<Pars
         file: file.to_string(),
         errors,
     };
+    if text.len() > limits::MAX_DOCUMENT_BYTES {
+        return Err(fail(vec![ConfigError::new("", too_large())]));
+    }
     let index = match PositionIndex::build(text) {
         Ok(index) => index,
         Err((pos, message)) => {
             return Err(fail(vec![ConfigError {
                 path: String::new(),
-                message: format!("YAML syntax error: {message}"),
+                message,
                 position: Some(pos),
             }]))
         }
@@ -239,10 +286,12 @@ fn deserialize_collecting(
     expanded: &FxHashMap<String, String>,
 ) -> (Option<RawConfig>, Vec<ConfigError>, Repairs) {
     const MAX_ERRORS: usize = 100;
+    let max_attempts = (limits::MAX_COLLECTING_WORK / index.nodes().max(1))
+        .clamp(2, 4 * MAX_ERRORS as u64) as usize;
     let mut errors = Vec::new();
     let mut repairs = Repairs::default();
     let mut attempts = 0;
-    while errors.len() < MAX_ERRORS && attempts < 4 * MAX_ERRORS {
+    while errors.len() < MAX_ERRORS && attempts < max_attempts {
         attempts += 1;
         let err = match serde_path_to_error::deserialize::<_, RawConfig>(&value) {
             Ok(raw) => return (Some(raw), errors, repairs),

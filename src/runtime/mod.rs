@@ -43,6 +43,9 @@ pub enum ReloadError {
     /// The OTLP span exporter could not be started.
     #[error("{0}")]
     Tracing(#[from] ExportError),
+    /// Publishing the new config panicked (a bug); the old config keeps serving.
+    #[error("internal error while applying the new config ({0}); this is a bug in Portico")]
+    Internal(String),
 }
 
 /// A plan together with the runtime parts built for it.
@@ -112,12 +115,17 @@ impl Runtime {
         self.active.load_full()
     }
 
-    /// Re-reads the config file and publishes it when it is valid and different.
+    /// Re-reads the config file and publishes it when it is valid and different. Neither step
+    /// can end the process: loading is contained by `config::load_file` and publishing here,
+    /// each reporting a panic as a failed reload.
     pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
         let result = config::load_file(path)
             .map_err(ReloadError::from)
-            .and_then(|plan| self.publish(plan));
+            .and_then(|plan| {
+                config::guard::contained(|| self.publish(plan))
+                    .unwrap_or_else(|panic| Err(ReloadError::Internal(panic)))
+            });
         self.metrics.reload(match &result {
             Ok(ReloadOutcome::Applied { .. }) => "applied",
             Ok(ReloadOutcome::Unchanged) => "unchanged",
