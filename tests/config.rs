@@ -855,3 +855,59 @@ fn a_config_file_over_4_mib_is_refused_without_reading_it_all() {
         )
     );
 }
+
+/// `portico validate FILE`, killed if it has not exited within 10 s (a hang is a failure).
+fn validate_or_kill(file: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("validate")
+        .arg(file)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run portico");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`portico validate {}` hung", file.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn file_expansion_reads_only_regular_files_up_to_1_mib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("secret.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'x'; 1024 * 1024 + 1]).expect("write");
+    // Before the fix the FIFO hung `validate` forever and /dev/zero grew it to gigabytes.
+    for (file, why) in [
+        (fifo.display().to_string(), "not a regular file"),
+        ("/dev/zero".to_string(), "not a regular file"),
+        (big.display().to_string(), "larger than 1024 KiB"),
+    ] {
+        let text = format!(
+            "{SERVICES}admin:\n  token: \"${{file:{file}}}\"\nroutes:\n  - {{name: r, service: users}}\n"
+        );
+        let cfg = write_config(&text);
+        let run = validate_or_kill(&cfg.path);
+        let e = one_error(&cfg, &run);
+        assert_eq!(e.path, "admin.token", "{e:?}");
+        assert_eq!(
+            e.message,
+            format!("cannot read `${{file:{file}}}`: {why}"),
+            "{e:?}"
+        );
+    }
+}
