@@ -39,22 +39,10 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `listen` now (so a taken port fails the start) and serves on a thread of its own
-    /// until the runtime shuts down.
-    pub fn start(runtime: Arc<Runtime>, listen: SocketAddr) -> std::io::Result<Self> {
-        // SO_REUSEPORT, like the public listeners: during a zero-downtime restart the successor
-        // binds the admin port while its predecessor still drains.
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(listen),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&listen.into())?;
-        socket.listen(128)?;
-        socket.set_nonblocking(true)?;
-        let listener: std::net::TcpListener = socket.into();
+    /// Serves on `listener` (from [`bind_exclusive`], or handed over by a predecessor in a
+    /// zero-downtime restart) on a thread of its own until the runtime shuts down.
+    pub fn start(runtime: Arc<Runtime>, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let thread = std::thread::Builder::new()
             .name("portico-admin".into())
@@ -84,6 +72,27 @@ impl AdminServer {
             let _ = t.join();
         }
     }
+}
+
+/// Binds the admin listener now, so a taken port fails the start. Without `SO_REUSEPORT`: with it, a second gateway on the same machine would share the
+/// port and admin calls (`POST /reload` included) would land on either at random. A successor
+/// in a restart gets the socket itself instead of binding (see `server::handoff`).
+pub fn bind_exclusive(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Only lets the bind reuse connections in TIME_WAIT; a socket still listening refuses it.
+    socket.set_reuse_address(true)?;
+    socket.bind(&listen.into()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            std::io::Error::new(e.kind(), "the port is already in use by another process")
+        }
+        _ => e,
+    })?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
