@@ -469,6 +469,7 @@ fn the_commented_example_shows_every_option() {
         "listen:",
         "workers:",
         "log_level:",
+        "log_format:",
         "limits:",
         "max_header_bytes:",
         "max_uri_bytes:",

@@ -351,7 +351,7 @@ pub fn validate_service(
     if max_concurrent == Some(0) {
         errs.push(ConfigError::new(
             at("max_concurrent_requests"),
-            "must be at least 1",
+            "must be at least 1 (leave the key out for no limit)",
         ));
     }
     if let Some(r) = retry {
