@@ -912,3 +912,69 @@ fn file_expansion_reads_only_regular_files_up_to_1_mib() {
         );
     }
 }
+
+// === One error per mistake, with a suggestion (issue 19) ===
+
+#[test]
+fn each_misspelled_fixture_gives_one_error_with_its_suggestion_and_the_allowed_values() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/misspelled");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 10, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("fixture");
+        // The first line says what `validate` must print: `# expect: path: message start`.
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: no `# expect:` line", file.display()));
+        let run = validate(file, &[]);
+        assert_eq!(run.code, Some(1), "{}: {}", file.display(), run.stderr);
+        let errors = error_lines(file, &run.stderr);
+        assert_eq!(errors.len(), 1, "{}:\n{}", file.display(), run.stderr);
+        let e = &errors[0];
+        let line = format!("{}: {}", e.path, e.message);
+        assert!(
+            line.starts_with(expected),
+            "{}:\n{line}\nexpected: {expected}",
+            file.display()
+        );
+        assert!(
+            e.message.contains(", expected "),
+            "allowed values named: {line}"
+        );
+        // It points at the misspelled word.
+        let written = expected
+            .split('`')
+            .nth(1)
+            .expect("the misspelled word in backticks");
+        let at_line = text.lines().nth(e.line - 1).expect("line");
+        assert!(
+            at_line.contains(written),
+            "{}:{}: {at_line:?} does not hold `{written}`",
+            file.display(),
+            e.line
+        );
+    }
+}
+
+#[test]
+fn an_unknown_policy_name_is_one_error_naming_the_known_policies() {
+    let text = format!(
+        "{SERVICES}routes:\n  - name: api\n    service: users\n    policies: [{{wasm: {{module: x.wasm}}}}]\n"
+    );
+    let cfg = write_config(&text);
+    let e = one_error(&cfg, &validate(&cfg.path, &[]));
+    assert_at(
+        &e,
+        pos_of(&text, "wasm:"),
+        "unknown policy `wasm`, expected one of `auth`, `rate_limit`",
+    );
+    // Nothing close to `wasm`: no suggestion.
+    assert!(!e.message.contains("did you mean"), "{e:?}");
+}

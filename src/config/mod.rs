@@ -15,6 +15,7 @@ pub mod limits;
 pub mod plan;
 pub mod position;
 pub mod raw;
+pub mod suggest;
 pub mod units;
 pub mod validate;
 
@@ -290,6 +291,8 @@ fn deserialize_collecting(
         .clamp(2, 4 * MAX_ERRORS as u64) as usize;
     let mut errors = Vec::new();
     let mut repairs = Repairs::default();
+    // Paths of the keys that unknown keys were probably meant to be (`servce` → `service`).
+    let mut misspelled: Vec<String> = Vec::new();
     let mut attempts = 0;
     while errors.len() < MAX_ERRORS && attempts < max_attempts {
         attempts += 1;
@@ -300,13 +303,17 @@ fn deserialize_collecting(
         let segments: Vec<Segment> = err.path().iter().cloned().collect();
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let message = friendly(err.into_inner().to_string());
+        let message = suggest::serde_message(friendly(err.into_inner().to_string()), &path);
         if message.starts_with("invalid type: string")
             && expanded.contains_key(&path)
             && retype_scalar(&mut value, &segments)
         {
             continue;
         }
+        // One mistake, one error: a misspelled key's removal makes the key it was meant to be
+        // "missing", and removing a policy of unknown name leaves its one-key map empty. Both
+        // follow-ons are the repair's doing, so they are not reported again.
+        let mut follow_on = false;
         let repaired = match message
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'))
@@ -317,20 +324,48 @@ fn deserialize_collecting(
                 } else {
                     format!("{path}.{field}")
                 };
+                follow_on = misspelled.contains(&full);
                 let fresh = !repairs.placeholders.contains(&full);
                 repairs.placeholders.push(full);
                 fresh && insert_placeholder(&mut value, &segments, field)
             }
+            None if message == "invalid value: map, expected map with a single key" => {
+                follow_on = repairs.dropped.iter().any(|d| {
+                    d.strip_prefix(path.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                });
+                false
+            }
             None => {
+                if let Some(meant) = message
+                    .split_once("(did you mean `")
+                    .and_then(|(_, m)| m.split_once('`'))
+                    .map(|(m, _)| m)
+                    .filter(|_| message.starts_with("unknown field"))
+                {
+                    let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+                    misspelled.push(if parent.is_empty() {
+                        meant.to_string()
+                    } else {
+                        format!("{parent}.{meant}")
+                    });
+                }
                 repairs.dropped.push(path.clone());
                 remove_at(&mut value, &segments)
             }
         };
-        let position = if message.starts_with("unknown field") {
-            index.find_key(&path)
-        } else {
-            index.find(&path)
-        };
+        if follow_on {
+            if repaired {
+                continue;
+            }
+            break;
+        }
+        let position =
+            if message.starts_with("unknown field") || message.starts_with("unknown policy") {
+                index.find_key(&path)
+            } else {
+                index.find(&path)
+            };
         errors.push(ConfigError {
             path,
             message,

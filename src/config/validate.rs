@@ -35,10 +35,11 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     if raw.workers > 1024 {
         errs.push(ConfigError::new("workers", "at most 1024 workers"));
     }
-    if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    if !LEVELS.contains(&raw.log_level.as_str()) {
         errs.push(ConfigError::new(
             "log_level",
-            "must be one of error, warn, info, debug, trace",
+            super::suggest::unknown("log level", &raw.log_level, &LEVELS),
         ));
     }
     if raw.admin.enabled {
