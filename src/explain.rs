@@ -121,11 +121,14 @@ pub fn explain(
             }
             let _ = writeln!(
                 out,
-                "timeouts: connect {:?}, request {:?}, idle {:?}; max body {} bytes",
+                "timeouts: connect {:?}, request {:?}, idle {:?}; max body {}",
                 service.timeouts.connect,
                 route.timeout,
                 service.timeouts.idle,
-                route.max_body_bytes
+                match route.max_body_bytes {
+                    u64::MAX => "unlimited".to_string(),
+                    n => format!("{n} bytes"),
+                }
             );
             let raw_service = plan.raw.services.get(&raw.service);
             let service_policies = raw_service.map_or(&[][..], |s| &s.policies[..]);

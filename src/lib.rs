@@ -74,7 +74,7 @@ impl Gateway {
         let admin_listen = admin_listen(&plan);
         let runtime = Runtime::new(plan, config_path)?;
         // The admin port first: when it is taken, nothing has started serving yet.
-        let admin = start_admin(&runtime, admin_listen)?;
+        let admin = start_admin(&runtime, admin_listen, None, false)?;
         let server = Server::start(Arc::clone(&runtime))?;
         Ok(Gateway {
             runtime,
@@ -93,11 +93,15 @@ impl Gateway {
     pub fn start_upgradable(
         plan: Plan,
         config_path: Option<PathBuf>,
-        inherited: server::handoff::Inherited,
+        mut inherited: server::handoff::Inherited,
     ) -> Result<Gateway, StartError> {
         let admin_listen = admin_listen(&plan);
         let runtime = Runtime::new(plan, config_path)?;
-        let admin = start_admin(&runtime, admin_listen)?;
+        // Taken before the server claims the rest: it closes what nobody claimed.
+        let admin_socket = admin_listen
+            .as_deref()
+            .and_then(|l| inherited.take(&server::handoff::admin_entry(l)).pop());
+        let admin = start_admin(&runtime, admin_listen, admin_socket, true)?;
         let server = Server::start_with(Arc::clone(&runtime), inherited, true)?;
         Ok(Gateway {
             runtime,
@@ -114,6 +118,7 @@ impl Gateway {
     /// Stops accepting, drains in-flight requests (up to the grace period) and waits.
     pub fn shutdown(self) {
         self.server.release_handoff();
+        server::handoff::release_kept();
         self.runtime.begin_shutdown();
         self.server.join();
         if let Some(admin) = self.admin {
@@ -132,22 +137,35 @@ fn admin_listen(plan: &Plan) -> Option<String> {
     admin.enabled.then(|| admin.listen.clone())
 }
 
+/// Starts the admin API on `listen` (on `inherited` when a predecessor handed it over), keeping
+/// a copy of its socket for a successor when `upgradable`.
 fn start_admin(
     runtime: &Arc<Runtime>,
     listen: Option<String>,
+    inherited: Option<std::net::TcpListener>,
+    upgradable: bool,
 ) -> Result<Option<admin::AdminServer>, StartError> {
     let Some(listen) = listen else {
         return Ok(None);
     };
-    listen
+    let error = |error| StartError::Admin {
+        addr: listen.clone(),
+        error,
+    };
+    let addr = listen
         .parse()
-        .map_err(|_| std::io::Error::other("not an IP:port"))
-        .and_then(|addr| admin::AdminServer::start(Arc::clone(runtime), addr))
+        .map_err(|_| error(std::io::Error::other("not an IP:port")))?;
+    let socket = match inherited {
+        Some(socket) => socket,
+        None => admin::bind_exclusive(addr).map_err(error)?,
+    };
+    if upgradable {
+        server::handoff::keep_for_successor(server::handoff::admin_entry(&listen), &socket)
+            .map_err(error)?;
+    }
+    admin::AdminServer::start(Arc::clone(runtime), socket)
         .map(Some)
-        .map_err(|error| StartError::Admin {
-            addr: listen,
-            error,
-        })
+        .map_err(error)
 }
 
 /// Logs the outcome of a reload in one line.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use portico::telemetry::app_log;
 
 /// Portico: a lightweight, fast API gateway.
 #[derive(Parser)]
@@ -62,17 +63,20 @@ enum Command {
     },
 }
 
-fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+/// A panic while loading a config is caught and reported as a config error (see
+/// `portico::config::guard`), so the default hook's message and backtrace would only repeat it
+/// as if the process had crashed.
+fn quiet_config_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(portico::config::guard::THREAD_NAME) {
+            default(info);
+        }
+    }));
 }
 
 fn main() -> ExitCode {
+    quiet_config_panics();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
@@ -86,15 +90,17 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, watch } => {
-            let level = portico::config::parse_str(
-                &std::fs::read_to_string(&config)
-                    .with_context(|| format!("cannot read {}", config.display()))?,
+            // The log is set up before the gateway loads the config for real (which logs), so
+            // its settings are read here; a broken file gets the defaults and then its errors.
+            let (level, format) = portico::config::parse_str(
+                &portico::config::read_file(&config)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?,
                 &config.display().to_string(),
                 &portico::config::expand::ProcessEnv,
             )
-            .map(|raw| raw.log_level)
-            .unwrap_or_else(|_| "info".to_string());
-            init_tracing(&level);
+            .map(|raw| (raw.log_level, raw.log_format))
+            .unwrap_or_else(|_| ("info".to_string(), Default::default()));
+            app_log::init(&level, format);
             match portico::run(&config, watch) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(portico::StartError::Config(errors)) => {
@@ -145,7 +151,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             tls,
             tls_listen,
         } => {
-            init_tracing("info");
+            app_log::init("info", app_log::LogFormat::Text);
             demo(&listen, &admin_listen, tls.then_some(tls_listen.as_str()))
         }
     }

@@ -222,3 +222,125 @@ async fn cache_entries_are_purged_by_key_and_by_prefix() {
         .unwrap();
     assert_eq!(purge("not json").await.status, 400);
 }
+
+/// Asserts the common error body with `code`, and that its request id is the `X-Request-Id`
+/// header's.
+#[track_caller]
+fn assert_common_error(r: &support::Reply, status: u16, code: &str) {
+    let body = r.assert_error(status, code);
+    assert_eq!(
+        body["request_id"].as_str(),
+        Some(r.header("x-request-id").as_str()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn admin_errors_have_the_common_json_body_and_an_x_request_id() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), ""));
+    let auth = format!("Bearer {TOKEN}");
+    let auth = [("authorization", auth.as_str())];
+
+    // Before: `{"error","message"}` only, and no X-Request-Id.
+    assert_common_error(
+        &send("GET", &gw.admin_url("/nope"), &auth, "").await,
+        404,
+        "not_found",
+    );
+    assert_common_error(&get(&gw.admin_url("/status")).await, 401, "unauthorized");
+    let wrong_method = send("DELETE", &gw.admin_url("/status"), &auth, "").await;
+    assert_common_error(&wrong_method, 405, "method_not_allowed");
+    assert_eq!(wrong_method.header("allow"), "GET");
+    let big = vec![b'x'; 65 * 1024];
+    assert_common_error(
+        &send("POST", &gw.admin_url("/cache/purge"), &auth, big).await,
+        413,
+        "payload_too_large",
+    );
+    assert_common_error(
+        &send("POST", &gw.admin_url("/cache/purge"), &auth, "{}").await,
+        400,
+        "bad_request",
+    );
+    std::fs::write(gw.config_path(), "routes: [{name: x}]\n").expect("write");
+    let rejected = send("POST", &gw.admin_url("/reload"), &auth, "").await;
+    assert_common_error(&rejected, 400, "config_invalid");
+
+    // A caller's valid request id is kept; an invalid one is replaced.
+    let mine = send(
+        "GET",
+        &gw.admin_url("/nope"),
+        &[auth[0], ("x-request-id", "ops-check-42")],
+        "",
+    )
+    .await;
+    assert_eq!(mine.json()["request_id"], "ops-check-42");
+    let bad = send(
+        "GET",
+        &gw.admin_url("/nope"),
+        &[auth[0], ("x-request-id", "a b")],
+        "",
+    )
+    .await;
+    assert_common_error(&bad, 404, "not_found");
+    assert_ne!(bad.header("x-request-id"), "a b");
+    // Successful answers carry the header too.
+    let ok = admin_get(&gw, "/status").await;
+    assert_eq!(ok.status, 200);
+    assert!(!ok.header("x-request-id").is_empty());
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_error_response_the_admin_api_gives() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), ""));
+    let doc = admin_get(&gw, "/openapi.json").await.json();
+    let error = &doc["components"]["schemas"]["Error"];
+    assert_eq!(
+        error["required"],
+        serde_json::json!(["error", "message", "request_id"])
+    );
+    let responses = &doc["components"]["responses"];
+    for name in [
+        "Unauthorized",
+        "NotFound",
+        "MethodNotAllowed",
+        "PayloadTooLarge",
+        "BadRequest",
+        "ReloadFailed",
+    ] {
+        assert_eq!(
+            responses[name]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error",
+            "{name}"
+        );
+        assert!(
+            responses[name]["headers"]["X-Request-Id"].is_object(),
+            "{name}"
+        );
+    }
+    let auth = format!("Bearer {TOKEN}");
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let listed = &op["responses"];
+            let public = op["security"] == serde_json::json!([]);
+            assert_eq!(!public, listed["401"].is_object(), "{method} {path}: 401");
+            assert!(listed["413"].is_object(), "{method} {path}: 413");
+            // What the running API answers for another method is what the document says.
+            let other = if method == "get" { "DELETE" } else { "GET" };
+            let r = send(other, &gw.admin_url(path), &[("authorization", &auth)], "").await;
+            assert_common_error(&r, 405, "method_not_allowed");
+        }
+    }
+    let reload = &doc["paths"]["/reload"]["post"]["responses"];
+    assert_eq!(reload["500"]["$ref"], "#/components/responses/ReloadFailed");
+    assert!(
+        reload["400"]["content"]["application/json"]["schema"]["properties"]["request_id"]
+            .is_object()
+    );
+    assert_eq!(
+        doc["paths"]["/cache/purge"]["post"]["responses"]["400"]["$ref"],
+        "#/components/responses/BadRequest"
+    );
+}

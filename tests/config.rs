@@ -469,6 +469,7 @@ fn the_commented_example_shows_every_option() {
         "listen:",
         "workers:",
         "log_level:",
+        "log_format:",
         "limits:",
         "max_header_bytes:",
         "max_uri_bytes:",
@@ -749,4 +750,231 @@ routes:
         "{closed}"
     );
     assert!(!closed.contains("app-key-123456"), "{closed}");
+}
+
+// === Inputs that must not crash or exhaust `validate` (issue 15) ===
+
+/// Asserts `validate` exited 1 (not 101 from a panic, not 134 from a stack overflow) with
+/// exactly one error line; returns it.
+#[track_caller]
+fn one_error(cfg: &ConfigFile, run: &Run) -> ErrorLine {
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let mut errors = error_lines(&cfg.path, &run.stderr);
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    errors.remove(0)
+}
+
+#[test]
+fn a_400000_day_cache_ttl_is_an_error_with_its_position_not_a_panic() {
+    let text = format!(
+        "{SERVICES}routes:\n  - name: r\n    service: users\n    policies:\n      - auth: {{basic: true}}\nconsumers:\n  - name: ada\n    basic: {{username: ada, password_hash: \"$2b$04$abcdefghijklmnopqrstuu5Fq6/Hd2WzjYt8YpqBXSU4TA/AR.9xW\"}}\nauth:\n  basic: {{cache_ttl: 400000d}}\n  introspection:\n    idp:\n      url: \"http://127.0.0.1:7002/introspect\"\n      client_id: gw\n      client_secret: s3cret\n      negative_cache_ttl: 366d\n"
+    );
+    let cfg = write_config(&text);
+    let run = validate(&cfg.path, &[]);
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    let errors = error_lines(&cfg.path, &run.stderr);
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert_at(
+        find(&errors, "auth.basic.cache_ttl"),
+        pos_of(&text, "400000d"),
+        "`400000d` is longer than 365d",
+    );
+    assert_at(
+        find(&errors, "auth.introspection.idp.negative_cache_ttl"),
+        pos_of(&text, "366d"),
+        "longer than 365d",
+    );
+}
+
+#[test]
+fn deep_nesting_is_a_clear_error_not_a_stack_overflow() {
+    // Before the fix 20,000 levels aborted `validate` (exit 134).
+    for (name, deep) in [
+        (
+            "block",
+            format!("{SERVICES}extra:\n{}x\n", "- ".repeat(20_000)),
+        ),
+        (
+            "flow",
+            format!(
+                "{SERVICES}extra: {}x{}\n",
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            ),
+        ),
+        (
+            "maps",
+            format!(
+                "{SERVICES}extra: {}x{}\n",
+                "{a: ".repeat(20_000),
+                "}".repeat(20_000)
+            ),
+        ),
+    ] {
+        let cfg = write_config(&deep);
+        let e = one_error(&cfg, &validate(&cfg.path, &[]));
+        assert!(
+            e.message.contains("more than 64 levels deep"),
+            "{name}: {e:?}"
+        );
+        // Pointed at the nested value, after the services.
+        assert!(e.line > SERVICES.lines().count(), "{name}: {e:?}");
+    }
+}
+
+#[test]
+fn an_alias_bomb_is_refused_quickly_before_it_expands() {
+    // Nine levels of nine aliases: 387 million strings once expanded, from 500 bytes.
+    let mut bomb = format!("{SERVICES}x-0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+        bomb.push_str(&format!("x-{i}: &a{i} [{refs}]\n"));
+    }
+    let cfg = write_config(&bomb);
+    let started = std::time::Instant::now();
+    let run = validate(&cfg.path, &[]);
+    let took = started.elapsed();
+    let e = one_error(&cfg, &run);
+    assert!(e.message.contains("refused before building it"), "{e:?}");
+    assert!(e.message.contains("alias"), "{e:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_config_file_over_4_mib_is_refused_without_reading_it_all() {
+    let mut text = format!("{SERVICES}# ");
+    text.push_str(&"x".repeat(4 * 1024 * 1024));
+    let cfg = write_config(&text);
+    let run = validate(&cfg.path, &[]);
+    assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "{}: the config is larger than 4 MiB, the most a config file may hold",
+            cfg.path.display()
+        )
+    );
+}
+
+/// `portico validate FILE`, killed if it has not exited within 10 s (a hang is a failure).
+fn validate_or_kill(file: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("validate")
+        .arg(file)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run portico");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`portico validate {}` hung", file.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn file_expansion_reads_only_regular_files_up_to_1_mib() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("secret.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'x'; 1024 * 1024 + 1]).expect("write");
+    // Before the fix the FIFO hung `validate` forever and /dev/zero grew it to gigabytes.
+    for (file, why) in [
+        (fifo.display().to_string(), "not a regular file"),
+        ("/dev/zero".to_string(), "not a regular file"),
+        (big.display().to_string(), "larger than 1024 KiB"),
+    ] {
+        let text = format!(
+            "{SERVICES}admin:\n  token: \"${{file:{file}}}\"\nroutes:\n  - {{name: r, service: users}}\n"
+        );
+        let cfg = write_config(&text);
+        let run = validate_or_kill(&cfg.path);
+        let e = one_error(&cfg, &run);
+        assert_eq!(e.path, "admin.token", "{e:?}");
+        assert_eq!(
+            e.message,
+            format!("cannot read `${{file:{file}}}`: {why}"),
+            "{e:?}"
+        );
+    }
+}
+
+// === One error per mistake, with a suggestion (issue 19) ===
+
+#[test]
+fn each_misspelled_fixture_gives_one_error_with_its_suggestion_and_the_allowed_values() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/misspelled");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 10, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("fixture");
+        // The first line says what `validate` must print: `# expect: path: message start`.
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: no `# expect:` line", file.display()));
+        let run = validate(file, &[]);
+        assert_eq!(run.code, Some(1), "{}: {}", file.display(), run.stderr);
+        let errors = error_lines(file, &run.stderr);
+        assert_eq!(errors.len(), 1, "{}:\n{}", file.display(), run.stderr);
+        let e = &errors[0];
+        let line = format!("{}: {}", e.path, e.message);
+        assert!(
+            line.starts_with(expected),
+            "{}:\n{line}\nexpected: {expected}",
+            file.display()
+        );
+        assert!(
+            e.message.contains(", expected "),
+            "allowed values named: {line}"
+        );
+        // It points at the misspelled word.
+        let written = expected
+            .split('`')
+            .nth(1)
+            .expect("the misspelled word in backticks");
+        let at_line = text.lines().nth(e.line - 1).expect("line");
+        assert!(
+            at_line.contains(written),
+            "{}:{}: {at_line:?} does not hold `{written}`",
+            file.display(),
+            e.line
+        );
+    }
+}
+
+#[test]
+fn an_unknown_policy_name_is_one_error_naming_the_known_policies() {
+    let text = format!(
+        "{SERVICES}routes:\n  - name: api\n    service: users\n    policies: [{{wasm: {{module: x.wasm}}}}]\n"
+    );
+    let cfg = write_config(&text);
+    let e = one_error(&cfg, &validate(&cfg.path, &[]));
+    assert_at(
+        &e,
+        pos_of(&text, "wasm:"),
+        "unknown policy `wasm`, expected one of `auth`, `rate_limit`",
+    );
+    // Nothing close to `wasm`: no suggestion.
+    assert!(!e.message.contains("did you mean"), "{e:?}");
 }

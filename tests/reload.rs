@@ -541,3 +541,142 @@ fn pos_of(text: &str, needle: &str) -> (usize, usize) {
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, column)
 }
+
+// === Configs that must not take the gateway down (issue 15) ===
+
+/// `POST /reload` on the admin API after writing `yaml` (with the harness defaults) over the
+/// config file; the reply as JSON with its status.
+async fn admin_reload(gw: &GatewayProcess, yaml: &str) -> (u16, serde_json::Value) {
+    std::fs::write(&gw.config, with_defaults(yaml)).expect("write config");
+    let r = support::send("POST", &gw.admin_url("/reload"), &[], "").await;
+    (r.status.as_u16(), r.json())
+}
+
+/// The one error of a rejected reload reply.
+fn only_error(reply: &serde_json::Value) -> &serde_json::Value {
+    assert_eq!(reply["error"], "config_invalid", "{reply}");
+    let errors = reply["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{reply}");
+    &errors[0]
+}
+
+/// A basic-auth route whose credential cache keeps entries for `ttl`.
+fn basic_auth_config(up: &str, ttl: &str) -> String {
+    format!(
+        "{}    policies:\n      - auth: {{basic: true}}\nconsumers:\n  - name: ada\n    basic: {{username: ada, password_hash: \"$2b$04$abcdefghijklmnopqrstuu5Fq6/Hd2WzjYt8YpqBXSU4TA/AR.9xW\"}}\nauth:\n  basic: {{cache_ttl: {ttl}}}\n",
+        config(up, &[("api", "/api")])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400000_day_cache_ttl_is_a_config_error_on_post_reload_and_sighup_not_a_crash() {
+    let up = upstream::http1("up").spawn().await;
+    let mut gw = blocking(|| GatewayProcess::spawn(&config(&up.url(), &[("open", "/open")]), &[]));
+
+    // Before the fix the reply never came: the admin thread died in moka's builder.
+    let bad = basic_auth_config(&up.url(), "400000d");
+    let (status, reply) = admin_reload(&gw, &bad).await;
+    assert_eq!(status, 400, "{reply}");
+    let e = only_error(&reply);
+    assert_eq!(e["path"], "auth.basic.cache_ttl", "{reply}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("longer than 365d")),
+        "{reply}"
+    );
+    let (line, col) = pos_of(&with_defaults(&bad), "400000d");
+    assert_eq!(
+        (e["line"].as_u64(), e["column"].as_u64()),
+        (Some(line as u64), Some(col as u64))
+    );
+    assert_eq!(get(&gw.url("/open/1")).await.status, 200);
+
+    // SIGHUP (which before the fix killed the process) is rejected the same way.
+    hup(&mut gw, &bad, "config reload rejected");
+    blocking(|| gw.wait_for_line("auth.basic.cache_ttl: `400000d` is longer than 365d", WAIT));
+    assert_eq!(get(&gw.url("/open/2")).await.status, 200);
+    assert!(
+        gw.child.try_wait().expect("try_wait").is_none(),
+        "still running"
+    );
+
+    // The longest accepted TTL is applied.
+    let (status, reply) = admin_reload(&gw, &basic_auth_config(&up.url(), "365d")).await;
+    assert_eq!(
+        (status, &reply["result"]),
+        (200, &serde_json::json!("applied"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_nested_lists_on_post_reload_are_a_config_error_not_a_stack_overflow() {
+    let up = upstream::http1("up").spawn().await;
+    let good = config(&up.url(), &[("api", "/api")]);
+    let gw = blocking(|| GatewayProcess::spawn(&good, &[]));
+
+    // 10 KB of `- - - ...`: before the fix this overflowed the admin thread's stack (exit 134).
+    let deep = format!("{good}extra:\n{}x\n", "- ".repeat(5000));
+    let (status, reply) = admin_reload(&gw, &deep).await;
+    assert_eq!(status, 400, "{reply}");
+    let e = only_error(&reply);
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than 64 levels deep")),
+        "{reply}"
+    );
+    assert!(e["line"].as_u64().is_some(), "{reply}");
+    // The same depth in flow style.
+    let flow = format!("{good}extra: {}x{}\n", "[".repeat(5000), "]".repeat(5000));
+    let (status, reply) = admin_reload(&gw, &flow).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(only_error(&reply)["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("levels deep")));
+    assert_eq!(get(&gw.url("/api/1")).await.status, 200);
+}
+
+/// A billion-laughs document under the YAML deserializer's own repetition limit: 3,000 scalars
+/// expanded three million times (about 200 MB as a `serde_yaml_ng::Value`) from 14 KB of text.
+fn alias_bomb(base: &str) -> String {
+    let row = vec!["laughing"; 1000].join(", ");
+    let a = vec!["*a"; 1000].join(", ");
+    format!("{base}x-a: &a [{row}]\nx-b: &b [{a}]\nx-c: [*b, *b, *b]\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_bomb_is_refused_before_it_expands_and_rss_stays_where_it_was() {
+    let up = upstream::http1("up").spawn().await;
+    let good = config(&up.url(), &[("api", "/api")]);
+    let gw = blocking(|| GatewayProcess::spawn(&good, &[]));
+    // Warm up the admin thread and the allocator with one ordinary rejected reload.
+    let (status, _) = admin_reload(&gw, &format!("{good}nope: 1\n")).await;
+    assert_eq!(status, 400);
+    let (rss_before, peak_before) = (gw.rss_kib(), gw.hwm_kib());
+
+    let bomb = alias_bomb(&good);
+    assert!(bomb.len() < 16 * 1024, "{} bytes", bomb.len());
+    let (status, reply) = admin_reload(&gw, &bomb).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        only_error(&reply)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused before building it")),
+        "{reply}"
+    );
+    let (rss_after, peak_after) = (gw.rss_kib(), gw.hwm_kib());
+    eprintln!(
+        "alias bomb: RSS {rss_before} -> {rss_after} KiB, peak {peak_before} -> {peak_after} KiB"
+    );
+    // Before the fix the peak rose by about 200 MB and RSS stayed up.
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(
+        peak_after < peak_before + 8 * 1024,
+        "the peak RSS grew from {peak_before} to {peak_after} KiB: the bomb was expanded"
+    );
+    assert_eq!(get(&gw.url("/api/1")).await.status, 200);
+}

@@ -48,6 +48,8 @@ async fn sigusr2_hands_the_sockets_to_a_successor_without_failing_a_request() {
     );
     let mut old = GatewayProcess::spawn(&yaml, &[]);
     let addr = old.addr;
+    let admin = old.admin.expect("admin API enabled");
+    assert_eq!(support::get(&old.admin_url("/healthz")).await.status, 200);
     old.wait_for_line("portico started", Duration::from_secs(10));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,6 +94,11 @@ async fn sigusr2_hands_the_sockets_to_a_successor_without_failing_a_request() {
     .unwrap();
     let (code, _old) = code;
     assert_eq!(code, Some(0), "the old process drained and exited cleanly");
+    // The successor serves the admin API on the socket it was handed (the old process, which
+    // bound it exclusively, is gone).
+    let status = support::get(&format!("http://{admin}/status")).await;
+    assert_eq!(status.status, 200, "{}", status.text());
+    assert_eq!(status.json()["config"]["revision"], 1, "{}", status.text());
     // The successor alone serves the load for a while.
     let after_exit = ok.load(Ordering::SeqCst);
     while ok.load(Ordering::SeqCst) < after_exit + 100 {
@@ -142,4 +149,56 @@ async fn request(
         return Err(format!("status {status}"));
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_a_taken_admin_port_fails_to_start_with_a_clear_message() {
+    let up = upstream::http1("up").spawn().await;
+    let routes = format!(
+        "services:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: all, service: a}}\n",
+        up.url()
+    );
+    let first = GatewayProcess::spawn(&routes, &[]);
+    let admin = first.admin.expect("admin API enabled");
+
+    // Before the fix both bound the port with SO_REUSEPORT and the second started silently.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("second.yaml");
+    std::fs::write(
+        &config,
+        support::with_defaults(&format!("admin: {{listen: \"{admin}\"}}\n{routes}")),
+    )
+    .expect("write config");
+    let second = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn portico");
+        let _guard = KillOnDrop(child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second gateway kept running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen for the admin API on {admin}: the port is already in use by another process"
+        )),
+        "{stderr}"
+    );
+    // The first gateway still owns its admin API.
+    assert_eq!(support::get(&first.admin_url("/healthz")).await.status, 200);
 }

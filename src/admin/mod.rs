@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::proxy::headers::{new_request_id, valid_request_id, X_REQUEST_ID};
 use crate::runtime::{ReloadError, ReloadOutcome, Runtime};
 use crate::upstream::breaker::BreakerState;
 
@@ -39,22 +40,10 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `listen` now (so a taken port fails the start) and serves on a thread of its own
-    /// until the runtime shuts down.
-    pub fn start(runtime: Arc<Runtime>, listen: SocketAddr) -> std::io::Result<Self> {
-        // SO_REUSEPORT, like the public listeners: during a zero-downtime restart the successor
-        // binds the admin port while its predecessor still drains.
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(listen),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&listen.into())?;
-        socket.listen(128)?;
-        socket.set_nonblocking(true)?;
-        let listener: std::net::TcpListener = socket.into();
+    /// Serves on `listener` (from [`bind_exclusive`], or handed over by a predecessor in a
+    /// zero-downtime restart) on a thread of its own until the runtime shuts down.
+    pub fn start(runtime: Arc<Runtime>, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let thread = std::thread::Builder::new()
             .name("portico-admin".into())
@@ -84,6 +73,27 @@ impl AdminServer {
             let _ = t.join();
         }
     }
+}
+
+/// Binds the admin listener now, so a taken port fails the start. Without `SO_REUSEPORT`: with it, a second gateway on the same machine would share the
+/// port and admin calls (`POST /reload` included) would land on either at random. A successor
+/// in a restart gets the socket itself instead of binding (see `server::handoff`).
+pub fn bind_exclusive(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Only lets the bind reuse connections in TIME_WAIT; a socket still listening refuses it.
+    socket.set_reuse_address(true)?;
+    socket.bind(&listen.into()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            std::io::Error::new(e.kind(), "the port is already in use by another process")
+        }
+        _ => e,
+    })?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
@@ -121,7 +131,21 @@ async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
 /// Largest request body the admin API reads (a purge request).
 const MAX_BODY: usize = 64 * 1024;
 
+/// Answers one admin request, with the request id (the caller's `X-Request-Id` when valid, else
+/// a new one) in an `X-Request-Id` header and in every error body, as on the public listener.
 async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| valid_request_id(v))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let mut resp = answer(runtime, req, id.to_str().unwrap_or_default()).await;
+    resp.headers_mut().insert(X_REQUEST_ID, id);
+    resp
+}
+
+async fn answer(runtime: &Runtime, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     // The dashboard's files carry no data: the page asks for the token and sends it on its API
@@ -129,6 +153,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
     let public = path == "/healthz" || dashboard::is_asset(&path);
     if !public && !authorized(runtime, &req) {
         let mut resp = error(
+            id,
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "this admin API needs `Authorization: Bearer <admin.token>`",
@@ -147,6 +172,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return error(
+                id,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "admin request bodies are at most 64 KiB",
@@ -178,8 +204,8 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
             resp
         }
         (Method::GET, "/errors") => ok(json!({"errors": runtime.metrics.recent_errors()})),
-        (Method::POST, "/reload") => reload(runtime),
-        (Method::POST, "/cache/purge") => purge(runtime, &body).await,
+        (Method::POST, "/reload") => reload(runtime, id),
+        (Method::POST, "/cache/purge") => purge(runtime, &body, id).await,
         (Method::GET, "/openapi.json") => {
             let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             resp.headers_mut().insert(
@@ -192,10 +218,11 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
             _,
             "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
             | "/openapi.json" | "/metrics" | "/errors",
-        ) => method_not_allowed("GET"),
-        (_, p) if dashboard::is_asset(p) => method_not_allowed("GET"),
-        (_, "/reload" | "/cache/purge") => method_not_allowed("POST"),
+        ) => method_not_allowed(id, "GET"),
+        (_, p) if dashboard::is_asset(p) => method_not_allowed(id, "GET"),
+        (_, "/reload" | "/cache/purge") => method_not_allowed(id, "POST"),
         _ => error(
+            id,
             StatusCode::NOT_FOUND,
             "not_found",
             "no such admin endpoint; see /openapi.json",
@@ -342,7 +369,7 @@ fn services(runtime: &Runtime) -> Value {
     json!({"services": list})
 }
 
-fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
+fn reload(runtime: &Runtime, id: &str) -> Response<Full<Bytes>> {
     match runtime.reload() {
         Ok(ReloadOutcome::Applied { revision }) => {
             crate::log_reload(&Ok(ReloadOutcome::Applied { revision }));
@@ -368,6 +395,7 @@ fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
             let mut resp = ok(json!({
                 "error": "config_invalid",
                 "message": "the new config was rejected; the previous config keeps serving",
+                "request_id": id,
                 "file": errors.file,
                 "errors": list,
             }));
@@ -375,6 +403,7 @@ fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
             resp
         }
         Err(e) => error(
+            id,
             StatusCode::INTERNAL_SERVER_ERROR,
             "reload_failed",
             &e.to_string(),
@@ -384,7 +413,7 @@ fn reload(runtime: &Runtime) -> Response<Full<Bytes>> {
 
 /// `{"key": K}` purges that cache key (with its variants), `{"prefix": P}` every key starting
 /// with P, from every cache policy (memory and Redis).
-async fn purge(runtime: &Runtime, body: &[u8]) -> Response<Full<Bytes>> {
+async fn purge(runtime: &Runtime, body: &[u8], id: &str) -> Response<Full<Bytes>> {
     use crate::policy::cache::{purge, Purge};
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -396,6 +425,7 @@ async fn purge(runtime: &Runtime, body: &[u8]) -> Response<Full<Bytes>> {
         Ok(r) => r,
         Err(e) => {
             return error(
+                id,
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 &format!("expected {{\"key\": ...}} or {{\"prefix\": ...}}: {e}"),
@@ -408,6 +438,7 @@ async fn purge(runtime: &Runtime, body: &[u8]) -> Response<Full<Bytes>> {
         (None, Some(p)) if !p.is_empty() => purge(&active.plan, Purge::Prefix(p)).await,
         _ => {
             return error(
+                id,
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "give exactly one of `key` or a non-empty `prefix`",
@@ -431,14 +462,17 @@ fn ok(body: Value) -> Response<Full<Bytes>> {
     resp
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let mut resp = ok(json!({"error": code, "message": message}));
+/// The common error body (`error`, `message`, `request_id`), the same shape as the public
+/// listener's.
+fn error(id: &str, status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let mut resp = ok(json!({"error": code, "message": message, "request_id": id}));
     *resp.status_mut() = status;
     resp
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+fn method_not_allowed(id: &str, allow: &'static str) -> Response<Full<Bytes>> {
     let mut resp = error(
+        id,
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "see /openapi.json",

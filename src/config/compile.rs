@@ -125,7 +125,9 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 .collect(),
             escaped_slashes: r.escaped_slashes.unwrap_or(raw.paths.escaped_slashes),
             https_redirect: r.https_redirect,
-            max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
+            max_body_bytes: no_limit_if_zero(
+                r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
+            ),
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
             policies: route_policies(
                 &raw,
@@ -172,7 +174,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         limits: Limits {
             max_header_bytes: raw.limits.max_header_bytes.0 as usize,
             max_uri_bytes: raw.limits.max_uri_bytes.0 as usize,
-            max_connections: raw.limits.max_connections,
+            max_connections: match raw.limits.max_connections {
+                0 => usize::MAX,
+                n => n,
+            },
         },
         header_read_timeout: raw.timeouts.header_read.0,
         request_body_idle: raw.timeouts.request_body_idle.0,
@@ -501,5 +506,14 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
             .retry
             .as_ref()
             .map(|r| Arc::new(RetryPolicy::compile(r))),
+    }
+}
+
+/// `0` in a limit that can sensibly be off means "no limit"; the request path then never has to
+/// tell the two apart.
+fn no_limit_if_zero(limit: u64) -> u64 {
+    match limit {
+        0 => u64::MAX,
+        n => n,
     }
 }

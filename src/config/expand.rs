@@ -17,7 +17,8 @@ pub struct ExpandError {
 }
 
 /// Where the values come from; the process environment in production, a map in tests.
-pub trait Source {
+/// `Sync` because loading runs on a thread of its own (see `guard`).
+pub trait Source: Sync {
     /// The value of environment variable `name`.
     fn var(&self, name: &str) -> Option<String>;
     /// The contents of the file at `path`.
@@ -27,13 +28,46 @@ pub trait Source {
 /// Reads the real environment and file system.
 pub struct ProcessEnv;
 
+/// The most a `${file:...}` reference may read: secrets and certificates are a few kilobytes.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 impl Source for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
     fn file(&self, path: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        read_secret_file(path)
     }
+}
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`]. Anything else is refused before a byte
+/// is read: a FIFO would block the reload forever, and a device such as `/dev/zero` never ends.
+pub fn read_secret_file(path: &str) -> std::io::Result<String> {
+    use std::io::{Error, Read as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Opening a FIFO for reading blocks until a writer comes, unless non-blocking; for a
+    // regular file the flag changes nothing. (Checking the type before opening would leave a
+    // window for the path to be swapped.)
+    const O_NONBLOCK: i32 = 0o4000;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let too_large = || Error::other(format!("larger than {} KiB", MAX_FILE_BYTES / 1024));
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    // The size can change after the check (a file being written): read one byte past the cap.
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Expands every string in `value` in place. Returns the paths of the strings that changed, with
@@ -214,6 +248,31 @@ mod tests {
             .contains("MISSING"));
         assert!(expand_str("${bad name}", &src).is_err());
         assert!(expand_str("${HOST", &src).is_err());
+    }
+
+    #[test]
+    fn secret_files_must_be_regular_and_at_most_1_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "s3cr3t\n").unwrap();
+        assert_eq!(read_secret_file(ok.to_str().unwrap()).unwrap(), "s3cr3t\n");
+        let max = dir.path().join("max");
+        std::fs::write(&max, vec![b'x'; MAX_FILE_BYTES as usize]).unwrap();
+        assert!(read_secret_file(max.to_str().unwrap()).is_ok());
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        for (path, why) in [
+            (big.to_str().unwrap(), "larger than 1024 KiB"),
+            (fifo.to_str().unwrap(), "not a regular file"),
+            ("/dev/zero", "not a regular file"),
+            (dir.path().to_str().unwrap(), "not a regular file"),
+        ] {
+            let err = read_secret_file(path).unwrap_err().to_string();
+            assert!(err.contains(why), "{path}: {err}");
+        }
     }
 
     #[test]

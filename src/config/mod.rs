@@ -10,9 +10,12 @@
 
 pub mod compile;
 pub mod expand;
+pub mod guard;
+pub mod limits;
 pub mod plan;
 pub mod position;
 pub mod raw;
+pub mod suggest;
 pub mod units;
 pub mod validate;
 
@@ -76,21 +79,63 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads and compiles a config file.
+/// Reads and compiles a config file (see [`load_str`]).
 pub fn load_file(path: &Path) -> Result<Plan, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let text = read_file(path).map_err(|message| ConfigErrors {
         file: file.clone(),
-        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+        errors: vec![ConfigError::new("", message)],
     })?;
     load_str(&text, &file, &expand::ProcessEnv)
+}
+
+/// The text of a config file, refusing one over [`limits::MAX_DOCUMENT_BYTES`] without reading
+/// it all.
+pub fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(limits::MAX_DOCUMENT_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if text.len() > limits::MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+fn too_large() -> String {
+    format!(
+        "the config is larger than {} MiB, the most a config file may hold",
+        limits::MAX_DOCUMENT_BYTES >> 20
+    )
 }
 
 /// Parses, expands, validates and compiles config text. `file` names it in errors.
 ///
 /// Reports every problem it can find in one go: a key of the wrong type or an unknown key does
 /// not hide the cross-field errors elsewhere in the file (see [`deserialize_collecting`]).
+/// Runs [`guard::contained`]: a panic while loading is reported as an error, never ends the
+/// process.
 pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
+    guard::contained(|| load_str_here(text, file, env)).unwrap_or_else(|panic| {
+        Err(ConfigErrors {
+            file: file.to_string(),
+            errors: vec![ConfigError::new(
+                "",
+                format!(
+                    "internal error while loading the config ({panic}); this is a bug in \
+                     Portico, please report it with the config that caused it"
+                ),
+            )],
+        })
+    })
+}
+
+/// [`load_str`] on the calling thread.
+fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
     let parsed = parse_stages(text, file, env)?;
     let mut errors = parsed.errors.clone();
     if let Some(raw) = &parsed.raw {
@@ -171,12 +216,15 @@ fn parse_stages(text: &str, file: &str, env: &dyn expand::Source) -> Result<Pars
         file: file.to_string(),
         errors,
     };
+    if text.len() > limits::MAX_DOCUMENT_BYTES {
+        return Err(fail(vec![ConfigError::new("", too_large())]));
+    }
     let index = match PositionIndex::build(text) {
         Ok(index) => index,
         Err((pos, message)) => {
             return Err(fail(vec![ConfigError {
                 path: String::new(),
-                message: format!("YAML syntax error: {message}"),
+                message,
                 position: Some(pos),
             }]))
         }
@@ -239,10 +287,14 @@ fn deserialize_collecting(
     expanded: &FxHashMap<String, String>,
 ) -> (Option<RawConfig>, Vec<ConfigError>, Repairs) {
     const MAX_ERRORS: usize = 100;
+    let max_attempts = (limits::MAX_COLLECTING_WORK / index.nodes().max(1))
+        .clamp(2, 4 * MAX_ERRORS as u64) as usize;
     let mut errors = Vec::new();
     let mut repairs = Repairs::default();
+    // Paths of the keys that unknown keys were probably meant to be (`servce` → `service`).
+    let mut misspelled: Vec<String> = Vec::new();
     let mut attempts = 0;
-    while errors.len() < MAX_ERRORS && attempts < 4 * MAX_ERRORS {
+    while errors.len() < MAX_ERRORS && attempts < max_attempts {
         attempts += 1;
         let err = match serde_path_to_error::deserialize::<_, RawConfig>(&value) {
             Ok(raw) => return (Some(raw), errors, repairs),
@@ -251,13 +303,17 @@ fn deserialize_collecting(
         let segments: Vec<Segment> = err.path().iter().cloned().collect();
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        let message = friendly(err.into_inner().to_string());
+        let message = suggest::serde_message(friendly(err.into_inner().to_string()), &path);
         if message.starts_with("invalid type: string")
             && expanded.contains_key(&path)
             && retype_scalar(&mut value, &segments)
         {
             continue;
         }
+        // One mistake, one error: a misspelled key's removal makes the key it was meant to be
+        // "missing", and removing a policy of unknown name leaves its one-key map empty. Both
+        // follow-ons are the repair's doing, so they are not reported again.
+        let mut follow_on = false;
         let repaired = match message
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'))
@@ -268,20 +324,48 @@ fn deserialize_collecting(
                 } else {
                     format!("{path}.{field}")
                 };
+                follow_on = misspelled.contains(&full);
                 let fresh = !repairs.placeholders.contains(&full);
                 repairs.placeholders.push(full);
                 fresh && insert_placeholder(&mut value, &segments, field)
             }
+            None if message == "invalid value: map, expected map with a single key" => {
+                follow_on = repairs.dropped.iter().any(|d| {
+                    d.strip_prefix(path.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                });
+                false
+            }
             None => {
+                if let Some(meant) = message
+                    .split_once("(did you mean `")
+                    .and_then(|(_, m)| m.split_once('`'))
+                    .map(|(m, _)| m)
+                    .filter(|_| message.starts_with("unknown field"))
+                {
+                    let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+                    misspelled.push(if parent.is_empty() {
+                        meant.to_string()
+                    } else {
+                        format!("{parent}.{meant}")
+                    });
+                }
                 repairs.dropped.push(path.clone());
                 remove_at(&mut value, &segments)
             }
         };
-        let position = if message.starts_with("unknown field") {
-            index.find_key(&path)
-        } else {
-            index.find(&path)
-        };
+        if follow_on {
+            if repaired {
+                continue;
+            }
+            break;
+        }
+        let position =
+            if message.starts_with("unknown field") || message.starts_with("unknown policy") {
+                index.find_key(&path)
+            } else {
+                index.find(&path)
+            };
         errors.push(ConfigError {
             path,
             message,

@@ -3,6 +3,8 @@
 
 use rustc_hash::FxHashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+
+use super::limits::Budget;
 use yaml_rust2::scanner::Marker;
 
 /// A 1-based line and column in the config file.
@@ -19,18 +21,48 @@ pub struct Position {
 pub struct PositionIndex {
     keys: FxHashMap<String, Position>,
     values: FxHashMap<String, Position>,
+    /// Nodes in the document with aliases expanded: what one deserializing pass walks.
+    nodes: u64,
 }
 
 impl PositionIndex {
-    /// Indexes `text`; on a YAML syntax error returns its position and message.
+    /// Indexes `text`, checking the document's nesting and alias expansion against
+    /// [`super::limits`] as it goes; on a YAML syntax error or a limit exceeded, returns the
+    /// position and the message.
+    ///
+    /// Pulls events one at a time rather than through `Parser::load`: that loader recurses once
+    /// per nesting level (a deep document overflows the stack before any limit could be checked)
+    /// and cannot be stopped early.
     pub fn build(text: &str) -> Result<Self, (Position, String)> {
         let mut builder = Builder::default();
+        let mut budget = Budget::default();
         let mut parser = Parser::new_from_str(text);
-        parser.load(&mut builder, false).map_err(|e| {
-            let m = e.marker();
-            (to_position(m), e.info().to_string())
-        })?;
-        Ok(builder.index)
+        // Only the first document is indexed (a second one is an error the deserializer
+        // reports), but every document is checked against the limits before it is built.
+        let mut documents = 0;
+        loop {
+            let (event, mark) = parser.next_token().map_err(|e| {
+                let message = match e.info() {
+                    // The scanner reads ahead past 255 open flow brackets before the parser
+                    // sends the events the budget would refuse: the same mistake.
+                    "recursion limit exceeded" => Budget::too_deep(),
+                    info => format!("YAML syntax error: {info}"),
+                };
+                (to_position(e.marker()), message)
+            })?;
+            budget
+                .on_event(&event)
+                .map_err(|message| (to_position(&mark), message))?;
+            match event {
+                Event::StreamEnd => {
+                    builder.index.nodes = budget.nodes();
+                    return Ok(builder.index);
+                }
+                Event::DocumentStart => documents += 1,
+                event if documents == 1 => builder.on_event(event, mark),
+                _ => {}
+            }
+        }
     }
 
     /// Position of the value at `path`, else of its key, else of the nearest indexed ancestor.
@@ -43,6 +75,11 @@ impl PositionIndex {
             let cut = probe.rfind(['.', '['])?;
             probe = &probe[..cut];
         }
+    }
+
+    /// Nodes in the document with every alias expanded.
+    pub fn nodes(&self) -> u64 {
+        self.nodes
     }
 
     /// Position of the key at `path` (where an unknown key is written), falling back to `find`.

@@ -57,6 +57,10 @@ pub struct RawConfig {
     /// Application log level when `RUST_LOG` is not set: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Application log format on stderr: `text` (coloured only at a terminal, never with
+    /// `NO_COLOR`) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: crate::telemetry::app_log::LogFormat,
     /// Consumers: the identities that credentials (API keys, basic auth, token subjects) map to.
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,

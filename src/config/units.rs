@@ -9,7 +9,17 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A duration written as `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
+/// The longest duration the config accepts anywhere: 365 days. Nothing a gateway times needs
+/// longer, and libraries given far longer ones panic (moka refuses a cache TTL over 1000 years)
+/// or overflow when adding them to an `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The largest byte size the config accepts anywhere: 1 TiB. Sizes bound bodies and caches; a
+/// larger one is a typo, and it would overflow arithmetic on 32-bit `usize` counts elsewhere.
+pub const MAX_BYTE_SIZE: u64 = 1 << 40;
+
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`, at most
+/// [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -43,6 +53,18 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_millis(n.checked_mul(ms_per_unit)?))
 }
 
+/// `1` followed by the unit of `text` (`99999999999d` → `1d`), to tell a number too large for
+/// its unit from a malformed one.
+fn one_of_unit(text: &str) -> String {
+    let text = text.trim();
+    match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(0) => String::new(),
+        Some(at) => format!("1{}", &text[at..]),
+        None if text.is_empty() => String::new(),
+        None => "1".to_string(),
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -52,9 +74,19 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as 250ms, 30s, 5m or 1h")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v)
-                    .map(Dur)
-                    .ok_or_else(|| E::custom("expected a duration such as 250ms, 30s, 5m or 1h"))
+                match parse_duration(v) {
+                    Some(d) if d <= MAX_DURATION => Ok(Dur(d)),
+                    // Too many digits for a u64 of milliseconds is too long, not malformed.
+                    Some(_) | None if parse_duration(&one_of_unit(v)).is_some() => {
+                        Err(E::custom(format!(
+                            "`{}` is longer than 365d, the longest duration the config accepts",
+                            v.trim()
+                        )))
+                    }
+                    _ => Err(E::custom(
+                        "expected a duration such as 250ms, 30s, 5m or 1h",
+                    )),
+                }
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Dur, E> {
                 Err(E::custom("a duration needs a unit: 250ms, 30s, 5m or 1h"))
@@ -92,7 +124,7 @@ impl JsonSchema for Dur {
 }
 
 /// A byte count written as a plain integer or with a unit: `KB`/`MB`/`GB` (powers of 1000) or
-/// `KiB`/`MiB`/`GiB` (powers of 1024).
+/// `KiB`/`MiB`/`GiB` (powers of 1024), at most [`MAX_BYTE_SIZE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -126,17 +158,29 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a byte size such as 16384, 64KiB or 10MB")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                parse_byte_size(v)
-                    .map(ByteSize)
-                    .ok_or_else(|| E::custom("expected a byte size such as 16384, 64KiB or 10MB"))
+                match parse_byte_size(v) {
+                    Some(n) => self.visit_u64(n),
+                    None if parse_byte_size(&one_of_unit(v)).is_some() => Err(E::custom(format!(
+                        "`{}` is more than 1TiB, the largest size the config accepts",
+                        v.trim()
+                    ))),
+                    None => Err(E::custom(
+                        "expected a byte size such as 16384, 64KiB or 10MB",
+                    )),
+                }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                if v > MAX_BYTE_SIZE {
+                    return Err(E::custom(format!(
+                        "{v} bytes is more than 1TiB, the largest size the config accepts"
+                    )));
+                }
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
                 u64::try_from(v)
-                    .map(ByteSize)
                     .map_err(|_| E::custom("a byte size cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
             }
         }
         d.deserialize_any(V)
@@ -187,5 +231,34 @@ mod tests {
         assert_eq!(parse_byte_size("1 GiB"), Some(1 << 30));
         assert_eq!(parse_byte_size("12XB"), None);
         assert_eq!(parse_byte_size("99999999999999999999GiB"), None);
+    }
+
+    fn dur(text: &str) -> Result<Dur, String> {
+        serde_yaml_ng::from_str::<Dur>(text).map_err(|e| e.to_string())
+    }
+
+    fn size(text: &str) -> Result<ByteSize, String> {
+        serde_yaml_ng::from_str::<ByteSize>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_over_365_days_are_refused_with_the_limit_named() {
+        assert_eq!(dur("365d"), Ok(Dur(MAX_DURATION)));
+        for long in ["366d", "400000d", "99999999999999999999d", "8761h"] {
+            let err = dur(long).unwrap_err();
+            assert!(err.contains("longer than 365d"), "{long}: {err}");
+        }
+        assert!(dur("3x").unwrap_err().contains("expected a duration"));
+    }
+
+    #[test]
+    fn sizes_over_one_tib_are_refused_with_the_limit_named() {
+        assert_eq!(size("1024GiB"), Ok(ByteSize(MAX_BYTE_SIZE)));
+        for big in ["1025GiB", "99999999999999999999GiB", "1099511627777"] {
+            let err = size(big).unwrap_err();
+            assert!(err.contains("more than 1TiB"), "{big}: {err}");
+        }
+        assert!(size("-1").unwrap_err().contains("negative"));
+        assert!(size("12XB").unwrap_err().contains("expected a byte size"));
     }
 }

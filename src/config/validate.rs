@@ -11,6 +11,10 @@ use http::{HeaderName, Method};
 use super::raw::{RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute, RawService};
 use super::ConfigError;
 
+/// A timeout cannot be switched off; the message says what to write instead.
+const NO_ZERO_TIMEOUT: &str =
+    "must be greater than 0 (a timeout cannot be off; the longest accepted is 365d)";
+
 /// Every problem in `raw`, in no particular order (the caller sorts by position).
 pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     let mut errs = Vec::new();
@@ -31,10 +35,11 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
     if raw.workers > 1024 {
         errs.push(ConfigError::new("workers", "at most 1024 workers"));
     }
-    if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    if !LEVELS.contains(&raw.log_level.as_str()) {
         errs.push(ConfigError::new(
             "log_level",
-            "must be one of error, warn, info, debug, trace",
+            super::suggest::unknown("log level", &raw.log_level, &LEVELS),
         ));
     }
     if raw.admin.enabled {
@@ -69,12 +74,6 @@ pub fn validate(raw: &RawConfig) -> Vec<ConfigError> {
         errs.push(ConfigError::new(
             "limits.max_uri_bytes",
             "must be between 64 and 64KiB",
-        ));
-    }
-    if l.max_connections == 0 {
-        errs.push(ConfigError::new(
-            "limits.max_connections",
-            "must be at least 1",
         ));
     }
     if raw.timeouts.header_read.0.is_zero() {
@@ -209,7 +208,7 @@ fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
         ("timeouts.idle", svc.timeouts.idle),
     ] {
         if d.0.is_zero() {
-            errs.push(ConfigError::new(at(field), "must be greater than 0"));
+            errs.push(ConfigError::new(at(field), NO_ZERO_TIMEOUT));
         }
     }
     crate::upstream::config::validate_service(
@@ -422,7 +421,7 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
     }
     if let Some(t) = r.timeout {
         if t.0.is_zero() {
-            errs.push(ConfigError::new(at("timeout"), "must be greater than 0"));
+            errs.push(ConfigError::new(at("timeout"), NO_ZERO_TIMEOUT));
         }
     }
     crate::upstream::config::validate_route(

@@ -43,6 +43,9 @@ pub enum ReloadError {
     /// The OTLP span exporter could not be started.
     #[error("{0}")]
     Tracing(#[from] ExportError),
+    /// Publishing the new config panicked (a bug); the old config keeps serving.
+    #[error("internal error while applying the new config ({0}); this is a bug in Portico")]
+    Internal(String),
 }
 
 /// A plan together with the runtime parts built for it.
@@ -112,12 +115,17 @@ impl Runtime {
         self.active.load_full()
     }
 
-    /// Re-reads the config file and publishes it when it is valid and different.
+    /// Re-reads the config file and publishes it when it is valid and different. Neither step
+    /// can end the process: loading is contained by `config::load_file` and publishing here,
+    /// each reporting a panic as a failed reload.
     pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
         let result = config::load_file(path)
             .map_err(ReloadError::from)
-            .and_then(|plan| self.publish(plan));
+            .and_then(|plan| {
+                config::guard::contained(|| self.publish(plan))
+                    .unwrap_or_else(|panic| Err(ReloadError::Internal(panic)))
+            });
         self.metrics.reload(match &result {
             Ok(ReloadOutcome::Applied { .. }) => "applied",
             Ok(ReloadOutcome::Unchanged) => "unchanged",
@@ -177,7 +185,7 @@ impl Runtime {
 
 /// The settings the running listeners were built with and cannot change: the sockets, the
 /// worker threads and the HTTP connection builders (read buffer size, HTTP/2 header list size)
-/// are made at startup, and the log filter is installed once. (The header-read timeout is read
+/// are made at startup, and the log filter and format are installed once. (The header-read timeout is read
 /// by each worker's watchdog on every sweep, so it reloads.)
 #[derive(Debug, Clone, PartialEq)]
 struct StartupSettings {
@@ -187,6 +195,7 @@ struct StartupSettings {
     http2: crate::server::http2::RawHttp2,
     workers: usize,
     log_level: String,
+    log_format: crate::telemetry::app_log::LogFormat,
     max_header_bytes: usize,
     max_uri_bytes: usize,
     admin: (bool, String),
@@ -205,6 +214,7 @@ impl StartupSettings {
             http2: plan.raw.http2.clone(),
             workers: plan.workers,
             log_level: plan.raw.log_level.clone(),
+            log_format: plan.raw.log_format,
             max_header_bytes: plan.limits.max_header_bytes,
             max_uri_bytes: plan.limits.max_uri_bytes,
             admin: (plan.raw.admin.enabled, plan.raw.admin.listen.clone()),
@@ -242,6 +252,9 @@ impl StartupSettings {
         }
         if self.log_level != new.raw.log_level {
             keys.push("log_level");
+        }
+        if self.log_format != new.raw.log_format {
+            keys.push("log_format");
         }
         if new.limits.max_header_bytes > self.max_header_bytes {
             keys.push("limits.max_header_bytes (raised)");

@@ -8,12 +8,18 @@
 //! drains. Closing the old process's copies of the sockets does not close them: the successor
 //! holds them. (Binding fresh `SO_REUSEPORT` sockets instead would work too, but the kernel
 //! resets the connections still queued on a socket when it closes.)
+//!
+//! The admin listener goes along the same way, under the entry `admin:<admin.listen>`: it binds
+//! exclusively (no `SO_REUSEPORT`), so a successor could not bind it while the predecessor holds
+//! it. It is not the server's socket, so it is registered here ([`keep_for_successor`]) rather
+//! than in the server's list.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener as StdListener;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command};
+use std::sync::Mutex;
 
 use command_fds::{CommandFdExt, FdMapping};
 
@@ -79,8 +85,36 @@ impl Inherited {
     }
 }
 
-/// Starts the successor, handing it `sockets` (each with the `listen` entry it serves).
-pub fn spawn_successor(sockets: Vec<(String, OwnedFd)>) -> io::Result<Child> {
+/// Sockets besides the public listeners that a successor gets too, with their entries. One
+/// upgradable gateway runs per process (`run`), so a process-wide list is the gateway's.
+static KEPT: Mutex<Vec<(String, StdListener)>> = Mutex::new(Vec::new());
+
+/// The handoff entry of the admin listener configured as `listen`.
+pub fn admin_entry(listen: &str) -> String {
+    format!("admin:{listen}")
+}
+
+/// Keeps a copy of `socket` to hand to a successor under `entry`, until [`release_kept`].
+pub fn keep_for_successor(entry: String, socket: &StdListener) -> io::Result<()> {
+    let copy = socket.try_clone()?;
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((entry, copy));
+    Ok(())
+}
+
+/// Closes the copies kept by [`keep_for_successor`] (when shutdown begins), so that a socket
+/// nobody serves any more refuses connections instead of queueing them.
+pub fn release_kept() {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// Starts the successor, handing it `sockets` (each with the `listen` entry it serves) and the
+/// sockets kept by [`keep_for_successor`].
+pub fn spawn_successor(mut sockets: Vec<(String, OwnedFd)>) -> io::Result<Child> {
+    for (entry, socket) in KEPT.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        sockets.push((entry.clone(), OwnedFd::from(socket.try_clone()?)));
+    }
     let mut args = std::env::args_os();
     // The path the binary was started from, not /proc/self/exe: after an upgrade that path
     // holds the new binary, while /proc/self/exe is still the old, replaced one.

@@ -351,7 +351,7 @@ pub fn validate_service(
     if max_concurrent == Some(0) {
         errs.push(ConfigError::new(
             at("max_concurrent_requests"),
-            "must be at least 1",
+            "must be at least 1 (leave the key out for no limit)",
         ));
     }
     if let Some(r) = retry {
@@ -490,19 +490,18 @@ fn validate_retry(r: &RawRetry, at: &dyn Fn(&str) -> String, errs: &mut Vec<Conf
     if let Some(t) = r.per_try_timeout {
         positive(t, at("per_try_timeout"), errs);
     }
+    const CONDITIONS: [&str; 3] = ["connect_failure", "reset", "timeout"];
     for (i, on) in r.retry_on.iter().enumerate() {
-        let ok = match on {
-            RawRetryOn::Status(s) => (500..=599).contains(s) || *s == 429 || *s == 408,
-            RawRetryOn::Condition(c) => {
-                ["connect_failure", "reset", "timeout"].contains(&c.as_str())
-            }
+        let error = match on {
+            RawRetryOn::Status(s) if (500..=599).contains(s) || *s == 429 || *s == 408 => continue,
+            RawRetryOn::Status(s) => format!("status {s} is not retried: use 5xx, 408 or 429"),
+            RawRetryOn::Condition(c) if CONDITIONS.contains(&c.as_str()) => continue,
+            RawRetryOn::Condition(c) => format!(
+                "{}, or a status 5xx, 408 or 429",
+                crate::config::suggest::unknown("retry_on condition", c, &CONDITIONS)
+            ),
         };
-        if !ok {
-            errs.push(ConfigError::new(
-                at(&format!("retry_on[{i}]")),
-                "one of connect_failure, reset, timeout, or a status 5xx, 408 or 429",
-            ));
-        }
+        errs.push(ConfigError::new(at(&format!("retry_on[{i}]")), error));
     }
     if r.backoff_max.0 < r.backoff_base.0 {
         errs.push(ConfigError::new(

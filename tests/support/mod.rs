@@ -254,6 +254,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     /// The config file.
     pub config: PathBuf,
+    /// The admin API, parsed from its "admin API at" log line (when enabled).
+    pub admin: Option<SocketAddr>,
     lines: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
@@ -288,17 +290,30 @@ impl GatewayProcess {
             child,
             addr: "127.0.0.1:1".parse().expect("addr"),
             config,
+            admin: None,
             lines: rx,
             _dir: dir,
         };
-        let line = proc.wait_for_line("listening on http://", Duration::from_secs(20));
-        let addr = line
-            .split("listening on http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("address in log line");
-        proc.addr = strip_ansi(addr).parse().expect("listen address");
+        // The admin API is bound (and logged) before the public listeners.
+        let line = loop {
+            let line = proc.wait_for_line("http://", Duration::from_secs(20));
+            if let Some(admin) = address_after(&line, "admin API at http://") {
+                proc.admin = Some(admin);
+            }
+            if let Some(addr) = address_after(&line, "listening on http://") {
+                break addr;
+            }
+        };
+        proc.addr = line;
         proc
+    }
+
+    /// `http://ADMIN_ADDR{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("the admin API is enabled")
+        )
     }
 
     /// Waits for a stderr line containing `needle`; panics after `timeout`.
@@ -376,6 +391,12 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `IP:port` that follows `prefix` in a log line.
+fn address_after(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.split(prefix).nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 fn strip_ansi(s: &str) -> String {
