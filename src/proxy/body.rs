@@ -58,30 +58,40 @@ pub struct RequestBody {
     seen: u64,
     /// A body buffered for retries (sent as one frame).
     full: Option<Bytes>,
+    /// Only for a body that has data to come (most requests have none): kept out of line so
+    /// the request's futures, which move this body around, stay small.
+    watch: Option<Box<ClientPace>>,
+}
+
+/// How a client's body arrives: its pauses are timed, and its end is told to the forwarding
+/// code, which tells a client that had not finished from an upstream that did not answer.
+struct ClientPace {
     /// The longest pause allowed between two pieces of the client's body.
     idle: Duration,
     /// Armed once the client first makes us wait; reset, not reallocated, after progress.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
-    /// Set once the client's body is complete; shared with the forwarding code, which tells
-    /// a client that had not finished from an upstream that did not answer in time.
-    done: Option<Arc<AtomicBool>>,
+    done: Arc<AtomicBool>,
 }
 
 impl RequestBody {
     /// Streams `inner`, failing once more than `limit` bytes went through or when the client
     /// sends nothing for `idle`.
     pub fn streaming(inner: Incoming, limit: u64, idle: Duration) -> Self {
-        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let watch = (!inner.is_end_stream()).then(|| {
+            Box::new(ClientPace {
+                idle,
+                sleep: None,
+                waiting: false,
+                done: Arc::new(AtomicBool::new(false)),
+            })
+        });
         Self {
             inner: Some(inner),
             limit,
             seen: 0,
             full: None,
-            idle,
-            sleep: None,
-            waiting: false,
-            done,
+            watch,
         }
     }
 
@@ -92,10 +102,7 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             full: None,
-            idle: Duration::ZERO,
-            sleep: None,
-            waiting: false,
-            done: None,
+            watch: None,
         }
     }
 
@@ -115,12 +122,14 @@ impl RequestBody {
 
     /// A handle telling later whether the client finished its body (`None`: there is none).
     pub fn completion(&self) -> Option<BodyCompletion> {
-        self.done.as_ref().map(|d| BodyCompletion(Arc::clone(d)))
+        self.watch
+            .as_ref()
+            .map(|w| BodyCompletion(Arc::clone(&w.done)))
     }
 
     fn finished(&mut self) {
-        if let Some(done) = &self.done {
-            done.store(true, Ordering::Release);
+        if let Some(w) = &self.watch {
+            w.done.store(true, Ordering::Release);
         }
     }
 }
@@ -184,19 +193,24 @@ impl Body for RequestBody {
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         let Poll::Ready(next) = polled else {
-            let idle = this.idle;
-            let timer = this
+            let Some(w) = this.watch.as_deref_mut() else {
+                return Poll::Pending;
+            };
+            let idle = w.idle;
+            let timer = w
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-            if !this.waiting {
-                this.waiting = true;
+            if !w.waiting {
+                w.waiting = true;
                 timer.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             ready!(timer.as_mut().poll(cx));
             this.inner = None;
             return Poll::Ready(Some(Err(BodyError::ClientIdle(idle))));
         };
-        this.waiting = false;
+        if let Some(w) = this.watch.as_deref_mut() {
+            w.waiting = false;
+        }
         match next {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {

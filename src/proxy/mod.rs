@@ -528,7 +528,7 @@ fn has_dot_segment(path: &str) -> bool {
 async fn proxy(
     ctx: &ConnCtx,
     active: &Active,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
     mut draft: Option<&mut LogDraft>,
     mut traced: Traced<'_>,
@@ -536,7 +536,6 @@ async fn proxy(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_request(active, &req)?;
     let plan = &active.plan;
-    let mut req = req;
     if let Cow::Owned(path) = normalize::normalize(req.uri().path(), &plan.paths)
         .map_err(|e| GatewayError::BadRequest(e.message()))?
     {
