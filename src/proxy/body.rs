@@ -162,17 +162,17 @@ impl BodyCompletion {
 }
 
 /// A timeout of the exchange while the client had not finished its body is the client's: 408,
-/// and nothing held against the upstream.
+/// and nothing held against the upstream. Rewrites `result` in place (it holds a response head,
+/// too large to move for nothing on every request).
 pub fn blame_client_if_unfinished<T>(
-    result: Result<T, GatewayError>,
+    result: &mut Result<T, GatewayError>,
     completion: Option<&BodyCompletion>,
-    idle: Duration,
-) -> Result<T, GatewayError> {
-    match result {
-        Err(GatewayError::UpstreamTimeout(_)) if completion.is_some_and(|c| !c.is_complete()) => {
-            Err(GatewayError::RequestBodyTimeout(idle))
-        }
-        other => other,
+    timeout: Duration,
+) {
+    if matches!(result, Err(GatewayError::UpstreamTimeout(_)))
+        && completion.is_some_and(|c| !c.is_complete())
+    {
+        *result = Err(GatewayError::RequestBodyTimeout(timeout));
     }
 }
 

@@ -376,9 +376,8 @@ pub(crate) async fn forward(
         let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
-        let result = client::send(service, target, req, route.timeout).await;
-        let result =
-            super::body::blame_client_if_unfinished(result, completion.as_ref(), route.timeout);
+        let mut result = client::send(service, target, req, route.timeout).await;
+        super::body::blame_client_if_unfinished(&mut result, completion.as_ref(), route.timeout);
         let took = sent_at.elapsed();
         end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));

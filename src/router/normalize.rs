@@ -96,11 +96,19 @@ fn is_unreserved(b: u8) -> bool {
 /// lowercased under `case_insensitive`. Borrows when nothing changes, as for most paths.
 pub fn normalize<'a>(path: &'a str, rules: &RawPaths) -> Result<Cow<'a, str>, PathError> {
     let bytes = path.as_bytes();
-    let needs_work = bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            || (rules.merge_slashes && b == b'/' && bytes.get(i + 1) == Some(&b'/'))
+    // One pass with no bounds checks: this runs on every request.
+    let mut needs_work = false;
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'%'
+            || (b == b'/' && prev == b'/' && rules.merge_slashes)
             || (rules.case_insensitive && b.is_ascii_uppercase())
-    });
+        {
+            needs_work = true;
+            break;
+        }
+        prev = b;
+    }
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }
