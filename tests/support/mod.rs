@@ -351,6 +351,33 @@ impl GatewayProcess {
         self.proc_status_kib("VmRSS:")
     }
 
+    /// TCP connections the gateway holds on its listening port (its clients' connections), from
+    /// /proc: its socket inodes matched against the kernel's IPv4 TCP table.
+    pub fn client_connections(&self) -> usize {
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+                .map(|d| {
+                    d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                        .filter_map(|l| {
+                            let l = l.to_string_lossy().into_owned();
+                            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        let port = format!(":{:04X}", self.addr.port());
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // local address, state (0A = listening), inode
+                f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" && inodes.contains(f[9])
+            })
+            .count()
+    }
+
     /// Peak resident set size ("high water mark") in KiB, from /proc.
     pub fn hwm_kib(&self) -> u64 {
         self.proc_status_kib("VmHWM:")
