@@ -17,8 +17,7 @@ pub struct ExpandError {
 }
 
 /// Where the values come from; the process environment in production, a map in tests.
-/// `Sync` because loading runs on a thread of its own (see `guard`).
-pub trait Source: Sync {
+pub trait Source {
     /// The value of environment variable `name`.
     fn var(&self, name: &str) -> Option<String>;
     /// The contents of the file at `path`.
