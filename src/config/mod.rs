@@ -120,7 +120,15 @@ fn too_large() -> String {
 /// Runs [`guard::contained`]: a panic while loading is reported as an error, never ends the
 /// process.
 pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
-    guard::contained(|| load_str_here(text, file, env)).unwrap_or_else(|panic| {
+    guarded(file, || load_str_here(text, file, env))
+}
+
+/// Runs a loading stage under [`guard::contained`], reporting a panic as the one error.
+fn guarded<T>(
+    file: &str,
+    stage: impl FnOnce() -> Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    guard::contained(stage).unwrap_or_else(|panic| {
         Err(ConfigErrors {
             file: file.to_string(),
             errors: vec![ConfigError::new(
@@ -155,17 +163,19 @@ fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Pla
     })
 }
 
-/// Stages 1 to 3: text to expanded raw structs.
+/// Stages 1 to 3: text to expanded raw structs (guarded like [`load_str`]).
 pub fn parse_str(
     text: &str,
     file: &str,
     env: &dyn expand::Source,
 ) -> Result<RawConfig, ConfigErrors> {
-    let parsed = parse_stages(text, file, env)?;
-    match parsed.raw {
-        Some(raw) if parsed.errors.is_empty() => Ok(raw),
-        _ => Err(parsed.fail(file, parsed.errors.clone(), text)),
-    }
+    guarded(file, || {
+        let parsed = parse_stages(text, file, env)?;
+        match parsed.raw {
+            Some(raw) if parsed.errors.is_empty() => Ok(raw),
+            _ => Err(parsed.fail(file, parsed.errors.clone(), text)),
+        }
+    })
 }
 
 /// What stages 1 to 3 produced.
