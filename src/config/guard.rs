@@ -23,10 +23,10 @@ pub fn containing() -> bool {
 
 /// Runs `work` where a panic cannot end the process; `Err` holds the panic's message.
 ///
-/// On the calling thread, not a new one: every new thread may get a malloc arena of its own,
-/// and the memory a large rejected config leaves in it stays with the process, so a thread per
-/// reload made RSS climb reload after reload. The stack needs no headroom of its own: the
-/// document's nesting is bounded before any recursive code sees it (`limits::MAX_DEPTH`).
+/// On the calling thread, not a new one: a new thread per load may get a malloc arena of its
+/// own each time, and what a large rejected config leaves in an arena stays with the process.
+/// The stack needs no headroom of its own: the document's nesting is bounded before any
+/// recursive code sees it (`limits::MAX_DEPTH`).
 pub fn contained<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     let outer = CONTAINING.with(|c| c.replace(true));
     // Whatever `work` touched is dropped or reported as failed; nothing half-built is used.
