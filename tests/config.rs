@@ -1029,3 +1029,15 @@ fn tls_files_are_read_only_when_regular_and_at_most_1_mib() {
         );
     }
 }
+
+#[test]
+fn a_misspelled_service_reference_suggests_the_defined_one() {
+    let text = format!("{SERVICES}routes:\n  - {{name: api, service: user}}\n");
+    let cfg = write_config(&text);
+    let e = one_error(&cfg, &validate(&cfg.path, &[]));
+    assert_at(
+        &e,
+        pos_of(&text, "user}"),
+        "unknown service `user` (did you mean `users`?) (defined: users)",
+    );
+}
