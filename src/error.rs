@@ -81,6 +81,10 @@ pub enum GatewayError {
     /// The client stopped sending its body or sent a broken one.
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    /// The client paused its request body for too long (or had not finished it when the
+    /// upstream's time ran out): its fault, never the upstream's.
+    #[error("the request body was not received in time (idle or unfinished after {0:?})")]
+    RequestBodyTimeout(std::time::Duration),
     /// The gateway is shutting down or over capacity.
     #[error("{0}")]
     Unavailable(&'static str),
@@ -187,6 +191,11 @@ impl GatewayError {
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
             UpstreamTls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error", Upstream),
             ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
+            RequestBodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                Downstream,
+            ),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
@@ -265,7 +274,11 @@ impl GatewayError {
                     resp.headers_mut().insert(header::ALLOW, v);
                 }
             }
-            GatewayError::MethodNotSupported(_) | GatewayError::PayloadTooLarge { .. } => {
+            // The rest of the body is still on its way (or never comes): the connection cannot
+            // carry another request.
+            GatewayError::MethodNotSupported(_)
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::RequestBodyTimeout(_) => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -305,6 +318,33 @@ impl GatewayError {
         h.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
         h.insert(GRPC_MESSAGE, encode_message(&format!("{code}: {self}")));
         resp
+    }
+}
+
+impl GatewayError {
+    /// The whole HTTP/1.1 answer, head and JSON body, for a connection the gateway closes after
+    /// it: used where no hyper response can be sent (a request hyper could not parse).
+    pub fn to_http1_bytes(&self, request_id: &HeaderValue) -> Vec<u8> {
+        let (status, code, _) = self.kind();
+        let id = request_id.to_str().unwrap_or("");
+        let body =
+            serde_json::json!({"error": code, "message": self.to_string(), "request_id": id});
+        let mut body = serde_json::to_vec(&body).unwrap_or_default();
+        body.push(b'\n');
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(
+            b"\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\nx-request-id: ",
+        );
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&body);
+        out
     }
 }
 

@@ -21,6 +21,9 @@ pub enum ExplainError {
     /// A `-H` argument is not `name: value`.
     #[error("`{0}` is not a header (expected `name: value`)")]
     Header(String),
+    /// The path would be refused before routing.
+    #[error("the gateway answers 400: {0}")]
+    Path(&'static str),
 }
 
 /// Describes, in plain text, how `plan` would handle `METHOD url` with `headers`.
@@ -56,9 +59,15 @@ pub fn explain(
         })
         .unwrap_or_default();
     let host = normalize_host(&host_raw);
-    let path = uri.path();
+    let normalized = crate::router::normalize::normalize(uri.path(), &plan.paths)
+        .map_err(|e| ExplainError::Path(e.message()))?;
+    let key = crate::router::normalize::routing_key(&normalized);
+    let path: &str = &key;
     let mut out = String::new();
     let _ = writeln!(out, "request: {method} host={host:?} path={path:?}");
+    if path != uri.path() {
+        let _ = writeln!(out, "normalised from {:?} (see `paths:`)", uri.path());
+    }
     match plan.router.find(&host, path, &method, &map) {
         Match::Found(found) => {
             let route = &plan.routes[found.route];

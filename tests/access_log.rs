@@ -133,3 +133,41 @@ async fn common_log_format_is_one_line_per_request() {
     assert_eq!(trace.len(), 32, "{line}");
     gw.shutdown();
 }
+
+#[tokio::test]
+async fn a_huge_path_query_or_header_is_cut_at_2_kib_each_in_the_log_line() {
+    let up = upstream::http1("a").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start(&format!(
+        "limits: {{max_uri_bytes: 60000, max_header_bytes: 60000}}\naccess_log: {{enabled: true, format: json, path: \"{}\"}}\nservices:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: r, service: a}}\n",
+        log.display(),
+        up.url()
+    ));
+    let path = format!("/{}", "p".repeat(3000));
+    let query = "q".repeat(46_000);
+    let agent = "u".repeat(10_000);
+    let r = send(
+        "GET",
+        &gw.url(&format!("{path}?{query}")),
+        &[("user-agent", agent.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = {
+        read_lines(&log, 1);
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let line = text.lines().next().unwrap();
+    assert!(line.len() < 8 * 1024, "a {} byte log line", line.len());
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let logged = v["path"].as_str().unwrap();
+    let (p, q) = logged.split_once('?').expect("path and query");
+    assert_eq!(p, format!("{}...[truncated]", &path[..2048]));
+    assert_eq!(q, format!("{}...[truncated]", &query[..2048]));
+    assert_eq!(
+        v["user_agent"].as_str().unwrap(),
+        format!("{}...[truncated]", &agent[..2048])
+    );
+}

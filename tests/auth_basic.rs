@@ -224,3 +224,28 @@ routes:
     assert!(text.contains("consumers[1].basic.password_hash"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[tokio::test]
+async fn a_basic_credential_removed_by_a_reload_is_refused_although_it_was_cached() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), BASIC_ROUTE));
+    let alice = basic("alice", "wonder land:1");
+    for _ in 0..2 {
+        assert_eq!(
+            send("GET", &gw.url("/x"), &[("authorization", &alice)], "")
+                .await
+                .status,
+            200
+        );
+    }
+    // The same config without alice's credential.
+    let without = config(&up.url(), BASIC_ROUTE)
+        .lines()
+        .filter(|l| !l.contains("username: alice"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    gw.reload(&without).expect("reload");
+    send("GET", &gw.url("/x"), &[("authorization", &alice)], "")
+        .await
+        .assert_error(401, "unauthorized");
+}

@@ -219,3 +219,34 @@ async fn the_gateway_fetches_jwks_documents_at_start_before_any_request() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(jwks.hits(), 1, "the first request used the prefetched keys");
 }
+
+#[tokio::test]
+async fn a_cached_token_is_refused_as_soon_as_a_refetch_drops_its_key() {
+    let up = upstream::http1("a").spawn().await;
+    let (jwks, state) = jwks_server(vec![jwk("rsa-a", Algorithm::RS256, "a")]).await;
+    // The default `jwks_refresh` (5 min) would keep a cached token alive that long before.
+    let providers = main_provider(&format!(
+        "      algorithms: [RS256]\n      jwks_url: \"{}/jwks\"\n",
+        jwks.url()
+    ));
+    let gw = TestGateway::start(&config(&up.url(), &providers, &route("{jwt: [main]}")));
+    let a = sign(Algorithm::RS256, "rsa-a", Some("a"), &claims(json!({})));
+    for _ in 0..2 {
+        // The second answer comes from the verified-token cache.
+        assert_eq!(get_with(&gw.url("/x"), &bearer(&a)).await.status, 200);
+    }
+    assert_eq!(jwks.hits(), 1);
+
+    // The issuer withdraws key `a` (say it leaked) and publishes `b`. The first token of `b`
+    // names an unknown kid, which refetches the key set.
+    state.lock().unwrap().keys = vec![jwk("rsa-b", Algorithm::RS256, "b")];
+    let b = sign(Algorithm::RS256, "rsa-b", Some("b"), &claims(json!({})));
+    assert_eq!(get_with(&gw.url("/x"), &bearer(&b)).await.status, 200);
+    assert_eq!(jwks.hits(), 2);
+
+    // Right after that refetch, the token verified by `a` is refused, cached or not.
+    let r = get_with(&gw.url("/x"), &bearer(&a)).await;
+    assert_invalid_token(&r, "kid", &a);
+    // A token of a key that stayed published keeps its cache entry.
+    assert_eq!(get_with(&gw.url("/x"), &bearer(&b)).await.status, 200);
+}

@@ -486,3 +486,46 @@ fn portico_validate_reports_an_unknown_provider_in_a_global_policy_once_with_its
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_key_or_consumer_removed_by_a_reload_is_refused_as_soon_as_the_reload_returns() {
+    let up = upstream::http1("a").spawn().await;
+    let routes =
+        "routes:\n  - name: r\n    service: a\n    policies:\n      - auth: {api_key: true}\n";
+    let gw = TestGateway::start(&config(&up.url(), routes));
+    for key in [ALICE_KEY, BOB_KEY] {
+        assert_eq!(
+            send("GET", &gw.url("/x"), &with_key(key), "").await.status,
+            200
+        );
+    }
+    // Alice's key is rotated out and Bob is removed altogether.
+    let rotated = CONSUMERS
+        .replace(ALICE_KEY, "alice-key-rotated-0123456789")
+        .replace(
+            "  - name: bob\n    groups: [staff]\n    api_keys: [\"bob-key-0123456789\"]\n",
+            "",
+        );
+    assert!(!rotated.contains("bob"), "{rotated}");
+    gw.reload(&format!(
+        "{rotated}services:\n  a: {{targets: [{{url: \"{}\"}}]}}\n{routes}",
+        up.url()
+    ))
+    .expect("reload");
+    for key in [ALICE_KEY, BOB_KEY] {
+        send("GET", &gw.url("/x"), &with_key(key), "")
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    assert_eq!(
+        send(
+            "GET",
+            &gw.url("/x"),
+            &with_key("alice-key-rotated-0123456789"),
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+}

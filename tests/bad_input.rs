@@ -1,11 +1,12 @@
 //! Bad input from clients, over real sockets: malformed and ambiguous HTTP/1.1 framing, targets
 //! that point elsewhere, oversized heads, URIs and bodies, slow and excess connections.
 //!
-//! Two layers answer bad input, and the tests say which one did:
-//! - hyper's HTTP/1 parser refuses what it cannot parse with a *bare* response (status line,
-//!   `content-length: 0`, no JSON) before the gateway's service ever runs;
-//! - everything hyper accepts reaches `proxy::check_request`, which answers with the gateway's
-//!   JSON error shape.
+//! Two layers answer bad input, and the tests say which one did; both answer with the gateway's
+//! JSON error shape:
+//! - hyper's HTTP/1 parser refuses what it cannot parse before the gateway's service ever runs;
+//!   the connection layer swaps hyper's bare answer for the gateway's (`proxy::unparsed`), whose
+//!   400 message says the request "is not valid HTTP/1.1", and closes the connection;
+//! - everything hyper accepts reaches `proxy::check_request`.
 //!
 //! Whatever is refused must not reach the upstream at all: the tests count its requests *and* its
 //! TCP connections. Whatever is accepted must reach it with one unambiguous framing.
@@ -30,6 +31,20 @@ async fn gateway(top: &str, route: &str) -> (Upstream, TestGateway) {
         up.url()
     ));
     (up, gw)
+}
+
+/// Asserts the gateway's answer for a request hyper's parser refused: a JSON 400 that closes
+/// the connection.
+fn assert_unparsable(r: &RawReply) {
+    let v = r.assert_error(400, "bad_request");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid HTTP/1.1"),
+        "{v}"
+    );
+    assert_eq!(r.header("connection"), "close", "{:?}", r.text);
 }
 
 /// Asserts that the upstream saw neither a request nor a TCP connection.
@@ -68,10 +83,10 @@ impl Bystander {
     }
 }
 
-// === malformed requests (hyper answers, bare) ===
+// === malformed requests (hyper refuses, the gateway answers) ===
 
 #[tokio::test]
-async fn malformed_request_lines_get_a_bare_400_and_never_reach_the_upstream() {
+async fn malformed_request_lines_get_a_400_json_and_never_reach_the_upstream() {
     let (up, gw) = gateway("", "").await;
     let cases: &[&[u8]] = &[
         b"GARBAGE\r\n\r\n",
@@ -92,13 +107,13 @@ async fn malformed_request_lines_get_a_bare_400_and_never_reach_the_upstream() {
             String::from_utf8_lossy(req),
             r.text
         );
-        r.assert_bare(400);
+        assert_unparsable(&r);
     }
     assert_untouched(&up, "malformed request lines");
 }
 
 #[tokio::test]
-async fn malformed_header_lines_get_a_bare_400_and_never_reach_the_upstream() {
+async fn malformed_header_lines_get_a_400_json_and_never_reach_the_upstream() {
     let (up, gw) = gateway("", "").await;
     let cases: &[&[u8]] = &[
         // No colon.
@@ -124,7 +139,7 @@ async fn malformed_header_lines_get_a_bare_400_and_never_reach_the_upstream() {
             String::from_utf8_lossy(req),
             r.text
         );
-        r.assert_bare(400);
+        assert_unparsable(&r);
     }
     assert_untouched(&up, "malformed header lines");
 }
@@ -169,7 +184,7 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunked_alone_and_cl
 }
 
 #[tokio::test]
-async fn duplicate_differing_content_lengths_get_a_bare_400_before_the_upstream() {
+async fn duplicate_differing_content_lengths_get_a_400_json_before_the_upstream() {
     let (up, gw) = gateway("", "").await;
     for head in [
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -179,7 +194,7 @@ async fn duplicate_differing_content_lengths_get_a_bare_400_before_the_upstream(
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello",
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
     ] {
-        raw_reply(gw.addr, head.as_bytes()).await.assert_bare(400);
+        assert_unparsable(&raw_reply(gw.addr, head.as_bytes()).await);
     }
     assert_untouched(&up, "differing content lengths");
 }
@@ -197,7 +212,7 @@ async fn duplicate_identical_content_lengths_are_forwarded_once() {
 /// What happens to a `Transfer-Encoding` spelling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
-    /// hyper answers a bare 400; nothing reaches the gateway's service.
+    /// hyper refuses it (the gateway's "not valid HTTP/1.1" 400); nothing reaches the service.
     HyperRejects,
     /// hyper accepts it as chunked; the gateway refuses it with a JSON 400 (a transfer coding
     /// other than plain `chunked` cannot be passed on faithfully once the framing is re-done).
@@ -257,7 +272,12 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
         );
         let r = RawReply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
         let untouched = up.hits() == 0 && up.connections.load(Ordering::SeqCst) == 0;
-        let actual = if r.status == 400 && r.body.is_empty() && untouched {
+        let hyper_refused = |r: &RawReply| {
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not valid HTTP/1.1"))
+        };
+        let actual = if r.status == 400 && untouched && hyper_refused(&r) {
             Some(HyperRejects)
         } else if r.status == 400 && untouched && r.json()["error"] == "bad_request" {
             Some(GatewayRejects)
@@ -286,11 +306,11 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
 }
 
 #[tokio::test]
-async fn transfer_encoding_on_http_1_0_gets_a_bare_400() {
+async fn transfer_encoding_on_http_1_0_gets_a_400_json() {
     let (up, gw) = gateway("", "").await;
     let req =
         "POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(400);
+    assert_unparsable(&raw_reply(gw.addr, req.as_bytes()).await);
     assert_untouched(&up, "HTTP/1.0 with Transfer-Encoding");
 }
 
@@ -413,15 +433,17 @@ async fn headers_just_over_max_header_bytes_get_a_431_json() {
 }
 
 #[tokio::test]
-async fn headers_beyond_the_read_buffer_get_hyper_bare_431() {
+async fn headers_beyond_the_read_buffer_get_a_431_json() {
     // The read buffer is max_header_bytes + max_uri_bytes + 4 KiB (at least 8 KiB): a head that
-    // does not fit is refused by hyper's parser itself, without the JSON body.
+    // does not fit is refused by hyper's parser itself; the gateway answers for it.
     let (up, gw) = gateway("limits: {max_header_bytes: 4096, max_uri_bytes: 1024}", "").await;
     let req = format!(
         "GET /x HTTP/1.1\r\nHost: a\r\nx-fill: {}\r\n\r\n",
         "v".repeat(64 * 1024)
     );
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(431);
+    let r = raw_reply(gw.addr, req.as_bytes()).await;
+    r.assert_error(431, "headers_too_large");
+    assert_eq!(r.header("connection"), "close");
     assert_untouched(&up, "huge headers");
 }
 
@@ -445,14 +467,26 @@ async fn uri_over_max_uri_bytes_gets_a_414_json() {
 }
 
 #[tokio::test]
-async fn uri_beyond_the_read_buffer_gets_hyper_bare_431_not_414() {
-    // A request line that does not fit the read buffer is a "head too large" to hyper: it answers
-    // 431 (bare), not 414. (hyper's own bare 414, for URIs over 65,534 bytes, is only reachable
-    // with limits that make the buffer larger than that.)
-    let (up, gw) = gateway("limits: {max_header_bytes: 4096, max_uri_bytes: 1024}", "").await;
-    let req = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 * 1024));
-    raw_reply(gw.addr, req.as_bytes()).await.assert_bare(431);
-    assert_untouched(&up, "huge URI");
+async fn a_request_target_beyond_the_read_buffer_gets_a_414_json_not_431() {
+    // A request line that does not fit the read buffer is a "head too large" to hyper (431); the
+    // gateway tells it is the request target and answers 414, on a fresh connection and after
+    // a first request on a kept-alive one.
+    for limits in ["", "limits: {max_header_bytes: 4096, max_uri_bytes: 1024}"] {
+        let (up, gw) = gateway(limits, "").await;
+        let req = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70 * 1024));
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(414, "uri_too_long");
+        assert_untouched(&up, "huge URI");
+        let req = format!(
+            "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
+        let text = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        let answers: Vec<&str> = text.split("HTTP/1.1 ").collect();
+        assert!(answers[1].starts_with("200 "), "{text:?}");
+        RawReply::parse(&format!("HTTP/1.1 {}", answers[2])).assert_error(414, "uri_too_long");
+    }
 }
 
 #[tokio::test]
@@ -689,4 +723,412 @@ async fn connection_over_max_connections_gets_a_503_json_and_service_recovers() 
     let r = get(&gw.url("/after")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.hits(), 3);
+}
+
+// === upgrades: only allowed protocols, never h2c ===
+
+/// An upstream that switches every connection to a raw byte tunnel, as a server that honours
+/// `Upgrade: h2c` would: after its `101`, whatever the client sends reaches it unrouted.
+async fn switching_upstream() -> support::upstream::RawUpstream {
+    support::upstream::raw_tcp(|mut s, _| async move {
+        if support::upstream::read_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\ntunnel-open")
+            .await;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(b"tunnelled").await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_stripped_and_the_request_answered_normally() {
+    let (up, gw) = gateway("", "").await;
+    let r = raw_reply(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let echo = only_echo(&up, &r);
+    assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
+    assert!(echo["headers"].get("http2-settings").is_none(), "{echo}");
+    assert!(!r.text.contains("101"), "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn upgrade_tokens_outside_the_route_allow_list_are_stripped() {
+    // The default allows websocket only; `upgrades: []` allows nothing.
+    for (route, upgrade, kept) in [
+        ("", "foo/2", None),
+        ("", "foo/2, websocket", Some("websocket")),
+        ("    upgrades: []\n", "websocket", None),
+        (
+            "    upgrades: [foo]\n",
+            "FOO/2, websocket, h2c",
+            Some("FOO/2"),
+        ),
+    ] {
+        let (up, gw) = gateway("", route).await;
+        let req = format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n"
+        );
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        let echo = only_echo(&up, &r);
+        match kept {
+            Some(v) => assert_eq!(
+                echo["headers"]["upgrade"][0], v,
+                "{route} {upgrade}: {echo}"
+            ),
+            None => assert!(
+                echo["headers"].get("upgrade").is_none(),
+                "{route} {upgrade}: {echo}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_in_a_route_allow_list_is_a_config_error() {
+    let err = TestGateway::try_start(
+        "services:\n  up: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - {name: all, service: up, upgrades: [websocket, h2c]}\n",
+    )
+    .err()
+    .expect("h2c must be refused");
+    assert!(err.contains("routes[0].upgrades[1]"), "{err}");
+    assert!(err.contains("never relayed"), "{err}");
+}
+
+#[tokio::test]
+async fn an_upstream_101_for_an_upgrade_not_forwarded_is_a_502_and_no_tunnel() {
+    let up = switching_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  up: {{targets: [{{url: \"http://{}\"}}]}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.addr
+    ));
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        // A request after the head: through a tunnel it would reach the upstream unrouted.
+        s.write_all(b"GET /admin/anything HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let (text, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        // Both requests are routed, each to its own 502: the second never went through a tunnel.
+        let answers: Vec<&str> = text.split("\nHTTP/1.1 ").collect();
+        assert_eq!(answers.len(), 2, "{text:?}");
+        RawReply::parse(answers[0]).assert_error(502, "upstream_error");
+        assert!(answers[1].starts_with("502 "), "{text:?}");
+        assert!(!text.contains(" 101 "), "{text:?}");
+        assert!(!text.contains("tunnel"), "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_101_naming_another_protocol_than_the_one_forwarded_is_a_502() {
+    let up = switching_upstream().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  up: {{targets: [{{url: \"http://{}\"}}]}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.addr
+    ));
+    let r = raw_reply(
+        gw.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    r.assert_error(502, "upstream_error");
+    assert!(!r.text.contains("tunnel"), "{:?}", r.text);
+}
+
+// === Host ===
+
+#[tokio::test]
+async fn http_1_1_without_host_gets_a_400_json_and_http_1_0_is_served() {
+    let (up, gw) = gateway("", "    preserve_host: true\n").await;
+    let r = raw_reply(gw.addr, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let v = r.assert_error(400, "bad_request");
+    assert!(v["message"].as_str().unwrap().contains("Host"), "{v}");
+    assert_untouched(&up, "HTTP/1.1 without Host");
+    let r = raw_reply(gw.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn two_host_headers_or_an_invalid_authority_get_a_400_json() {
+    let (up, gw) = gateway("", "").await;
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a b@c\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example:80x\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.example/path\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\"b\r\n\r\n",
+    ] {
+        let r = raw_reply(gw.addr, head.as_bytes()).await;
+        assert_eq!(r.status, 400, "{head:?}: {:?}", r.text);
+        r.assert_error(400, "bad_request");
+    }
+    assert_untouched(&up, "bad Host");
+    for ok in [
+        "a.example:8080",
+        "[::1]:8080",
+        "127.0.0.1",
+        "xn--bcher-kva.example",
+    ] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {ok}\r\nConnection: close\r\n\r\n");
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{ok}: {:?}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_authority_wins_over_host_for_routing_and_forwarding() {
+    let right = upstream::http1("right").spawn().await;
+    let wrong = upstream::http1("wrong").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  right: {{targets: [{{url: \"{}\"}}]}}\n  wrong: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: r, service: right, match: {{hosts: [right.example]}}}}\n  - {{name: w, service: wrong, match: {{hosts: [wrong.example]}}}}\n",
+        right.url(),
+        wrong.url()
+    ));
+    let r = raw_reply(
+        gw.addr,
+        b"GET http://right.example/x HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    let echo = r.json_chunked();
+    assert_eq!(echo["upstream"], "right", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-forwarded-host"][0], "right.example",
+        "{echo}"
+    );
+    assert_eq!(wrong.hits(), 0);
+}
+
+// === path spellings: routed and forwarded as the upstream reads them ===
+
+/// A `/secure` route (needing an API key) and a catch-all, each with its own echo upstream.
+async fn secure_and_open(top: &str, secure_route: &str) -> (Upstream, Upstream, TestGateway) {
+    let secure = upstream::http1("secure").spawn().await;
+    let open = upstream::http1("open").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "{top}\nconsumers:\n  - {{name: alice, api_keys: [\"alice-key-0123456789\"]}}\nservices:\n  secure: {{targets: [{{url: \"{}\"}}]}}\n  open: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: secure\n    service: secure\n    match: {{path: /secure}}\n    policies: [{{auth: {{api_key: true}}}}]\n{secure_route}  - {{name: open, service: open, match: {{path: /}}}}\n",
+        secure.url(),
+        open.url()
+    ));
+    (secure, open, gw)
+}
+
+#[tokio::test]
+async fn odd_spellings_of_a_protected_path_take_its_route_and_its_auth() {
+    let (secure, open, gw) = secure_and_open("", "").await;
+    for (spelling, forwarded) in [
+        ("/%73ecure/x", "/secure/x"),
+        ("//secure/x", "/secure/x"),
+        ("/secure;a=b/x", "/secure;a=b/x"),
+        ("/secur%65", "/secure"),
+        ("/%73%65%63%75%72%65", "/secure"),
+        ("///%73ecur%65;v=1//x%2dy?q=%2F", "/secure;v=1/x-y?q=%2F"),
+        ("/SECURE/x", "/SECURE/x"),
+    ] {
+        let req = format!("GET {spelling} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        if spelling.starts_with("/SECURE") {
+            // Case matters unless `paths.case_insensitive` says otherwise.
+            assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+            assert_eq!(r.json_chunked()["upstream"], "open");
+            continue;
+        }
+        r.assert_error(401, "unauthorized");
+        let req = format!(
+            "GET {spelling} HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw_reply(gw.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+        let echo = r.json_chunked();
+        assert_eq!(echo["upstream"], "secure", "{spelling}: {echo}");
+        assert_eq!(echo["uri"], forwarded, "{spelling}: {echo}");
+    }
+    assert_eq!(open.hits(), 1, "only /SECURE reached the catch-all");
+    assert_eq!(secure.hits(), 6);
+}
+
+#[tokio::test]
+async fn encoded_slashes_are_refused_unless_the_route_keeps_them() {
+    let (secure, open, gw) = secure_and_open(
+        "",
+        "  - {name: files, service: open, match: {path: /files}, escaped_slashes: keep}\n",
+    )
+    .await;
+    for path in ["/secure%2Fx", "/a%5cb", "/x%2f..%2fsecure"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(400, "bad_request");
+    }
+    let r = raw_reply(
+        gw.addr,
+        b"GET /files/a%2fb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.json_chunked()["uri"], "/files/a%2Fb");
+    for bad in ["/a%zz", "/a%4", "/a%00b"] {
+        let req = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+        raw_reply(gw.addr, req.as_bytes())
+            .await
+            .assert_error(400, "bad_request");
+    }
+    assert_eq!(secure.hits(), 0);
+    assert_eq!(open.hits(), 1);
+}
+
+#[tokio::test]
+async fn case_insensitive_paths_route_and_forward_lowercased() {
+    let (secure, _open, gw) = secure_and_open("paths: {case_insensitive: true}", "").await;
+    let r = raw_reply(
+        gw.addr,
+        b"GET /SeCuRe/X?Q=1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+    let echo = r.json_chunked();
+    assert_eq!(echo["upstream"], "secure", "{echo}");
+    assert_eq!(echo["uri"], "/secure/x?Q=1", "{echo}");
+    assert_eq!(secure.hits(), 1);
+    let err = TestGateway::try_start(
+        "paths: {case_insensitive: true}\nservices:\n  up: {targets: [{url: \"http://127.0.0.1:9\"}]}\nroutes:\n  - {name: r, service: up, match: {path: /Secure}}\n",
+    )
+    .err()
+    .expect("an uppercase route path is refused");
+    assert!(err.contains("routes[0].match.path"), "{err}");
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_are_logged_and_counted_with_their_error_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let (up, gw) = gateway(
+        &format!(
+            "access_log: {{enabled: true, format: json, path: \"{}\"}}\nlimits: {{max_header_bytes: 4096, max_uri_bytes: 1024}}",
+            log.display()
+        ),
+        "",
+    )
+    .await;
+    let cases: [(Vec<u8>, u64, &str); 3] = [
+        (
+            b"GET /x HTTP/1.1\r\nHost: a\r\nX-Bad: a\x00b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!(
+                "GET /x HTTP/1.1\r\nHost: a\r\nx-fill: {}\r\n\r\n",
+                "v".repeat(64 * 1024)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(64 * 1024)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (req, status, code) in &cases {
+        let r = raw_reply(gw.addr, req).await;
+        let v = r.assert_error(*status as u16, code);
+        assert_eq!(r.header("x-request-id"), v["request_id"].as_str().unwrap());
+        ids.push(v["request_id"].as_str().unwrap().to_string());
+    }
+    assert_untouched(&up, "refused requests");
+    // The writer thread flushes after each burst: poll, boundedly, for the three lines.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= cases.len() {
+            break text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "log: {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for ((_, status, code), (line, id)) in cases.iter().zip(lines.iter().zip(&ids)) {
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["error"], *code, "{line}");
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+    }
+}
+
+// === stalled request bodies: the client's fault ===
+
+/// Sends a POST announcing 100 bytes, sends 5, then waits for the answer.
+async fn stalled_post(gw: &TestGateway) -> (RawReply, Duration) {
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let started = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .expect("write");
+    let (text, _) = read_until_closed(&mut s, Duration::from_secs(20)).await;
+    (RawReply::parse(&text), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_never_opens_the_breaker() {
+    let up = upstream::http1("up").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "timeouts: {{request_body_idle: 300ms}}\nservices:\n  up:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 3, open_for: 30s}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.url()
+    ));
+    for _ in 0..4 {
+        let (r, took) = stalled_post(&gw).await;
+        r.assert_error(408, "request_body_timeout");
+        assert_eq!(r.header("connection"), "close", "{:?}", r.text);
+        assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    }
+    // Four client stalls later the breaker is still closed: a healthy upstream serves.
+    let r = raw_reply(
+        gw.addr,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.text);
+}
+
+#[tokio::test]
+async fn a_body_unfinished_when_the_route_times_out_is_the_clients_408_not_a_504() {
+    let up = upstream::http1("up").spawn().await;
+    // The route's timeout comes first; the client had still not sent its whole body.
+    let gw = TestGateway::start(&format!(
+        "timeouts: {{request_body_idle: 20s}}\nservices:\n  up:\n    targets: [{{url: \"{}\"}}]\n    circuit_breaker: {{consecutive_failures: 1, open_for: 30s}}\nroutes:\n  - {{name: all, service: up, timeout: 300ms}}\n",
+        up.url()
+    ));
+    let (r, _) = stalled_post(&gw).await;
+    r.assert_error(408, "request_body_timeout");
+    let r = raw_reply(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "breaker or ejection after a client's stall: {:?}",
+        r.text
+    );
 }

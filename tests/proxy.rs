@@ -336,26 +336,22 @@ async fn forwarded_and_via_are_added_when_enabled() {
 }
 
 #[tokio::test]
-async fn forwarded_host_is_escaped_so_a_host_header_cannot_inject_parameters() {
+async fn a_host_header_trying_to_inject_forwarded_parameters_is_refused() {
     let up = upstream::http1("a").spawn().await;
     let yaml = format!(
         "forwarding: {{forwarded: true}}\n{}",
         one_service(&up.url(), "  - {name: all, service: a}\n")
     );
     let gw = TestGateway::start(&yaml);
-    // A Host that tries to close the quoted string and add its own `for=`.
-    let r = raw(
+    // A Host that tries to close the quoted string and add its own `for=`: not a valid
+    // authority, so it never reaches `Forwarded` (whose host is escaped all the same).
+    let r = support::raw_reply(
         gw.addr,
         b"GET /x HTTP/1.1\r\nHost: evil\";for=6.6.6.6;by=\"\\\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
     )
     .await;
-    let forwarded = raw_json(&r)["headers"]["forwarded"].clone();
-    assert_eq!(
-        forwarded,
-        serde_json::json!([r#"for=127.0.0.1;host="evil\";for=6.6.6.6;by=\"\\";proto=http"#]),
-        "the Host value must stay inside one quoted-string"
-    );
+    r.assert_error(400, "bad_request");
+    assert_eq!(up.hits(), 0);
 }
 
 #[tokio::test]

@@ -351,3 +351,109 @@ async fn chunked_upstream_reply_arrives_intact() {
     // Both replies ended cleanly, so the upstream connection was reused.
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
+
+/// Opens a connection with a tiny receive buffer, asks for `/big`, reads the first bytes of the
+/// answer, then reads nothing more: a client reading at (almost) 0 bytes/s.
+async fn slow_reader(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: slow.example\r\n\r\n")
+        .await
+        .expect("request");
+    let mut first = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut first))
+        .await
+        .expect("first bytes within 20s")
+        .expect("read");
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_slow_readers_stay_within_a_memory_bound_and_are_closed_after_send_idle() {
+    use tokio::io::AsyncReadExt;
+    const READERS: usize = 200;
+    const BODY: usize = 8 * 1024 * 1024;
+    let payload = Bytes::from(vec![b'x'; BODY]);
+    let up = upstream::http1("big")
+        .route(
+            "/big",
+            upstream::handler(move |_req| {
+                let payload = payload.clone();
+                async move { http::Response::new(upstream::full(payload)) }
+            }),
+        )
+        .spawn()
+        .await;
+    let gw = spawn_gateway(format!(
+        "limits: {{max_connections: 1000}}\ntimeouts: {{send_idle: 3s, header_read: 60s}}\nservices:\n  s: {{targets: [{{url: \"{}\"}}], timeouts: {{idle: 120s}}}}\nroutes:\n  - {{name: big, service: s, timeout: 120s}}\n",
+        up.url()
+    ))
+    .await;
+    assert_eq!(get(&gw.url("/warm")).await.status, 200);
+    // What an open connection costs without a response in flight, for the report below.
+    let rss_empty = gw.rss_kib();
+    let mut idle = Vec::with_capacity(READERS);
+    for _ in 0..READERS {
+        let mut s = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET /warm HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("request");
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.expect("answer");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(s);
+    }
+    let rss_idle = gw.rss_kib();
+    drop(idle);
+    eprintln!(
+        "slow readers: {READERS} idle keep-alive connections take the gateway from {rss_empty} to {rss_idle} KiB"
+    );
+    let rss_before = gw.rss_kib();
+    let mut readers = Vec::with_capacity(READERS);
+    for _ in 0..READERS {
+        readers.push(slow_reader(gw.addr).await);
+    }
+    // Every reader has its answer started and reads nothing more; what the gateway holds for
+    // them is what the bound is about. A normal client is still served meanwhile.
+    let r = get(&gw.url("/warm")).await;
+    assert_eq!(r.status, 200);
+    let rss_stalled = gw.rss_kib();
+    let per_reader = rss_stalled.saturating_sub(rss_before) / READERS as u64;
+    eprintln!(
+        "slow readers: gateway VmRSS {rss_before} -> {rss_stalled} KiB with {READERS} stalled, {per_reader} KiB each"
+    );
+    assert!(
+        per_reader <= 80,
+        "{per_reader} KiB of gateway memory per stalled reader (VmRSS {rss_before} -> {rss_stalled} KiB)"
+    );
+    // After `send_idle` without progress the gateway closes them: each reader, draining its
+    // socket now, finds the end before the whole body.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut cut = 0;
+    for mut s in readers {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => total += n,
+                Err(_) => panic!("a slow reader was not closed within 30 s"),
+            }
+        }
+        if total < BODY {
+            cut += 1;
+        }
+    }
+    assert_eq!(
+        cut, READERS,
+        "every stalled reader was closed before the end of its body"
+    );
+}

@@ -306,3 +306,43 @@ async fn a_route_can_redirect_plain_http_to_https_while_others_stay_plain() {
     .expect("needs tls");
     assert!(err.contains("routes[0].https_redirect"), "{err}");
 }
+
+#[tokio::test]
+async fn a_request_hyper_cannot_parse_over_tls_gets_the_json_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("test CA");
+    let cert = pki.issue("api", "api", &["api.example.com"]);
+    let up = upstream::http1("up").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up,
+        &format!(
+            "  certificates:\n{}",
+            cert_entry(&cert, &["api.example.com"])
+        ),
+    ));
+    let mut s = tls::connect(
+        gw.local_addrs()[1],
+        "api.example.com",
+        &ClientTls::trusting(&pki).alpn(&["http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: api.example.com\r\nX-Bad : 1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut text))
+        .await
+        .expect("closed in time")
+        .ok();
+    let r = support::RawReply::parse(&String::from_utf8_lossy(&text));
+    let v = r.assert_error(400, "bad_request");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid HTTP/1.1"),
+        "{v}"
+    );
+    assert_eq!(up.hits(), 0);
+}

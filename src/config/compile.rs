@@ -118,6 +118,12 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             path,
             rewrite,
             preserve_host: r.preserve_host,
+            upgrades: r
+                .upgrades
+                .iter()
+                .map(|u| u.to_ascii_lowercase().into())
+                .collect(),
+            escaped_slashes: r.escaped_slashes.unwrap_or(raw.paths.escaped_slashes),
             https_redirect: r.https_redirect,
             max_body_bytes: no_limit_if_zero(
                 r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes).0,
@@ -174,12 +180,15 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             },
         },
         header_read_timeout: raw.timeouts.header_read.0,
+        request_body_idle: raw.timeouts.request_body_idle.0,
+        send_idle: raw.timeouts.send_idle.0,
         shutdown_grace: raw.timeouts.shutdown_grace.0,
         trusted_proxies: raw
             .trusted_proxies
             .iter()
             .filter_map(|c| parse_cidr(c))
             .collect(),
+        paths: raw.paths.clone(),
         forwarding: Forwarding {
             x_forwarded: raw.forwarding.x_forwarded,
             forwarded: raw.forwarding.forwarded,

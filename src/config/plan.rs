@@ -28,10 +28,16 @@ pub struct Plan {
     pub limits: Limits,
     /// Client header-read timeout (also the keep-alive idle limit).
     pub header_read_timeout: Duration,
+    /// Longest pause in a request body before 408.
+    pub request_body_idle: Duration,
+    /// Longest time a client may accept no response byte before its connection closes.
+    pub send_idle: Duration,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_grace: Duration,
     /// Proxies whose `X-Forwarded-For` entries are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Path normalisation before routing.
+    pub paths: crate::router::normalize::RawPaths,
     /// Forwarding headers to add.
     pub forwarding: Forwarding,
     /// Access log settings.
@@ -96,6 +102,10 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Send the client's Host upstream.
     pub preserve_host: bool,
+    /// `Upgrade` protocols relayed on this route (lowercase; never `h2c`).
+    pub upgrades: Box<[Box<str>]>,
+    /// Whether a path with `%2F` / `%5C` is served here.
+    pub escaped_slashes: crate::router::normalize::EscapedSlashes,
     /// Plain-HTTP requests get a 308 to `https://`.
     pub https_redirect: bool,
     /// Largest request body.

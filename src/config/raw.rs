@@ -37,6 +37,10 @@ pub struct RawConfig {
     /// Empty (the default): the client IP is always the TCP peer.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// How request paths are normalised before routing: slashes merged, unreserved escapes
+    /// decoded, what to do with `%2F`, case-insensitive routing.
+    #[serde(default)]
+    pub paths: crate::router::normalize::RawPaths,
     /// Which forwarding headers are added to upstream requests.
     #[serde(default)]
     pub forwarding: RawForwarding,
@@ -134,6 +138,13 @@ pub struct RawServerTimeouts {
     pub header_read: Dur,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub shutdown_grace: Dur,
+    /// A request body that sends nothing for this long is answered with 408
+    /// `request_body_timeout` (the client's fault: never counted against the upstream), like
+    /// nginx's `client_body_timeout`.
+    pub request_body_idle: Dur,
+    /// A client that accepts no byte of its response for this long has its connection closed,
+    /// like nginx's `send_timeout`.
+    pub send_idle: Dur,
 }
 
 impl Default for RawServerTimeouts {
@@ -141,6 +152,8 @@ impl Default for RawServerTimeouts {
         Self {
             header_read: Dur::from_secs(10),
             shutdown_grace: Dur::from_secs(30),
+            request_body_idle: Dur::from_secs(30),
+            send_idle: Dur::from_secs(60),
         }
     }
 }
@@ -284,6 +297,10 @@ pub struct RawTarget {
     pub weight: u32,
 }
 
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_string()]
+}
+
 fn default_weight() -> u32 {
     1
 }
@@ -358,6 +375,15 @@ pub struct RawRoute {
     /// Send the client's `Host` upstream instead of the target's.
     #[serde(default)]
     pub preserve_host: bool,
+    /// Protocols a client may switch to on this route (`Upgrade` tokens such as `websocket`).
+    /// Other tokens are removed and the request is answered as an ordinary one. `h2c` is never
+    /// relayed (RFC 9113 §3.1). Default `[websocket]`; `[]` allows none.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+    /// `keep` lets an encoded slash (`%2F`, `%5C`) through on this route although `paths.
+    /// escaped_slashes` rejects it (or `reject` the other way round). Default: `paths`'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<crate::router::normalize::EscapedSlashes>,
     /// Answer requests that arrive over plain HTTP with a 308 redirect to `https://` (needs
     /// `tls`); requests over HTTPS are proxied as usual.
     #[serde(default)]

@@ -279,6 +279,22 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
             ),
         ));
     }
+    for (j, token) in r.upgrades.iter().enumerate() {
+        let name = token.split('/').next().unwrap_or(token);
+        if name.eq_ignore_ascii_case("h2c") {
+            errs.push(ConfigError::new(
+                at(&format!("upgrades[{j}]")),
+                "`h2c` upgrades are never relayed (RFC 9113 §3.1 deprecates them, and the \
+                 upgraded connection would bypass routing and policies); clients use HTTP/2 \
+                 with prior knowledge or over TLS instead",
+            ));
+        } else if name.is_empty() || !name.bytes().all(is_tchar) {
+            errs.push(ConfigError::new(
+                at(&format!("upgrades[{j}]")),
+                format!("`{token}` is not a protocol name such as `websocket`"),
+            ));
+        }
+    }
     let m = &r.matcher;
     for (j, host) in m.hosts.iter().enumerate() {
         let bare = host.strip_prefix("*.").unwrap_or(host);
@@ -299,6 +315,13 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
         errs.push(ConfigError::new(
             at("match.path"),
             "a path must start with `/`",
+        ));
+    }
+    if raw.paths.case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()) {
+        errs.push(ConfigError::new(
+            at("match.path"),
+            "with `paths.case_insensitive: true` requests are routed lowercased: write the \
+             path in lowercase",
         ));
     }
     let is_template = path.contains('{');
@@ -428,4 +451,9 @@ pub fn template_captures(path: &str) -> Vec<String> {
         rest = &rest[start + len + 1..];
     }
     out
+}
+
+/// An RFC 9110 `tchar`: what a token (a protocol or header name) is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::time::Sleep;
 
 use super::client::PooledSender;
 use super::ActiveRequest;
+use crate::error::GatewayError;
 use crate::telemetry::access_log::Finish;
 use crate::upstream::InFlight;
 
@@ -29,9 +32,23 @@ pub enum BodyError {
     /// The upstream paused its response body for longer than the idle timeout.
     #[error("upstream response body idle for more than {0:?}")]
     Idle(Duration),
+    /// The client paused its request body for longer than `timeouts.request_body_idle`.
+    #[error("request body idle for more than {0:?}")]
+    ClientIdle(Duration),
     /// The underlying stream failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+}
+
+impl BodyError {
+    /// What the client is answered when its body fails this way.
+    pub fn into_gateway(self) -> GatewayError {
+        match self {
+            BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+            BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(idle),
+            other => GatewayError::ClientBody(other.to_string()),
+        }
+    }
 }
 
 /// The request body sent upstream.
@@ -41,16 +58,30 @@ pub struct RequestBody {
     seen: u64,
     /// A body buffered for retries (sent as one frame).
     full: Option<Bytes>,
+    /// The longest pause allowed between two pieces of the client's body.
+    idle: Duration,
+    /// Armed once the client first makes us wait; reset, not reallocated, after progress.
+    sleep: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+    /// Set once the client's body is complete; shared with the forwarding code, which tells
+    /// a client that had not finished from an upstream that did not answer in time.
+    done: Option<Arc<AtomicBool>>,
 }
 
 impl RequestBody {
-    /// Streams `inner`, failing once more than `limit` bytes went through.
-    pub fn streaming(inner: Incoming, limit: u64) -> Self {
+    /// Streams `inner`, failing once more than `limit` bytes went through or when the client
+    /// sends nothing for `idle`.
+    pub fn streaming(inner: Incoming, limit: u64, idle: Duration) -> Self {
+        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         Self {
             inner: Some(inner),
             limit,
             seen: 0,
             full: None,
+            idle,
+            sleep: None,
+            waiting: false,
+            done,
         }
     }
 
@@ -61,17 +92,78 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             full: None,
+            idle: Duration::ZERO,
+            sleep: None,
+            waiting: false,
+            done: None,
         }
     }
 
     /// A body already read whole (so it can be sent again on a retry).
     pub fn full(bytes: Bytes) -> Self {
         Self {
-            inner: None,
-            limit: u64::MAX,
-            seen: 0,
             full: (!bytes.is_empty()).then_some(bytes),
+            limit: u64::MAX,
+            ..Self::empty()
         }
+    }
+
+    /// The most bytes this body may carry.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// A handle telling later whether the client finished its body (`None`: there is none).
+    pub fn completion(&self) -> Option<BodyCompletion> {
+        self.done.as_ref().map(|d| BodyCompletion(Arc::clone(d)))
+    }
+
+    fn finished(&mut self) {
+        if let Some(done) = &self.done {
+            done.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Reads `body` whole, refusing more than `cap` bytes (413); the client's pauses and breaks
+/// keep their meaning (408, 400).
+pub async fn read_whole(mut body: RequestBody, cap: u64) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt as _;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::into_gateway)?;
+        if let Some(d) = frame.data_ref() {
+            out.extend_from_slice(d);
+            if out.len() as u64 > cap {
+                return Err(GatewayError::PayloadTooLarge { limit: cap });
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Whether a streamed request body was received whole (see [`RequestBody::completion`]).
+pub struct BodyCompletion(Arc<AtomicBool>);
+
+impl BodyCompletion {
+    /// True once the client's last body byte arrived.
+    pub fn is_complete(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A timeout of the exchange while the client had not finished its body is the client's: 408,
+/// and nothing held against the upstream.
+pub fn blame_client_if_unfinished<T>(
+    result: Result<T, GatewayError>,
+    completion: Option<&BodyCompletion>,
+    idle: Duration,
+) -> Result<T, GatewayError> {
+    match result {
+        Err(GatewayError::UpstreamTimeout(_)) if completion.is_some_and(|c| !c.is_complete()) => {
+            Err(GatewayError::RequestBodyTimeout(idle))
+        }
+        other => other,
     }
 }
 
@@ -90,7 +182,22 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let Poll::Ready(next) = polled else {
+            let idle = this.idle;
+            let timer = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if !this.waiting {
+                this.waiting = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            }
+            ready!(timer.as_mut().poll(cx));
+            this.inner = None;
+            return Poll::Ready(Some(Err(BodyError::ClientIdle(idle))));
+        };
+        this.waiting = false;
+        match next {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
@@ -99,10 +206,16 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
                 }
+                if inner.is_end_stream() {
+                    this.finished();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
+            None => {
+                this.finished();
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -158,6 +271,8 @@ pub struct GatewayBody {
     epilogue: Epilogue,
     /// A copy for the response cache, taken as the body streams.
     record: Option<Box<crate::policy::cache::record::Recorder>>,
+    /// The connection's written count when this body began, when it is paced (HTTP/1).
+    pace_base: Option<u64>,
 }
 
 impl GatewayBody {
@@ -169,6 +284,7 @@ impl GatewayBody {
             ended: false,
             epilogue: Epilogue::default(),
             record: None,
+            pace_base: None,
         }
     }
 
@@ -181,6 +297,7 @@ impl GatewayBody {
             ended: false,
             epilogue,
             record: None,
+            pace_base: None,
         }
     }
 
@@ -192,6 +309,7 @@ impl GatewayBody {
             ended: false,
             epilogue: Epilogue::default(),
             record: None,
+            pace_base: None,
         }
     }
 
@@ -207,11 +325,16 @@ impl GatewayBody {
             ended: false,
             epilogue,
             record: None,
+            pace_base: None,
         }
     }
 
-    /// Keeps the request active on its connection until this body is dropped.
-    pub fn set_active(&mut self, active: ActiveRequest) {
+    /// Keeps the request active on its connection until this body is dropped. With
+    /// `paced` (HTTP/1), an upstream body is read only as fast as the client takes it.
+    pub fn set_active(&mut self, active: ActiveRequest, paced: bool) {
+        if paced {
+            self.pace_base = Some(active.0.flow.written());
+        }
         self.epilogue.active = Some(active);
     }
 
@@ -245,6 +368,13 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let (Source::Upstream { .. }, Some(base), Some(active)) =
+            (&this.source, this.pace_base, &this.epilogue.active)
+        {
+            if !active.0.flow.may_send(base, this.sent, cx.waker()) {
+                return Poll::Pending;
+            }
+        }
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Upstream { inner, idle, sleep } => match Pin::new(inner).poll_frame(cx) {

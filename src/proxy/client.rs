@@ -179,6 +179,12 @@ async fn open_http1(
     }
 }
 
+/// The most an upstream HTTP/1.1 connection reads ahead: its response head must fit (nginx's
+/// `proxy_buffer_size` is 4-8 KiB), and each body chunk handed to the client side is at most
+/// this big, so a client that stops reading holds about this much of the upstream's body.
+/// hyper's default (about 400 KiB) cost a stalled client about 1 MiB of the gateway's memory.
+const UPSTREAM_READ_BUFFER: usize = 32 * 1024;
+
 async fn handshake_http1<IO>(
     io: IO,
     open: OpenConnection,
@@ -187,6 +193,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
@@ -290,6 +297,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| GatewayError::UpstreamConnect(e.to_string()))?;
@@ -353,6 +361,7 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                 super::body::BodyError::TooLarge(limit) => {
                     GatewayError::PayloadTooLarge { limit: *limit }
                 }
+                super::body::BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(*idle),
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }

@@ -17,14 +17,18 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The settings of an `h2c` upgrade (RFC 7540 §3.2.1): meaningful on one hop only, and the
+/// gateway never relays that upgrade, so it goes even when `Connection` does not name it.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
-/// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), and `Proxy-*`.
+/// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), `HTTP2-Settings`, and
+/// `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names marks which hop-by-hop headers are present; only those are
     // removed. Most messages carry none or just `Connection: keep-alive`, and each `remove` of
     // an absent name would still cost a hash and a probe.
-    const FIXED: [HeaderName; 8] = [
+    const FIXED: [HeaderName; 9] = [
         KEEP_ALIVE,
         header::TE,
         header::TRAILER,
@@ -33,6 +37,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::PROXY_AUTHENTICATE,
         PROXY_CONNECTION,
         header::UPGRADE,
+        HTTP2_SETTINGS,
     ];
     let mut present = 0u16;
     let mut connection = false;
@@ -90,6 +95,52 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Keeps only the `Upgrade` protocols that `allowed` names (compared by protocol name, without
+/// its `/version`, ignoring case) and says whether any is left. `h2c` never is: RFC 9113 §3.1
+/// deprecates it, and relaying it would hand the client a raw tunnel to the upstream past
+/// routing, authentication and rate limits. Without an allowed protocol the `Upgrade` header
+/// goes and the request is answered as an ordinary one.
+pub fn allow_upgrades(headers: &mut HeaderMap, allowed: &[Box<str>]) -> bool {
+    let mut kept = String::new();
+    let mut dropped = false;
+    for token in headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let name = token.split('/').next().unwrap_or(token);
+        let ok = !name.eq_ignore_ascii_case("h2c")
+            && allowed.iter().any(|a| a.eq_ignore_ascii_case(name));
+        if !ok {
+            dropped = true;
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str(", ");
+        }
+        kept.push_str(token);
+    }
+    if kept.is_empty() {
+        headers.remove(header::UPGRADE);
+        return false;
+    }
+    if dropped {
+        match HeaderValue::from_str(&kept) {
+            Ok(v) => {
+                headers.insert(header::UPGRADE, v);
+            }
+            Err(_) => {
+                headers.remove(header::UPGRADE);
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The client's IP: the TCP peer, unless the peer is a trusted proxy, in which case the
@@ -211,6 +262,35 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert!(h.contains_key("upgrade"));
         assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_kept_and_h2c_never() {
+        let allowed: Vec<Box<str>> = vec!["websocket".into(), "h2c".into()];
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "h2c".parse().unwrap());
+        assert!(!allow_upgrades(&mut h, &allowed));
+        assert!(!h.contains_key("upgrade"));
+        h.insert("upgrade", "foo/1, WebSocket/13, h2c".parse().unwrap());
+        assert!(allow_upgrades(&mut h, &allowed));
+        assert_eq!(h["upgrade"], "WebSocket/13");
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(allow_upgrades(&mut h, &allowed));
+        assert_eq!(h["upgrade"], "websocket");
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(!allow_upgrades(&mut h, &[]));
+    }
+
+    #[test]
+    fn http2_settings_is_always_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "http2-settings",
+            "AAMAAABkAAQAoAAAAAIAAAAA".parse().unwrap(),
+        );
+        h.insert("upgrade", "h2c".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
     }
 
     #[test]

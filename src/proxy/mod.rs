@@ -10,8 +10,10 @@ pub mod grpc;
 pub mod headers;
 pub mod retry;
 pub mod shadow;
+pub mod unparsed;
 mod upgrade;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +31,7 @@ use hyper::body::Incoming;
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::error::GatewayError;
 use crate::policy::{auth, cache, cors, transform};
-use crate::router::{normalize_host, Match};
+use crate::router::{normalize, normalize_host, Match};
 use crate::runtime::{Active, Runtime};
 use crate::telemetry::access_log::{rfc3339, Finish, RequestText};
 use crate::telemetry::metrics::{Measure, RecentError};
@@ -56,6 +58,53 @@ pub struct ConnCtx {
     pub tls: Option<Box<crate::tls::TlsConn>>,
     /// Shutdown began: HTTP/1.1 responses say `Connection: close` (set by the server's drain).
     pub draining: std::sync::atomic::AtomicBool,
+    /// How much of its responses the client has taken (HTTP/1): a response body reads its
+    /// upstream only while little of it waits unsent.
+    pub flow: WriteFlow,
+}
+
+/// Bytes a client's HTTP/1 socket accepted, and the response body waiting for more to go.
+///
+/// hyper queues a response body up to its buffer limit plus one upstream chunk and cannot be
+/// told less; the body itself waits here once [`WriteFlow::MAX_UNSENT`] bytes are unsent, so a
+/// client that stops reading stops the upstream reads after that much.
+#[derive(Default)]
+pub struct WriteFlow {
+    written: AtomicU64,
+    waiting: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl WriteFlow {
+    /// The most body bytes handed to hyper but not yet taken by the client's socket.
+    pub const MAX_UNSENT: u64 = 16 * 1024;
+
+    /// The client's socket took `n` more bytes.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Release);
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Whether a body that has handed out `handed` bytes since the count stood at `base` may
+    /// hand out more now; if not, `waker` is woken once the client takes some.
+    pub fn may_send(&self, base: u64, handed: u64, waker: &std::task::Waker) -> bool {
+        if handed <= self.written().saturating_sub(base) + Self::MAX_UNSENT {
+            return true;
+        }
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        self.waiting.store(true, Ordering::Release);
+        // A write between the first look and the registration would have found no waker.
+        handed <= self.written().saturating_sub(base) + Self::MAX_UNSENT
+    }
 }
 
 impl ConnCtx {
@@ -72,6 +121,7 @@ impl ConnCtx {
             kill: tokio::sync::Notify::new(),
             tls: None,
             draining: std::sync::atomic::AtomicBool::new(false),
+            flow: WriteFlow::default(),
         }
     }
 }
@@ -294,7 +344,8 @@ async fn handle(
         s.status = resp.status().as_u16();
         resp.body_mut().set_span(s);
     }
-    resp.body_mut().set_active(guard);
+    resp.body_mut()
+        .set_active(guard, version <= Version::HTTP_11);
     Ok(resp)
 }
 
@@ -347,6 +398,7 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
             limit: limits.max_header_bytes,
         });
     }
+    check_host(req)?;
     let path = req.uri().path();
     if !path.starts_with('/') {
         return Err(GatewayError::BadRequest(
@@ -359,6 +411,76 @@ fn check_request(active: &Active, req: &Request<Incoming>) -> Result<(), Gateway
         ));
     }
     Ok(())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a valid one; HTTP/2's
+/// `:authority` and `Host` name the same thing (RFC 9113 §8.3.1). Anything else is a 400:
+/// routing on one of two hosts, or forwarding a malformed one, lets a client pick what the
+/// gateway and the upstream each believe.
+fn check_host(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "the request has more than one Host header",
+        ));
+    }
+    match host {
+        None if req.version() == Version::HTTP_11 => Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request must carry a Host header",
+        )),
+        None => Ok(()),
+        Some(h) if !valid_authority(h.as_bytes()) => Err(GatewayError::BadRequest(
+            "the Host header is not a valid host[:port]",
+        )),
+        Some(h) => match req.uri().authority() {
+            // HTTP/1.1 absolute-form: the target's authority is the one used and forwarded
+            // (RFC 9112 §3.2.2); Host is only checked for syntax.
+            Some(a)
+                if req.version() == Version::HTTP_2
+                    && !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) =>
+            {
+                Err(GatewayError::BadRequest(
+                    "the Host header and :authority name different hosts",
+                ))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// `uri-host [":" port]` (RFC 3986 §3.2.2): a registered name (unreserved, sub-delims and
+/// percent-escapes) or a bracketed IP literal, then an optional numeric port. No userinfo, no
+/// whitespace. An empty value is allowed, as RFC 9112 §3.2 says for a target without authority.
+fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..0], None),
+            [b':', port @ ..] => (&value[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        }
+    };
+    let host_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
 }
 
 /// True when the request carries no `Transfer-Encoding`, or exactly one saying `chunked`.
@@ -414,11 +536,18 @@ async fn proxy(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     check_request(active, &req)?;
     let plan = &active.plan;
+    let mut req = req;
+    if let Cow::Owned(path) = normalize::normalize(req.uri().path(), &plan.paths)
+        .map_err(|e| GatewayError::BadRequest(e.message()))?
+    {
+        set_path(req.uri_mut(), path);
+    }
     let host = match request_host(&req) {
         Some(h) => normalize_host(h),
         None => "".into(),
     };
-    let path = req.uri().path();
+    let key = normalize::routing_key(req.uri().path());
+    let path: &str = &key;
     let mut found = plan.router.find(&host, path, req.method(), req.headers());
     if let Match::MethodNotAllowed(_) = found {
         // A CORS preflight is routed by the method it asks about, so a route need not list
@@ -450,6 +579,13 @@ async fn proxy(
     };
     *matched = Some(found.route);
     let route = &plan.routes[found.route];
+    if route.escaped_slashes == normalize::EscapedSlashes::Reject
+        && normalize::has_escaped_slash(req.uri().path())
+    {
+        return Err(GatewayError::BadRequest(
+            "the path contains an encoded slash (%2F or %5C), which this route does not accept",
+        ));
+    }
     if route.https_redirect && ctx.tls.is_none() {
         let port = plan.tls.as_ref().map_or(443, |t| t.https_port);
         return Ok(crate::tls::https_redirect(&req, port));
@@ -482,7 +618,7 @@ async fn proxy(
     }
     // The rewritten path needs the route's captures, which borrow the request; the query is
     // attached after authentication, which may remove an API key from it.
-    let rewritten = rewrite_target_path(route, req.uri().path(), found.matched_len, &found.params);
+    let rewritten = rewrite_target_path(route, path, found.matched_len, &found.params);
     let captures = transform_captures(route, &found.params);
     let (mut parts, body) = req.into_parts();
     auth::strip_identity_headers(&mut parts.headers, &plan.identity_headers);
@@ -599,18 +735,20 @@ async fn proxy(
         _ => None,
     };
 
-    let upgrade = parts.version == Version::HTTP_11 && headers::wants_upgrade(&parts.headers);
+    let upgrade = parts.version == Version::HTTP_11
+        && headers::wants_upgrade(&parts.headers)
+        && headers::allow_upgrades(&mut parts.headers, &route.upgrades);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
     };
-    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority (HTTP/2, HTTP/1.1 absolute-form) wins over `Host` (RFC 9112
+    // §3.2.2), as it did for routing: the two are never mixed.
+    let client_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     // gRPC servers may insist on `te: trailers` (the one TE value HTTP/2 allows): keep it.
     let te_trailers = parts.version == Version::HTTP_2
         && parts
@@ -647,6 +785,7 @@ async fn proxy(
     }
     // Transforms run last on the request, so they can rename or remove what the gateway added.
     let mut response_headers = None;
+    let body = RequestBody::streaming(body, route.max_body_bytes, plan.request_body_idle);
     let body = match &route.policies.transform {
         Some(t) => {
             let original = new_path.clone();
@@ -658,10 +797,9 @@ async fn proxy(
                 identity: identity.as_ref(),
             };
             (new_path, response_headers) = t.apply_request(&mut parts, original.clone(), &facts);
-            t.request_body(&mut parts, body, route.max_body_bytes, &facts)
-                .await?
+            t.request_body(&mut parts, body, &facts).await?
         }
-        None => RequestBody::streaming(body, route.max_body_bytes),
+        None => body,
     };
 
     if let Some(aggregate) = &route.policies.aggregate {
@@ -771,6 +909,13 @@ async fn proxy(
         }
     };
     let (mut parts, incoming) = sent.response.into_parts();
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // No upgrade was forwarded on this request: relaying the switch would turn the client
+        // connection into a tunnel to the upstream that no route or policy sees.
+        return Err(GatewayError::UpstreamProtocol(
+            "the upstream switched protocols (101) although no upgrade was requested".into(),
+        ));
+    }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     if let (Some(t), Some(rendered)) = (&route.policies.transform, response_headers) {
         t.apply_response(&mut parts.headers, rendered);
@@ -814,6 +959,24 @@ async fn proxy(
         Some(fill) => fill.respond(resp),
         None => resp,
     })
+}
+
+/// Replaces the path of `uri` with the normalised `path`, keeping its query, scheme and
+/// authority.
+fn set_path(uri: &mut Uri, path: String) {
+    let mut target = path;
+    if let Some(q) = uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let Ok(pq) = PathAndQuery::try_from(target) else {
+        return;
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(new) = Uri::from_parts(parts) {
+        *uri = new;
+    }
 }
 
 /// `/v2/users?x=1` without its first segment: `/users?x=1` (path versioning).
@@ -956,6 +1119,8 @@ mod tests {
             path: PathSpec::Prefix("/api".into()),
             rewrite,
             preserve_host: false,
+            upgrades: Box::default(),
+            escaped_slashes: crate::router::normalize::EscapedSlashes::Reject,
             https_redirect: false,
             max_body_bytes: 0,
             timeout: Duration::from_secs(1),

@@ -15,12 +15,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 
 use super::body::{GatewayBody, RequestBody};
 use super::client::{self, Sent};
@@ -373,10 +372,13 @@ pub(crate) async fn forward(
         }
         let span_id = f.trace.stamp(&mut parts.headers);
         let span = ClientSpan::start(f.trace, span_id, &parts.method, 1, f.call);
+        let completion = body.completion();
         let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let result = client::send(service, target, req, route.timeout).await;
+        let result =
+            super::body::blame_client_if_unfinished(result, completion.as_ref(), route.timeout);
         let took = sent_at.elapsed();
         end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));
@@ -406,7 +408,7 @@ async fn forward_retrying(
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
-        buffer(body, route.max_body_bytes).await?
+        super::body::read_whole(body, route.max_body_bytes).await?
     };
     let replay_ok = idempotent(&parts.method);
     let started = tokio::time::Instant::now();
@@ -511,25 +513,6 @@ pub(crate) fn end_span(
 
 fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
-}
-
-/// Reads a body of known, small length whole (the caller checked the size hint).
-async fn buffer(body: RequestBody, limit: u64) -> Result<Bytes, GatewayError> {
-    let mut out = BytesMut::new();
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| match e {
-            super::body::BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
-            e => GatewayError::ClientBody(e.to_string()),
-        })?;
-        if let Some(d) = frame.data_ref() {
-            out.extend_from_slice(d);
-            if out.len() as u64 > limit {
-                return Err(GatewayError::PayloadTooLarge { limit });
-            }
-        }
-    }
-    Ok(out.freeze())
 }
 
 #[cfg(test)]

@@ -6,14 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Version};
 use http_body_util::BodyExt as _;
 
-use super::body::{BodyError, RequestBody};
+use super::body::RequestBody;
 use super::{client, retry};
 use crate::error::GatewayError;
 use crate::policy::shadow::{ShadowPolicy, ShadowSlot};
@@ -51,7 +50,7 @@ pub(super) async fn maybe_mirror(
     let Some(slot) = policy.sample() else {
         return Ok(body);
     };
-    let bytes = read(body).await?;
+    let bytes = super::body::read_whole(body, u64::MAX).await?;
     let mut req = Request::new(RequestBody::full(bytes.clone()));
     *req.method_mut() = copy.parts.method.clone();
     *req.headers_mut() = copy.parts.headers.clone();
@@ -116,19 +115,4 @@ async fn send(
     if let (Ok(Ok(_)), Some(pooled)) = (drained, sent.pooled) {
         pooled.release();
     }
-}
-
-async fn read(body: RequestBody) -> Result<Bytes, GatewayError> {
-    let mut out = BytesMut::new();
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| match e {
-            BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
-            e => GatewayError::ClientBody(e.to_string()),
-        })?;
-        if let Some(d) = frame.data_ref() {
-            out.extend_from_slice(d);
-        }
-    }
-    Ok(out.freeze())
 }

@@ -29,6 +29,7 @@ pub async fn proxy_upgrade(
         http::header::CONNECTION,
         http::HeaderValue::from_static("upgrade"),
     );
+    let req_upgrade = req.headers().get(http::header::UPGRADE).cloned();
     let in_flight = InFlight::start(target);
     let mut resp = client::send_upgradable(service, target, req, timeout).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -43,6 +44,11 @@ pub async fn proxy_upgrade(
             },
         );
         return Ok(Response::from_parts(parts, body));
+    }
+    if !switched_to_offered(&req_upgrade, resp.headers()) {
+        return Err(GatewayError::UpstreamProtocol(
+            "the upstream switched to a protocol the client did not ask for".into(),
+        ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
@@ -67,4 +73,25 @@ pub async fn proxy_upgrade(
         http::HeaderValue::from_static("upgrade"),
     );
     Ok(Response::from_parts(parts, GatewayBody::empty()))
+}
+
+/// Whether the upstream's `101` names one of the protocols the gateway forwarded (RFC 9110
+/// §7.8: a server switches only to a protocol the client listed).
+fn switched_to_offered(offered: &Option<http::HeaderValue>, answer: &http::HeaderMap) -> bool {
+    let (Some(offered), Some(chosen)) = (offered, answer.get(http::header::UPGRADE)) else {
+        return false;
+    };
+    let (Ok(offered), Ok(chosen)) = (offered.to_str(), chosen.to_str()) else {
+        return false;
+    };
+    let name = |t: &str| {
+        t.trim()
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    chosen
+        .split(',')
+        .all(|c| offered.split(',').any(|o| name(o) == name(c)))
 }

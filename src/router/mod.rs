@@ -15,6 +15,8 @@
 //! A host or path that matches only routes whose method does not fit gives `MethodNotAllowed`
 //! with the methods that would have matched.
 
+pub mod normalize;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use rustc_hash::FxHashMap;

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Plan;
-use crate::proxy::{ConnCtx, ProxyService};
+use crate::proxy::{unparsed, ConnCtx, ProxyService};
 use crate::runtime::Runtime;
 
 /// How long HTTP/1.1 keep-alive connections get, once shutdown begins, to send one more request
@@ -98,6 +98,7 @@ pub async fn serve(
         prefix,
         at: 0,
         stream,
+        refusals: (!is_h2).then(|| Refusals::new(Arc::clone(&ctx))),
     });
     let service = ProxyService(Arc::clone(&ctx));
     // The hyper connection is boxed: the task spawned per connection then stays small, and
@@ -214,19 +215,180 @@ fn try_read_chunk(stream: &TcpStream, into: &mut Vec<u8>) -> io::Result<usize> {
 /// The client socket with the already-read prefix in front of it. `poll_shutdown` only flushes:
 /// the socket is closed when dropped, and a `shutdown(2)` first would be one more system call
 /// per connection for no benefit to the peer.
-struct ConnIo {
+pub(super) struct ConnIo<S = TcpStream> {
     prefix: Vec<u8>,
     at: usize,
-    stream: TcpStream,
+    stream: S,
+    /// HTTP/1 only: turns hyper's bare answers to unparsable requests into the gateway's.
+    refusals: Option<Refusals>,
 }
 
-impl AsyncRead for ConnIo {
+/// What HTTP/1 needs to replace hyper's canned error answers.
+///
+/// hyper answers a request it cannot parse by itself (a status line, `content-length: 0`, no
+/// body) and never calls the service. Every answer of the service carries `x-request-id`, so a
+/// 400/414/431 head without one is hyper's: it is swapped for the gateway's JSON answer (and
+/// logged). Which line overflowed the read buffer is tracked on head reads, to tell a request
+/// target over `max_uri_bytes` (414) from a head over the header limit (431).
+struct Refusals {
+    ctx: Arc<ConnCtx>,
+    /// Bytes read since the last LF (saturating).
+    line_len: usize,
+    /// The line being read started a request head (connection start, or after an empty line).
+    line_starts_head: bool,
+    /// The gateway's answer still to be written, and how much of it was.
+    pending: Vec<u8>,
+    written: usize,
+    /// Closes the connection when the client takes no byte for `timeouts.send_idle`; armed
+    /// at the first write the socket refuses, reset (not reallocated) after progress.
+    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    send_stalled: bool,
+}
+
+impl Refusals {
+    fn new(ctx: Arc<ConnCtx>) -> Self {
+        Self {
+            ctx,
+            line_len: 0,
+            line_starts_head: true,
+            pending: Vec::new(),
+            written: 0,
+            send_timer: None,
+            send_stalled: false,
+        }
+    }
+
+    /// Accounts for a write attempt's outcome: progress feeds the response bodies' pacing
+    /// and disarms the send timer; a refused write arms it, and once it fires the write fails
+    /// (hyper then closes the connection).
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match &result {
+            Poll::Ready(Ok(n)) => {
+                self.ctx.flow.wrote(*n);
+                self.send_stalled = false;
+                result
+            }
+            Poll::Ready(Err(_)) => result,
+            Poll::Pending => {
+                let idle = self.ctx.runtime.active().plan.send_idle;
+                let timer = self
+                    .send_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if !self.send_stalled {
+                    self.send_stalled = true;
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        tracing::debug!(peer = %self.ctx.peer, "client took no response byte for {idle:?}: closing");
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client read nothing for timeouts.send_idle",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// Follows line boundaries over freshly read bytes. Only while no request is in progress:
+    /// those reads are request heads; bodies are never scanned.
+    fn saw(&mut self, new: &[u8]) {
+        if self.ctx.active.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        match new.iter().rposition(|&b| b == b'\n') {
+            None => self.line_len = self.line_len.saturating_add(new.len()),
+            Some(last) => {
+                let ended = match new[..last].iter().rposition(|&b| b == b'\n') {
+                    Some(prev) => last - prev - 1,
+                    None => self.line_len.saturating_add(last),
+                };
+                // An empty line (`\r\n`) ends a head: what follows starts the next one.
+                self.line_starts_head = ended <= 1;
+                self.line_len = new.len() - last - 1;
+            }
+        }
+    }
+
+    /// When `head` is hyper's canned error answer, queues the gateway's instead and says so.
+    fn replace(&mut self, head: &[u8]) -> bool {
+        if !self.pending.is_empty() || head.len() > 512 || !head.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        let status = std::str::from_utf8(&head[9..12.min(head.len())])
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok());
+        let Some(mut refusal) = status.and_then(unparsed::Refusal::from_status) else {
+            return false;
+        };
+        if head
+            .windows(13)
+            .any(|w| w.eq_ignore_ascii_case(b"x-request-id:"))
+        {
+            return false;
+        }
+        let limits = &self.ctx.runtime.active().plan.limits;
+        if refusal == unparsed::Refusal::HeadTooLarge
+            && self.line_starts_head
+            && self.line_len > limits.max_uri_bytes
+        {
+            refusal = unparsed::Refusal::TargetTooLong;
+        }
+        self.pending = unparsed::answer(&self.ctx, refusal);
+        self.written = 0;
+        true
+    }
+}
+
+impl<S: AsyncWrite + Unpin> ConnIo<S> {
+    /// An HTTP/1 connection over `stream` (TLS, or a plain one whose first bytes are read),
+    /// whose unparsable requests get the gateway's answer.
+    pub(super) fn http1(stream: S, ctx: &Arc<ConnCtx>) -> Self {
+        Self {
+            prefix: Vec::new(),
+            at: 0,
+            stream,
+            refusals: Some(Refusals::new(Arc::clone(ctx))),
+        }
+    }
+
+    /// Writes what is left of a replaced answer; ready once all of it is out.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(r) = self.refusals.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while r.written < r.pending.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.stream).poll_write(cx, &r.pending[r.written..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            r.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether `first` (the start of a write) is hyper's canned answer, now replaced.
+    fn replaced(&mut self, first: &[u8]) -> bool {
+        self.refusals.as_mut().is_some_and(|r| r.replace(first))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         if this.at < this.prefix.len() {
             let n = (this.prefix.len() - this.at).min(buf.remaining());
             buf.put_slice(&this.prefix[this.at..this.at + n]);
@@ -235,19 +397,34 @@ impl AsyncRead for ConnIo {
                 this.prefix = Vec::new();
                 this.at = 0;
             }
-            return Poll::Ready(Ok(()));
+        } else {
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        if let Some(r) = this.refusals.as_mut() {
+            r.saw(&buf.filled()[before..]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        if this.replaced(buf) {
+            // hyper's bytes count as written; the gateway's go out instead.
+            std::task::ready!(this.poll_pending(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        match this.refusals.as_mut() {
+            Some(r) => r.after_write(cx, result),
+            None => result,
+        }
     }
 
     fn poll_write_vectored(
@@ -255,7 +432,19 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        std::task::ready!(this.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if this.replaced(first) {
+                std::task::ready!(this.poll_pending(cx))?;
+                return Poll::Ready(Ok(first.len()));
+            }
+        }
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        match this.refusals.as_mut() {
+            Some(r) => r.after_write(cx, result),
+            None => result,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,10 +452,12 @@ impl AsyncWrite for ConnIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 }

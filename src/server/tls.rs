@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn::{drive, Builders, Watched, H1_CLOSE_WINDOW};
+use super::conn::{drive, Builders, ConnIo, Watched, H1_CLOSE_WINDOW};
 use crate::proxy::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
 use crate::tls::{ClientCert, TlsConn};
@@ -69,9 +69,9 @@ pub async fn serve_tls(
     }));
     let ctx = Arc::new(ctx);
     let _watched = Watched::register(&ctx);
-    let io = TokioIo::new(stream);
     let service = ProxyService(Arc::clone(&ctx));
     if h2 {
+        let io = TokioIo::new(stream);
         let conn = Box::pin(builders.h2.serve_connection(io, service));
         drive(conn, &ctx, &mut shutdown, draining, None, |c| {
             c.as_mut().graceful_shutdown()
@@ -79,6 +79,7 @@ pub async fn serve_tls(
         .await;
     } else {
         let h1 = builders.h1(draining);
+        let io = TokioIo::new(ConnIo::http1(stream, &ctx));
         let conn = Box::pin(h1.serve_connection(io, service).with_upgrades());
         drive(
             conn,
@@ -111,7 +112,8 @@ pub async fn serve_redirect(
         let resp = crate::tls::https_redirect(&req, port);
         async move { Ok::<_, Infallible>(resp) }
     });
-    let conn = Box::pin(builders.h1.serve_connection(TokioIo::new(stream), service));
+    let io = TokioIo::new(ConnIo::http1(stream, &ctx));
+    let conn = Box::pin(builders.h1.serve_connection(io, service));
     drive(conn, &ctx, &mut shutdown, false, None, |c| {
         c.as_mut().graceful_shutdown()
     })

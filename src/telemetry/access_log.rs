@@ -3,6 +3,7 @@
 //! The request path only fills a [`Finish`] record and hands it over a bounded channel; when the
 //! writer falls behind, lines are dropped and counted rather than slowing requests down.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +93,26 @@ pub struct Finish {
     pub span_id: [u8; 8],
 }
 
+/// The most bytes of one client-supplied field (path, query, a header value) that a log line
+/// copies: a client must not be able to make each line as large as its request head.
+pub const MAX_LOGGED_BYTES: usize = 2048;
+/// What stands after a field cut at [`MAX_LOGGED_BYTES`].
+pub const TRUNCATED: &str = "...[truncated]";
+
+/// Appends `text`, cut at [`MAX_LOGGED_BYTES`] (on a character boundary) with [`TRUNCATED`].
+fn push_capped(buf: &mut String, text: &str) {
+    if text.len() <= MAX_LOGGED_BYTES {
+        buf.push_str(text);
+        return;
+    }
+    let mut end = MAX_LOGGED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf.push_str(&text[..end]);
+    buf.push_str(TRUNCATED);
+}
+
 /// The texts of a request that its log line needs, copied into one small allocation. Keeping
 /// the parsed header values or URI instead would keep hyper's whole read buffer (8 KiB or more)
 /// alive for every line waiting in the queue: measured, 15 MiB more RSS under load.
@@ -106,17 +127,35 @@ impl RequestText {
     /// Copies the fields (bytes that are not UTF-8 are replaced).
     pub fn new(request_id: &[u8], host: &[u8], target: &str, user_agent: Option<&[u8]>) -> Self {
         let ua = user_agent.unwrap_or(b"");
-        let mut buf =
-            String::with_capacity(request_id.len() + host.len() + target.len() + ua.len());
+        let capped = |n: usize| n.min(MAX_LOGGED_BYTES + TRUNCATED.len());
+        let mut buf = String::with_capacity(
+            capped(request_id.len())
+                + capped(host.len())
+                + 2 * capped(target.len())
+                + capped(ua.len()),
+        );
         let mut ends = [0u32; 4];
         for (i, part) in [request_id, host, target.as_bytes(), ua]
             .into_iter()
             .enumerate()
         {
             // `from_utf8` checks ASCII a word at a time; the lossy path walks byte by byte.
-            match std::str::from_utf8(part) {
-                Ok(text) => buf.push_str(text),
-                Err(_) => buf.push_str(&String::from_utf8_lossy(part)),
+            let text = match std::str::from_utf8(part) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(part),
+            };
+            if i == 2 {
+                // Path and query are capped each, so a huge query still logs the path.
+                match text.split_once('?') {
+                    Some((path, query)) => {
+                        push_capped(&mut buf, path);
+                        buf.push('?');
+                        push_capped(&mut buf, query);
+                    }
+                    None => push_capped(&mut buf, &text),
+                }
+            } else {
+                push_capped(&mut buf, &text);
             }
             ends[i] = buf.len() as u32;
         }

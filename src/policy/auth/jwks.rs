@@ -54,6 +54,9 @@ pub struct Key {
     pub algs: Vec<Algorithm>,
     /// The key material.
     pub key: DecodingKey,
+    /// Identifies the key (its `kid` and material): a verified-token cache entry records the
+    /// key that verified it, and dies when that key leaves the key set.
+    pub fingerprint: u64,
 }
 
 impl Key {
@@ -217,7 +220,29 @@ fn finish(
             ),
         });
     }
-    Ok(Key { kid, algs, key })
+    let fingerprint = fingerprint(kid.as_deref(), &key);
+    Ok(Key {
+        kid,
+        algs,
+        key,
+        fingerprint,
+    })
+}
+
+/// A hash of the key id and material. Not a secret and not on the request path (computed when
+/// a key is loaded): it only tells whether the same key is still published.
+fn fingerprint(kid: Option<&str>, key: &DecodingKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    kid.hash(&mut h);
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(b) => b.hash(&mut h),
+        DecodingKeyKind::RsaModulusExponent { n, e } => {
+            n.hash(&mut h);
+            e.hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// Whether `key` is valid for `alg` (for EC keys: on the algorithm's curve). Verifying a dummy
@@ -280,6 +305,9 @@ pub struct RemoteJwks {
     last_kid_refetch: AtomicU64,
     last_warning: AtomicU64,
     fetches: AtomicU64,
+    /// Bumped whenever a fetched key set drops a key, so cached verifications can tell with
+    /// one atomic load that the keys they were made with may be gone.
+    generation: AtomicU64,
 }
 
 impl RemoteJwks {
@@ -309,6 +337,7 @@ impl RemoteJwks {
             last_kid_refetch: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -327,6 +356,19 @@ impl RemoteJwks {
             self.start_fetch();
         }
         self.keys.load_full()
+    }
+
+    /// Changes whenever a refetch removed a key (see [`RemoteJwks::still_has`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the key with `fingerprint` is in the current key set.
+    pub fn still_has(&self, fingerprint: u64) -> bool {
+        self.keys
+            .load()
+            .iter()
+            .any(|k| k.fingerprint == fingerprint)
     }
 
     /// After a token named a `kid` the keys do not have: refetches unless that was done less
@@ -394,7 +436,14 @@ impl RemoteJwks {
         match result {
             Ok(keys) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "JWKS fetched");
-                self.keys.store(Arc::new(keys));
+                let old = self.keys.swap(Arc::new(keys));
+                let current = self.keys.load();
+                let dropped = old
+                    .iter()
+                    .any(|k| !current.iter().any(|c| c.fingerprint == k.fingerprint));
+                if dropped {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 self.loaded.store(true, Ordering::Release);
             }
             Err(why) => {

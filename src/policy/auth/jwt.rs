@@ -70,6 +70,9 @@ struct Shared {
 
 struct Cached {
     verified: Verified,
+    /// The JWKS key that verified the token and the JWKS generation then; `None` for a key from
+    /// the config, which only a reload (a new provider and cache) can remove.
+    remote_key: Option<(u64, u64)>,
     /// The token's `exp` (seconds since the epoch).
     exp: u64,
     ttl: Duration,
@@ -273,7 +276,7 @@ impl JwtProvider {
             Some(cache) => {
                 let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
                 if let Some(hit) = cache.get(&digest) {
-                    if hit.exp > jsonwebtoken::get_current_timestamp() {
+                    if hit.exp > jsonwebtoken::get_current_timestamp() && self.key_kept(&hit) {
                         return Ok(hit.verified.clone());
                     }
                     cache.invalidate(&digest);
@@ -282,7 +285,7 @@ impl JwtProvider {
             }
             None => [0; 32],
         };
-        let claims = self.verify_uncached(token).await?;
+        let (claims, remote_key) = self.verify_uncached(token).await?;
         let mut verified = self.claims.verified(&claims);
         let exp = claims.get("exp").and_then(numeric).unwrap_or(0);
         verified.claims = Some(Arc::new(claims));
@@ -295,6 +298,7 @@ impl JwtProvider {
                 }
                 let entry = Cached {
                     verified: verified.clone(),
+                    remote_key,
                     exp,
                     ttl,
                 };
@@ -304,8 +308,23 @@ impl JwtProvider {
         Ok(verified)
     }
 
-    /// Everything but the cache: returns the token's claims when it is acceptable.
-    async fn verify_uncached(&self, token: &str) -> Result<Map<String, Value>, AuthFailure> {
+    /// Whether the key that verified a cached token is still published. One atomic load while
+    /// no refetch has removed a key; a scan of the (at most 64) keys after one did.
+    fn key_kept(&self, hit: &Cached) -> bool {
+        match (&hit.remote_key, &self.shared.jwks) {
+            (Some((fingerprint, generation)), Some(jwks)) => {
+                *generation == jwks.generation() || jwks.still_has(*fingerprint)
+            }
+            _ => true,
+        }
+    }
+
+    /// Everything but the cache: returns the token's claims when it is acceptable, and, when a
+    /// JWKS key verified it, that key's fingerprint and the JWKS generation it was seen in.
+    async fn verify_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Map<String, Value>, Option<(u64, u64)>), AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_failure(token))?;
         if header.crit.as_ref().is_some_and(|c| !c.is_empty()) {
             return Err(invalid(
@@ -320,6 +339,9 @@ impl JwtProvider {
         };
         let kid = header.kid.as_deref();
 
+        // Read before the keys: a removal racing with this verification then makes the cached
+        // entry check its key again rather than trust a generation newer than its keys.
+        let generation = self.shared.jwks.as_ref().map_or(0, |j| j.generation());
         let mut remote = match &self.shared.jwks {
             Some(j) => Some(j.keys().await),
             None => None,
@@ -368,7 +390,11 @@ impl JwtProvider {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
                     self.claims.check(&data.claims)?;
-                    return Ok(data.claims);
+                    let from_jwks = remote
+                        .as_deref()
+                        .is_some_and(|r| r.iter().any(|k| std::ptr::eq(k, key)));
+                    let remote_key = from_jwks.then_some((key.fingerprint, generation));
+                    return Ok((data.claims, remote_key));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
                 Err(e) => {

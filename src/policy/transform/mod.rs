@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::config::ConfigError;
 use crate::error::GatewayError;
-use crate::proxy::body::RequestBody;
+use crate::proxy::body::{read_whole, RequestBody};
 use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
 use json::{JsonOps, OnOversize};
 pub use template::{CallAnswer, Facts, RequestData, Template};
@@ -254,16 +254,15 @@ impl TransformPolicy {
     pub async fn request_body(
         &self,
         parts: &mut Parts,
-        body: Incoming,
-        limit: u64,
+        body: RequestBody,
         facts: &Facts<'_>,
     ) -> Result<RequestBody, GatewayError> {
         if self.request_body.is_none() && self.schema.is_none() && self.to_xml.is_none() {
-            return Ok(RequestBody::streaming(body, limit));
+            return Ok(body);
         }
         let len = body.size_hint().exact();
         if len == Some(0) && self.schema.is_none() {
-            return Ok(RequestBody::streaming(body, limit));
+            return Ok(body);
         }
         if !json::is_json(&parts.headers) {
             if self.schema.is_some() && len != Some(0) {
@@ -273,7 +272,7 @@ impl TransformPolicy {
                     errors: Vec::new(),
                 });
             }
-            return Ok(RequestBody::streaming(body, limit));
+            return Ok(body);
         }
         let (cap, oversize) = self
             .request_body
@@ -287,14 +286,14 @@ impl TransformPolicy {
         } else {
             oversize
         };
-        let cap = cap.min(limit);
+        let cap = cap.min(body.limit());
         if len.is_none_or(|l| l > cap) {
             return match oversize {
-                OnOversize::Pass => Ok(RequestBody::streaming(body, limit)),
+                OnOversize::Pass => Ok(body),
                 OnOversize::Reject => Err(GatewayError::PayloadTooLarge { limit: cap }),
             };
         }
-        let bytes = collect(body, cap).await?;
+        let bytes = read_whole(body, cap).await?;
         let value: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(e) => {
@@ -663,20 +662,4 @@ fn display_path(p: &str) -> &str {
     } else {
         p
     }
-}
-
-/// Reads a body of known length up to `cap`.
-async fn collect(body: Incoming, cap: u64) -> Result<Bytes, GatewayError> {
-    let mut out = BytesMut::new();
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::ClientBody(e.to_string()))?;
-        if let Some(d) = frame.data_ref() {
-            out.extend_from_slice(d);
-            if out.len() as u64 > cap {
-                return Err(GatewayError::PayloadTooLarge { limit: cap });
-            }
-        }
-    }
-    Ok(out.freeze())
 }
