@@ -1,6 +1,7 @@
 //! Configuration: YAML text to an immutable [`Plan`], in stages.
 //!
-//! 1. `position`: index where every key and value stands (and catch YAML syntax errors);
+//! 1. `position`: index where every key and value stands, checking the document against
+//!    `limits` (size, nesting, alias expansion) and catching YAML syntax errors;
 //! 2. `expand`: `${ENV}` / `${file:...}` in string values;
 //! 3. `raw`: strict serde structs (unknown keys are errors);
 //! 4. `validate`: cross-field checks, collecting every error;
@@ -142,7 +143,7 @@ fn guarded<T>(
     })
 }
 
-/// [`load_str`] on the calling thread.
+/// [`load_str`] without the guard.
 fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
     let parsed = parse_stages(text, file, env)?;
     let mut errors = parsed.errors.clone();
