@@ -1074,6 +1074,10 @@ async fn requests_hyper_refuses_are_logged_and_counted_with_their_error_code() {
         assert_eq!(line["error"], *code, "{line}");
         assert_eq!(line["request_id"], id.as_str(), "{line}");
     }
+    // Counted as unrouted 4xx answers (the method could not be read: OTHER).
+    let metrics = support::get(&gw.admin_url("/metrics")).await.text();
+    let counted = "portico_requests_total{route=\"_unmatched\",service=\"\",method=\"OTHER\",status_class=\"4xx\"} 3";
+    assert!(metrics.contains(counted), "{metrics}");
 }
 
 // === stalled request bodies: the client's fault ===

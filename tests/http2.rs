@@ -257,3 +257,35 @@ async fn a_continuation_flood_is_cut_off_and_other_clients_are_still_served() {
         "the flood never reached the upstream"
     );
 }
+
+/// `GET http://localhost/` with a `host` header of `host` besides `:authority: localhost`.
+fn get_block_with_host(host: &str) -> Vec<u8> {
+    let mut b = get_block();
+    // `host`: literal without indexing, name from the static table (index 38).
+    b.extend_from_slice(&[0x0f, 38 - 15, host.len() as u8]);
+    b.extend_from_slice(host.as_bytes());
+    b
+}
+
+#[tokio::test]
+async fn a_host_header_that_differs_from_authority_gets_a_400() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = gateway(&up, "");
+    for (host, status_byte) in [("evil.example", 0x8c_u8), ("localhost", 0x88)] {
+        let mut s = open_h2(gw.addr).await;
+        s.write_all(&frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &get_block_with_host(host),
+        ))
+        .await
+        .unwrap();
+        let head = read_until(&mut s, HEADERS, Duration::from_secs(10))
+            .await
+            .expect("a response head");
+        // `:status` comes first, as an indexed field: 0x88 is 200, 0x8c is 400.
+        assert_eq!(head[0], status_byte, "host {host}: {head:?}");
+    }
+    assert_eq!(up.hits(), 1, "only the consistent request was forwarded");
+}
