@@ -69,7 +69,7 @@ enum Command {
 fn quiet_config_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().name() != Some(portico::config::guard::THREAD_NAME) {
+        if !portico::config::guard::containing() {
             default(info);
         }
     }));

@@ -884,19 +884,26 @@ fn validate_or_kill(file: &Path) -> Run {
     }
 }
 
-#[test]
-fn file_expansion_reads_only_regular_files_up_to_1_mib() {
+/// A FIFO and a regular file one byte over 1 MiB, in a temp dir kept alive with them.
+fn fifo_and_big_file() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("secret.fifo");
+    let fifo = dir.path().join("file.fifo");
     let made = Command::new("mkfifo").arg(&fifo).status();
     assert!(made.is_ok_and(|s| s.success()), "mkfifo");
     let big = dir.path().join("big.pem");
     std::fs::write(&big, vec![b'x'; 1024 * 1024 + 1]).expect("write");
+    let (fifo, big) = (fifo.display().to_string(), big.display().to_string());
+    (dir, fifo, big)
+}
+
+#[test]
+fn file_expansion_reads_only_regular_files_up_to_1_mib() {
+    let (_dir, fifo, big) = fifo_and_big_file();
     // Before the fix the FIFO hung `validate` forever and /dev/zero grew it to gigabytes.
     for (file, why) in [
-        (fifo.display().to_string(), "not a regular file"),
+        (fifo, "not a regular file"),
         ("/dev/zero".to_string(), "not a regular file"),
-        (big.display().to_string(), "larger than 1024 KiB"),
+        (big, "larger than 1024 KiB"),
     ] {
         let text = format!(
             "{SERVICES}admin:\n  token: \"${{file:{file}}}\"\nroutes:\n  - {{name: r, service: users}}\n"
@@ -977,4 +984,60 @@ fn an_unknown_policy_name_is_one_error_naming_the_known_policies() {
     );
     // Nothing close to `wasm`: no suggestion.
     assert!(!e.message.contains("did you mean"), "{e:?}");
+}
+
+#[test]
+fn tls_files_are_read_only_when_regular_and_at_most_1_mib() {
+    let (_dir, fifo, big) = fifo_and_big_file();
+    let irregular = "not a regular file";
+    // Before: /dev/zero as a certificate took gigabytes within seconds, and a FIFO hung.
+    for (yaml, path, file, why) in [
+        (
+            "tls:\n  listen: [\"127.0.0.1:0\"]\n  certificates:\n    - {cert: /dev/zero, key: /dev/zero}\n"
+                .to_string(),
+            "tls.certificates[0]",
+            "/dev/zero".to_string(),
+            irregular,
+        ),
+        (
+            format!("tls:\n  listen: [\"127.0.0.1:0\"]\n  certificates:\n    - {{cert: \"{fifo}\", key: \"{fifo}\"}}\n"),
+            "tls.certificates[0]",
+            fifo.clone(),
+            irregular,
+        ),
+        (
+            format!("tls:\n  listen: [\"127.0.0.1:0\"]\n  certificates:\n    - {{cert: \"{big}\", key: \"{big}\"}}\n"),
+            "tls.certificates[0]",
+            big.clone(),
+            "larger than 1024 KiB",
+        ),
+        (
+            format!("  secure:\n    targets: [{{url: \"https://127.0.0.1:7443\"}}]\n    tls: {{ca: \"{fifo}\"}}\n"),
+            "services.secure.tls",
+            fifo.clone(),
+            irregular,
+        ),
+    ] {
+        // A service entry (indented) lands under the `services:` that SERVICES ends with.
+        let text = format!("{SERVICES}{yaml}routes:\n  - {{name: r, service: users}}\n");
+        let cfg = write_config(&text);
+        let e = one_error(&cfg, &validate_or_kill(&cfg.path));
+        assert!(e.path.starts_with(path), "{e:?}");
+        assert!(
+            e.message.contains(&format!("cannot read `{file}`: {why}")),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_misspelled_service_reference_suggests_the_defined_one() {
+    let text = format!("{SERVICES}routes:\n  - {{name: api, service: user}}\n");
+    let cfg = write_config(&text);
+    let e = one_error(&cfg, &validate(&cfg.path, &[]));
+    assert_at(
+        &e,
+        pos_of(&text, "user}"),
+        "unknown service `user` (did you mean `users`?) (defined: users)",
+    );
 }

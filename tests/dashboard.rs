@@ -42,7 +42,7 @@ impl Browser {
         assert!(
             std::path::Path::new(CHROMIUM).exists(),
             "the dashboard tests need headless Chromium at {CHROMIUM} and chromedriver: \
-             `apt-get install chromium chromium-driver` (.ci/run installs them)"
+             `apt-get install chromium chromium-driver` (scripts/test installs them)"
         );
         let mut driver = Command::new("chromedriver")
             .arg("--port=0")
@@ -52,7 +52,7 @@ impl Browser {
             .unwrap_or_else(|e| {
                 panic!(
                     "cannot start chromedriver ({e}): `apt-get install chromium-driver` \
-                     (.ci/run installs it)"
+                     (scripts/test installs it)"
                 )
             });
         // "ChromeDriver was started successfully on port 39175."

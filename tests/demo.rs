@@ -155,8 +155,23 @@ async fn the_demo_prints_a_working_token_and_protects_its_jwt_and_api_key_routes
 
 /// Every curl command the demo prints, run as printed (through `sh`), answers with the status
 /// its comment promises; the aggregation and versioning ones also show what they say.
+/// Fails in one line naming the package when curl is missing (instead of a shell's exit 127
+/// on the first printed command).
+fn require_curl() {
+    let found = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "the demo tests run the printed commands with curl: `apt-get install curl` \
+         (scripts/test installs it)"
+    );
+}
+
 #[test]
 fn every_printed_curl_command_works_as_printed() {
+    require_curl();
     let (_demo, rx) = start_demo();
     // (comment, command) pairs, up to the last printed command.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -292,6 +307,7 @@ fn check_aggregate_or_version(comment: &str, command: &str) {
 /// (curl with `--cacert`) work as printed, HTTP/2 included.
 #[test]
 fn the_tls_demo_serves_https_and_its_printed_commands_work() {
+    require_curl();
     let (_demo, rx) = start_demo_with(&["--tls", "--tls-listen", "127.0.0.1:0"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();

@@ -221,3 +221,25 @@ fn where_a_limit_cannot_be_off_the_error_says_what_to_write() {
         );
     }
 }
+
+#[test]
+fn a_transformed_body_cannot_be_unlimited_and_the_error_says_so() {
+    for size in ["0", "65MiB"] {
+        let yaml = support::with_defaults(&format!(
+            "services:\n  up: {{targets: [{{url: \"http://127.0.0.1:1\"}}]}}\nroutes:\n  - name: r\n    service: up\n    policies:\n      - transform:\n          request:\n            body: {{set: {{/x: 1}}, max_bytes: {size}}}\n"
+        ));
+        let errors =
+            portico::config::load_str(&yaml, "t.yaml", &portico::config::expand::ProcessEnv)
+                .err()
+                .expect("invalid")
+                .to_string();
+        assert_eq!(errors.lines().count(), 1, "{errors}");
+        assert!(
+            errors.contains(
+                "routes[0].policies[0].transform.request.body.max_bytes: must be between 1 and \
+                 64MiB: a transformed body is buffered whole, so there is no unlimited"
+            ),
+            "{size}: {errors}"
+        );
+    }
+}

@@ -680,3 +680,26 @@ async fn an_alias_bomb_is_refused_before_it_expands_and_rss_stays_where_it_was()
     );
     assert_eq!(get(&gw.url("/api/1")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_queue_too_large_to_allocate_is_a_config_error_not_an_abort() {
+    let up = upstream::http1("up").spawn().await;
+    let good = config(&up.url(), &[("api", "/api")]);
+    let gw = blocking(|| GatewayProcess::spawn(&good, &[]));
+    // Before the fix this passed validation, and starting the exporter on reload tried to
+    // allocate 37 TB for the queue: the process aborted.
+    let huge = format!(
+        "{good}tracing:\n  otlp: {{endpoint: \"http://127.0.0.1:1/v1/traces\", max_queue_size: 100000000000}}\n"
+    );
+    let (status, reply) = admin_reload(&gw, &huge).await;
+    assert_eq!(status, 400, "{reply}");
+    let e = only_error(&reply);
+    assert_eq!(e["path"], "tracing.otlp.max_queue_size", "{reply}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("between 1 and 65536")),
+        "{reply}"
+    );
+    assert_eq!(get(&gw.url("/api/1")).await.status, 200);
+}

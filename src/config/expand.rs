@@ -17,8 +17,7 @@ pub struct ExpandError {
 }
 
 /// Where the values come from; the process environment in production, a map in tests.
-/// `Sync` because loading runs on a thread of its own (see `guard`).
-pub trait Source: Sync {
+pub trait Source {
     /// The value of environment variable `name`.
     fn var(&self, name: &str) -> Option<String>;
     /// The contents of the file at `path`.
@@ -40,9 +39,21 @@ impl Source for ProcessEnv {
     }
 }
 
-/// Reads a regular file of at most [`MAX_FILE_BYTES`]. Anything else is refused before a byte
-/// is read: a FIFO would block the reload forever, and a device such as `/dev/zero` never ends.
+/// Reads a regular file of at most [`MAX_FILE_BYTES`] for `${file:...}`.
 pub fn read_secret_file(path: &str) -> std::io::Result<String> {
+    read_regular_file(path, MAX_FILE_BYTES)
+}
+
+/// [`read_regular_bytes`] as UTF-8 text.
+pub fn read_regular_file(path: &str, max_bytes: u64) -> std::io::Result<String> {
+    String::from_utf8(read_regular_bytes(path, max_bytes)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads a regular file of at most `max_bytes`. Anything else is refused before a byte is
+/// read: a FIFO would block the reload forever, and a device such as `/dev/zero` never ends.
+/// For every file the config names (secrets, certificates, consumer lists).
+pub fn read_regular_bytes(path: &str, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, Read as _};
     use std::os::unix::fs::OpenOptionsExt as _;
     // Opening a FIFO for reading blocks until a writer comes, unless non-blocking; for a
@@ -57,17 +68,17 @@ pub fn read_secret_file(path: &str) -> std::io::Result<String> {
     if !meta.is_file() {
         return Err(Error::other("not a regular file"));
     }
-    let too_large = || Error::other(format!("larger than {} KiB", MAX_FILE_BYTES / 1024));
-    if meta.len() > MAX_FILE_BYTES {
+    let too_large = || Error::other(format!("larger than {} KiB", max_bytes / 1024));
+    if meta.len() > max_bytes {
         return Err(too_large());
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     // The size can change after the check (a file being written): read one byte past the cap.
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
         return Err(too_large());
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Expands every string in `value` in place. Returns the paths of the strings that changed, with

@@ -2,32 +2,37 @@
 //!
 //! Loading runs at startup, on every reload (SIGHUP, file watch, `POST /reload`) and in
 //! `portico validate`. Validation is meant to catch every value a library would panic on, but a
-//! reload must not bet the running gateway on that: [`contained`] runs the work on a thread of
-//! its own, with a stack of known size (the admin thread's is small), and turns a panic into an
-//! error, so the caller reports a failed load and the old config keeps serving.
+//! reload must not bet the running gateway on that: [`contained`] catches a panic of the work
+//! and turns it into an error, so the caller reports a failed load and the old config keeps
+//! serving. (The release profile unwinds; `panic = "abort"` would defeat this.)
 
 use std::any::Any;
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 
-/// The name of the thread that [`contained`] starts; the binary's panic hook stays quiet for it
-/// because the panic is reported as a config error instead.
-pub const THREAD_NAME: &str = "portico-config";
+thread_local! {
+    /// Whether this thread is inside [`contained`].
+    static CONTAINING: Cell<bool> = const { Cell::new(false) };
+}
 
-/// Stack of the loading thread: ample for the nesting [`super::limits::MAX_DEPTH`] allows.
-const STACK_BYTES: usize = 16 * 1024 * 1024;
+/// Whether the current thread is running work under [`contained`]: the binary's panic hook
+/// stays quiet then, because the panic is reported as a config error instead.
+pub fn containing() -> bool {
+    CONTAINING.with(Cell::get)
+}
 
 /// Runs `work` where a panic cannot end the process; `Err` holds the panic's message.
-pub fn contained<T: Send>(work: impl FnOnce() -> T + Send) -> Result<T, String> {
-    std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .stack_size(STACK_BYTES)
-            .spawn_scoped(scope, work);
-        match spawned {
-            Ok(handle) => handle.join().map_err(panic_message),
-            // No thread to be had (out of memory or threads): refuse rather than run unguarded.
-            Err(e) => Err(format!("cannot start the config loading thread: {e}")),
-        }
-    })
+///
+/// On the calling thread, not a new one: a new thread per load may get a malloc arena of its
+/// own each time, and what a large rejected config leaves in an arena stays with the process.
+/// The stack needs no headroom of its own: the document's nesting is bounded before any
+/// recursive code sees it (`limits::MAX_DEPTH`).
+pub fn contained<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    let outer = CONTAINING.with(|c| c.replace(true));
+    // Whatever `work` touched is dropped or reported as failed; nothing half-built is used.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(work));
+    CONTAINING.with(|c| c.set(outer));
+    result.map_err(panic_message)
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -51,8 +56,11 @@ mod tests {
     }
 
     #[test]
-    fn the_work_may_borrow_from_the_caller() {
+    fn the_work_may_borrow_from_the_caller_and_the_flag_is_reset() {
         let text = String::from("borrowed");
-        assert_eq!(contained(|| text.len()), Ok(8));
+        assert!(!containing());
+        assert_eq!(contained(|| (text.len(), containing())), Ok((8, true)));
+        let _ = contained::<()>(|| panic!("boom"));
+        assert!(!containing());
     }
 }

@@ -59,6 +59,8 @@ pub struct Budget {
     anchored: rustc_hash::FxHashMap<usize, Cost>,
     /// Cost of the finished top-level nodes (of every document in the stream).
     total: Cost,
+    /// Whether an alias has been seen (the messages then explain how aliases count).
+    aliases: bool,
 }
 
 impl Budget {
@@ -88,6 +90,7 @@ impl Budget {
             ),
             // An alias to an unknown anchor is a syntax error the parser reports itself.
             Event::Alias(id) => {
+                self.aliases = true;
                 let cost = self.anchored.get(id).copied().unwrap_or_default();
                 self.finish(0, cost)
             }
@@ -120,20 +123,24 @@ impl Budget {
         for open in &self.open {
             so_far.add(open.cost);
         }
-        if so_far.nodes > MAX_NODES {
-            return Err(format!(
-                "the config expands to more than {MAX_NODES} values (counting every alias \
-                 `*name` as a copy of its anchor); refused before building it"
-            ));
-        }
-        if so_far.bytes > MAX_EXPANDED_BYTES {
-            return Err(format!(
-                "the config expands to more than {} MiB of text (counting every alias `*name` \
-                 as a copy of its anchor); refused before building it",
-                MAX_EXPANDED_BYTES >> 20
-            ));
-        }
-        Ok(())
+        let what = if so_far.nodes > MAX_NODES {
+            format!("{MAX_NODES} values (lists, maps and scalars)")
+        } else if so_far.bytes > MAX_EXPANDED_BYTES {
+            format!("{} MiB of text", MAX_EXPANDED_BYTES >> 20)
+        } else {
+            return Ok(());
+        };
+        Err(if self.aliases {
+            format!(
+                "the config expands to more than {what}, counting every alias `*name` as a copy \
+                 of its anchor; refused before building it"
+            )
+        } else {
+            format!(
+                "the config holds more than {what}; refused before building it (a long consumer \
+                 list can go in auth.consumers_files)"
+            )
+        })
     }
 }
 
@@ -175,7 +182,8 @@ mod tests {
             bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
         }
         let err = check(&bomb).unwrap_err();
-        assert!(err.contains("more than 250000 values"), "{err}");
+        assert!(err.contains("expands to more than 250000 values"), "{err}");
+        assert!(err.contains("alias"), "{err}");
     }
 
     #[test]
@@ -184,6 +192,14 @@ mod tests {
         let refs = vec!["*s"; 20].join(", ");
         let err = check(&format!("s: &s {big}\nl: [{refs}]\n")).unwrap_err();
         assert!(err.contains("MiB of text"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_document_without_aliases_is_told_so() {
+        let list = vec!["1"; MAX_NODES as usize + 1].join(", ");
+        let err = check(&format!("x: [{list}]\n")).unwrap_err();
+        assert!(err.contains("holds more than 250000 values"), "{err}");
+        assert!(!err.contains("alias"), "{err}");
     }
 
     #[test]

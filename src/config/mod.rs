@@ -1,6 +1,7 @@
 //! Configuration: YAML text to an immutable [`Plan`], in stages.
 //!
-//! 1. `position`: index where every key and value stands (and catch YAML syntax errors);
+//! 1. `position`: index where every key and value stands, checking the document against
+//!    `limits` (size, nesting, alias expansion) and catching YAML syntax errors;
 //! 2. `expand`: `${ENV}` / `${file:...}` in string values;
 //! 3. `raw`: strict serde structs (unknown keys are errors);
 //! 4. `validate`: cross-field checks, collecting every error;
@@ -120,7 +121,15 @@ fn too_large() -> String {
 /// Runs [`guard::contained`]: a panic while loading is reported as an error, never ends the
 /// process.
 pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
-    guard::contained(|| load_str_here(text, file, env)).unwrap_or_else(|panic| {
+    guarded(file, || load_str_here(text, file, env))
+}
+
+/// Runs a loading stage under [`guard::contained`], reporting a panic as the one error.
+fn guarded<T>(
+    file: &str,
+    stage: impl FnOnce() -> Result<T, ConfigErrors>,
+) -> Result<T, ConfigErrors> {
+    guard::contained(stage).unwrap_or_else(|panic| {
         Err(ConfigErrors {
             file: file.to_string(),
             errors: vec![ConfigError::new(
@@ -134,7 +143,7 @@ pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan
     })
 }
 
-/// [`load_str`] on the calling thread.
+/// [`load_str`] without the guard.
 fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
     let parsed = parse_stages(text, file, env)?;
     let mut errors = parsed.errors.clone();
@@ -155,17 +164,19 @@ fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Pla
     })
 }
 
-/// Stages 1 to 3: text to expanded raw structs.
+/// Stages 1 to 3: text to expanded raw structs (guarded like [`load_str`]).
 pub fn parse_str(
     text: &str,
     file: &str,
     env: &dyn expand::Source,
 ) -> Result<RawConfig, ConfigErrors> {
-    let parsed = parse_stages(text, file, env)?;
-    match parsed.raw {
-        Some(raw) if parsed.errors.is_empty() => Ok(raw),
-        _ => Err(parsed.fail(file, parsed.errors.clone(), text)),
-    }
+    guarded(file, || {
+        let parsed = parse_stages(text, file, env)?;
+        match parsed.raw {
+            Some(raw) if parsed.errors.is_empty() => Ok(raw),
+            _ => Err(parsed.fail(file, parsed.errors.clone(), text)),
+        }
+    })
 }
 
 /// What stages 1 to 3 produced.

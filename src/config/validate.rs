@@ -272,8 +272,9 @@ fn validate_route(i: usize, r: &RawRoute, raw: &RawConfig, errs: &mut Vec<Config
         errs.push(ConfigError::new(
             at("service"),
             format!(
-                "unknown service `{}` (defined: {})",
+                "unknown service `{}`{} (defined: {})",
                 r.service,
+                super::suggest::did_you_mean(&r.service, known.iter().copied()),
                 known.join(", ")
             ),
         ));

@@ -23,10 +23,17 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The bytes of a PEM file: only a regular file, of at most 1 MiB (a CA bundle is a few hundred
+/// KiB), so a path to a FIFO or `/dev/zero` fails the load instead of hanging or filling memory.
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    crate::config::expand::read_regular_bytes(path, crate::config::expand::MAX_FILE_BYTES)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))
+}
+
 /// Reads a PEM certificate chain; fails when the file has none.
 pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{path}`: {}", pem_error(e)))?
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("`{path}` is not valid PEM: {}", pem_error(e)))?;
     if certs.is_empty() {
@@ -37,7 +44,8 @@ pub fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
+    let pem = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("cannot read a private key from `{path}`: {}", pem_error(e)))
 }
 
@@ -82,7 +90,8 @@ pub fn files_hash(paths: &[&str]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in paths {
         p.hash(&mut h);
-        std::fs::read(p).unwrap_or_default().hash(&mut h);
+        // Bounded like the loads: an unreadable file hashes as empty and fails the load anyway.
+        read_pem(p).unwrap_or_default().hash(&mut h);
     }
     h.finish()
 }

@@ -1,5 +1,5 @@
-//! A real `redis-server` for tests, on a free loopback port, with no persistence. `.ci/run`
-//! installs the package; the server is killed when the value drops.
+//! A real `redis-server` for tests, on a free loopback port, with no persistence.
+//! `scripts/test` installs the package; the server is killed when the value drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -122,7 +122,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); install it (`apt-get install redis-server`)")
+                panic!("cannot run redis-server ({e}); install it (`apt-get install redis-server`; scripts/test does)")
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -48,13 +48,16 @@ pub struct RawJsonOps {
     /// Put the (transformed) body under this key: `{"KEY": body}`; applied last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrap: Option<String>,
-    /// Largest body transformed. Default 1MiB.
+    /// Largest body transformed (it is buffered whole). Default 1MiB, at most 64MiB.
     #[serde(default = "default_max", skip_serializing_if = "is_default_max")]
     pub max_bytes: ByteSize,
     /// Bodies over `max_bytes` or of unknown length: `pass` (default) or `reject` (413).
     #[serde(default, skip_serializing_if = "is_default")]
     pub on_oversize: OnOversize,
 }
+
+/// The largest `max_bytes`: each request or response being transformed holds this much.
+const MAX_BUFFERED: u64 = 64 * 1024 * 1024;
 
 fn default_max() -> ByteSize {
     ByteSize(1024 * 1024)
@@ -127,6 +130,14 @@ impl JsonOps {
             },
             other => Some(JsonValue::Fixed(other.clone())),
         };
+        if raw.max_bytes.0 == 0 || raw.max_bytes.0 > MAX_BUFFERED {
+            errors.push(ConfigError::new(
+                format!("{at}.max_bytes"),
+                "must be between 1 and 64MiB: a transformed body is buffered whole, so there is \
+                 no unlimited (larger bodies stream through untouched, or get 413 with \
+                 `on_oversize: reject`)",
+            ));
+        }
         let mut ops = JsonOps {
             unwrap: raw
                 .unwrap

@@ -51,7 +51,7 @@ pub struct RawOtlp {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// Finished spans waiting for export; when full, new spans are dropped and counted, never
-    /// waited for. Default 2048.
+    /// waited for. Default 2048, at most 65536.
     #[serde(default = "default_queue")]
     pub max_queue_size: usize,
     /// Most spans in one export request. Default 512.
@@ -77,6 +77,11 @@ pub enum OtlpProtocol {
 fn default_timeout() -> Dur {
     Dur::from_secs(10)
 }
+/// The largest `max_queue_size`: the exporter allocates the whole queue when it starts (about
+/// 370 bytes a slot, so 24 MiB here), and a far larger one aborts the process on a failed
+/// allocation, which no reload may do.
+const MAX_QUEUE: usize = 65_536;
+
 fn default_queue() -> usize {
     2048
 }
@@ -137,10 +142,10 @@ pub fn validate(raw: &RawTracing, errs: &mut Vec<ConfigError>) {
             "must be greater than 0",
         ));
     }
-    if otlp.max_queue_size == 0 {
+    if otlp.max_queue_size == 0 || otlp.max_queue_size > MAX_QUEUE {
         errs.push(ConfigError::new(
             "tracing.otlp.max_queue_size",
-            "must be at least 1",
+            format!("must be between 1 and {MAX_QUEUE}"),
         ));
     }
     if otlp.max_export_batch_size == 0 || otlp.max_export_batch_size > otlp.max_queue_size {
@@ -181,6 +186,18 @@ mod tests {
         assert!(raw.otlp.is_none());
         assert!(errors("{}").is_empty());
         assert!(errors("otlp: {endpoint: 'http://127.0.0.1:4318/v1/traces'}").is_empty());
+    }
+
+    #[test]
+    fn a_queue_the_exporter_could_not_allocate_is_refused() {
+        let got = errors(
+            "{otlp: {endpoint: 'http://127.0.0.1:4318/v1/traces', max_queue_size: 100000000000}}",
+        );
+        assert_eq!(got, ["tracing.otlp.max_queue_size"]);
+        assert!(errors(
+            "{otlp: {endpoint: 'http://127.0.0.1:4318/v1/traces', max_queue_size: 65536}}"
+        )
+        .is_empty());
     }
 
     #[test]
