@@ -599,3 +599,40 @@ async fn a_failed_api_key_on_a_route_that_also_takes_tokens_does_not_blame_a_tok
         .contains("error=\"invalid_token\""));
     assert_eq!(up.hits(), 0);
 }
+
+#[test]
+fn a_key_file_that_is_a_fifo_or_a_misspelled_algorithm_is_one_clear_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("key.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let providers = main_provider(&format!(
+        "      algorithms: [RS256]\n      keys: [{{pem_file: \"{}\"}}]\n",
+        fifo.display()
+    ));
+    let err = TestGateway::try_start(&config(
+        "http://127.0.0.1:9",
+        &providers,
+        &route("{jwt: [main]}"),
+    ))
+    .err()
+    .expect("a FIFO is not a key file");
+    assert!(err.contains("pem_file"), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+
+    let providers = main_provider(&format!(
+        "      algorithms: [RS265]\n      keys: [{{pem_file: \"{}\"}}]\n",
+        fixture_path("rsa-a.pub.pem")
+    ));
+    let err = TestGateway::try_start(&config(
+        "http://127.0.0.1:9",
+        &providers,
+        &route("{jwt: [main]}"),
+    ))
+    .err()
+    .expect("RS265 is no algorithm");
+    assert!(err.contains("did you mean `RS256`"), "{err}");
+}

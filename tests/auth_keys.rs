@@ -529,3 +529,37 @@ async fn a_key_or_consumer_removed_by_a_reload_is_refused_as_soon_as_the_reload_
         200
     );
 }
+
+#[test]
+fn a_consumers_file_that_is_a_fifo_or_an_alias_bomb_is_refused_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("consumers.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let bomb = dir.path().join("bomb.yaml");
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    text.push_str("consumers: []\n");
+    std::fs::write(&bomb, text).unwrap();
+    for (file, why) in [(&fifo, "not a regular file"), (&bomb, "alias")] {
+        let err = TestGateway::try_start(&config(
+            "http://127.0.0.1:9",
+            &format!(
+                "auth:\n  consumers_files: [\"{}\"]\nroutes:\n  - {{name: r, service: a}}\n",
+                file.display()
+            ),
+        ))
+        .err()
+        .expect("refused");
+        assert!(err.contains("auth.consumers_files[0]"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}

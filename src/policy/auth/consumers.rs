@@ -43,6 +43,9 @@ struct ConsumersFile {
     consumers: Vec<RawConsumer>,
 }
 
+/// The largest consumers file read (about 100,000 consumers with a key each).
+pub const MAX_CONSUMERS_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 impl ConsumerRegistry {
     /// Builds the registry from the inline consumers and the `auth.consumers_files`.
     pub fn build(inline: &[RawConsumer], files: &[String], errors: &mut Vec<ConfigError>) -> Self {
@@ -52,13 +55,23 @@ impl ConsumerRegistry {
         }
         for (f, path) in files.iter().enumerate() {
             let at = format!("auth.consumers_files[{f}]");
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(ConfigError::new(at, format!("cannot read `{path}`: {e}")));
-                    continue;
-                }
-            };
+            // Read like the config itself: a regular file of bounded size (a FIFO or a device
+            // must not hang a reload), checked for nesting and alias bombs before it is built.
+            let text =
+                match crate::config::expand::read_regular_file(path, MAX_CONSUMERS_FILE_BYTES) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errors.push(ConfigError::new(at, format!("cannot read `{path}`: {e}")));
+                        continue;
+                    }
+                };
+            if let Err((pos, why)) = crate::config::position::PositionIndex::build(&text) {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("{path}:{}:{}: {why}", pos.line, pos.column),
+                ));
+                continue;
+            }
             match serde_yaml_ng::from_str::<ConsumersFile>(&text) {
                 Ok(file) => {
                     for (i, c) in file.consumers.iter().enumerate() {

@@ -505,7 +505,14 @@ fn parse_alg(a: &str) -> Result<Algorithm, String> {
         return Err("`none` (unsigned tokens) is never accepted".to_string());
     }
     a.parse::<Algorithm>().map_err(|_| {
-        format!("unknown algorithm `{a}` (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512)")
+        crate::config::suggest::unknown(
+            "algorithm",
+            a,
+            &[
+                "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+                "HS256", "HS384", "HS512",
+            ],
+        )
     })
 }
 
@@ -554,12 +561,14 @@ fn load_key(
         return jwks::key_from_pem(pem, kid, allowed).map_err(|e| (".pem".to_string(), e));
     }
     if let Some(file) = &k.pem_file {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            (
-                ".pem_file".to_string(),
-                format!("cannot read `{file}`: {e}"),
-            )
-        })?;
+        let text =
+            crate::config::expand::read_regular_file(file, crate::config::expand::MAX_FILE_BYTES)
+                .map_err(|e| {
+                (
+                    ".pem_file".to_string(),
+                    format!("cannot read `{file}`: {e}"),
+                )
+            })?;
         let key = jwks::key_from_pem(&text, kid, allowed)
             .map_err(|e| (".pem_file".to_string(), format!("`{file}`: {e}")))?;
         key_files.push(text);
