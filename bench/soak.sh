@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Soak: mixed load through the release gateway for MINUTES while the config is reloaded every
-# 200 ms and one WebSocket connection is held open; samples RSS, open fds and CPU every 30 s.
+# Soak: mixed load through the release gateway for MINUTES while the config is reloaded (with a
+# new revision each time, through the admin API's POST /reload, 200 ms after the previous reload
+# answered: about 4 a second) and one WebSocket connection is held open; samples RSS, open fds
+# and CPU every 30 s.
 #
 #   bench/soak.sh MINUTES            # uses target/release/portico, or $PORTICO_BIN
 #
@@ -173,7 +175,8 @@ fi
       *'"applied"'*' 200') applied=$((applied + 1)) ;;
       *) failed=$((failed + 1)); echo "rev $rev: $answer" >>"$work/reload-failures.log" ;;
     esac
-    echo "$applied $failed" >"$work/reloads"
+    # Replaced, not rewritten in place: the sampler must never read a half-written count.
+    echo "$applied $failed" >"$work/reloads.tmp" && mv "$work/reloads.tmp" "$work/reloads"
     sleep 0.2
   done
 ) &
