@@ -218,14 +218,25 @@ fn element(out: &mut String, name: &str, v: &Value) {
 }
 
 /// Converts JSON to an XML document. A one-key object whose key is a valid element name gives
-/// the root element; anything else is put under `root`.
+/// the root element, unless its value is an array; anything else is put under `root`, and the
+/// entries of a top-level array become `<item>` elements in it.
+///
+/// An array repeats its key, so it can never be the root itself: `{"a": [1, 2]}` as the root
+/// would be `<a>1</a><a>2</a>`, two root elements, which no XML parser accepts.
 pub fn json_to_xml(v: &Value, root: &str) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     match v {
-        Value::Object(m) if m.len() == 1 && m.keys().all(|k| valid_name(k)) => {
+        Value::Object(m)
+            if m.len() == 1 && m.iter().all(|(k, v)| valid_name(k) && !v.is_array()) =>
+        {
             for (k, v) in m {
                 element(&mut out, k, v);
             }
+        }
+        Value::Array(_) => {
+            let mut items = Map::new();
+            items.insert("item".into(), v.clone());
+            element(&mut out, root, &Value::Object(items));
         }
         other => element(&mut out, root, other),
     }
@@ -290,6 +301,23 @@ mod tests {
         ] {
             let e = xml_to_json(doc.as_bytes()).unwrap_err();
             assert!(e.contains(why), "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn arrays_at_the_top_never_make_two_root_elements() {
+        // Found by fuzz/fuzz_targets/json_body.rs: both used to give `<x>1</x><x>2</x>`.
+        assert_eq!(
+            json_to_xml(&json!([1, {"b": true}]), "request"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><request><item>1</item><item><b>true</b></item></request>"
+        );
+        assert_eq!(
+            json_to_xml(&json!({"items": [1, 2]}), "request"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><request><items>1</items><items>2</items></request>"
+        );
+        for v in [json!([]), json!([[1, 2], null]), json!({"a": []})] {
+            let xml = json_to_xml(&v, "request");
+            assert!(xml_to_json(xml.as_bytes()).is_ok(), "{v} gave {xml}");
         }
     }
 
