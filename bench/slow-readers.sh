@@ -53,7 +53,7 @@ for _ in range(n):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
     s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: slow.example\r\n\r\n")
-    assert s.recv(64).startswith(b"HTTP/1.1 200")
+    assert b" 200 " in s.recv(64)
     held.append(s)
 open(ready, "w").close()
 time.sleep(3600)

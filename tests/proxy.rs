@@ -462,3 +462,30 @@ async fn upstream_connection_close_is_honoured_and_not_reused() {
     // Each closed connection was replaced, never handed out again.
     assert_eq!(up.connections.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn an_http_1_0_upstream_answer_goes_to_the_client_as_http_1_1_on_a_kept_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    let up = support::upstream::raw_tcp(|mut s, _| async move {
+        while support::upstream::read_head(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            return; // HTTP/1.0 without keep-alive: the upstream closes
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&one_service(
+        &format!("http://{}", up.addr),
+        "  - {name: all, service: a}\n",
+    ));
+    // Two requests on one client connection: both answered, as HTTP/1.1.
+    let text = raw(
+        gw.addr,
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text:?}");
+    assert!(!text.contains("HTTP/1.0"), "{text:?}");
+}

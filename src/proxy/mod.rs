@@ -910,6 +910,9 @@ async fn proxy(
         }
     };
     let (mut parts, incoming) = sent.response.into_parts();
+    // The version is hop-by-hop: an HTTP/1.0 upstream's answer goes to an HTTP/1.1 client as
+    // HTTP/1.1 (hyper would otherwise write `HTTP/1.0` and treat the connection as such).
+    parts.version = Version::HTTP_11;
     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         // No upgrade was forwarded on this request: relaying the switch would turn the client
         // connection into a tunnel to the upstream that no route or policy sees.
