@@ -12,12 +12,78 @@ use crate::proxy::body::GatewayBody;
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The client sent something we refuse.
-    Downstream,
+    /// The client sent something we refuse, or is not allowed.
+    Client,
     /// The upstream failed or was unreachable.
     Upstream,
-    /// The gateway itself.
-    Internal,
+    /// The gateway itself (shutting down, a store it depends on).
+    Gateway,
+}
+
+/// How an upstream exchange failed, when a retry may help: what `retry_on` conditions and
+/// outlier detection read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing reached the upstream (connect refused or timed out): safe to retry any method.
+    Connect,
+    /// The upstream took too long to answer.
+    Timeout,
+    /// The upstream broke the exchange (reset, closed, invalid response).
+    Reset,
+}
+
+/// Which counter a refusal goes to, with its reason label: metrics read this, never the
+/// variant or its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// `portico_auth_failures_total{reason}`: authentication or the consumer ACL.
+    Auth(&'static str),
+    /// `portico_rate_limited_total{limit}`.
+    RateLimit(&'static str),
+    /// `portico_denied_total{reason}`: refused by an access policy (IP filter, CORS).
+    Access(&'static str),
+}
+
+/// Everything the rest of the process needs to know about an error, read from one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// The HTTP status answered.
+    pub status: StatusCode,
+    /// The stable machine-readable code: the `error` field of the JSON body, a log and metric
+    /// label.
+    pub code: &'static str,
+    /// `Some` when another attempt (at another target) may succeed, and under which
+    /// `retry_on` condition.
+    pub retryable: Option<Failure>,
+    /// The connection cannot carry another request after this answer (the rest of the body
+    /// is still on its way, or never comes).
+    pub closes_connection: bool,
+    /// Whose fault it is: only `Upstream` failures count against a breaker.
+    pub side: Side,
+    /// The metric a refusal is counted under, besides the request counters.
+    pub denial: Option<Denial>,
+}
+
+/// The access policy that refused a request with 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuser {
+    /// The route's consumer `allow`/`deny` lists.
+    Acl,
+    /// The route's `ip_filter`.
+    IpFilter,
+    /// A CORS preflight the route's `cors` refuses.
+    Cors,
+    /// A rate limit with `missing_key: deny` and no key value.
+    RateLimitKey,
+}
+
+/// Which limit refused a request with 429 (or 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A request-rate limit.
+    Rate,
+    /// A concurrency (in-flight) limit.
+    Concurrency,
 }
 
 /// Everything the gateway can answer with instead of an upstream response.
@@ -98,9 +164,14 @@ pub enum GatewayError {
         /// Credentials were presented and refused (not merely missing); for the metrics.
         presented: bool,
     },
-    /// Authenticated, but not allowed on this route (ACL).
-    #[error("{0}")]
-    Forbidden(&'static str),
+    /// Not allowed on this route: by the ACL, an IP filter, CORS or a rate limit's key rule.
+    #[error("{message}")]
+    Forbidden {
+        /// What was refused (never a credential).
+        message: &'static str,
+        /// Which policy refused: a metric reason of its own.
+        by: Refuser,
+    },
     /// A valid token lacking what the route's issuer requires (claim rules).
     #[error("{message}")]
     InsufficientScope {
@@ -114,6 +185,8 @@ pub enum GatewayError {
     RateLimited {
         /// What limit was hit.
         message: &'static str,
+        /// Rate or concurrency: the metric's `limit` label.
+        limit: Limit,
         /// 429, or 503 for a concurrency limit configured so.
         status: StatusCode,
         /// Seconds until a request may pass (`Retry-After`).
@@ -150,36 +223,50 @@ pub enum GatewayError {
     /// The service's `max_concurrent_requests` is reached: shed rather than queue.
     #[error("service {0} has too many requests in flight")]
     ServiceOverloaded(std::sync::Arc<str>),
+    /// The listener is at its connection limit: answered without reading the request.
+    #[error("the gateway is at its connection limit")]
+    TooManyConnections,
+    /// No such resource (the admin API's unknown endpoints).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A malformed request whose description is built at run time (an admin call's JSON).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A config handed to a reload was rejected; the previous one keeps serving.
+    #[error("the new config was rejected; the previous config keeps serving")]
+    ConfigRejected {
+        /// The file read.
+        file: String,
+        /// Each error: `{path, message, line, column}`.
+        errors: Vec<serde_json::Value>,
+    },
+    /// A reload failed for another reason than the config (e.g. the access log destination).
+    #[error("{0}")]
+    ReloadFailed(String),
 }
 
 impl GatewayError {
-    /// Status, stable code and side.
-    pub fn kind(&self) -> (StatusCode, &'static str, Side) {
+    /// The error's row in the table: status, code, side, retryability, metric.
+    pub fn kind(&self) -> Kind {
         use GatewayError::*;
         use Side::*;
-        match self {
-            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Downstream),
-            NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route", Downstream),
-            MethodNotAllowed { .. } => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                Downstream,
-            ),
-            PayloadTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                Downstream,
-            ),
-            UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri_too_long", Downstream),
+        let (status, code, side) = match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Client),
+            NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route", Client),
+            MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Client)
+            }
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Client),
+            UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri_too_long", Client),
             HeadersTooLarge { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
-                Downstream,
+                Client,
             ),
             MethodNotSupported(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_supported",
-                Downstream,
+                Client,
             ),
             UpstreamConnect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Upstream),
             UpstreamConnectTimeout => (
@@ -190,18 +277,19 @@ impl GatewayError {
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream),
             UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream_error", Upstream),
             UpstreamTls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error", Upstream),
-            ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Downstream),
-            RequestBodyTimeout(_) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request_body_timeout",
-                Downstream,
+            ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_request_body", Client),
+            RequestBodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout", Client),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Gateway),
+            TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                Gateway,
             ),
-            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Internal),
-            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Downstream),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Downstream),
-            InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Downstream),
-            RateLimited { status, .. } => (*status, "rate_limited", Downstream),
-            InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body", Downstream),
+            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", Client),
+            Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", Client),
+            InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Client),
+            RateLimited { status, .. } => (*status, "rate_limited", Client),
+            InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body", Client),
             AuthUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -210,7 +298,7 @@ impl GatewayError {
             RateLimitUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "rate_limit_unavailable",
-                Internal,
+                Gateway,
             ),
             NoHealthyUpstream(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -223,35 +311,112 @@ impl GatewayError {
                 "service_overloaded",
                 Upstream,
             ),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found", Client),
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Client),
+            ConfigRejected { .. } => (StatusCode::BAD_REQUEST, "config_invalid", Client),
+            ReloadFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", Gateway),
+        };
+        let retryable = match self {
+            UpstreamConnect(_) | UpstreamConnectTimeout => Some(Failure::Connect),
+            UpstreamTimeout(_) => Some(Failure::Timeout),
+            UpstreamProtocol(_) => Some(Failure::Reset),
+            _ => None,
+        };
+        let closes_connection = matches!(
+            self,
+            MethodNotSupported(_)
+                | PayloadTooLarge { .. }
+                | RequestBodyTimeout(_)
+                | TooManyConnections
+        );
+        let denial = match self {
+            Unauthorized {
+                presented: true, ..
+            } => Some(Denial::Auth("invalid_credentials")),
+            Unauthorized {
+                presented: false, ..
+            } => Some(Denial::Auth("missing_credentials")),
+            InsufficientScope { .. } => Some(Denial::Auth("insufficient_scope")),
+            AuthUnavailable(_) => Some(Denial::Auth("unavailable")),
+            Forbidden { by, .. } => Some(match by {
+                Refuser::Acl => Denial::Auth("acl"),
+                Refuser::IpFilter => Denial::Access("ip_filter"),
+                Refuser::Cors => Denial::Access("cors"),
+                Refuser::RateLimitKey => Denial::RateLimit("missing_key"),
+            }),
+            RateLimited {
+                limit: Limit::Rate, ..
+            } => Some(Denial::RateLimit("rate")),
+            RateLimited {
+                limit: Limit::Concurrency,
+                ..
+            } => Some(Denial::RateLimit("concurrency")),
+            RateLimitUnavailable => Some(Denial::RateLimit("store_unavailable")),
+            _ => None,
+        };
+        Kind {
+            status,
+            code,
+            retryable,
+            closes_connection,
+            side,
+            denial,
         }
     }
 
-    /// The JSON error response for this error.
+    /// The JSON error response for this error, on the public listener.
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
-        let (status, code, _) = self.kind();
-        if let GatewayError::InvalidBody { message, errors } = self {
-            return invalid_body(status, code, message, errors, request_id);
+        self.render(request_id).map(GatewayBody::full)
+    }
+
+    /// The error as a response with the common JSON body (`error`, `message`, `request_id`,
+    /// and the list of problems where there is one) and the headers its kind calls for. Every
+    /// listener's error answers are built here; each wraps the bytes in its own body type.
+    pub fn render(&self, request_id: Option<&HeaderValue>) -> Response<Bytes> {
+        let kind = self.kind();
+        let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+        let message = self.to_string();
+        let body = match self {
+            GatewayError::InvalidBody { message, errors } => serde_json::json!(
+                {"error": kind.code, "message": message, "errors": errors, "request_id": id}
+            ),
+            GatewayError::ConfigRejected { file, errors } => serde_json::json!(
+                {"error": kind.code, "message": message, "request_id": id, "file": file, "errors": errors}
+            ),
+            _ => serde_json::json!({"error": kind.code, "message": message, "request_id": id}),
+        };
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        let mut resp = Response::new(Bytes::from(bytes));
+        *resp.status_mut() = kind.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(v) = request_id {
+            h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());
         }
-        let mut resp = json_error(status, code, &self.to_string(), request_id);
+        if kind.closes_connection {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         match self {
             GatewayError::Unauthorized { challenges, .. } => {
                 for c in challenges {
-                    resp.headers_mut()
-                        .append(header::WWW_AUTHENTICATE, c.clone());
+                    h.append(header::WWW_AUTHENTICATE, c.clone());
                 }
             }
             GatewayError::InsufficientScope {
                 challenge: Some(c), ..
             } => {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, c.clone());
+                h.insert(header::WWW_AUTHENTICATE, c.clone());
             }
             GatewayError::RateLimited {
                 retry_after,
                 headers,
                 ..
             } => {
-                let h = resp.headers_mut();
                 if let Some(s) = retry_after {
                     h.insert(header::RETRY_AFTER, HeaderValue::from((*s).max(1)));
                 }
@@ -259,28 +424,19 @@ impl GatewayError {
                     h.insert(k.clone(), v.clone());
                 }
             }
-            GatewayError::RateLimitUnavailable => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            GatewayError::RateLimitUnavailable | GatewayError::TooManyConnections => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::CircuitOpen { retry_after, .. } => {
-                resp.headers_mut().insert(
+                h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from((*retry_after).max(1)),
                 );
             }
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {
-                    resp.headers_mut().insert(header::ALLOW, v);
+                    h.insert(header::ALLOW, v);
                 }
-            }
-            // The rest of the body is still on its way (or never comes): the connection cannot
-            // carry another request.
-            GatewayError::MethodNotSupported(_)
-            | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::RequestBodyTimeout(_) => {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -291,7 +447,7 @@ impl GatewayError {
 impl GatewayError {
     /// The gRPC status code for this error: what a gRPC client should make of it.
     pub fn grpc_code(&self) -> u16 {
-        match self.kind().0.as_u16() {
+        match self.kind().status.as_u16() {
             400 => 3,                   // INVALID_ARGUMENT
             401 => 16,                  // UNAUTHENTICATED
             403 => 7,                   // PERMISSION_DENIED
@@ -308,7 +464,7 @@ impl GatewayError {
     /// failing to parse a JSON body.
     pub fn to_grpc_response(&self) -> Response<GatewayBody> {
         use crate::proxy::grpc::{encode_message, GRPC_MESSAGE, GRPC_STATUS};
-        let (_, code, _) = self.kind();
+        let code = self.kind().code;
         let mut resp = Response::new(GatewayBody::empty());
         let h = resp.headers_mut();
         h.insert(
@@ -323,72 +479,30 @@ impl GatewayError {
 
 impl GatewayError {
     /// The whole HTTP/1.1 answer, head and JSON body, for a connection the gateway closes after
-    /// it: used where no hyper response can be sent (a request hyper could not parse).
+    /// it: used where no hyper response can be sent (a request hyper could not parse, a
+    /// connection over the limit).
     pub fn to_http1_bytes(&self, request_id: &HeaderValue) -> Vec<u8> {
-        let (status, code, _) = self.kind();
-        let id = request_id.to_str().unwrap_or("");
-        let body =
-            serde_json::json!({"error": code, "message": self.to_string(), "request_id": id});
-        let mut body = serde_json::to_vec(&body).unwrap_or_default();
-        body.push(b'\n');
-        let mut out = Vec::with_capacity(256 + body.len());
+        let resp = self.render(Some(request_id));
+        let status = resp.status();
+        let mut out = Vec::with_capacity(256 + resp.body().len());
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(
-            b"\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\nx-request-id: ",
-        );
-        out.extend_from_slice(request_id.as_bytes());
-        out.extend_from_slice(b"\r\ncontent-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in resp.headers() {
+            if name == header::CONNECTION {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"connection: close\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(resp.body().len()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(resp.body());
         out
     }
-}
-
-/// A response with the common JSON error body:
-/// `{"error": code, "message": ..., "request_id": ...}`.
-pub fn json_error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: Option<&HeaderValue>,
-) -> Response<GatewayBody> {
-    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-    let body = serde_json::json!({"error": code, "message": message, "request_id": id});
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut resp = Response::new(GatewayBody::full(Bytes::from(bytes)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(v) = request_id {
-        h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());
-    }
-    resp
-}
-
-/// The error body with the list of problems: `{"error", "message", "errors": [...],
-/// "request_id"}`.
-fn invalid_body(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    errors: &[String],
-    request_id: Option<&HeaderValue>,
-) -> Response<GatewayBody> {
-    let id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-    let body =
-        serde_json::json!({"error": code, "message": message, "errors": errors, "request_id": id});
-    let mut resp = json_error(status, code, message, request_id);
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
-    bytes.push(b'\n');
-    *resp.body_mut() = GatewayBody::full(Bytes::from(bytes));
-    resp
 }

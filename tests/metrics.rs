@@ -290,6 +290,67 @@ async fn policy_outcomes_are_counted_by_route_and_reason() {
     );
 }
 
+/// A 403 says which policy refused: the ACL counts as an authentication failure, an IP filter
+/// and CORS under `portico_denied_total`, a rate limit's missing key under the rate limit.
+#[tokio::test]
+async fn each_kind_of_denial_has_its_own_metric_reason() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "consumers:\n  - name: alice\n    api_keys: [\"alice-key-0123456789\"]\n\
+         services:\n  a: {{targets: [{{url: \"{a}\"}}]}}\n\
+         routes:\n\
+         \x20 - name: acl\n    service: a\n    match: {{path: /acl}}\n    policies:\n      - auth: {{api_key: true, deny: {{consumers: [alice]}}}}\n\
+         \x20 - name: ip\n    service: a\n    match: {{path: /ip}}\n    policies:\n      - ip_filter: {{deny: [127.0.0.1]}}\n\
+         \x20 - name: cors\n    service: a\n    match: {{path: /cors}}\n    policies:\n      - cors: {{allow_origins: [\"https://ok.test\"]}}\n\
+         \x20 - name: keyless\n    service: a\n    match: {{path: /keyless}}\n    policies:\n      - rate_limit: {{limits: [{{requests: 9, per: 1m}}], key: {{header: x-tenant}}, missing_key: deny}}\n",
+        a = up.url(),
+    ));
+    let key = [("x-api-key", "alice-key-0123456789")];
+    send("GET", &gw.url("/acl"), &key, "")
+        .await
+        .assert_error(403, "forbidden");
+    get(&gw.url("/ip")).await.assert_error(403, "forbidden");
+    get(&gw.url("/ip")).await.assert_error(403, "forbidden");
+    let preflight = [
+        ("origin", "https://evil.test"),
+        ("access-control-request-method", "GET"),
+    ];
+    send("OPTIONS", &gw.url("/cors"), &preflight, "")
+        .await
+        .assert_error(403, "forbidden");
+    get(&gw.url("/keyless"))
+        .await
+        .assert_error(403, "forbidden");
+    let text = scrape(&gw).await;
+    let v = |s: &str| sample(&text, s);
+    assert_eq!(
+        v("portico_auth_failures_total{route=\"acl\",reason=\"acl\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("portico_denied_total{route=\"ip\",reason=\"ip_filter\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("portico_denied_total{route=\"cors\",reason=\"cors\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("portico_rate_limit_rejections_total{route=\"keyless\",limit=\"missing_key\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    for route in ["ip", "cors", "keyless"] {
+        assert!(
+            !text.contains(&format!("portico_auth_failures_total{{route=\"{route}\"")),
+            "a {route} denial counted as an authentication failure:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn reloads_are_counted_and_the_revision_follows() {
     let up = upstream::http1("a").spawn().await;

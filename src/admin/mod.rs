@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::error::GatewayError;
 use crate::proxy::headers::{new_request_id, valid_request_id, X_REQUEST_ID};
 use crate::runtime::{ReloadError, ReloadOutcome, Runtime};
 use crate::upstream::breaker::BreakerState;
@@ -140,29 +141,29 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         .filter(|v| valid_request_id(v))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut resp = answer(runtime, req, id.to_str().unwrap_or_default()).await;
+    let mut resp = match answer(runtime, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.render(Some(&id)).map(Full::new),
+    };
     resp.headers_mut().insert(X_REQUEST_ID, id);
     resp
 }
 
-async fn answer(runtime: &Runtime, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
+async fn answer(
+    runtime: &Runtime,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     // The dashboard's files carry no data: the page asks for the token and sends it on its API
     // calls, so an operator can open it before typing the token.
     let public = path == "/healthz" || dashboard::is_asset(&path);
     if !public && !authorized(runtime, &req) {
-        let mut resp = error(
-            id,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this admin API needs `Authorization: Bearer <admin.token>`",
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"portico-admin\""),
-        );
-        return resp;
+        return Err(GatewayError::Unauthorized {
+            message: "this admin API needs `Authorization: Bearer <admin.token>`".into(),
+            challenges: vec![HeaderValue::from_static("Bearer realm=\"portico-admin\"")],
+            presented: req.headers().contains_key(header::AUTHORIZATION),
+        });
     }
     // Read (bounded) even when unused, so keep-alive works.
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
@@ -171,20 +172,21 @@ async fn answer(runtime: &Runtime, req: Request<Incoming>, id: &str) -> Response
     {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return error(
-                id,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "admin request bodies are at most 64 KiB",
-            )
+            return Err(GatewayError::PayloadTooLarge {
+                limit: MAX_BODY as u64,
+            })
         }
     };
     if method == Method::GET {
         if let Some(resp) = dashboard::asset(&path) {
-            return resp;
+            return Ok(resp);
         }
     }
-    match (method.clone(), path.as_str()) {
+    let not_allowed = |allow: &str| GatewayError::MethodNotAllowed {
+        method: method.clone(),
+        allow: allow.into(),
+    };
+    Ok(match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => ok(json!({"status": "live"})),
         (Method::GET, "/readyz") => readyz(runtime).await,
         (Method::GET, "/status") => ok(status(runtime)),
@@ -204,8 +206,8 @@ async fn answer(runtime: &Runtime, req: Request<Incoming>, id: &str) -> Response
             resp
         }
         (Method::GET, "/errors") => ok(json!({"errors": runtime.metrics.recent_errors()})),
-        (Method::POST, "/reload") => reload(runtime, id),
-        (Method::POST, "/cache/purge") => purge(runtime, &body, id).await,
+        (Method::POST, "/reload") => reload(runtime)?,
+        (Method::POST, "/cache/purge") => purge(runtime, &body).await?,
         (Method::GET, "/openapi.json") => {
             let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             resp.headers_mut().insert(
@@ -218,16 +220,15 @@ async fn answer(runtime: &Runtime, req: Request<Incoming>, id: &str) -> Response
             _,
             "/healthz" | "/readyz" | "/status" | "/routes" | "/services" | "/config"
             | "/openapi.json" | "/metrics" | "/errors",
-        ) => method_not_allowed(id, "GET"),
-        (_, p) if dashboard::is_asset(p) => method_not_allowed(id, "GET"),
-        (_, "/reload" | "/cache/purge") => method_not_allowed(id, "POST"),
-        _ => error(
-            id,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such admin endpoint; see /openapi.json",
-        ),
-    }
+        ) => return Err(not_allowed("GET")),
+        (_, p) if dashboard::is_asset(p) => return Err(not_allowed("GET")),
+        (_, "/reload" | "/cache/purge") => return Err(not_allowed("POST")),
+        _ => {
+            return Err(GatewayError::NotFound(
+                "no such admin endpoint; see /openapi.json",
+            ))
+        }
+    })
 }
 
 fn authorized(runtime: &Runtime, req: &Request<Incoming>) -> bool {
@@ -369,13 +370,13 @@ fn services(runtime: &Runtime) -> Value {
     json!({"services": list})
 }
 
-fn reload(runtime: &Runtime, id: &str) -> Response<Full<Bytes>> {
+fn reload(runtime: &Runtime) -> Result<Response<Full<Bytes>>, GatewayError> {
     match runtime.reload() {
         Ok(ReloadOutcome::Applied { revision }) => {
             crate::log_reload(&Ok(ReloadOutcome::Applied { revision }));
-            ok(json!({"result": "applied", "revision": revision}))
+            Ok(ok(json!({"result": "applied", "revision": revision})))
         }
-        Ok(ReloadOutcome::Unchanged) => ok(json!({"result": "unchanged"})),
+        Ok(ReloadOutcome::Unchanged) => Ok(ok(json!({"result": "unchanged"}))),
         Err(ReloadError::Invalid(errors)) => {
             tracing::error!(
                 "config reload (admin API) rejected; the previous config keeps serving:\n{errors}"
@@ -392,28 +393,18 @@ fn reload(runtime: &Runtime, id: &str) -> Response<Full<Bytes>> {
                     })
                 })
                 .collect();
-            let mut resp = ok(json!({
-                "error": "config_invalid",
-                "message": "the new config was rejected; the previous config keeps serving",
-                "request_id": id,
-                "file": errors.file,
-                "errors": list,
-            }));
-            *resp.status_mut() = StatusCode::BAD_REQUEST;
-            resp
+            Err(GatewayError::ConfigRejected {
+                file: errors.file.clone(),
+                errors: list,
+            })
         }
-        Err(e) => error(
-            id,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "reload_failed",
-            &e.to_string(),
-        ),
+        Err(e) => Err(GatewayError::ReloadFailed(e.to_string())),
     }
 }
 
 /// `{"key": K}` purges that cache key (with its variants), `{"prefix": P}` every key starting
 /// with P, from every cache policy (memory and Redis).
-async fn purge(runtime: &Runtime, body: &[u8], id: &str) -> Response<Full<Bytes>> {
+async fn purge(runtime: &Runtime, body: &[u8]) -> Result<Response<Full<Bytes>>, GatewayError> {
     use crate::policy::cache::{purge, Purge};
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -424,12 +415,9 @@ async fn purge(runtime: &Runtime, body: &[u8], id: &str) -> Response<Full<Bytes>
     let what: Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
-                id,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("expected {{\"key\": ...}} or {{\"prefix\": ...}}: {e}"),
-            )
+            return Err(GatewayError::InvalidRequest(format!(
+                "expected {{\"key\": ...}} or {{\"prefix\": ...}}: {e}"
+            )))
         }
     };
     let active = runtime.active();
@@ -437,16 +425,15 @@ async fn purge(runtime: &Runtime, body: &[u8], id: &str) -> Response<Full<Bytes>
         (Some(k), None) => purge(&active.plan, Purge::Key(k)).await,
         (None, Some(p)) if !p.is_empty() => purge(&active.plan, Purge::Prefix(p)).await,
         _ => {
-            return error(
-                id,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "give exactly one of `key` or a non-empty `prefix`",
-            )
+            return Err(GatewayError::InvalidRequest(
+                "give exactly one of `key` or a non-empty `prefix`".into(),
+            ))
         }
     };
     tracing::info!(key = ?what.key, prefix = ?what.prefix, memory = count.memory, redis = ?count.redis, "cache purged (admin API)");
-    ok(json!({"purged": {"memory": count.memory, "redis": count.redis}}))
+    Ok(ok(
+        json!({"purged": {"memory": count.memory, "redis": count.redis}}),
+    ))
 }
 
 fn ok(body: Value) -> Response<Full<Bytes>> {
@@ -459,25 +446,5 @@ fn ok(body: Value) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-/// The common error body (`error`, `message`, `request_id`), the same shape as the public
-/// listener's.
-fn error(id: &str, status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let mut resp = ok(json!({"error": code, "message": message, "request_id": id}));
-    *resp.status_mut() = status;
-    resp
-}
-
-fn method_not_allowed(id: &str, allow: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = error(
-        id,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "see /openapi.json",
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
 }

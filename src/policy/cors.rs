@@ -221,17 +221,19 @@ impl CorsPolicy {
     pub fn preflight<B>(&self, req: &Request<B>) -> Result<Response<GatewayBody>, GatewayError> {
         let h = req.headers();
         let Some(origin) = self.allowed_origin(h) else {
-            return Err(GatewayError::Forbidden(
-                "CORS preflight refused: the origin is not allowed",
-            ));
+            return Err(GatewayError::Forbidden {
+                message: "CORS preflight refused: the origin is not allowed",
+                by: crate::error::Refuser::Cors,
+            });
         };
         let method = h
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
         if !method.is_some_and(|m| self.methods.contains(&m)) {
-            return Err(GatewayError::Forbidden(
-                "CORS preflight refused: the requested method is not allowed",
-            ));
+            return Err(GatewayError::Forbidden {
+                message: "CORS preflight refused: the requested method is not allowed",
+                by: crate::error::Refuser::Cors,
+            });
         }
         let requested = h.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
         if let (Some(allowed), Some(req_headers)) = (&self.headers, requested) {
@@ -242,9 +244,10 @@ impl CorsPolicy {
                 .filter(|s| !s.is_empty())
                 .all(|s| allowed.contains(&s));
             if !ok {
-                return Err(GatewayError::Forbidden(
-                    "CORS preflight refused: a requested header is not allowed",
-                ));
+                return Err(GatewayError::Forbidden {
+                    message: "CORS preflight refused: a requested header is not allowed",
+                    by: crate::error::Refuser::Cors,
+                });
             }
         }
         let mut resp = Response::new(GatewayBody::empty());

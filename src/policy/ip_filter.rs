@@ -68,9 +68,10 @@ impl IpFilter {
         let denied = self.deny.iter().any(|n| n.contains(&ip))
             || (!self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)));
         if denied {
-            return Err(GatewayError::Forbidden(
-                "your IP address is not allowed on this route",
-            ));
+            return Err(GatewayError::Forbidden {
+                message: "your IP address is not allowed on this route",
+                by: crate::error::Refuser::IpFilter,
+            });
         }
         Ok(())
     }

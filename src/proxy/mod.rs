@@ -264,7 +264,7 @@ async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            error_code = Some(e.kind().1);
+            error_code = Some(e.kind().code);
             if let Some(d) = draft.as_mut() {
                 d.finish.error = error_code;
                 d.finish.rate_limit = match e {
@@ -277,7 +277,7 @@ async fn handle(
                 m.refused(&e);
             }
             if let Some(s) = span.as_mut() {
-                s.error = Some(e.kind().1);
+                s.error = Some(e.kind().code);
             }
             if grpc {
                 e.to_grpc_response()
@@ -589,7 +589,7 @@ async fn proxy(
     }
     if route.https_redirect && ctx.tls.is_none() {
         let port = plan.tls.as_ref().map_or(443, |t| t.https_port);
-        return Ok(crate::tls::https_redirect(&req, port));
+        return crate::tls::https_redirect(&req, port);
     }
     let service = &plan.services[route.service];
     if let Some(d) = draft.as_deref_mut() {

@@ -25,6 +25,7 @@ use super::body::{GatewayBody, RequestBody};
 use super::client::{self, Sent};
 use super::LogDraft;
 use crate::config::plan::Route;
+use crate::error::Failure;
 use crate::error::GatewayError;
 use crate::telemetry::trace::{ClientSpan, Trace};
 use crate::upstream::breaker::{CircuitBreaker, Permit};
@@ -166,13 +167,13 @@ impl RetryPolicy {
         let replay_ok = idempotent || self.retry_non_idempotent;
         match result {
             Ok(sent) => replay_ok && self.statuses.contains(&sent.response.status().as_u16()),
-            // Nothing reached the upstream: safe for any method.
-            Err(GatewayError::UpstreamConnect(_) | GatewayError::UpstreamConnectTimeout) => {
-                self.on_connect_failure
-            }
-            Err(GatewayError::UpstreamTimeout(_)) => replay_ok && self.on_timeout,
-            Err(GatewayError::UpstreamProtocol(_)) => replay_ok && self.on_reset,
-            Err(_) => false,
+            Err(e) => match e.kind().retryable {
+                // Nothing reached the upstream: safe for any method.
+                Some(Failure::Connect) => self.on_connect_failure,
+                Some(Failure::Timeout) => replay_ok && self.on_timeout,
+                Some(Failure::Reset) => replay_ok && self.on_reset,
+                None => false,
+            },
         }
     }
 
@@ -250,13 +251,11 @@ pub(super) fn outcome(result: &Result<Sent, GatewayError>) -> Option<Outcome> {
     match result {
         Ok(sent) if sent.response.status().is_server_error() => Some(Outcome::ServerError),
         Ok(_) => Some(Outcome::Success),
-        Err(GatewayError::UpstreamConnect(_) | GatewayError::UpstreamConnectTimeout) => {
-            Some(Outcome::ConnectFailure)
-        }
-        Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamProtocol(_)) => {
-            Some(Outcome::GatewayFailure)
-        }
-        Err(_) => None,
+        Err(e) => match e.kind().retryable {
+            Some(Failure::Connect) => Some(Outcome::ConnectFailure),
+            Some(Failure::Timeout | Failure::Reset) => Some(Outcome::GatewayFailure),
+            None => None,
+        },
     }
 }
 
@@ -265,7 +264,7 @@ pub(super) fn outcome(result: &Result<Sent, GatewayError>) -> Option<Outcome> {
 pub(crate) fn settle(permit: Permit, result: &Result<Answer, GatewayError>) {
     let failed = match result {
         Ok(answer) => Some(answer.sent.response.status().is_server_error()),
-        Err(e) => (e.kind().2 == crate::error::Side::Upstream).then_some(true),
+        Err(e) => (e.kind().side == crate::error::Side::Upstream).then_some(true),
     };
     if let Some(failed) = failed {
         permit.record(failed, now_ns());
@@ -504,7 +503,7 @@ pub(crate) fn end_span(
     if let Some(span) = span {
         let outcome = match result {
             Ok(sent) => Ok(sent.response.status().as_u16()),
-            Err(e) => Err(e.kind().1),
+            Err(e) => Err(e.kind().code),
         };
         span.end(Some((target, path.as_str())), outcome);
     }

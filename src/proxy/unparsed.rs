@@ -53,7 +53,7 @@ pub fn answer(ctx: &ConnCtx, refusal: Refusal) -> Vec<u8> {
         },
     };
     let request_id = headers::new_request_id();
-    let status = error.kind().0.as_u16();
+    let status = error.kind().status.as_u16();
     // Nothing of the request could be read reliably: the method is logged as `-`.
     let method = Method::from_bytes(b"-").unwrap_or(Method::GET);
     if active.plan.raw.metrics.enabled {
@@ -74,7 +74,7 @@ pub fn answer(ctx: &ConnCtx, refusal: Refusal) -> Vec<u8> {
             consumer: None,
             target: None,
             status,
-            error: Some(error.kind().1),
+            error: Some(error.kind().code),
             request_bytes: 0,
             upstream_duration: None,
             cache: None,

@@ -297,15 +297,9 @@ async fn refuse(mut stream: TcpStream, _guard: ConnGuard) {
     // Like every error answer, this one carries a request id (in the body and `x-request-id`)
     // so a client report can be matched with the gateway's logs.
     let id = crate::proxy::headers::new_request_id();
-    let id = id.to_str().unwrap_or("");
-    let body = format!("{{\"error\":\"too_many_connections\",\"message\":\"the gateway is at its connection limit\",\"request_id\":\"{id}\"}}\n");
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\nx-request-id: {id}\r\n\r\n",
-        body.len()
-    );
+    let answer = crate::error::GatewayError::TooManyConnections.to_http1_bytes(&id);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.write_all(&answer).await;
         let _ = stream.shutdown().await;
     })
     .await;

@@ -109,7 +109,10 @@ pub async fn serve_redirect(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The watchdog closes connections that start no request: count this one.
         counted.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = crate::tls::https_redirect(&req, port);
+        let resp = crate::tls::https_redirect(&req, port).unwrap_or_else(|e| {
+            let id = crate::proxy::headers::new_request_id();
+            e.to_response(Some(&id))
+        });
         async move { Ok::<_, Infallible>(resp) }
     });
     let io = TokioIo::new(ConnIo::http1(stream, &ctx));
@@ -130,7 +133,8 @@ mod tests {
         if let Some(h) = host {
             req = req.header(header::HOST, h);
         }
-        let resp = crate::tls::https_redirect(&req.body(()).unwrap(), port);
+        let resp = crate::tls::https_redirect(&req.body(()).unwrap(), port)
+            .unwrap_or_else(|e| e.to_response(None));
         let loc = resp
             .headers()
             .get(header::LOCATION)

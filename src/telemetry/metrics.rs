@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::error::GatewayError;
+use crate::error::{Denial, GatewayError};
 
 /// Upper bounds of the latency buckets, in nanoseconds (0.5 ms to 10 s, then `+Inf`): API
 /// gateways mostly answer in milliseconds; the long tail is timeouts.
@@ -123,6 +123,7 @@ struct Families {
     retry_budget_exhausted: Family<Labels1, Counter>,
     auth_failures: Family<Labels2, Counter>,
     rate_limited: Family<Labels2, Counter>,
+    denied: Family<Labels2, Counter>,
     cache: Family<Labels2, Counter>,
     grpc: Family<Labels2, Counter>,
     reloads: Family<Labels1, Counter>,
@@ -195,8 +196,13 @@ impl Metrics {
         );
         r.register(
             "auth_failures",
-            "Requests refused by authentication or authorization, by route and reason",
+            "Requests refused by authentication or the consumer ACL, by route and reason",
             f.auth_failures.clone(),
+        );
+        r.register(
+            "denied",
+            "Requests refused by an access policy (ip_filter, cors), by route and reason",
+            f.denied.clone(),
         );
         r.register(
             "rate_limit_rejections",
@@ -313,6 +319,9 @@ impl Metrics {
         for limit in LIMIT_KINDS {
             f.rate_limited.remove(&pair("limit", limit));
         }
+        for reason in ACCESS_REASONS {
+            f.denied.remove(&pair("reason", reason));
+        }
         for result in CACHE_RESULTS {
             f.cache.remove(&pair("result", result));
         }
@@ -390,11 +399,12 @@ const CACHE_RESULTS: [&str; 5] = ["hit", "revalidated", "miss", "stale", "bypass
 const AUTH_REASONS: [&str; 5] = [
     "invalid_credentials",
     "missing_credentials",
-    "forbidden",
+    "acl",
     "insufficient_scope",
     "unavailable",
 ];
-const LIMIT_KINDS: [&str; 3] = ["rate", "concurrency", "store_unavailable"];
+const ACCESS_REASONS: [&str; 2] = ["ip_filter", "cors"];
+const LIMIT_KINDS: [&str; 4] = ["rate", "concurrency", "store_unavailable", "missing_key"];
 
 fn method_index(m: &Method) -> usize {
     METHODS.iter().position(|k| k == m).unwrap_or(METHODS.len())
@@ -481,39 +491,14 @@ impl RouteMetrics {
         .inc();
     }
 
-    /// Counts what a policy refused: authentication failures by reason, rate-limit rejections
-    /// by limit kind. Other errors are counted by status class only.
+    /// Counts what a policy refused, under the counter its error kind names (authentication,
+    /// rate limit, access). Other errors are counted by status class only.
     pub fn refused(&self, error: &GatewayError) {
-        let (family, label, value) = match error {
-            GatewayError::Unauthorized { presented, .. } => (
-                &self.families.auth_failures,
-                "reason",
-                if *presented {
-                    "invalid_credentials"
-                } else {
-                    "missing_credentials"
-                },
-            ),
-            GatewayError::Forbidden(_) => (&self.families.auth_failures, "reason", "forbidden"),
-            GatewayError::InsufficientScope { .. } => {
-                (&self.families.auth_failures, "reason", "insufficient_scope")
-            }
-            GatewayError::AuthUnavailable(_) => {
-                (&self.families.auth_failures, "reason", "unavailable")
-            }
-            GatewayError::RateLimited { message, .. } => (
-                &self.families.rate_limited,
-                "limit",
-                if message.contains("in flight") {
-                    "concurrency"
-                } else {
-                    "rate"
-                },
-            ),
-            GatewayError::RateLimitUnavailable => {
-                (&self.families.rate_limited, "limit", "store_unavailable")
-            }
-            _ => return,
+        let (family, label, value) = match error.kind().denial {
+            Some(Denial::Auth(reason)) => (&self.families.auth_failures, "reason", reason),
+            Some(Denial::RateLimit(limit)) => (&self.families.rate_limited, "limit", limit),
+            Some(Denial::Access(reason)) => (&self.families.denied, "reason", reason),
+            None => return,
         };
         family
             .get_or_create(&[("route", Arc::clone(&self.route)), (label, value.into())])

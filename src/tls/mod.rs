@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 
+use crate::error::GatewayError;
 use crate::proxy::body::GatewayBody;
 
 use crate::config::ConfigError;
@@ -153,19 +154,20 @@ pub fn file_stamps(
 }
 
 /// The 308 answer for `req`: same host (its port replaced), path and query, on `https://`.
-pub fn https_redirect<B>(req: &Request<B>, port: u16) -> Response<GatewayBody> {
+/// Without a Host (HTTP/1.0) there is nowhere to send the client: 400.
+pub fn https_redirect<B>(
+    req: &Request<B>,
+    port: u16,
+) -> Result<Response<GatewayBody>, GatewayError> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok());
     let Some(host) = host else {
-        return crate::error::json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        return Err(GatewayError::BadRequest(
             "a Host header is required to redirect to https",
-            None,
-        );
+        ));
     };
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if port == 443 {
@@ -178,5 +180,5 @@ pub fn https_redirect<B>(req: &Request<B>, port: u16) -> Response<GatewayBody> {
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp
+    Ok(resp)
 }

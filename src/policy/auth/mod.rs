@@ -424,17 +424,21 @@ impl AuthPolicy {
             None => false,
         };
         if listed(&self.deny) {
-            return Err(GatewayError::Forbidden(
-                "this consumer is not allowed on this route",
-            ));
+            return Err(GatewayError::Forbidden {
+                message: "this consumer is not allowed on this route",
+                by: crate::error::Refuser::Acl,
+            });
         }
         let restricted = !self.allow.consumers.is_empty() || !self.allow.groups.is_empty();
         if restricted && !listed(&self.allow) {
-            return Err(GatewayError::Forbidden(if identity.consumer.is_some() {
-                "this consumer is not allowed on this route"
-            } else {
-                "this route is restricted to listed consumers"
-            }));
+            return Err(GatewayError::Forbidden {
+                message: if identity.consumer.is_some() {
+                    "this consumer is not allowed on this route"
+                } else {
+                    "this route is restricted to listed consumers"
+                },
+                by: crate::error::Refuser::Acl,
+            });
         }
         Ok(identity)
     }

@@ -288,6 +288,7 @@ impl RateLimitPolicy {
                     None => {
                         return Err(GatewayError::RateLimited {
                             message: "too many requests in flight",
+                            limit: crate::error::Limit::Concurrency,
                             status: c.status,
                             retry_after: Some(1),
                             headers: Vec::new(),
@@ -314,6 +315,7 @@ impl RateLimitPolicy {
                 if !decision.allowed {
                     return Err(GatewayError::RateLimited {
                         message: "rate limit exceeded",
+                        limit: crate::error::Limit::Rate,
                         status: StatusCode::TOO_MANY_REQUESTS,
                         retry_after: decision.retry_after().map(secs_ceil),
                         headers: std::mem::take(&mut admitted.headers),
@@ -482,9 +484,10 @@ impl Req<'_> {
                 Ok(Some(key))
             }
             MissingKey::Allow => Ok(None),
-            MissingKey::Deny => Err(GatewayError::Forbidden(
-                "the request has no value for the rate-limit key",
-            )),
+            MissingKey::Deny => Err(GatewayError::Forbidden {
+                message: "the request has no value for the rate-limit key",
+                by: crate::error::Refuser::RateLimitKey,
+            }),
         }
     }
 }
@@ -669,7 +672,7 @@ mod tests {
             policy("limits: [{requests: 1, per: 1m}]\nkey: {header: x-t}\nmissing_key: deny");
         assert!(matches!(
             block(deny.check("r", None, &h, IP)),
-            Err(GatewayError::Forbidden(_))
+            Err(GatewayError::Forbidden { .. })
         ));
         let allow =
             policy("limits: [{requests: 1, per: 1m}]\nkey: {header: x-t}\nmissing_key: allow");
