@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 
-use crate::proxy::body::GatewayBody;
+/// The request id header: every answer carries one, error answers in their body as well.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,9 +365,9 @@ impl GatewayError {
         }
     }
 
-    /// The JSON error response for this error, on the public listener.
-    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<GatewayBody> {
-        self.render(request_id).map(GatewayBody::full)
+    /// The JSON error response for this error, in the listener's body type.
+    pub fn to_response<B: From<Bytes>>(&self, request_id: Option<&HeaderValue>) -> Response<B> {
+        self.render(request_id).map(B::from)
     }
 
     /// The error as a response with the common JSON body (`error`, `message`, `request_id`,
@@ -396,7 +397,7 @@ impl GatewayError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(v) = request_id {
-            h.insert(crate::proxy::headers::X_REQUEST_ID, v.clone());
+            h.insert(X_REQUEST_ID, v.clone());
         }
         if kind.closes_connection {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -457,23 +458,6 @@ impl GatewayError {
             504 => 4,                   // DEADLINE_EXCEEDED
             _ => 13,                    // INTERNAL
         }
-    }
-
-    /// The answer to a gRPC call: HTTP 200, trailers-only, with `grpc-status` and a
-    /// `grpc-message` naming the stable error code, so gRPC clients see a status instead of
-    /// failing to parse a JSON body.
-    pub fn to_grpc_response(&self) -> Response<GatewayBody> {
-        use crate::proxy::grpc::{encode_message, GRPC_MESSAGE, GRPC_STATUS};
-        let code = self.kind().code;
-        let mut resp = Response::new(GatewayBody::empty());
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
-        h.insert(GRPC_MESSAGE, encode_message(&format!("{code}: {self}")));
-        resp
     }
 }
 

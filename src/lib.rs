@@ -11,11 +11,13 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod spec;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -189,7 +191,7 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
     let plan = config::load_file(config_path)?;
     // Certificate stamps before the listeners exist, so a renewal that lands as soon as
     // "listening on" is logged is seen by the first poll.
-    let pem_stamps = tls::file_stamps(&plan.raw);
+    let pem_stamps = config::file_stamps(&plan.raw);
     let routes = plan.routes.len();
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -278,7 +280,7 @@ async fn control_loop(
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
             _ = tick.tick() => {
-                let pems = tls::file_stamps(&runtime.active().plan.raw);
+                let pems = config::file_stamps(&runtime.active().plan.raw);
                 if pems != pem_stamps {
                     pem_stamps = pems;
                     tracing::info!("certificate files changed: reloading");

@@ -1,45 +1,10 @@
 //! The `admin:` section, and the redaction of secrets from the config the admin API shows.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::raw::RawConfig;
 
-/// The admin listener.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    /// Serve the admin API at all. Default true.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Where it listens. Default `127.0.0.1:9901` (loopback only: expose it elsewhere only on
-    /// purpose, and then with a `token`). **Restart to change.**
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// When set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`. Use
-    /// `${ENV}` or `${file:...}`.
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-impl Default for RawAdmin {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: default_listen(),
-            token: None,
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9901".to_string()
-}
+pub use crate::config::admin::RawAdmin;
 
 /// Keys whose values are secrets wherever they appear.
 const SECRET_KEYS: &[&str] = &[

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod dashboard;
+mod scrape;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -194,9 +195,7 @@ async fn answer(
         (Method::GET, "/services") => ok(services(runtime)),
         (Method::GET, "/config") => ok(config::redacted(&runtime.active().plan.raw)),
         (Method::GET, "/metrics") => {
-            let mut resp = Response::new(Full::new(Bytes::from(
-                crate::telemetry::metrics::scrape(runtime),
-            )));
+            let mut resp = Response::new(Full::new(Bytes::from(scrape::scrape(runtime))));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -304,21 +303,7 @@ fn routes(runtime: &Runtime) -> Value {
         .iter()
         .zip(&plan.routes)
         .map(|(raw, route)| {
-            let p = &route.policies;
-            let policies: Vec<&str> = [
-                ("ip_filter", p.ip_filter.is_some()),
-                ("cors", p.cors.is_some()),
-                ("auth", p.auth.is_some()),
-                ("rate_limit", p.rate_limit.is_some()),
-                ("traffic", p.traffic.is_some()),
-                ("cache", p.cache.is_some()),
-                ("transform", p.transform.is_some()),
-                ("shadow", p.shadow.is_some()),
-                ("aggregate", p.aggregate.is_some()),
-            ]
-            .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
-            .collect();
+            let policies = route.policies.names();
             json!({
                 "name": &*route.name,
                 "service": &*plan.services[route.service].name,

@@ -23,9 +23,9 @@ use http::Method;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::Dur;
-use crate::config::ConfigError;
 use crate::policy::transform::Template;
+use crate::spec::units::Dur;
+use crate::spec::ConfigError;
 
 /// `X-Portico-Partial: true` on a response missing optional results.
 pub const X_PORTICO_PARTIAL: HeaderName = HeaderName::from_static("x-portico-partial");
@@ -105,6 +105,11 @@ pub struct AggregatePolicy {
 }
 
 impl AggregatePolicy {
+    /// Compiles an `aggregate` entry for the route's path captures.
+    pub fn compile(raw: &RawAggregate, b: &mut crate::policy::Build<'_>) -> Option<Arc<Self>> {
+        Self::build(raw, b.path, b.services, b.captures, b.errors).map(Arc::new)
+    }
+
     /// Compiles a policy written at `path`.
     pub fn build(
         raw: &RawAggregate,

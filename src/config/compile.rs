@@ -12,15 +12,9 @@ use super::plan::{AccessLogSettings, Forwarding, Limits, Plan, Rewrite, Route, T
 use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute, RawService};
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
+use crate::pipeline::{RawPolicy, RoutePolicies};
+use crate::policy;
 use crate::policy::auth::Authenticators;
-use crate::policy::cache::CachePolicy;
-use crate::policy::cors::CorsPolicy;
-use crate::policy::ip_filter::IpFilter;
-use crate::policy::rate_limit::RateLimitPolicy;
-use crate::policy::shadow::ShadowPolicy;
-use crate::policy::traffic::TrafficPolicy;
-use crate::policy::transform::TransformPolicy;
-use crate::policy::{self, RawPolicy, RoutePolicies};
 use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::store::redis::RedisStore;
@@ -35,7 +29,7 @@ use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, Upstre
 pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
     // A renewed certificate behind an unchanged config file must still make a reload apply.
     let fingerprint = fingerprint(&raw)
-        ^ crate::tls::certs::files_hash(&crate::tls::referenced_files(&raw)).rotate_left(17);
+        ^ crate::tls::certs::files_hash(&super::referenced_files(&raw)).rotate_left(17);
     let service_names: Vec<&String> = raw.services.keys().collect();
     let mut errors = Vec::new();
     let services: Vec<Arc<Service>> = raw
@@ -55,8 +49,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         .and_then(|r| RedisStore::build(r, &mut errors));
     // A service or global rate_limit policy has one set of counters, shared by every route that
     // inherits it: compiled once per config path.
-    let mut rate_limits = std::collections::HashMap::new();
-    let mut caches = std::collections::HashMap::new();
+    let mut shared = policy::Shared::default();
     let mut specs = Vec::with_capacity(raw.routes.len());
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in raw.routes.iter().enumerate() {
@@ -134,8 +127,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 index,
                 &authenticators,
                 redis.as_ref(),
-                &mut rate_limits,
-                &mut caches,
+                &mut shared,
                 &mut errors,
             ),
             resilience: route_resilience(r, &svc.retry),
@@ -218,8 +210,7 @@ fn route_policies(
     index: usize,
     authenticators: &Authenticators,
     redis: Option<&Arc<RedisStore>>,
-    rate_limits: &mut std::collections::HashMap<String, Option<Arc<RateLimitPolicy>>>,
-    caches: &mut std::collections::HashMap<String, Option<Arc<CachePolicy>>>,
+    shared: &mut policy::Shared,
     errors: &mut Vec<ConfigError>,
 ) -> RoutePolicies {
     let route = &raw.routes[index];
@@ -227,94 +218,35 @@ fn route_policies(
         .services
         .get(&route.service)
         .map_or(&[][..], |s| &s.policies[..]);
+    let services: Vec<&String> = raw.services.keys().collect();
+    let captures = route
+        .matcher
+        .path
+        .as_deref()
+        .map(super::validate::template_captures)
+        .unwrap_or_default();
     let mut out = RoutePolicies::default();
     for policy in policy::effective([&route.policies, service, &raw.policies]) {
         // Errors point at the level the policy came from.
-        let (path, id) = policy_path(raw, index, policy);
-        match policy {
-            RawPolicy::Auth(auth) => {
-                out.auth = authenticators
-                    .policy(auth, &format!("{path}.auth"), errors)
-                    .map(Arc::new);
-            }
-            RawPolicy::RateLimit(rl) => {
-                let path = format!("{path}.rate_limit");
-                out.rate_limit = rate_limits
-                    .entry(path)
-                    .or_insert_with_key(|path| {
-                        RateLimitPolicy::build(rl, path, &id, redis, errors).map(Arc::new)
-                    })
-                    .clone();
-            }
-            RawPolicy::Cache(c) => {
-                // Like rate limits: one store per place the policy is written.
-                let path = format!("{path}.cache");
-                out.cache = caches
-                    .entry(path)
-                    .or_insert_with_key(|path| {
-                        CachePolicy::build(c, path, redis, errors).map(Arc::new)
-                    })
-                    .clone();
-            }
-            RawPolicy::Transform(t) => {
-                let captures = route
-                    .matcher
-                    .path
-                    .as_deref()
-                    .map(super::validate::template_captures)
-                    .unwrap_or_default();
-                out.transform =
-                    TransformPolicy::build(t, &format!("{path}.transform"), &captures, errors)
-                        .map(Arc::new);
-            }
-            RawPolicy::Cors(c) => {
-                out.cors = CorsPolicy::build(c, &format!("{path}.cors"), errors).map(Arc::new);
-            }
-            RawPolicy::IpFilter(f) => {
-                out.ip_filter =
-                    IpFilter::build(f, &format!("{path}.ip_filter"), errors).map(Arc::new);
-            }
-            RawPolicy::Aggregate(a) => {
-                let names: Vec<&String> = raw.services.keys().collect();
-                let captures = route
-                    .matcher
-                    .path
-                    .as_deref()
-                    .map(super::validate::template_captures)
-                    .unwrap_or_default();
-                out.aggregate = crate::aggregate::AggregatePolicy::build(
-                    a,
-                    &format!("{path}.aggregate"),
-                    &names,
-                    &captures,
-                    errors,
-                )
-                .map(Arc::new);
-            }
-            RawPolicy::Shadow(sh) => {
-                let names: Vec<&String> = raw.services.keys().collect();
-                out.shadow = ShadowPolicy::build(sh, &format!("{path}.shadow"), &names, errors)
-                    .map(Arc::new);
-            }
-            RawPolicy::Split(_) | RawPolicy::Versioning(_) => {
-                let names: Vec<&String> = raw.services.keys().collect();
-                let built = match policy {
-                    RawPolicy::Split(sp) => {
-                        TrafficPolicy::split(sp, &format!("{path}.split"), &names, errors)
-                    }
-                    RawPolicy::Versioning(v) => {
-                        TrafficPolicy::versioning(v, &format!("{path}.versioning"), &names, errors)
-                    }
-                    _ => None,
-                };
-                if out.traffic.is_some() {
-                    errors.push(ConfigError::new(
-                        path,
-                        "a route chooses its service by `split` or by `versioning`, not both",
-                    ));
-                }
-                out.traffic = built.map(Arc::new);
-            }
+        let (level, id) = policy_path(raw, index, policy);
+        let path = format!("{level}.{}", policy.key());
+        let mut build = policy::Build {
+            path: &path,
+            id: &id,
+            services: &services,
+            captures: &captures,
+            authenticators,
+            redis,
+            shared,
+            errors,
+        };
+        out.compile(policy, &mut build);
+        if out.split.is_some() && out.versioning.is_some() {
+            errors.push(ConfigError::new(
+                level,
+                "a route chooses its service by `split` or by `versioning`, not both",
+            ));
+            out.versioning = None;
         }
     }
     out
@@ -419,7 +351,8 @@ fn route_resilience(r: &RawRoute, service_retry: &Option<Arc<RetryPolicy>>) -> R
 }
 
 fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) -> Service {
-    let tls = crate::tls::upstream::ServiceTls::for_service(name, svc, errors);
+    let https = svc.targets.iter().any(|t| t.url.starts_with("https://"));
+    let tls = crate::tls::upstream::ServiceTls::for_service(name, https, svc.tls.as_ref(), errors);
     let outlier = svc
         .outlier_detection
         .as_ref()
@@ -451,7 +384,7 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
             let h2 = h2c || (tls.is_some() && svc.tls.as_ref().is_some_and(|t| t.http2));
             Some(Arc::new(Target {
                 id: upstream::target_id(&t.url),
-                url: t.url.clone(),
+                url: t.url.as_str().into(),
                 authority: HeaderValue::from_str(&authority).ok()?,
                 address,
                 protocol: if h2 { Protocol::H2c } else { Protocol::Http1 },
@@ -475,8 +408,10 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
             } else {
                 HashOn::ClientIp
             };
-            let urls: Vec<(String, u32)> =
-                targets.iter().map(|t| (t.url.clone(), t.weight)).collect();
+            let urls: Vec<(String, u32)> = targets
+                .iter()
+                .map(|t| (t.url.to_string(), t.weight))
+                .collect();
             Balancer::consistent_hash(on, &urls)
         }
     };

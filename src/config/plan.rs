@@ -9,8 +9,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use ipnet::IpNet;
 
-use super::raw::{AccessLogFormat, RawConfig};
-use crate::policy::RoutePolicies;
+use super::raw::RawConfig;
+use crate::pipeline::RoutePolicies;
 use crate::router::{PathSpec, Router};
 use crate::upstream::Service;
 
@@ -79,16 +79,7 @@ pub struct Forwarding {
     pub via: Option<HeaderValue>,
 }
 
-/// Access log settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccessLogSettings {
-    /// On or off.
-    pub enabled: bool,
-    /// Line format.
-    pub format: AccessLogFormat,
-    /// `stdout`, `stderr` or a file path.
-    pub path: String,
-}
+pub use crate::telemetry::access_log::AccessLogSettings;
 
 /// A compiled route.
 pub struct Route {

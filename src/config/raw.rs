@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Dur};
+use crate::pipeline::RawPolicy;
 use crate::policy::auth::config::{RawAuth, RawConsumer};
-use crate::policy::RawPolicy;
 use crate::upstream::config::{
     RawCircuitBreaker, RawFallback, RawHealthCheck, RawOutlierDetection, RawRetry, WhenAllUnhealthy,
 };
@@ -75,7 +75,7 @@ pub struct RawConfig {
     pub policies: Vec<RawPolicy>,
     /// The admin API listener (loopback by default; see `admin.token`).
     #[serde(default)]
-    pub admin: crate::admin::config::RawAdmin,
+    pub admin: super::admin::RawAdmin,
     /// The Redis server (or Cluster, or Sentinel-managed primary) that `store: redis` policies
     /// share across gateway nodes.
     #[serde(default)]
@@ -91,7 +91,7 @@ pub struct RawConfig {
     pub tls: Option<crate::tls::config::RawTls>,
     /// HTTP/2 limits for client connections (abuse resistance).
     #[serde(default)]
-    pub http2: crate::server::http2::RawHttp2,
+    pub http2: super::http2::RawHttp2,
 }
 
 fn default_listen() -> Vec<String> {
@@ -217,15 +217,7 @@ impl Default for RawAccessLog {
     }
 }
 
-/// Access log line format.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AccessLogFormat {
-    /// One JSON object per line.
-    Json,
-    /// NCSA common log format.
-    Common,
-}
+pub use crate::telemetry::access_log::AccessLogFormat;
 
 /// A named group of upstream targets.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -139,7 +139,7 @@ fn validate_mtls_policies(raw: &RawConfig, errs: &mut Vec<ConfigError>) {
         );
     for (at, list) in lists {
         for (i, p) in list.iter().enumerate() {
-            if matches!(p, crate::policy::RawPolicy::Auth(a) if a.mtls) {
+            if matches!(p, crate::pipeline::RawPolicy::Auth(a) if a.mtls) {
                 errs.push(ConfigError::new(
                     format!("{at}[{i}].auth.mtls"),
                     "needs tls.client_auth: without it no client certificate is asked for",
@@ -149,14 +149,7 @@ fn validate_mtls_policies(raw: &RawConfig, errs: &mut Vec<ConfigError>) {
     }
 }
 
-/// An IP address or CIDR range.
-pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
-    text.parse::<ipnet::IpNet>().ok().or_else(|| {
-        text.parse::<std::net::IpAddr>()
-            .ok()
-            .map(ipnet::IpNet::from)
-    })
-}
+pub use crate::spec::parse_cidr;
 
 fn validate_service(name: &str, svc: &RawService, errs: &mut Vec<ConfigError>) {
     let at = |field: &str| format!("services.{name}.{field}");

@@ -191,7 +191,7 @@ async fn respond(
 /// key's public JWK `x` and the admin listen address, then the real environment.
 pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String, pub String, pub String);
 
-impl crate::config::expand::Source for DemoEnv<'_> {
+impl crate::spec::expand::Source for DemoEnv<'_> {
     fn var(&self, name: &str) -> Option<String> {
         match name {
             "DEMO_USERS_PORT" => Some(self.0.users.to_string()),
@@ -202,11 +202,11 @@ impl crate::config::expand::Source for DemoEnv<'_> {
             "DEMO_LISTEN" => Some(self.1.clone()),
             "DEMO_JWT_X" => Some(self.2.clone()),
             "DEMO_ADMIN_LISTEN" => Some(self.3.clone()),
-            other => crate::config::expand::ProcessEnv.var(other),
+            other => crate::spec::expand::ProcessEnv.var(other),
         }
     }
     fn file(&self, path: &str) -> std::io::Result<String> {
-        crate::config::expand::ProcessEnv.file(path)
+        crate::spec::expand::ProcessEnv.file(path)
     }
 }
 

@@ -14,10 +14,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::Dur;
-use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::proxy::body::GatewayBody;
+use crate::spec::units::Dur;
+use crate::spec::ConfigError;
 
 /// `- cors: {allow_origins: ["https://app.example.com"], allow_credentials: true}`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -69,6 +69,14 @@ const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
 );
 
 impl CorsPolicy {
+    /// Compiles a `cors` entry.
+    pub fn compile(
+        raw: &RawCors,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<std::sync::Arc<Self>> {
+        Self::build(raw, b.path, b.errors).map(std::sync::Arc::new)
+    }
+
     /// Compiles a policy written at `path`.
     pub fn build(raw: &RawCors, path: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
         let before = errors.len();

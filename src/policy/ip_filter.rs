@@ -10,9 +10,9 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::validate::parse_cidr;
-use crate::config::ConfigError;
 use crate::error::GatewayError;
+use crate::spec::parse_cidr;
+use crate::spec::ConfigError;
 
 /// `- ip_filter: {allow: [10.0.0.0/8], deny: [10.0.0.13]}`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -34,6 +34,14 @@ pub struct IpFilter {
 }
 
 impl IpFilter {
+    /// Compiles an `ip_filter` entry.
+    pub fn compile(
+        raw: &RawIpFilter,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<std::sync::Arc<Self>> {
+        Self::build(raw, b.path, b.errors).map(std::sync::Arc::new)
+    }
+
     /// Compiles the lists; errors at `path.allow[i]` / `path.deny[i]`.
     pub fn build(raw: &RawIpFilter, path: &str, errors: &mut Vec<ConfigError>) -> Option<Self> {
         let before = errors.len();

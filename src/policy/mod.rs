@@ -1,9 +1,10 @@
 //! Request policies: what a route does to a request besides routing it.
 //!
-//! Each concern has its own folder (`auth/`, later `rate_limit/`, `transform/`, `cache/`, ...)
-//! with its serde config, its compiled runtime form and its tests. A route's policies are
-//! compiled once into typed slots of [`RoutePolicies`] and run in the fixed order of
-//! `docs/request-lifecycle.md` (auth, then rate limiting, then transformation, then caching).
+//! Each concern has its own folder or file (`auth/`, `rate_limit/`, `transform/`, `cache/`,
+//! `cors.rs`, ...) with its serde config, its compiled runtime form, its `compile` function
+//! and its tests. The list of policies and the order they run in are `pipeline/`'s: the
+//! [`policies!`] declaration beside the phase list makes each route's typed slots, and each
+//! phase calls the slots it owns (see docs/architecture.md).
 //!
 //! Why typed slots and not a generic tower stack per route: the order between concerns is fixed
 //! by the lifecycle anyway, each slot is one `Option` check when unused, and the request path
@@ -15,70 +16,103 @@ pub mod cache;
 pub mod cors;
 pub mod ip_filter;
 pub mod rate_limit;
+pub mod request_termination;
 pub mod shadow;
 pub mod traffic;
 pub mod transform;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use crate::spec::ConfigError;
 
-/// One entry of a `policies:` list (route, service or global level), written as a one-key map:
-/// `- auth: {jwt: [main]}`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawPolicy {
-    /// Authenticate the request (JWT, API key, basic auth, token introspection) and apply ACLs.
-    Auth(auth::config::RawAuthPolicy),
-    /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
-    /// route, header).
-    RateLimit(rate_limit::config::RawRateLimitPolicy),
-    /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
-    Cache(cache::config::RawCachePolicy),
-    /// Change the request (headers, query, path, method) and the response (headers).
-    Transform(Box<transform::config::RawTransformPolicy>),
-    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
-    Cors(Box<cors::RawCors>),
-    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
-    IpFilter(ip_filter::RawIpFilter),
-    /// Split traffic between services by weight (canary), optionally sticky.
-    Split(traffic::RawSplit),
-    /// Route to a service by API version (path, header, media type or query).
-    Versioning(traffic::RawVersioning),
-    /// Mirror a percentage of requests to another service (responses discarded).
-    Shadow(shadow::RawShadow),
-    /// Answer the route by calling several services and merging their JSON (BFF).
-    Aggregate(Box<crate::aggregate::RawAggregate>),
+/// What compiling one policy may use besides its own YAML: where it is written (for errors
+/// and for naming state shared across nodes), the route's facts, and the plan's shared parts.
+pub struct Build<'a> {
+    /// The policy's config path (`routes[3].policies[0].rate_limit`), for errors and for
+    /// sharing one compiled policy between the routes that inherit it.
+    pub path: &'a str,
+    /// A name for the level the policy is written at that survives reordering the file
+    /// (`route:orders`, `service:api`, `global`): names its state in Redis.
+    pub id: &'a str,
+    /// Every service name, for policies that name other services.
+    pub services: &'a [&'a String],
+    /// The route's path captures (`{id}`), for templates.
+    pub captures: &'a [String],
+    /// The plan's credential stores and JWT issuers.
+    pub authenticators: &'a auth::Authenticators,
+    /// The plan's Redis store, when configured.
+    pub redis: Option<&'a Arc<crate::store::redis::RedisStore>>,
+    /// Policies compiled once per place they are written and shared by every route
+    /// inheriting them (their counters and entries are one).
+    pub shared: &'a mut Shared,
+    /// Where problems go.
+    pub errors: &'a mut Vec<ConfigError>,
 }
 
-/// The compiled policies of one route.
+/// Compiled policies shared between routes, by config path.
 #[derive(Default)]
-pub struct RoutePolicies {
-    /// Authentication and ACLs.
-    pub auth: Option<Arc<auth::AuthPolicy>>,
-    /// Rate and concurrency limits (shared by every route inheriting the same policy).
-    pub rate_limit: Option<Arc<rate_limit::RateLimitPolicy>>,
-    /// Response cache (shared by every route inheriting the same policy).
-    pub cache: Option<Arc<cache::CachePolicy>>,
-    /// Request and response transformation.
-    pub transform: Option<Arc<transform::TransformPolicy>>,
-    /// CORS.
-    pub cors: Option<Arc<cors::CorsPolicy>>,
-    /// Client IP allow/deny lists.
-    pub ip_filter: Option<Arc<ip_filter::IpFilter>>,
-    /// Service choice (`split` or `versioning`).
-    pub traffic: Option<Arc<traffic::TrafficPolicy>>,
-    /// Shadow traffic.
-    pub shadow: Option<Arc<shadow::ShadowPolicy>>,
-    /// Aggregation: the route is answered by the fan-out, not by its service.
-    pub aggregate: Option<Arc<crate::aggregate::AggregatePolicy>>,
+pub struct Shared {
+    /// Rate limits.
+    pub rate_limits: HashMap<String, Option<Arc<rate_limit::RateLimitPolicy>>>,
+    /// Caches.
+    pub caches: HashMap<String, Option<Arc<cache::CachePolicy>>>,
 }
+
+/// Declares the policies a route can have: the YAML enum of a `policies:` entry
+/// (`RawPolicy`), the route's typed slots (`RoutePolicies`) and the one match that compiles an
+/// entry into its slot. Invoked once, beside the phase list (`pipeline/mod.rs`).
+///
+/// Each entry: `slot: Variant(RawType) => CompiledType = compile_fn`, where
+/// `compile_fn(&RawType, &mut Build) -> Option<Arc<CompiledType>>`.
+macro_rules! policies {
+    ($( $(#[$doc:meta])* $slot:ident : $variant:ident ( $raw:ty ) => $compiled:ty = $compile:path ),* $(,)?) => {
+        /// One entry of a `policies:` list (route, service or global level), written as a
+        /// one-key map: `- auth: {jwt: [main]}`.
+        #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema, PartialEq)]
+        #[serde(rename_all = "snake_case", deny_unknown_fields)]
+        pub enum RawPolicy {
+            $( $(#[$doc])* $variant($raw), )*
+        }
+
+        impl RawPolicy {
+            /// The policy's YAML key.
+            pub fn key(&self) -> &'static str {
+                match self {
+                    $( RawPolicy::$variant(_) => stringify!($slot), )*
+                }
+            }
+        }
+
+        /// The compiled policies of one route: one typed slot per policy, `None` when unused.
+        #[derive(Default)]
+        pub struct RoutePolicies {
+            $( $(#[$doc])* pub $slot: Option<std::sync::Arc<$compiled>>, )*
+        }
+
+        impl RoutePolicies {
+            /// The YAML keys of the policies this route has, in declaration order.
+            pub fn names(&self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$slot.is_some() { out.push(stringify!($slot)); } )*
+                out
+            }
+
+            /// Compiles `raw` into its slot.
+            pub fn compile(&mut self, raw: &RawPolicy, build: &mut $crate::policy::Build<'_>) {
+                match raw {
+                    $( RawPolicy::$variant(r) => self.$slot = $compile(r, build), )*
+                }
+            }
+        }
+    };
+}
+pub(crate) use policies;
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the
 /// global one (the most specific level wins, as in Kong).
-pub fn effective(levels: [&[RawPolicy]; 3]) -> Vec<&RawPolicy> {
-    let mut out: Vec<&RawPolicy> = Vec::new();
+pub fn effective<P>(levels: [&[P]; 3]) -> Vec<&P> {
+    let mut out: Vec<&P> = Vec::new();
     for level in levels {
         for p in level {
             if !out

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::ByteSize;
-use crate::config::ConfigError;
+use crate::spec::units::ByteSize;
+use crate::spec::ConfigError;
 
 /// `- shadow: {service: orders-next, percent: 10}`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -65,6 +65,11 @@ impl Drop for ShadowSlot {
 }
 
 impl ShadowPolicy {
+    /// Compiles a `shadow` entry.
+    pub fn compile(raw: &RawShadow, b: &mut crate::policy::Build<'_>) -> Option<Arc<Self>> {
+        Self::build(raw, b.path, b.services, b.errors).map(Arc::new)
+    }
+
     /// Compiles a policy written at `path`.
     pub fn build(
         raw: &RawShadow,

@@ -14,9 +14,9 @@ use http::request::Parts;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::policy::auth::Identity;
+use crate::spec::ConfigError;
 
 /// `- split: {services: [{service: stable, weight: 95}, {service: canary, weight: 5}]}`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -162,6 +162,22 @@ fn service_index(
 }
 
 impl TrafficPolicy {
+    /// Compiles a `split` entry.
+    pub fn compile_split(
+        raw: &RawSplit,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<std::sync::Arc<Self>> {
+        Self::split(raw, b.path, b.services, b.errors).map(std::sync::Arc::new)
+    }
+
+    /// Compiles a `versioning` entry.
+    pub fn compile_versioning(
+        raw: &RawVersioning,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<std::sync::Arc<Self>> {
+        Self::versioning(raw, b.path, b.services, b.errors).map(std::sync::Arc::new)
+    }
+
     /// Compiles a `split`.
     pub fn split(
         raw: &RawSplit,

@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::client::PooledSender;
-use super::ActiveRequest;
 use crate::error::GatewayError;
+use crate::pipeline::ActiveRequest;
 use crate::telemetry::access_log::Finish;
 use crate::upstream::InFlight;
 
@@ -287,6 +287,12 @@ pub struct GatewayBody {
     record: Option<Box<crate::policy::cache::record::Recorder>>,
     /// The connection's written count when this body began, when it is paced (HTTP/1).
     pace_base: Option<u64>,
+}
+
+impl From<Bytes> for GatewayBody {
+    fn from(bytes: Bytes) -> Self {
+        GatewayBody::full(bytes)
+    }
 }
 
 impl GatewayBody {

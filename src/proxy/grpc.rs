@@ -6,6 +6,10 @@
 //! frame by frame. Which gRPC code an error becomes is decided in `error.rs`.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Response;
+
+use super::body::GatewayBody;
+use crate::error::GatewayError;
 
 /// `grpc-status`.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -40,6 +44,22 @@ pub fn encode_message(message: &str) -> HeaderValue {
         }
     }
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("gateway error"))
+}
+
+/// The answer to a gRPC call: HTTP 200, trailers-only, with `grpc-status` and a
+/// `grpc-message` naming the stable error code, so gRPC clients see a status instead of
+/// failing to parse a JSON body.
+pub fn error_response(error: &GatewayError) -> Response<GatewayBody> {
+    let code = error.kind().code;
+    let mut resp = Response::new(GatewayBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, HeaderValue::from(error.grpc_code()));
+    h.insert(GRPC_MESSAGE, encode_message(&format!("{code}: {error}")));
+    resp
 }
 
 #[cfg(test)]

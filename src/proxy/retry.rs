@@ -23,11 +23,11 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::body::{GatewayBody, RequestBody};
 use super::client::{self, Sent};
-use super::LogDraft;
 use crate::config::plan::Route;
 use crate::error::Failure;
 use crate::error::GatewayError;
-use crate::telemetry::trace::{ClientSpan, Trace};
+use crate::telemetry::access_log::Finish;
+use crate::telemetry::trace::{Called, ClientSpan, Trace};
 use crate::upstream::breaker::{CircuitBreaker, Permit};
 use crate::upstream::config::{RawFallback, RawRetry, RawRetryOn};
 use crate::upstream::outlier::{self, Outcome};
@@ -341,7 +341,7 @@ pub(crate) async fn forward(
     f: &Forward<'_>,
     mut parts: Parts,
     body: RequestBody,
-    draft: Option<&mut LogDraft>,
+    draft: Option<&mut Finish>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
     let (service, route) = (f.service, f.how);
@@ -382,8 +382,8 @@ pub(crate) async fn forward(
         record(service, index, outcome(&result));
         service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft {
-            d.finish.target = Some(Arc::clone(target));
-            d.finish.upstream_duration = Some(took);
+            d.target = Some(Arc::clone(&target.url));
+            d.upstream_duration = Some(took);
         }
         return result.map(|sent| Answer { sent, in_flight });
     };
@@ -398,7 +398,7 @@ async fn forward_retrying(
     policy: &RetryPolicy,
     parts: Parts,
     body: RequestBody,
-    mut draft: Option<&mut LogDraft>,
+    mut draft: Option<&mut Finish>,
 ) -> Result<Answer, GatewayError> {
     use hyper::body::Body as _;
     let (service, route) = (f.service, f.how);
@@ -450,9 +450,9 @@ async fn forward_retrying(
         record(service, index, outcome(&result));
         service.metrics.upstream_duration.observe(took);
         if let Some(d) = draft.as_deref_mut() {
-            d.finish.target = Some(Arc::clone(target));
-            d.finish.upstream_duration = Some(took);
-            d.finish.retries = tries - 1;
+            d.target = Some(Arc::clone(&target.url));
+            d.upstream_duration = Some(took);
+            d.retries = tries - 1;
         }
         if tries < policy.attempts && policy.retryable(&result, replay_ok) {
             let pause = policy.backoff(tries);
@@ -505,7 +505,12 @@ pub(crate) fn end_span(
             Ok(sent) => Ok(sent.response.status().as_u16()),
             Err(e) => Err(e.kind().code),
         };
-        span.end(Some((target, path.as_str())), outcome);
+        let called = Called {
+            url: &target.url,
+            authority: target.authority.as_bytes(),
+            path: path.as_str(),
+        };
+        span.end(Some(called), outcome);
     }
 }
 

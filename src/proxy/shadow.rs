@@ -22,7 +22,7 @@ use crate::upstream::Service;
 pub const X_PORTICO_SHADOW: http::HeaderName = http::HeaderName::from_static("x-portico-shadow");
 
 /// What the copy needs from the real request.
-pub(super) struct MirrorOf<'a> {
+pub(crate) struct MirrorOf<'a> {
     pub parts: &'a Parts,
     pub client_ip: IpAddr,
     pub client_host: Option<&'a HeaderValue>,
@@ -33,7 +33,7 @@ pub(super) struct MirrorOf<'a> {
 
 /// Mirrors the request when the policy samples it and its body is small and of known length.
 /// Returns the body to send to the real upstream (buffered when it was copied).
-pub(super) async fn maybe_mirror(
+pub(crate) async fn maybe_mirror(
     policy: &Arc<ShadowPolicy>,
     service: &Arc<Service>,
     copy: MirrorOf<'_>,

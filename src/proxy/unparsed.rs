@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 use http::Method;
 
 use super::headers;
-use super::ConnCtx;
 use crate::error::GatewayError;
+use crate::pipeline::ConnCtx;
 use crate::telemetry::access_log::{Finish, RequestText};
 
 /// Why hyper refused the request, as told by the status of its canned answer.

@@ -192,7 +192,7 @@ struct StartupSettings {
     listen: Vec<String>,
     tls_listen: Vec<String>,
     redirect_port: Option<u16>,
-    http2: crate::server::http2::RawHttp2,
+    http2: crate::config::http2::RawHttp2,
     workers: usize,
     log_level: String,
     log_format: crate::telemetry::app_log::LogFormat,

@@ -17,7 +17,6 @@ use crate::runtime::Runtime;
 
 mod conn;
 pub mod handoff;
-pub mod http2;
 mod tls;
 
 /// What a listener serves.

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{drive, Builders, ConnIo, Watched, H1_CLOSE_WINDOW};
-use crate::proxy::{ConnCtx, ProxyService};
+use crate::pipeline::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
 use crate::tls::{ClientCert, TlsConn};
 
@@ -109,7 +109,7 @@ pub async fn serve_redirect(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The watchdog closes connections that start no request: count this one.
         counted.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = crate::tls::https_redirect(&req, port).unwrap_or_else(|e| {
+        let resp = crate::pipeline::https_redirect(&req, port).unwrap_or_else(|e| {
             let id = crate::proxy::headers::new_request_id();
             e.to_response(Some(&id))
         });
@@ -133,7 +133,7 @@ mod tests {
         if let Some(h) = host {
             req = req.header(header::HOST, h);
         }
-        let resp = crate::tls::https_redirect(&req.body(()).unwrap(), port)
+        let resp = crate::pipeline::https_redirect(&req.body(()).unwrap(), port)
             .unwrap_or_else(|e| e.to_response(None));
         let loc = resp
             .headers()

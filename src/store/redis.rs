@@ -25,8 +25,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::units::Dur;
-use crate::config::ConfigError;
+use crate::spec::units::Dur;
+use crate::spec::ConfigError;
 
 /// How often a failing store is logged (with the count of failures since the last line).
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
-
-use crate::config::plan::AccessLogSettings;
-use crate::config::raw::AccessLogFormat;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Lines queued before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -70,7 +69,7 @@ pub struct Finish {
     /// The authenticated consumer (or token subject); never a credential.
     pub consumer: Option<Arc<str>>,
     /// The target the request went to.
-    pub target: Option<Arc<crate::upstream::Target>>,
+    pub target: Option<Arc<str>>,
     /// Response status.
     pub status: u16,
     /// The gateway's error code when the gateway answered itself.
@@ -91,6 +90,27 @@ pub struct Finish {
     pub trace_id: [u8; 16],
     /// The gateway's server span id in that trace.
     pub span_id: [u8; 8],
+}
+
+/// Access log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    /// On or off.
+    pub enabled: bool,
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// `stdout`, `stderr` or a file path.
+    pub path: String,
+}
+
+/// Access log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// NCSA common log format.
+    Common,
 }
 
 /// The most bytes of one client-supplied field (path, query, a header value) that a log line
@@ -193,6 +213,38 @@ impl RequestText {
 }
 
 impl Finish {
+    /// A record of a request that arrived at `start`, its outcome still to be filled in.
+    pub fn new(
+        logger: Arc<AccessLogger>,
+        start: Instant,
+        text: RequestText,
+        client_ip: IpAddr,
+        trace: (&[u8; 16], &[u8; 8]),
+    ) -> Box<Self> {
+        Box::new(Finish {
+            logger,
+            start,
+            timestamp: SystemTime::now(),
+            text,
+            client_ip,
+            method: Method::GET,
+            route: None,
+            service: None,
+            consumer: None,
+            target: None,
+            status: 0,
+            error: None,
+            request_bytes: 0,
+            upstream_duration: None,
+            cache: None,
+            grpc_status: None,
+            retries: 0,
+            rate_limit: None,
+            trace_id: *trace.0,
+            span_id: *trace.1,
+        })
+    }
+
     /// Queues the line. `sent` is the response body size, `complete` whether it was sent whole.
     pub fn write(self: Box<Self>, sent: u64, complete: bool) {
         let logger = Arc::clone(&self.logger);
@@ -311,7 +363,7 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         ("route", f.route.as_deref()),
         ("service", f.service.as_deref()),
         ("consumer", f.consumer.as_deref()),
-        ("upstream", f.target.as_deref().map(|t| t.url.as_str())),
+        ("upstream", f.target.as_deref()),
         ("error", f.error),
         ("cache", f.cache),
         ("rate_limit", f.rate_limit),

@@ -602,94 +602,53 @@ pub fn counter_family<L: EncodeLabelSet>(
     Ok(())
 }
 
-/// The whole `/metrics` answer: the recorded series, then the state read now (health,
-/// breakers, connections, config), then `# EOF`.
-pub fn scrape(runtime: &crate::runtime::Runtime) -> String {
+/// The whole `/metrics` answer: the recorded series of `metrics`, then `state` (read by the
+/// admin listener at scrape time), then `# EOF`.
+pub fn encode_scrape(metrics: &Metrics, state: StateNow) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let mut state = Registry::with_prefix("portico");
-    state.register_collector(Box::new(StateNow::read(runtime)));
+    let mut registry = Registry::with_prefix("portico");
+    registry.register_collector(Box::new(state));
     // Writing to a String cannot fail.
-    let _ = runtime.metrics.encode(&mut out);
-    let _ = prometheus_client::encoding::text::encode_registry(&mut out, &state);
+    let _ = metrics.encode(&mut out);
+    let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
     let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
 }
 
 /// A target's state at scrape time.
 #[derive(Debug)]
-struct TargetNow {
-    service: Arc<str>,
-    url: Arc<str>,
-    connections: usize,
-    in_flight: usize,
-    healthy: bool,
-    ejected: bool,
+pub struct TargetNow {
+    /// Its service.
+    pub service: Arc<str>,
+    /// Its URL.
+    pub url: Arc<str>,
+    /// Open connections (the pool's size).
+    pub connections: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Passing health checks.
+    pub healthy: bool,
+    /// Ejected by outlier detection.
+    pub ejected: bool,
 }
 
 /// A snapshot of the state that lives outside the registry, taken at scrape time.
 #[derive(Debug)]
-struct StateNow {
-    revision: u64,
-    started: f64,
-    client_connections: usize,
-    access_log_dropped: u64,
-    targets: Vec<TargetNow>,
+pub struct StateNow {
+    /// The config revision serving.
+    pub revision: u64,
+    /// Process start, in seconds since the epoch.
+    pub started: f64,
+    /// Open client connections.
+    pub client_connections: usize,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: u64,
+    /// Every target.
+    pub targets: Vec<TargetNow>,
     /// Spans exported, failed and dropped by the OTLP exporter, when export is on.
-    spans: Option<crate::telemetry::trace::export::ExportStats>,
-    /// (breaker name, state)
-    breakers: Vec<(Arc<str>, &'static str)>,
-}
-
-impl StateNow {
-    fn read(runtime: &crate::runtime::Runtime) -> Self {
-        use crate::upstream::breaker::BreakerState;
-        let active = runtime.active();
-        let plan = &active.plan;
-        let mut targets = Vec::new();
-        let mut breakers = Vec::new();
-        let state_name = |s: BreakerState| match s {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        };
-        for s in &plan.services {
-            for t in &s.targets {
-                let h = t.state.snapshot();
-                targets.push(TargetNow {
-                    service: Arc::clone(&s.name),
-                    url: Arc::from(t.url.as_str()),
-                    connections: t.state.connections.load(Ordering::Relaxed),
-                    in_flight: t.in_flight.load(Ordering::Relaxed),
-                    healthy: h.healthy,
-                    ejected: h.ejected_for.is_some(),
-                });
-            }
-            if let Some(b) = &s.breaker {
-                breakers.push((Arc::clone(&b.name), state_name(b.state())));
-            }
-        }
-        for r in &plan.routes {
-            if let Some(b) = &r.resilience.breaker {
-                breakers.push((Arc::clone(&b.name), state_name(b.state())));
-            }
-        }
-        let started = std::time::SystemTime::now()
-            .checked_sub(runtime.started.elapsed())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0.0, |d| d.as_secs_f64().floor());
-        Self {
-            revision: active.revision,
-            started,
-            client_connections: runtime.connections.load(Ordering::Relaxed),
-            access_log_dropped: active
-                .access_log
-                .as_ref()
-                .map_or(0, |l| l.dropped.load(Ordering::Relaxed)),
-            targets,
-            spans: active.tracer.as_ref().map(|t| t.stats()),
-            breakers,
-        }
-    }
+    pub spans: Option<crate::telemetry::trace::export::ExportStats>,
+    /// (breaker name, state: `closed`, `open`, `half_open`)
+    pub breakers: Vec<(Arc<str>, &'static str)>,
 }
 
 impl prometheus_client::collector::Collector for StateNow {

@@ -26,7 +26,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The bytes of a PEM file: only a regular file, of at most 1 MiB (a CA bundle is a few hundred
 /// KiB), so a path to a FIFO or `/dev/zero` fails the load instead of hanging or filling memory.
 fn read_pem(path: &str) -> Result<Vec<u8>, String> {
-    crate::config::expand::read_regular_bytes(path, crate::config::expand::MAX_FILE_BYTES)
+    crate::spec::expand::read_regular_bytes(path, crate::spec::expand::MAX_FILE_BYTES)
         .map_err(|e| format!("cannot read `{path}`: {e}"))
 }
 

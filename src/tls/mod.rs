@@ -12,13 +12,9 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::HeaderName;
 
-use crate::error::GatewayError;
-use crate::proxy::body::GatewayBody;
-
-use crate::config::ConfigError;
+use crate::spec::ConfigError;
 use config::RawTls;
 pub use identity::ClientCert;
 
@@ -105,31 +101,6 @@ pub fn validate(raw: &RawTls, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// The PEM files a config refers to (listener and upstream), for the reload fingerprint.
-pub fn referenced_files(raw: &crate::config::raw::RawConfig) -> Vec<&str> {
-    let mut files = Vec::new();
-    if let Some(tls) = &raw.tls {
-        for c in &tls.certificates {
-            files.push(c.cert.as_str());
-            files.push(c.key.as_str());
-        }
-        if let Some(ca) = &tls.client_auth {
-            files.extend(ca.ca.iter().map(String::as_str));
-        }
-    }
-    for svc in raw.services.values() {
-        if let Some(t) = &svc.tls {
-            files.extend(
-                [&t.ca, &t.client_cert, &t.client_key]
-                    .into_iter()
-                    .flatten()
-                    .map(String::as_str),
-            );
-        }
-    }
-    files
-}
-
 /// What a connection's TLS handshake established, kept with the connection.
 #[derive(Debug, Default)]
 pub struct TlsConn {
@@ -137,48 +108,4 @@ pub struct TlsConn {
     pub client_cert: Option<ClientCert>,
     /// Its forwarded-header value, computed once per connection.
     pub forward_value: Option<http::HeaderValue>,
-}
-
-/// Modification time and size of every PEM file the config refers to: the control loop
-/// compares them once a second and reloads when a certificate was renewed in place.
-pub fn file_stamps(
-    raw: &crate::config::raw::RawConfig,
-) -> Vec<Option<(std::time::SystemTime, u64)>> {
-    referenced_files(raw)
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(p).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
-        .collect()
-}
-
-/// The 308 answer for `req`: same host (its port replaced), path and query, on `https://`.
-/// Without a Host (HTTP/1.0) there is nowhere to send the client: 400.
-pub fn https_redirect<B>(
-    req: &Request<B>,
-    port: u16,
-) -> Result<Response<GatewayBody>, GatewayError> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
-        return Err(GatewayError::BadRequest(
-            "a Host header is required to redirect to https",
-        ));
-    };
-    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let location = if port == 443 {
-        format!("https://{}{path}", host.host())
-    } else {
-        format!("https://{}:{port}{path}", host.host())
-    };
-    let mut resp = Response::new(GatewayBody::full(Bytes::new()));
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
 }

@@ -183,14 +183,15 @@ impl ServiceTls {
     /// `None` when it has none or its files do not load (reported in `errors`).
     pub fn for_service(
         name: &str,
-        svc: &crate::config::raw::RawService,
-        errors: &mut Vec<crate::config::ConfigError>,
+        has_https_targets: bool,
+        tls: Option<&RawUpstreamTls>,
+        errors: &mut Vec<crate::spec::ConfigError>,
     ) -> Option<Self> {
-        if !svc.targets.iter().any(|t| t.url.starts_with("https://")) {
+        if !has_https_targets {
             return None;
         }
         let default = RawUpstreamTls::default();
-        let raw = svc.tls.as_ref().unwrap_or(&default);
+        let raw = tls.unwrap_or(&default);
         if raw.insecure_skip_verify {
             tracing::warn!(
                 service = name,
@@ -206,7 +207,7 @@ impl ServiceTls {
                 } else {
                     format!("services.{name}.tls.{field}")
                 };
-                errors.push(crate::config::ConfigError::new(at, message));
+                errors.push(crate::spec::ConfigError::new(at, message));
                 None
             }
         }

@@ -297,7 +297,7 @@ mod tests {
             .map(|(i, w)| {
                 Arc::new(Target {
                     id: i as u64,
-                    url: format!("http://10.0.0.{i}:80"),
+                    url: format!("http://10.0.0.{i}:80").into(),
                     authority: http::HeaderValue::from_static("x"),
                     address: Address::Ip(([127, 0, 0, 1], 1).into()),
                     protocol: Protocol::Http1,
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn consistent_hash_is_sticky_and_spreads() {
         let t = targets(&[1, 1, 1]);
-        let urls: Vec<(String, u32)> = t.iter().map(|t| (t.url.clone(), 1)).collect();
+        let urls: Vec<(String, u32)> = t.iter().map(|t| (t.url.to_string(), 1)).collect();
         let b = Balancer::consistent_hash(HashOn::Header(HeaderName::from_static("x-user")), &urls);
         let mut seen = [0; 3];
         for user in 0..300 {
@@ -372,7 +372,7 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         let t = targets(&[1, 1, 1]);
         t[1].state.healthy.store(false, Relaxed);
-        let urls: Vec<(String, u32)> = t.iter().map(|t| (t.url.clone(), 1)).collect();
+        let urls: Vec<(String, u32)> = t.iter().map(|t| (t.url.to_string(), 1)).collect();
         let hash = Balancer::consistent_hash(HashOn::ClientIp, &urls);
         for b in [
             Balancer::round_robin(&[1, 1, 1]),

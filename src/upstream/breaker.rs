@@ -305,7 +305,7 @@ impl Drop for ConcurrencyGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::units::Dur;
+    use crate::spec::units::Dur;
 
     const S: u64 = 1_000_000_000;
 

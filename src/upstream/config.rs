@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{ByteSize, Dur};
-use crate::config::ConfigError;
+use crate::spec::units::{ByteSize, Dur};
+use crate::spec::ConfigError;
 
 /// An active HTTP health check, run against every target of the service.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -498,7 +498,7 @@ fn validate_retry(r: &RawRetry, at: &dyn Fn(&str) -> String, errs: &mut Vec<Conf
             RawRetryOn::Condition(c) if CONDITIONS.contains(&c.as_str()) => continue,
             RawRetryOn::Condition(c) => format!(
                 "{}, or a status 5xx, 408 or 429",
-                crate::config::suggest::unknown("retry_on condition", c, &CONDITIONS)
+                crate::spec::suggest::unknown("retry_on condition", c, &CONDITIONS)
             ),
         };
         errs.push(ConfigError::new(at(&format!("retry_on[{i}]")), error));

@@ -215,7 +215,7 @@ impl Checker {
                 };
                 let same = old.iter().position(|e| {
                     *e.service == *service.name
-                        && e.url == target.url
+                        && *e.url == *target.url
                         && e.health == service.health_check
                         && e.outlier == service.outlier
                 });
@@ -243,7 +243,7 @@ impl Checker {
                 });
                 inner.targets.push(Entry {
                     service: Arc::clone(&service.name),
-                    url: target.url.clone(),
+                    url: target.url.to_string(),
                     health: service.health_check.clone(),
                     outlier: service.outlier.clone(),
                     state: Arc::clone(&target.state),
@@ -501,6 +501,6 @@ pub fn service_health(service: &Service) -> Vec<(&str, super::state::HealthSnaps
     service
         .targets
         .iter()
-        .map(|t| (t.url.as_str(), t.state.snapshot()))
+        .map(|t| (&*t.url, t.state.snapshot()))
         .collect()
 }

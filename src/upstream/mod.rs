@@ -58,8 +58,8 @@ pub enum Address {
 pub struct Target {
     /// Process-wide id, stable for the same URL across reloads; keys the connection pools.
     pub id: u64,
-    /// The URL as configured, for logs.
-    pub url: String,
+    /// The URL as configured, for logs (shared with log records without copying).
+    pub url: Arc<str>,
     /// `host:port`, the `Host` header sent upstream unless the route preserves the client's.
     pub authority: HeaderValue,
     /// Address to connect to.

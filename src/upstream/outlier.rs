@@ -177,7 +177,7 @@ mod tests {
             .map(|i| {
                 Arc::new(Target {
                     id: i as u64,
-                    url: format!("http://10.0.0.{i}:80"),
+                    url: format!("http://10.0.0.{i}:80").into(),
                     authority: http::HeaderValue::from_static("x"),
                     address: Address::Ip(([127, 0, 0, 1], 1).into()),
                     protocol: Protocol::Http1,

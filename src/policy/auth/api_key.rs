@@ -6,7 +6,7 @@ use http::request::Parts;
 use http::{HeaderName, Uri};
 
 use super::config::RawApiKeySettings;
-use crate::config::ConfigError;
+use crate::spec::ConfigError;
 
 /// Where API keys are read from.
 #[derive(Debug)]

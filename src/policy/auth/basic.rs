@@ -442,7 +442,7 @@ mod tests {
     async fn cached_pairs_expire_after_the_ttl() {
         let reg = registry(&[("alice", argon2_hash("wonderland"))]);
         let auth = BasicAuth::build(&RawBasicSettings {
-            cache_ttl: crate::config::units::Dur(Duration::from_secs(10)),
+            cache_ttl: crate::spec::units::Dur(Duration::from_secs(10)),
             cache_size: 100,
         });
         auth.verify(&reg, "alice", "wonderland").await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::Dur;
+use crate::spec::units::Dur;
 
 /// A consumer: an identity of the gateway (a user, an application, a partner).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::config::{RawApiKey, RawConsumer};
-use crate::config::ConfigError;
+use crate::spec::ConfigError;
 
 /// A declared consumer.
 #[derive(Debug)]
@@ -57,15 +57,15 @@ impl ConsumerRegistry {
             let at = format!("auth.consumers_files[{f}]");
             // Read like the config itself: a regular file of bounded size (a FIFO or a device
             // must not hang a reload), checked for nesting and alias bombs before it is built.
-            let text =
-                match crate::config::expand::read_regular_file(path, MAX_CONSUMERS_FILE_BYTES) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        errors.push(ConfigError::new(at, format!("cannot read `{path}`: {e}")));
-                        continue;
-                    }
-                };
-            if let Err((pos, why)) = crate::config::position::PositionIndex::build(&text) {
+            let text = match crate::spec::expand::read_regular_file(path, MAX_CONSUMERS_FILE_BYTES)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(ConfigError::new(at, format!("cannot read `{path}`: {e}")));
+                    continue;
+                }
+            };
+            if let Err((pos, why)) = crate::spec::position::PositionIndex::build(&text) {
                 errors.push(ConfigError::new(
                     at,
                     format!("{path}:{}:{}: {why}", pos.line, pos.column),

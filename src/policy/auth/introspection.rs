@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::config::{OnIntrospectionError, RawIntrospectionProvider, RawTokenSource};
 use super::jwt_claims::scalar_text;
 use super::{AuthFailure, Verified};
-use crate::config::ConfigError;
+use crate::spec::ConfigError;
 
 /// Largest introspection answer read.
 const MAX_RESPONSE: usize = 64 * 1024;

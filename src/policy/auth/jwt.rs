@@ -39,7 +39,7 @@ use super::config::{RawJwtKey, RawJwtProvider, RawTokenSource};
 use super::jwks::{self, Key, RemoteJwks};
 use super::jwt_claims::ClaimPolicy;
 use super::{AuthFailure, Verified};
-use crate::config::ConfigError;
+use crate::spec::ConfigError;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -505,7 +505,7 @@ fn parse_alg(a: &str) -> Result<Algorithm, String> {
         return Err("`none` (unsigned tokens) is never accepted".to_string());
     }
     a.parse::<Algorithm>().map_err(|_| {
-        crate::config::suggest::unknown(
+        crate::spec::suggest::unknown(
             "algorithm",
             a,
             &[
@@ -562,13 +562,13 @@ fn load_key(
     }
     if let Some(file) = &k.pem_file {
         let text =
-            crate::config::expand::read_regular_file(file, crate::config::expand::MAX_FILE_BYTES)
+            crate::spec::expand::read_regular_file(file, crate::spec::expand::MAX_FILE_BYTES)
                 .map_err(|e| {
-                (
-                    ".pem_file".to_string(),
-                    format!("cannot read `{file}`: {e}"),
-                )
-            })?;
+                    (
+                        ".pem_file".to_string(),
+                        format!("cannot read `{file}`: {e}"),
+                    )
+                })?;
         let key = jwks::key_from_pem(&text, kid, allowed)
             .map_err(|e| (".pem_file".to_string(), format!("`{file}`: {e}")))?;
         key_files.push(text);

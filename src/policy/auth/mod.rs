@@ -25,8 +25,8 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 use rustc_hash::FxHashMap;
 
-use crate::config::ConfigError;
 use crate::error::GatewayError;
+use crate::spec::ConfigError;
 use config::{RawAuth, RawAuthPolicy, RawConsumer};
 pub use consumers::{Consumer, ConsumerRegistry};
 
@@ -270,6 +270,11 @@ pub async fn prefetch_keys(plan: &crate::config::Plan) {
 }
 
 impl AuthPolicy {
+    /// Compiles a route's `auth` entry.
+    pub fn compile(raw: &RawAuthPolicy, b: &mut crate::policy::Build<'_>) -> Option<Arc<Self>> {
+        b.authenticators.policy(raw, b.path, b.errors).map(Arc::new)
+    }
+
     /// Authenticates the request and applies the ACLs. Removes credentials that must not go
     /// upstream (API keys unless `forward`). Never returns a 5xx for bad credentials.
     /// `client_cert` is the certificate the connection's TLS handshake verified, if any.

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{ByteSize, Dur};
+use crate::spec::units::{ByteSize, Dur};
 
 /// The `cache` route policy: store cacheable upstream responses (RFC 9111, shared cache) and
 /// answer later requests from them.

@@ -30,9 +30,9 @@ use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::ConfigError;
 use crate::policy::auth::Identity;
 use crate::proxy::body::GatewayBody;
+use crate::spec::ConfigError;
 use crate::store::redis::{RawRedis, RedisStore};
 use config::{RawCacheKeyPart, RawCachePolicy};
 use entry::{Slot, Stored, VaryRule};
@@ -211,6 +211,23 @@ impl Drop for RefreshGuard {
 }
 
 impl CachePolicy {
+    /// Compiles a `cache` entry: once per place it is written, so the routes inheriting it
+    /// share its entries.
+    pub fn compile(raw: &RawCachePolicy, b: &mut crate::policy::Build<'_>) -> Option<Arc<Self>> {
+        let crate::policy::Build {
+            path,
+            redis,
+            shared,
+            errors,
+            ..
+        } = b;
+        shared
+            .caches
+            .entry(path.to_string())
+            .or_insert_with(|| Self::build(raw, path, *redis, errors).map(Arc::new))
+            .clone()
+    }
+
     /// Compiles a policy; `path` is its config path for errors, `redis` the plan's Redis.
     pub fn build(
         raw: &RawCachePolicy,

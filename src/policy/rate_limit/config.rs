@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::Dur;
+use crate::spec::units::Dur;
 
 /// The `rate_limit` route policy: request-rate limits and/or a concurrency limit per key.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

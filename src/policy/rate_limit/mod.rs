@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
 
-use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::policy::auth::Identity;
+use crate::spec::ConfigError;
 use crate::store::redis::{RawRedis, RedisStore};
 use config::{
     HeaderStyle, MissingKey, OnStoreError, RawKey, RawKeyPart, RawRateLimitPolicy, StoreKind,
@@ -83,6 +83,27 @@ pub struct Admitted {
 }
 
 impl RateLimitPolicy {
+    /// Compiles a `rate_limit` entry: once per place it is written, so the routes inheriting
+    /// it share its counters.
+    pub fn compile(
+        raw: &RawRateLimitPolicy,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<Arc<Self>> {
+        let crate::policy::Build {
+            path,
+            id,
+            redis,
+            shared,
+            errors,
+            ..
+        } = b;
+        shared
+            .rate_limits
+            .entry(path.to_string())
+            .or_insert_with(|| Self::build(raw, path, id, *redis, errors).map(Arc::new))
+            .clone()
+    }
+
     /// Compiles a policy; `path` is its config path for errors, `default_id` names its counters
     /// in Redis unless the policy sets `id`, `redis` is the plan's Redis store.
     pub fn build(

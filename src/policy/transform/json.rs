@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::template::{RequestData, Template};
-use crate::config::units::ByteSize;
-use crate::config::ConfigError;
+use crate::spec::units::ByteSize;
+use crate::spec::ConfigError;
 
 /// What to do with a JSON body over `max_bytes` (or of unknown length).
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

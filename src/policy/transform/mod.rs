@@ -22,9 +22,9 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::proxy::body::{read_whole, RequestBody};
+use crate::spec::ConfigError;
 use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
 use json::{JsonOps, OnOversize};
 pub use template::{CallAnswer, Facts, RequestData, Template};
@@ -107,6 +107,14 @@ const RESERVED: &[&str] = &[
 ];
 
 impl TransformPolicy {
+    /// Compiles a `transform` entry for the route's path captures.
+    pub fn compile(
+        raw: &RawTransformPolicy,
+        b: &mut crate::policy::Build<'_>,
+    ) -> Option<std::sync::Arc<Self>> {
+        Self::build(raw, b.path, b.captures, b.errors).map(std::sync::Arc::new)
+    }
+
     /// Compiles a policy written at `path` for a route whose path has `captures`.
     pub fn build(
         raw: &RawTransformPolicy,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::Dur;
-use crate::config::ConfigError;
+use crate::spec::units::Dur;
+use crate::spec::ConfigError;
 
 /// Distributed tracing.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

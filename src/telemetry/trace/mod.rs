@@ -20,7 +20,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 pub use export::Exporter;
-pub use span::{ClientSpan, ServerSpan};
+pub use span::{Called, ClientSpan, ServerSpan};
 
 /// `traceparent` (W3C Trace Context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -16,6 +16,16 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::{Exporter, Trace};
 
+/// The upstream target a client span called.
+pub struct Called<'a> {
+    /// The target's URL as configured.
+    pub url: &'a str,
+    /// Its `host:port`.
+    pub authority: &'a [u8],
+    /// The path and query sent.
+    pub path: &'a str,
+}
+
 /// The gateway's span for one request (`SpanKind::Server`).
 pub struct ServerSpan {
     exporter: Arc<Exporter>,
@@ -161,13 +171,10 @@ impl ClientSpan {
 
     /// Ends the span with the target called (`None`: none could be picked) and path, the
     /// upstream's status or the gateway's error code when no response came, and queues it.
-    pub fn end(
-        mut self,
-        target: Option<(&crate::upstream::Target, &str)>,
-        outcome: Result<u16, &'static str>,
-    ) {
-        if let Some((target, path)) = target {
-            let authority = String::from_utf8_lossy(target.authority.as_bytes()).into_owned();
+    pub fn end(mut self, target: Option<Called<'_>>, outcome: Result<u16, &'static str>) {
+        if let Some(target) = target {
+            let path = target.path;
+            let authority = String::from_utf8_lossy(target.authority).into_owned();
             let (host, port) = match authority.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), p.parse::<i64>().ok()),
                 None => (authority.clone(), None),

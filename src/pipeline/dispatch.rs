@@ -1,0 +1,141 @@
+//! Dispatch: the request leaves the gateway. An aggregate route fans out to its calls; an
+//! allowed upgrade becomes a tunnel; a shadow copy is mirrored; a stale cache entry may answer
+//! while a refresh goes on alone; otherwise the request is forwarded, with retries.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::Request;
+
+use super::ctx::RequestCtx;
+use super::Exit;
+use crate::config::plan::Route;
+use crate::error::GatewayError;
+use crate::policy::cache;
+use crate::proxy::body::RequestBody;
+use crate::proxy::{retry, shadow, upgrade};
+use crate::upstream::Service;
+
+/// Sends the request upstream; the upstream's answer, or the gateway's.
+pub(super) async fn run(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    mut parts: Parts,
+    body: RequestBody,
+) -> Result<retry::Answer, Exit> {
+    let plan = cx.plan;
+    let target_path = cx
+        .upstream_target
+        .take()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some(aggregate) = &route.policies.aggregate {
+        drop(body);
+        let facts = cx.facts(target_path.query());
+        let answer = aggregate.run(
+            &plan.services,
+            &parts.headers,
+            &facts,
+            cx.client_ip,
+            route.timeout,
+            &cx.trace,
+        );
+        return Err(answer.await.into());
+    }
+    let Some(service) = cx.service else {
+        return Err(GatewayError::Unavailable("no service").into());
+    };
+    let body = match &route.policies.shadow {
+        Some(policy) if cx.upgrade.is_none() => {
+            // The mirrored copy is a call of its own (the main one is stamped again).
+            cx.trace.stamp(&mut parts.headers);
+            let copy = shadow::MirrorOf {
+                parts: &parts,
+                client_ip: cx.client_ip,
+                client_host: cx.client_host.as_ref(),
+                new_path: &target_path,
+                preserve_host: route.preserve_host,
+                timeout: route.timeout,
+            };
+            shadow::maybe_mirror(policy, &plan.services[policy.service], copy, body).await?
+        }
+        _ => body,
+    };
+    if let Some(client_upgrade) = cx.upgrade.take() {
+        drop(body);
+        return Err(tunnel(cx, route, service, parts, &target_path, client_upgrade).await);
+    }
+    if let Some(stale) = cx.cache.as_mut().and_then(cache::Fill::take_background) {
+        refresh_in_background(cx, route, service, parts, body, &target_path)?;
+        return Err(Exit::Respond(stale));
+    }
+    let forward = retry::Forward {
+        service,
+        how: retry::How::route(route),
+        client_ip: cx.client_ip,
+        client_host: cx.client_host.take(),
+        new_path: target_path,
+        trace: &cx.trace,
+        call: None,
+    };
+    let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
+    if let Some(permit) = cx.permit.take() {
+        retry::settle(permit, &result);
+    }
+    match result {
+        Ok(answer) => Ok(answer),
+        // stale-if-error: a stale entry may answer instead.
+        Err(e) => Err(match cx.cache.take() {
+            Some(fill) => fill.upstream_failed(e).into(),
+            None => e.into(),
+        }),
+    }
+}
+
+/// An allowed protocol upgrade: the exchange becomes a tunnel to one target.
+async fn tunnel(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    service: &Arc<Service>,
+    mut parts: Parts,
+    target_path: &PathAndQuery,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Exit {
+    let Some(index) = service.pick(&parts.headers, cx.client_ip, None) else {
+        return GatewayError::NoHealthyUpstream(Arc::clone(&service.name)).into();
+    };
+    let target = &service.targets[index];
+    if let Some(log) = cx.log.as_deref_mut() {
+        log.target = Some(Arc::clone(&target.url));
+    }
+    cx.trace.stamp(&mut parts.headers);
+    let host = cx.client_host.as_ref();
+    if let Err(e) = retry::prepare(&mut parts, target, route.preserve_host, host, target_path) {
+        return e.into();
+    }
+    let req = Request::from_parts(parts, RequestBody::empty());
+    let tunnel = upgrade::proxy_upgrade(service, target, req, client_upgrade, route.timeout);
+    Box::pin(tunnel).await.into()
+}
+
+/// stale-while-revalidate: the client has its answer; the refresh goes on alone, to one
+/// target, without retries.
+fn refresh_in_background(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    service: &Arc<Service>,
+    mut parts: Parts,
+    body: RequestBody,
+    target_path: &PathAndQuery,
+) -> Result<(), GatewayError> {
+    let picked = service.pick(&parts.headers, cx.client_ip, None);
+    if let (Some(fill), Some(index)) = (cx.cache.take(), picked) {
+        let target = Arc::clone(&service.targets[index]);
+        cx.trace.stamp(&mut parts.headers);
+        let host = cx.client_host.as_ref();
+        retry::prepare(&mut parts, &target, route.preserve_host, host, target_path)?;
+        let upstream_req = Request::from_parts(parts, body);
+        fill.refresh_in_background(Arc::clone(service), target, upstream_req, route.timeout);
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Finish: the gateway's own answer for an error, then what every response carries out: the
+//! request id, the metrics and the access-log record (completed when the body ends), the
+//! server span, and the connection's accounting.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Response, Version};
+
+use super::conn::{ActiveRequest, ConnCtx};
+use super::ctx::RequestCtx;
+use super::Exit;
+use crate::error::{Denial, GatewayError};
+use crate::policy::cache;
+use crate::proxy::body::GatewayBody;
+use crate::proxy::grpc;
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::telemetry::access_log::rfc3339;
+use crate::telemetry::metrics::{Measure, RecentError, RouteMetrics};
+
+/// The response for the phases' `result`, with everything the end of its body must do.
+pub(super) fn run(
+    cx: RequestCtx<'_>,
+    result: Result<Response<GatewayBody>, Exit>,
+    guard: ActiveRequest,
+) -> Response<GatewayBody> {
+    let RequestCtx {
+        conn,
+        plan,
+        request_id,
+        start,
+        method,
+        version,
+        grpc,
+        request_bytes,
+        target,
+        span,
+        log,
+        route,
+        ..
+    } = cx;
+    let (mut log, mut span) = (log, span);
+    let route_metrics = plan.raw.metrics.enabled.then(|| match route {
+        Some(i) => &plan.routes[i].metrics,
+        None => &conn.runtime.metrics.unmatched,
+    });
+    let mut error_code = None;
+    let mut resp = match result {
+        Ok(resp) | Err(Exit::Respond(resp)) => resp,
+        Err(Exit::Fail(e)) => {
+            let kind = e.kind();
+            error_code = Some(kind.code);
+            if let Some(log) = log.as_deref_mut() {
+                log.error = error_code;
+                log.rate_limit = match kind.denial {
+                    Some(Denial::RateLimit("store_unavailable")) => Some("unavailable"),
+                    Some(Denial::RateLimit(_)) => Some("rejected"),
+                    _ => log.rate_limit,
+                };
+            }
+            if let Some(m) = route_metrics {
+                m.refused(&e);
+            }
+            if let Some(s) = span.as_deref_mut() {
+                s.error = Some(kind.code);
+            }
+            answer(&e, grpc, &request_id)
+        }
+    };
+    if conn.draining.load(Ordering::Relaxed) && version == Version::HTTP_11 {
+        // hyper closes the connection after a response saying so: the client opens a new one
+        // instead of racing a close of its idle connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = resp.status().as_u16();
+    let cache_status = resp
+        .extensions()
+        .get::<cache::CacheStatus>()
+        .map(|s| s.as_str());
+    // Trailers-only gRPC answers carry the status in the head; others in the trailers, which
+    // the body records when they pass.
+    let grpc_status = if grpc {
+        grpc::status_of(resp.headers())
+    } else {
+        None
+    };
+    if let Some(m) = route_metrics {
+        let recorded = Recorded {
+            request_id: &request_id,
+            routed: route.is_some(),
+            method: &method,
+            target,
+            status,
+            error: error_code,
+            cache: cache_status,
+            grpc_status,
+        };
+        record(m, conn, recorded);
+        resp.body_mut().set_measure(Measure {
+            route: Arc::clone(m),
+            start,
+            request_bytes,
+            grpc: grpc && grpc_status.is_none(),
+        });
+    }
+    if let Some(mut log) = log {
+        log.status = status;
+        log.cache = cache_status;
+        log.grpc_status = grpc_status;
+        resp.body_mut().set_finish(log);
+    }
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if let Some(mut s) = span {
+        s.status = status;
+        resp.body_mut().set_span(s);
+    }
+    resp.body_mut()
+        .set_active(guard, version <= Version::HTTP_11);
+    resp
+}
+
+/// The gateway's answer for `error`: JSON, or trailers-only for a gRPC call.
+fn answer(error: &GatewayError, grpc: bool, request_id: &HeaderValue) -> Response<GatewayBody> {
+    if grpc {
+        grpc::error_response(error)
+    } else {
+        error.to_response(Some(request_id))
+    }
+}
+
+/// What the metrics record of a response, besides its body's measure.
+struct Recorded<'a> {
+    request_id: &'a HeaderValue,
+    routed: bool,
+    method: &'a Method,
+    target: Option<PathAndQuery>,
+    status: u16,
+    error: Option<&'static str>,
+    cache: Option<&'static str>,
+    grpc_status: Option<u16>,
+}
+
+/// Counts the response on its route's series; an error goes to the recent-errors list.
+fn record(m: &Arc<RouteMetrics>, conn: &ConnCtx, r: Recorded<'_>) {
+    m.count(r.method, r.status);
+    if let Some(c) = r.cache {
+        m.cache(c);
+    }
+    if let Some(code) = r.grpc_status {
+        m.grpc(code);
+    }
+    if r.error.is_some() || r.status >= 500 {
+        conn.runtime.metrics.note_error(RecentError {
+            time: rfc3339(SystemTime::now()),
+            request_id: String::from_utf8_lossy(r.request_id.as_bytes()).into_owned(),
+            route: r.routed.then(|| m.route().to_string()),
+            service: r.routed.then(|| m.service().to_string()),
+            method: r.method.to_string(),
+            path: r
+                .target
+                .map_or_else(String::new, |p| p.path().chars().take(200).collect()),
+            status: r.status,
+            error: r.error,
+        });
+    }
+}

@@ -1,0 +1,135 @@
+//! The request path: one [`RequestCtx`] per request, carried through the phases in lifecycle
+//! order. Each phase is a file; each takes the context and the request and either lets the
+//! request go on or ends it with an answer ([`Exit`]). The phase list in [`run`] is the one
+//! place that says what runs when (docs/architecture.md and docs/request-lifecycle.md draw it).
+//!
+//! Policies stay in their folders under `policy/`; a phase calls the route's typed slot, so the
+//! hot path pays one `Option` check per unused policy and no boxed call.
+
+// An early answer travels as `Err(Exit::Respond(..))` by value: the `Ok` path, taken by almost
+// every request, carries nothing, and boxing would allocate for every cache hit or preflight.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
+mod admit;
+mod authenticate;
+mod cache;
+pub mod conn;
+mod ctx;
+mod dispatch;
+mod finish;
+mod prepare;
+mod protect;
+mod rate_limit;
+mod respond;
+mod traffic;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+pub use admit::https_redirect;
+pub use conn::{ActiveRequest, ConnCtx, ProxyService, WriteFlow};
+pub(crate) use ctx::RequestCtx;
+
+use crate::error::GatewayError;
+use crate::policy;
+use crate::proxy::body::GatewayBody;
+
+/// How a phase ends a request early.
+pub(crate) enum Exit {
+    /// With this answer (a cache hit, a CORS preflight, a redirect, an aggregate's merge).
+    Respond(Response<GatewayBody>),
+    /// With the gateway's error answer.
+    Fail(GatewayError),
+}
+
+impl From<GatewayError> for Exit {
+    fn from(e: GatewayError) -> Self {
+        Exit::Fail(e)
+    }
+}
+
+impl From<Result<Response<GatewayBody>, GatewayError>> for Exit {
+    fn from(r: Result<Response<GatewayBody>, GatewayError>) -> Self {
+        match r {
+            Ok(resp) => Exit::Respond(resp),
+            Err(e) => Exit::Fail(e),
+        }
+    }
+}
+
+crate::policy::policies! {
+    /// Authenticate the request (JWT, API key, basic auth, token introspection) and apply ACLs.
+    auth: Auth(policy::auth::config::RawAuthPolicy) => policy::auth::AuthPolicy
+        = policy::auth::AuthPolicy::compile,
+    /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
+    /// route, header).
+    rate_limit: RateLimit(policy::rate_limit::config::RawRateLimitPolicy)
+        => policy::rate_limit::RateLimitPolicy = policy::rate_limit::RateLimitPolicy::compile,
+    /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
+    cache: Cache(policy::cache::config::RawCachePolicy) => policy::cache::CachePolicy
+        = policy::cache::CachePolicy::compile,
+    /// Change the request (headers, query, path, method, body) and the response.
+    transform: Transform(Box<policy::transform::config::RawTransformPolicy>)
+        => policy::transform::TransformPolicy = policy::transform::TransformPolicy::compile,
+    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
+    cors: Cors(Box<policy::cors::RawCors>) => policy::cors::CorsPolicy
+        = policy::cors::CorsPolicy::compile,
+    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
+    ip_filter: IpFilter(policy::ip_filter::RawIpFilter) => policy::ip_filter::IpFilter
+        = policy::ip_filter::IpFilter::compile,
+    /// Split traffic between services by weight (canary), optionally sticky.
+    split: Split(policy::traffic::RawSplit) => policy::traffic::TrafficPolicy
+        = policy::traffic::TrafficPolicy::compile_split,
+    /// Route to a service by API version (path, header, media type or query).
+    versioning: Versioning(policy::traffic::RawVersioning) => policy::traffic::TrafficPolicy
+        = policy::traffic::TrafficPolicy::compile_versioning,
+    /// Mirror a percentage of requests to another service (responses discarded).
+    shadow: Shadow(policy::shadow::RawShadow) => policy::shadow::ShadowPolicy
+        = policy::shadow::ShadowPolicy::compile,
+    /// Answer the route by calling several services and merging their JSON (BFF).
+    aggregate: Aggregate(Box<crate::aggregate::RawAggregate>) => crate::aggregate::AggregatePolicy
+        = crate::aggregate::AggregatePolicy::compile,
+    /// Answer the route at the gateway with a fixed status, body and headers (maintenance,
+    /// stubs); the upstream is not called.
+    request_termination: RequestTermination(policy::request_termination::RawRequestTermination)
+        => policy::request_termination::RequestTermination
+        = policy::request_termination::RequestTermination::compile,
+}
+
+/// Serves one request: never fails (errors become answers in `finish`).
+pub(crate) async fn handle(
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Infallible> {
+    // The context borrows the connection; the guard goes with the response body.
+    let guard = ActiveRequest::start(Arc::clone(&conn));
+    let active = conn.runtime.active();
+    let mut cx = RequestCtx::new(&conn, &active, &req);
+    let result = run(&mut cx, req).await;
+    Ok(finish::run(cx, result, guard))
+}
+
+/// The phase list, in lifecycle order.
+async fn run(
+    cx: &mut RequestCtx<'_>,
+    mut req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Exit> {
+    let route = admit::run(cx, &mut req)?;
+    let (mut parts, body) = req.into_parts();
+    authenticate::run(cx, route, &mut parts).await?;
+    traffic::run(cx, route, &parts)?;
+    rate_limit::run(cx, route, &parts).await?;
+    if let Some(answer) =
+        (route.policies.request_termination.as_ref()).and_then(|t| t.answer(&parts))
+    {
+        return Ok(answer);
+    }
+    cache::run(cx, route, &mut parts).await?;
+    protect::run(cx, route)?;
+    let body = prepare::run(cx, route, &mut parts, body).await?;
+    let answer = dispatch::run(cx, route, parts, body).await?;
+    Ok(respond::run(cx, route, answer).await?)
+}

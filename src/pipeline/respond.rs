@@ -1,0 +1,75 @@
+//! The upstream's response on its way back: hop-by-hop headers removed, the response work
+//! decided on the way in applied (transform, CORS, version and rate-limit headers, `Via`), the
+//! body wrapped with what must happen when it ends, and the cache given its copy.
+
+use http::{header, Response, StatusCode, Version};
+
+use super::ctx::RequestCtx;
+use crate::config::plan::Route;
+use crate::error::GatewayError;
+use crate::proxy::body::{Epilogue, GatewayBody};
+use crate::proxy::{headers, retry};
+
+/// The client's response from the upstream's answer.
+pub(super) async fn run(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    answer: retry::Answer,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let retry::Answer { sent, in_flight } = answer;
+    let (mut parts, incoming) = sent.response.into_parts();
+    // The version is hop-by-hop: an HTTP/1.0 upstream's answer goes to an HTTP/1.1 client as
+    // HTTP/1.1 (hyper would otherwise write `HTTP/1.0` and treat the connection as such).
+    parts.version = Version::HTTP_11;
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // No upgrade was forwarded on this request: relaying the switch would turn the client
+        // connection into a tunnel to the upstream that no route or policy sees.
+        return Err(GatewayError::UpstreamProtocol(
+            "the upstream switched protocols (101) although no upgrade was requested".into(),
+        ));
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let (Some(t), Some(rendered)) = (&route.policies.transform, cx.response_headers.take()) {
+        t.apply_response(&mut parts.headers, rendered);
+    }
+    if let (Some(c), Some(origin)) = (&route.policies.cors, cx.cors_origin.take()) {
+        c.apply(&mut parts.headers, origin);
+    }
+    for (name, value) in cx.version_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let incoming = match &route.policies.transform {
+        Some(t) if t.has_response_body() => {
+            t.response_body(&mut parts.headers, incoming, route.timeout)
+                .await?
+        }
+        _ => Err(incoming),
+    };
+    let mut concurrency = None;
+    if let Some(admitted) = cx.admitted.take() {
+        for (k, v) in admitted.headers {
+            parts.headers.insert(k, v);
+        }
+        concurrency = admitted.slot;
+    }
+    if let Some(via) = &cx.plan.forwarding.via {
+        parts.headers.append(header::VIA, via.clone());
+    }
+    let epilogue = Epilogue {
+        pooled: sent.pooled,
+        in_flight: Some(in_flight),
+        concurrency,
+        service_slot: cx.service_slot.take(),
+        ..Epilogue::default()
+    };
+    let idle = cx.service.map_or(route.timeout, |s| s.timeouts.idle);
+    let body = match incoming {
+        Ok(rewritten) => GatewayBody::full_with(rewritten, epilogue),
+        Err(incoming) => GatewayBody::upstream(incoming, idle, epilogue),
+    };
+    let resp = Response::from_parts(parts, body);
+    Ok(match cx.cache.take() {
+        Some(fill) => fill.respond(resp),
+        None => resp,
+    })
+}
