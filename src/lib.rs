@@ -306,7 +306,13 @@ async fn control_loop(
 /// Fetches JWKS documents of the serving plan without holding up signal handling.
 fn prefetch_in_background(runtime: &Arc<Runtime>) {
     let active = runtime.active();
-    tokio::spawn(async move { policy::auth::prefetch_keys(&active.plan).await });
+    let policies = active
+        .plan
+        .routes
+        .iter()
+        .filter_map(|r| r.policies.auth.clone())
+        .collect();
+    tokio::spawn(policy::auth::prefetch_keys(policies));
 }
 
 /// Modification time and size: enough to notice an edit, including an atomic rename over it.

@@ -401,11 +401,19 @@ async fn purge_by_key_and_prefix() {
     assert_eq!(up.hits(), 3);
     let host = "127.0.0.1";
     let active = gw.runtime().active();
-    let n = purge(&active.plan, Purge::Key(&format!("{host}/products?page=1"))).await;
+    let n = purge(
+        active.plan.cache_policies(),
+        Purge::Key(&format!("{host}/products?page=1")),
+    )
+    .await;
     assert_eq!((n.memory, n.redis), (1, Some(0)));
     assert_eq!(x_cache(&get(&gw.url("/products?page=1")).await), "MISS");
     assert_eq!(x_cache(&get(&gw.url("/products/7")).await), "HIT");
-    let n = purge(&active.plan, Purge::Prefix(&format!("{host}/products"))).await;
+    let n = purge(
+        active.plan.cache_policies(),
+        Purge::Prefix(&format!("{host}/products")),
+    )
+    .await;
     assert_eq!(n.memory, 2);
     assert_eq!(x_cache(&get(&gw.url("/products/7")).await), "MISS");
     assert_eq!(x_cache(&get(&gw.url("/other")).await), "HIT");

@@ -104,7 +104,11 @@ async fn two_gateways_share_entries_through_redis() {
     assert_eq!(up.hits(), 3);
 
     // Purge reaches Redis: B's memory and Redis are cleared, then B misses.
-    let n = purge(&b.runtime().active().plan, Purge::Prefix("127.0.0.1/sh")).await;
+    let n = purge(
+        b.runtime().active().plan.cache_policies(),
+        Purge::Prefix("127.0.0.1/sh"),
+    )
+    .await;
     assert_eq!((n.memory, n.redis), (1, Some(1)));
     assert_eq!(
         redis.cmd(&["EXISTS", "portico:cache:127.0.0.1/shared"]),

@@ -406,9 +406,10 @@ async fn purge(runtime: &Runtime, body: &[u8]) -> Result<Response<Full<Bytes>>, 
         }
     };
     let active = runtime.active();
+    let caches = || active.plan.cache_policies();
     let count = match (&what.key, &what.prefix) {
-        (Some(k), None) => purge(&active.plan, Purge::Key(k)).await,
-        (None, Some(p)) if !p.is_empty() => purge(&active.plan, Purge::Prefix(p)).await,
+        (Some(k), None) => purge(caches(), Purge::Key(k)).await,
+        (None, Some(p)) if !p.is_empty() => purge(caches(), Purge::Prefix(p)).await,
         _ => {
             return Err(GatewayError::InvalidRequest(
                 "give exactly one of `key` or a non-empty `prefix`".into(),

@@ -15,13 +15,13 @@ use super::ConfigError;
 use crate::pipeline::{RawPolicy, RoutePolicies};
 use crate::policy;
 use crate::policy::auth::Authenticators;
-use crate::proxy::retry::{Fallback, RetryPolicy, RouteResilience};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::store::redis::RedisStore;
 use crate::upstream::balancer::HashOn;
 use crate::upstream::breaker::{CircuitBreaker, ConcurrencyLimit};
 use crate::upstream::health::HealthCheck;
 use crate::upstream::outlier::OutlierDetection;
+use crate::upstream::resilience::{Fallback, RetryPolicy, RouteResilience};
 use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, UpstreamTimeouts};
 
 /// Builds the plan. `validate` must have passed; what only shows while building (routes that

@@ -106,9 +106,22 @@ pub struct Route {
     /// The route's effective policies (its own, else its service's, else global).
     pub policies: RoutePolicies,
     /// Retries, the route's own breaker, fallback, deadline propagation.
-    pub resilience: crate::proxy::retry::RouteResilience,
+    pub resilience: crate::upstream::resilience::RouteResilience,
     /// The route's metric series (given by the runtime when the plan is published).
     pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
+}
+
+impl Plan {
+    /// Every route's cache policy, each once (routes inheriting a policy share it).
+    pub fn cache_policies(&self) -> Vec<Arc<crate::policy::cache::CachePolicy>> {
+        let mut out: Vec<Arc<crate::policy::cache::CachePolicy>> = Vec::new();
+        for policy in self.routes.iter().filter_map(|r| r.policies.cache.as_ref()) {
+            if !out.iter().any(|p| Arc::ptr_eq(p, policy)) {
+                out.push(Arc::clone(policy));
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Route {

@@ -13,8 +13,9 @@ use super::Exit;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
 use crate::policy::cache;
+use crate::policy::shadow;
 use crate::proxy::body::RequestBody;
-use crate::proxy::{retry, shadow, upgrade};
+use crate::proxy::{retry, upgrade};
 use crate::upstream::Service;
 
 /// Sends the request upstream; the upstream's answer, or the gateway's.
@@ -71,7 +72,14 @@ pub(super) async fn run(
     }
     let forward = retry::Forward {
         service,
-        how: retry::How::route(route),
+        how: retry::How {
+            name: &route.name,
+            retry: route.resilience.retry.as_deref(),
+            timeout: route.timeout,
+            preserve_host: route.preserve_host,
+            deadline_header: route.resilience.deadline_header.as_ref(),
+            max_body_bytes: route.max_body_bytes,
+        },
         client_ip: cx.client_ip,
         client_host: cx.client_host.take(),
         new_path: target_path,

@@ -22,6 +22,7 @@ mod protect;
 mod rate_limit;
 mod respond;
 mod traffic;
+pub mod unparsed;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -7,6 +7,4 @@ pub mod client;
 pub mod grpc;
 pub mod headers;
 pub mod retry;
-pub mod shadow;
-pub mod unparsed;
 pub mod upgrade;

@@ -19,181 +19,19 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Uri, Version};
 
-use super::body::{GatewayBody, RequestBody};
+use super::body::RequestBody;
 use super::client::{self, Sent};
-use crate::config::plan::Route;
 use crate::error::Failure;
 use crate::error::GatewayError;
 use crate::telemetry::access_log::Finish;
 use crate::telemetry::trace::{Called, ClientSpan, Trace};
-use crate::upstream::breaker::{CircuitBreaker, Permit};
-use crate::upstream::config::{RawFallback, RawRetry, RawRetryOn};
+use crate::upstream::breaker::Permit;
 use crate::upstream::outlier::{self, Outcome};
-use crate::upstream::window::{now_ns, Window};
+use crate::upstream::resilience::{idempotent, RetryPolicy};
+use crate::upstream::window::now_ns;
 use crate::upstream::{InFlight, Protocol, Service, Target};
-
-/// A route's resilience settings, compiled.
-#[derive(Debug, Default)]
-pub struct RouteResilience {
-    /// Retries (the route's own, else its service's).
-    pub retry: Option<Arc<RetryPolicy>>,
-    /// The route's own breaker (else the service's applies).
-    pub breaker: Option<Arc<CircuitBreaker>>,
-    /// Served instead of 503 `circuit_open`.
-    pub fallback: Option<Fallback>,
-    /// Header carrying the time left for the attempt upstream, in milliseconds.
-    pub deadline_header: Option<HeaderName>,
-}
-
-/// A static response.
-#[derive(Debug, Clone)]
-pub struct Fallback {
-    status: StatusCode,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    body: Bytes,
-}
-
-impl Fallback {
-    /// From the YAML (validated).
-    pub fn compile(raw: &RawFallback) -> Self {
-        Self {
-            status: StatusCode::from_u16(raw.status).unwrap_or(StatusCode::OK),
-            headers: raw
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
-                })
-                .collect(),
-            body: Bytes::from(raw.body.clone()),
-        }
-    }
-
-    /// The response.
-    pub fn response(&self) -> Response<GatewayBody> {
-        let mut resp = Response::new(GatewayBody::full(self.body.clone()));
-        *resp.status_mut() = self.status;
-        for (k, v) in &self.headers {
-            resp.headers_mut().append(k.clone(), v.clone());
-        }
-        resp
-    }
-}
-
-/// A compiled `retry` block, with its budget (shared by every route using the block).
-#[derive(Debug)]
-pub struct RetryPolicy {
-    attempts: u32,
-    per_try_timeout: Option<Duration>,
-    on_connect_failure: bool,
-    on_reset: bool,
-    on_timeout: bool,
-    statuses: Vec<u16>,
-    retry_non_idempotent: bool,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    max_buffered_body: u64,
-    budget: RetryBudget,
-}
-
-/// Linkerd-style budget: within the window, retries may number `percent` of the requests plus
-/// `min_per_second` × the window's seconds.
-#[derive(Debug)]
-struct RetryBudget {
-    percent: u64,
-    reserve: u64,
-    /// (requests, retries).
-    window: Window,
-}
-
-impl RetryBudget {
-    fn deposit(&self, now: u64) {
-        self.window.add(now, 1, 0);
-    }
-
-    fn withdraw(&self, now: u64) -> bool {
-        let (requests, retries) = self.window.sums(now);
-        if retries < requests * self.percent / 100 + self.reserve {
-            self.window.add(now, 0, 1);
-            true
-        } else {
-            false
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// From the YAML (validated).
-    pub fn compile(raw: &RawRetry) -> Self {
-        let has = |c: &str| {
-            raw.retry_on
-                .iter()
-                .any(|o| matches!(o, RawRetryOn::Condition(x) if x == c))
-        };
-        let window = raw.budget.window.0;
-        Self {
-            attempts: raw.attempts.max(1),
-            per_try_timeout: raw.per_try_timeout.map(|d| d.0),
-            on_connect_failure: has("connect_failure"),
-            on_reset: has("reset"),
-            on_timeout: has("timeout"),
-            statuses: raw
-                .retry_on
-                .iter()
-                .filter_map(|o| match o {
-                    RawRetryOn::Status(s) => Some(*s),
-                    RawRetryOn::Condition(_) => None,
-                })
-                .collect(),
-            retry_non_idempotent: raw.retry_non_idempotent,
-            backoff_base: raw.backoff_base.0,
-            backoff_max: raw.backoff_max.0,
-            max_buffered_body: raw.max_buffered_body.0,
-            budget: RetryBudget {
-                percent: u64::from(raw.budget.percent),
-                reserve: u64::from(raw.budget.min_per_second) * window.as_secs().max(1),
-                window: Window::new(window),
-            },
-        }
-    }
-
-    /// Whether `result` may be tried again (conditions and method; not the budget).
-    fn retryable(&self, result: &Result<Sent, GatewayError>, idempotent: bool) -> bool {
-        let replay_ok = idempotent || self.retry_non_idempotent;
-        match result {
-            Ok(sent) => replay_ok && self.statuses.contains(&sent.response.status().as_u16()),
-            Err(e) => match e.kind().retryable {
-                // Nothing reached the upstream: safe for any method.
-                Some(Failure::Connect) => self.on_connect_failure,
-                Some(Failure::Timeout) => replay_ok && self.on_timeout,
-                Some(Failure::Reset) => replay_ok && self.on_reset,
-                None => false,
-            },
-        }
-    }
-
-    /// Full jitter: a random delay up to `min(max, base × 2^(retry-1))`.
-    fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32 << (retry - 1).min(16))
-            .min(self.backoff_max);
-        Duration::from_nanos(fastrand::u64(..=ceiling.as_nanos() as u64))
-    }
-}
-
-/// RFC 9110 idempotent methods.
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
 
 /// What a request needs besides its parts and body.
 pub(crate) struct Forward<'a> {
@@ -224,20 +62,6 @@ pub(crate) struct How<'a> {
     pub deadline_header: Option<&'a HeaderName>,
     /// Largest request body buffered for a retry.
     pub max_body_bytes: u64,
-}
-
-impl<'a> How<'a> {
-    /// A route's settings.
-    pub fn route(route: &'a Route) -> Self {
-        Self {
-            name: &route.name,
-            retry: route.resilience.retry.as_deref(),
-            timeout: route.timeout,
-            preserve_host: route.preserve_host,
-            deadline_header: route.resilience.deadline_header.as_ref(),
-            max_body_bytes: route.max_body_bytes,
-        }
-    }
 }
 
 /// A response head from a target.
@@ -454,7 +278,12 @@ async fn forward_retrying(
             d.upstream_duration = Some(took);
             d.retries = tries - 1;
         }
-        if tries < policy.attempts && policy.retryable(&result, replay_ok) {
+        if tries < policy.attempts
+            && policy.retryable(
+                result.as_ref().map(|sent| sent.response.status()),
+                replay_ok,
+            )
+        {
             let pause = policy.backoff(tries);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Chosen before giving up this answer: with no target left in rotation (`fail`
@@ -516,49 +345,4 @@ pub(crate) fn end_span(
 
 fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(percent: u32, min_per_second: u32) -> RetryPolicy {
-        let raw: RawRetry = serde_yaml_ng::from_str(&format!(
-            "{{budget: {{percent: {percent}, min_per_second: {min_per_second}, window: 1s}}}}"
-        ))
-        .unwrap();
-        RetryPolicy::compile(&raw)
-    }
-
-    #[test]
-    fn the_budget_allows_a_share_of_requests_plus_a_reserve() {
-        let p = policy(20, 2);
-        let now = 1;
-        for _ in 0..10 {
-            p.budget.deposit(now);
-        }
-        // 20 % of 10 requests, plus 2 per second over a 1 s window.
-        let allowed = (0..10).filter(|_| p.budget.withdraw(now)).count();
-        assert_eq!(allowed, 4);
-    }
-
-    #[test]
-    fn backoff_is_bounded_by_the_doubling_ceiling_and_the_max() {
-        let p = policy(20, 2);
-        for _ in 0..100 {
-            assert!(p.backoff(1) <= Duration::from_millis(25));
-            assert!(p.backoff(2) <= Duration::from_millis(50));
-            assert!(p.backoff(9) <= Duration::from_millis(250));
-        }
-    }
-
-    #[test]
-    fn post_is_retried_only_after_a_connect_failure_unless_allowed() {
-        let p = policy(20, 2);
-        let connect = Err(GatewayError::UpstreamConnect("refused".into()));
-        let reset = Err(GatewayError::UpstreamProtocol("reset".into()));
-        assert!(p.retryable(&connect, false));
-        assert!(!p.retryable(&reset, false));
-        assert!(p.retryable(&reset, true));
-    }
 }

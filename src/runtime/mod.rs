@@ -14,7 +14,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{self, ConfigErrors, Plan};
 use crate::telemetry::access_log::AccessLogger;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::export::{ExportError, Exporter};
+use crate::upstream::health::Checker;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +81,62 @@ pub struct Runtime {
     pub metrics: crate::telemetry::metrics::Metrics,
 }
 
+/// Gives the services and routes of `plan` the state the runtime keeps across reloads: health
+/// and breaker state of unchanged targets (with their probes), and their metric series.
+fn adopt(health: &Checker, metrics: &Metrics, plan: &mut Plan) {
+    let Plan {
+        routes, services, ..
+    } = plan;
+    let route_breakers = routes
+        .iter_mut()
+        .map(|r| (format!("route {}", r.name), &mut r.resilience.breaker))
+        .collect();
+    health.adopt(services, route_breakers);
+    let route_names: Vec<(Arc<str>, Arc<str>)> = routes
+        .iter()
+        .map(|r| {
+            let service = services
+                .get(r.service)
+                .map_or_else(|| Arc::from(""), |s| Arc::clone(&s.name));
+            (Arc::clone(&r.name), service)
+        })
+        .collect();
+    let service_names: Vec<Arc<str>> = services.iter().map(|s| Arc::clone(&s.name)).collect();
+    let (route_series, service_series) = metrics.adopt(&route_names, &service_names);
+    for (route, series) in routes.iter_mut().zip(route_series) {
+        route.metrics = series;
+    }
+    for (svc, series) in services.iter_mut().zip(service_series) {
+        if let Some(service) = Arc::get_mut(svc) {
+            service.metrics = series;
+        }
+    }
+}
+
+/// Hands each policy of `new` its predecessor in `old`: rate-limit counters and cache entries
+/// of policies written the same way survive the reload.
+fn carry_over(old: &Plan, new: &mut Plan) {
+    use crate::policy::{cache, rate_limit};
+    let rate_limits: Vec<_> = old
+        .routes
+        .iter()
+        .filter_map(|r| r.policies.rate_limit.as_ref())
+        .collect();
+    let caches: Vec<_> = old
+        .routes
+        .iter()
+        .filter_map(|r| r.policies.cache.as_ref())
+        .collect();
+    for route in &mut new.routes {
+        if let Some(p) = &mut route.policies.rate_limit {
+            rate_limit::carry_over(&rate_limits, p);
+        }
+        if let Some(p) = &mut route.policies.cache {
+            cache::carry_over(&caches, p);
+        }
+    }
+}
+
 impl Runtime {
     /// Wraps an initial plan.
     pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
@@ -86,9 +144,8 @@ impl Runtime {
         let tracer = start_tracer(&plan, None)?;
         let health = crate::upstream::health::Checker::default();
         let mut plan = plan;
-        health.adopt(&mut plan);
         let metrics = crate::telemetry::metrics::Metrics::new();
-        metrics.adopt(&mut plan);
+        adopt(&health, &metrics, &mut plan);
         let (shutdown, _) = watch::channel(false);
         let startup = StartupSettings::of(&plan);
         Ok(Arc::new(Self {
@@ -140,10 +197,7 @@ impl Runtime {
         if current.plan.fingerprint == plan.fingerprint {
             return Ok(ReloadOutcome::Unchanged);
         }
-        // Rate-limit counters of unchanged policies survive the reload.
-        crate::policy::rate_limit::carry_over(&current.plan.routes, &mut plan.routes);
-        // So do cache entries.
-        crate::policy::cache::carry_over(&current.plan.routes, &mut plan.routes);
+        carry_over(&current.plan, &mut plan);
         let restart_only = self.startup.restart_only_changes(&plan);
         if !restart_only.is_empty() {
             tracing::warn!(
@@ -155,8 +209,7 @@ impl Runtime {
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
         let tracer = start_tracer(&plan, current.tracer.as_ref())?;
         // Last before publishing: a plan refused above must not have touched the probes.
-        self.health.adopt(&mut plan);
-        self.metrics.adopt(&mut plan);
+        adopt(&self.health, &self.metrics, &mut plan);
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.active.store(Arc::new(Active {
             plan,

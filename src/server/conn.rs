@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Plan;
+use crate::pipeline::unparsed;
 use crate::pipeline::{ConnCtx, ProxyService};
-use crate::proxy::unparsed;
 use crate::runtime::Runtime;
 
 /// How long HTTP/1.1 keep-alive connections get, once shutdown begins, to send one more request

@@ -256,26 +256,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Gives the routes and services of a plan about to be published their series, and forgets
-    /// the series of routes and services it no longer has, so that renaming routes over many
-    /// reloads does not grow the scrape without bound.
-    pub fn adopt(&self, plan: &mut crate::config::plan::Plan) {
-        let mut routes = Vec::with_capacity(plan.routes.len());
-        for route in plan.routes.iter_mut() {
-            let service = plan
-                .services
-                .get(route.service)
-                .map_or_else(|| Arc::from(""), |s| Arc::clone(&s.name));
-            route.metrics = self.route(&route.name, &service);
-            routes.push((Arc::clone(&route.name), service));
-        }
-        let mut services = Vec::with_capacity(plan.services.len());
-        for svc in plan.services.iter_mut() {
-            if let Some(service) = Arc::get_mut(svc) {
-                service.metrics = self.service(&service.name);
-            }
-            services.push(Arc::clone(&svc.name));
-        }
+    /// The series of the routes (name, service) and services of a config about to be
+    /// published, in their order; forgets the series of routes and services it no longer has,
+    /// so that renaming routes over many reloads does not grow the scrape without bound.
+    pub fn adopt(
+        &self,
+        routes: &[(Arc<str>, Arc<str>)],
+        services: &[Arc<str>],
+    ) -> (Vec<Arc<RouteMetrics>>, Vec<Arc<ServiceMetrics>>) {
+        let route_series = routes.iter().map(|(r, s)| self.route(r, s)).collect();
+        let service_series = services.iter().map(|s| self.service(s)).collect();
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         for (route, service) in &live.0 {
             if !routes.iter().any(|(r, s)| r == route && s == service) {
@@ -287,7 +277,8 @@ impl Metrics {
                 self.forget_service(service);
             }
         }
-        *live = (routes, services);
+        *live = (routes.to_vec(), services.to_vec());
+        (route_series, service_series)
     }
 
     fn forget_route(&self, route: &Arc<str>, service: &Arc<str>, route_still_exists: bool) {

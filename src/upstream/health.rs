@@ -23,11 +23,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
+use super::breaker::CircuitBreaker;
 use super::config::RawHealthCheck;
 use super::outlier::OutlierDetection;
 use super::state::TargetState;
 use super::{Protocol, Service, Target};
-use crate::config::Plan;
 
 /// Most body bytes a probe reads when it looks for `body_contains`.
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -178,16 +178,21 @@ impl Drop for Entry {
 }
 
 impl Checker {
-    /// Makes `plan` the one being probed: carries over the state of unchanged targets, breakers
-    /// and concurrency limits, starts probes for new targets and stops those of removed ones.
-    /// Called before the plan is published, while nothing else holds its services.
-    pub fn adopt(&self, plan: &mut Plan) {
+    /// Makes `services` (and the routes' own breakers, keyed `route <name>`) the ones being
+    /// probed: carries over the state of unchanged targets, breakers and concurrency limits,
+    /// starts probes for new targets and stops those of removed ones. Called before a config
+    /// is published, while nothing else holds its services.
+    pub fn adopt(
+        &self,
+        services: &mut [Arc<Service>],
+        route_breakers: Vec<(String, &mut Option<Arc<CircuitBreaker>>)>,
+    ) {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let mut old = std::mem::take(&mut inner.targets);
         let old_breakers = std::mem::take(&mut inner.breakers);
         let old_limits = std::mem::take(&mut inner.limits);
-        for svc in plan.services.iter_mut() {
+        for svc in services.iter_mut() {
             let Some(service) = Arc::get_mut(svc) else {
                 continue;
             };
@@ -251,14 +256,8 @@ impl Checker {
                 });
             }
         }
-        for route in plan.routes.iter_mut() {
-            let key = format!("route {}", route.name);
-            carry_breaker(
-                &mut route.resilience.breaker,
-                &key,
-                &old_breakers,
-                &mut inner.breakers,
-            );
+        for (key, breaker) in route_breakers {
+            carry_breaker(breaker, &key, &old_breakers, &mut inner.breakers);
         }
         // What is left of `old` was removed or changed: dropping it aborts its probes.
         drop(old);

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod config;
 pub mod health;
 pub mod outlier;
+pub mod resilience;
 pub mod state;
 pub mod window;
 
@@ -146,7 +147,7 @@ pub struct Service {
     pub metrics: Arc<crate::telemetry::metrics::ServiceMetrics>,
     /// The service's `retry` block, with one budget shared by every route inheriting it and by
     /// the aggregate calls made to the service.
-    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
+    pub retry: Option<Arc<resilience::RetryPolicy>>,
 }
 
 impl Service {

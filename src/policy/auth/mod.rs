@@ -252,12 +252,9 @@ pub struct AuthPolicy {
 
 /// Fetches the JWKS of every issuer the plan's routes use, so keys are there before the first
 /// request (at start and after each reload; an unchanged issuer keeps its keys anyway).
-pub async fn prefetch_keys(plan: &crate::config::Plan) {
+pub async fn prefetch_keys(policies: Vec<Arc<AuthPolicy>>) {
     let mut providers: Vec<&Arc<jwt::JwtProvider>> = Vec::new();
-    for route in &plan.routes {
-        let Some(policy) = &route.policies.auth else {
-            continue;
-        };
+    for policy in &policies {
         for provider in &policy.jwt {
             if !providers.iter().any(|p| Arc::ptr_eq(p, provider)) {
                 providers.push(provider);

@@ -662,19 +662,12 @@ impl CachePolicy {
     }
 }
 
-/// On reload: a policy of the new plan written at the same place with the same settings as one
-/// of the old plan is replaced by the old one, so its entries survive the reload.
-pub fn carry_over(old: &[crate::config::plan::Route], new: &mut [crate::config::plan::Route]) {
-    let old: Vec<&Arc<CachePolicy>> = old
-        .iter()
-        .filter_map(|r| r.policies.cache.as_ref())
-        .collect();
-    for route in new {
-        if let Some(p) = &mut route.policies.cache {
-            if let Some(o) = old.iter().find(|o| o.origin == p.origin) {
-                *p = Arc::clone(o);
-            }
-        }
+/// Keeps the policy in `slot` from its predecessor among `old` when it is written the same
+/// way at the same place: its state (counters, entries) survives a reload. The runtime hands
+/// each new policy the old ones; the policy never sees a plan.
+pub fn carry_over(old: &[&Arc<CachePolicy>], slot: &mut Arc<CachePolicy>) {
+    if let Some(o) = old.iter().find(|o| o.origin == slot.origin) {
+        *slot = Arc::clone(o);
     }
 }
 

@@ -21,19 +21,16 @@ pub enum Purge<'a> {
     Prefix(&'a str),
 }
 
-/// Purges from every cache policy of `plan` (each once, however many routes share it): the
-/// function the admin API calls. Returns the totals.
-pub async fn purge(plan: &crate::config::plan::Plan, what: Purge<'_>) -> PurgeCount {
+/// Purges from each of `policies` (each once, however many routes share it): the function the
+/// admin API calls with the serving plan's cache policies. Returns the totals.
+pub async fn purge(policies: Vec<Arc<super::CachePolicy>>, what: Purge<'_>) -> PurgeCount {
     // Addresses as integers (the future must stay `Send` for the admin API's tasks).
     let mut seen: Vec<usize> = Vec::new();
     let mut total = PurgeCount {
         memory: 0,
         redis: Some(0),
     };
-    for route in &plan.routes {
-        let Some(policy) = &route.policies.cache else {
-            continue;
-        };
+    for policy in &policies {
         let id = Arc::as_ptr(policy) as usize;
         if seen.contains(&id) {
             continue;

@@ -385,20 +385,12 @@ impl RateLimitPolicy {
     }
 }
 
-/// On reload: every policy of the new plan written at the same config path with the same
-/// settings as one of the old plan is replaced by the old one, so its counters (and in-flight
-/// counts) survive the reload. A changed or moved policy starts afresh.
-pub fn carry_over(old: &[crate::config::plan::Route], new: &mut [crate::config::plan::Route]) {
-    let old: Vec<&Arc<RateLimitPolicy>> = old
-        .iter()
-        .filter_map(|r| r.policies.rate_limit.as_ref())
-        .collect();
-    for route in new {
-        if let Some(p) = &mut route.policies.rate_limit {
-            if let Some(o) = old.iter().find(|o| o.origin == p.origin) {
-                *p = Arc::clone(o);
-            }
-        }
+/// Keeps the policy in `slot` from its predecessor among `old` when it is written the same
+/// way at the same place: its state (counters, entries) survives a reload. The runtime hands
+/// each new policy the old ones; the policy never sees a plan.
+pub fn carry_over(old: &[&Arc<RateLimitPolicy>], slot: &mut Arc<RateLimitPolicy>) {
+    if let Some(o) = old.iter().find(|o| o.origin == slot.origin) {
+        *slot = Arc::clone(o);
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::{Instant, SystemTime};
 
 use http::Method;
 
-use super::headers;
+use super::conn::ConnCtx;
 use crate::error::GatewayError;
-use crate::pipeline::ConnCtx;
+use crate::proxy::headers;
 use crate::telemetry::access_log::{Finish, RequestText};
 
 /// Why hyper refused the request, as told by the status of its canned answer.

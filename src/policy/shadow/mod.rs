@@ -4,6 +4,10 @@
 //! Owns the sampling decision and the bound on mirrored requests in flight. Sending is the
 //! proxy's (`proxy/shadow.rs`), as it reuses the upstream pools and balancers.
 
+mod mirror;
+
+pub(crate) use mirror::{maybe_mirror, MirrorOf};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
