@@ -6,7 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod aggregate;
 pub mod config;
 pub mod demo;
 pub mod error;

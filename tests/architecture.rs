@@ -1,9 +1,8 @@
 //! The dependency direction between the crate's top-level modules (docs/architecture.md).
 //!
 //! Reads `src/`, collects every `crate::<module>` a module's non-test code names, and checks
-//! that no module names one of a higher layer, except the edges listed in [`DEBT`]. Each debt
-//! edge must still exist (so fixing one means deleting its line here), and the graph without
-//! the debt must have no cycle. Loops inside one folder are fine.
+//! that no module names one of a higher layer and that the folders form no cycle. Loops inside
+//! one folder are fine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,17 +16,12 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["proxy"],
     &["policy"],
-    &["aggregate"],
-    &["pipeline"],
     &["config"],
     &["runtime"],
+    &["pipeline"],
     &["server", "admin"],
     &["explain", "demo"],
 ];
-
-/// Edges that go up a layer today, with why they are still there. Remove a line when the edge
-/// is gone; never add one without saying so in docs/architecture.md.
-const DEBT: &[(&str, &str, &str)] = &[];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -154,7 +148,7 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 }
 
 #[test]
-fn no_module_names_a_module_of_a_higher_layer_beyond_the_listed_debt() {
+fn no_module_names_a_module_of_a_higher_layer() {
     let edges = graph();
     let mut upward = Vec::new();
     for (from, tos) in &edges {
@@ -172,28 +166,8 @@ fn no_module_names_a_module_of_a_higher_layer_beyond_the_listed_debt() {
 }
 
 #[test]
-fn every_listed_debt_edge_still_exists() {
-    let edges = graph();
-    let gone: Vec<String> = DEBT
-        .iter()
-        .filter(|(from, to, _)| !edges.get(*from).is_some_and(|t| t.contains(*to)))
-        .map(|(from, to, _)| format!("{from} -> {to}"))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "fixed, so remove from DEBT (and docs/architecture.md): {gone:?}"
-    );
-}
-
-#[test]
-fn the_modules_form_no_cycle_once_the_debt_is_left_out() {
-    let mut edges = graph();
-    for (from, to, _) in DEBT {
-        if let Some(tos) = edges.get_mut(*from) {
-            tos.remove(*to);
-        }
-    }
-    if let Some(cycle) = find_cycle(&edges) {
+fn the_folders_form_no_cycle() {
+    if let Some(cycle) = find_cycle(&graph()) {
         panic!("import cycle between folders: {}", cycle.join(" -> "));
     }
 }

@@ -12,9 +12,9 @@ use super::plan::{AccessLogSettings, Forwarding, Limits, Plan, Rewrite, Route, T
 use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute, RawService};
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
-use crate::pipeline::{RawPolicy, RoutePolicies};
 use crate::policy;
 use crate::policy::auth::Authenticators;
+use crate::policy::{RawPolicy, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::store::redis::RedisStore;
 use crate::upstream::balancer::HashOn;

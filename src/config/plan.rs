@@ -10,7 +10,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::raw::RawConfig;
-use crate::pipeline::RoutePolicies;
+use crate::policy::RoutePolicies;
 use crate::router::{PathSpec, Router};
 use crate::upstream::Service;
 

@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Dur};
-use crate::pipeline::RawPolicy;
 use crate::policy::auth::config::{RawAuth, RawConsumer};
+use crate::policy::RawPolicy;
 use crate::upstream::config::{
     RawCircuitBreaker, RawFallback, RawHealthCheck, RawOutlierDetection, RawRetry, WhenAllUnhealthy,
 };

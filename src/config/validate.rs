@@ -139,7 +139,7 @@ fn validate_mtls_policies(raw: &RawConfig, errs: &mut Vec<ConfigError>) {
         );
     for (at, list) in lists {
         for (i, p) in list.iter().enumerate() {
-            if matches!(p, crate::pipeline::RawPolicy::Auth(a) if a.mtls) {
+            if matches!(p, crate::policy::RawPolicy::Auth(a) if a.mtls) {
                 errs.push(ConfigError::new(
                     format!("{at}[{i}].auth.mtls"),
                     "needs tls.client_auth: without it no client certificate is asked for",

@@ -10,12 +10,13 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, Version};
 
-use super::conn::{ActiveRequest, ConnCtx};
+use super::conn::ConnCtx;
 use super::ctx::RequestCtx;
 use super::Exit;
 use crate::error::{Denial, GatewayError};
 use crate::policy::cache;
 use crate::proxy::body::GatewayBody;
+use crate::proxy::conn::ActiveRequest;
 use crate::proxy::grpc;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::telemetry::access_log::rfc3339;

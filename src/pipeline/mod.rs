@@ -3,8 +3,9 @@
 //! request go on or ends it with an answer ([`Exit`]). The phase list in [`run`] is the one
 //! place that says what runs when (docs/architecture.md and docs/request-lifecycle.md draw it).
 //!
-//! Policies stay in their folders under `policy/`; a phase calls the route's typed slot, so the
-//! hot path pays one `Option` check per unused policy and no boxed call.
+//! Policies stay in their folders under `policy/` (declared once, with their YAML key, in
+//! `policy/mod.rs`); a phase calls the route's typed slot, so the hot path pays one `Option`
+//! check per unused policy and no boxed call.
 
 // An early answer travels as `Err(Exit::Respond(..))` by value: the `Ok` path, taken by almost
 // every request, carries nothing, and boxing would allocate for every cache hit or preflight.
@@ -30,12 +31,12 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+pub use crate::proxy::conn::{ActiveRequest, WriteFlow};
 pub use admit::https_redirect;
-pub use conn::{ActiveRequest, ConnCtx, ProxyService, WriteFlow};
+pub use conn::{ConnCtx, ProxyService};
 pub(crate) use ctx::RequestCtx;
 
 use crate::error::GatewayError;
-use crate::policy;
 use crate::proxy::body::GatewayBody;
 
 /// How a phase ends a request early.
@@ -61,52 +62,13 @@ impl From<Result<Response<GatewayBody>, GatewayError>> for Exit {
     }
 }
 
-crate::policy::policies! {
-    /// Authenticate the request (JWT, API key, basic auth, token introspection) and apply ACLs.
-    auth: Auth(policy::auth::config::RawAuthPolicy) => policy::auth::AuthPolicy
-        = policy::auth::AuthPolicy::compile,
-    /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
-    /// route, header).
-    rate_limit: RateLimit(policy::rate_limit::config::RawRateLimitPolicy)
-        => policy::rate_limit::RateLimitPolicy = policy::rate_limit::RateLimitPolicy::compile,
-    /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
-    cache: Cache(policy::cache::config::RawCachePolicy) => policy::cache::CachePolicy
-        = policy::cache::CachePolicy::compile,
-    /// Change the request (headers, query, path, method, body) and the response.
-    transform: Transform(Box<policy::transform::config::RawTransformPolicy>)
-        => policy::transform::TransformPolicy = policy::transform::TransformPolicy::compile,
-    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
-    cors: Cors(Box<policy::cors::RawCors>) => policy::cors::CorsPolicy
-        = policy::cors::CorsPolicy::compile,
-    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
-    ip_filter: IpFilter(policy::ip_filter::RawIpFilter) => policy::ip_filter::IpFilter
-        = policy::ip_filter::IpFilter::compile,
-    /// Split traffic between services by weight (canary), optionally sticky.
-    split: Split(policy::traffic::RawSplit) => policy::traffic::TrafficPolicy
-        = policy::traffic::TrafficPolicy::compile_split,
-    /// Route to a service by API version (path, header, media type or query).
-    versioning: Versioning(policy::traffic::RawVersioning) => policy::traffic::TrafficPolicy
-        = policy::traffic::TrafficPolicy::compile_versioning,
-    /// Mirror a percentage of requests to another service (responses discarded).
-    shadow: Shadow(policy::shadow::RawShadow) => policy::shadow::ShadowPolicy
-        = policy::shadow::ShadowPolicy::compile,
-    /// Answer the route by calling several services and merging their JSON (BFF).
-    aggregate: Aggregate(Box<crate::aggregate::RawAggregate>) => crate::aggregate::AggregatePolicy
-        = crate::aggregate::AggregatePolicy::compile,
-    /// Answer the route at the gateway with a fixed status, body and headers (maintenance,
-    /// stubs); the upstream is not called.
-    request_termination: RequestTermination(policy::request_termination::RawRequestTermination)
-        => policy::request_termination::RequestTermination
-        = policy::request_termination::RequestTermination::compile,
-}
-
 /// Serves one request: never fails (errors become answers in `finish`).
 pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     // The context borrows the connection; the guard goes with the response body.
-    let guard = ActiveRequest::start(Arc::clone(&conn));
+    let guard = ActiveRequest::start(Arc::clone(&conn.state));
     let active = conn.runtime.active();
     let mut cx = RequestCtx::new(&conn, &active, &req);
     let result = run(&mut cx, req).await;

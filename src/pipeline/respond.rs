@@ -45,12 +45,14 @@ pub(super) async fn run(
         }
         _ => Err(incoming),
     };
-    let mut concurrency = None;
+    let mut held = None;
     if let Some(admitted) = cx.admitted.take() {
         for (k, v) in admitted.headers {
             parts.headers.insert(k, v);
         }
-        concurrency = admitted.slot;
+        held = admitted
+            .slot
+            .map(|slot| Box::new(slot) as Box<dyn Send + Sync>);
     }
     if let Some(via) = &cx.plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
@@ -58,7 +60,7 @@ pub(super) async fn run(
     let epilogue = Epilogue {
         pooled: sent.pooled,
         in_flight: Some(in_flight),
-        concurrency,
+        held,
         service_slot: cx.service_slot.take(),
         ..Epilogue::default()
     };

@@ -2,15 +2,16 @@
 //!
 //! Each concern has its own folder or file (`auth/`, `rate_limit/`, `transform/`, `cache/`,
 //! `cors.rs`, ...) with its serde config, its compiled runtime form, its `compile` function
-//! and its tests. The list of policies and the order they run in are `pipeline/`'s: the
-//! [`policies!`] declaration beside the phase list makes each route's typed slots, and each
-//! phase calls the slots it owns (see docs/architecture.md).
+//! and its tests. The [`policies!`] declaration at the end of this file lists them once and
+//! makes each route's typed slots; the order they run in is `pipeline/`'s phase list (see
+//! docs/architecture.md).
 //!
 //! Why typed slots and not a generic tower stack per route: the order between concerns is fixed
 //! by the lifecycle anyway, each slot is one `Option` check when unused, and the request path
 //! pays no boxed service call per policy. A policy rejects by returning a `GatewayError`, which
 //! `error.rs` turns into the response, so no policy ever drops a connection.
 
+pub mod aggregate;
 pub mod auth;
 pub mod cache;
 pub mod cors;
@@ -61,7 +62,7 @@ pub struct Shared {
 
 /// Declares the policies a route can have: the YAML enum of a `policies:` entry
 /// (`RawPolicy`), the route's typed slots (`RoutePolicies`) and the one match that compiles an
-/// entry into its slot. Invoked once, beside the phase list (`pipeline/mod.rs`).
+/// entry into its slot. Invoked once, below.
 ///
 /// Each entry: `slot: Variant(RawType) => CompiledType = compile_fn`, where
 /// `compile_fn(&RawType, &mut Build) -> Option<Arc<CompiledType>>`.
@@ -107,7 +108,6 @@ macro_rules! policies {
         }
     };
 }
-pub(crate) use policies;
 
 /// Picks the effective policy of each kind: the route's own, else its service's, else the
 /// global one (the most specific level wins, as in Kong).
@@ -124,4 +124,45 @@ pub fn effective<P>(levels: [&[P]; 3]) -> Vec<&P> {
         }
     }
     out
+}
+
+// The policies a route can have, in the order their YAML keys are listed in errors. Where each
+// runs is the phase list's (`pipeline/mod.rs`).
+policies! {
+    /// Authenticate the request (JWT, API key, basic auth, token introspection) and apply ACLs.
+    auth: Auth(auth::config::RawAuthPolicy) => auth::AuthPolicy
+        = auth::AuthPolicy::compile,
+    /// Limit the request rate and/or the requests in flight per key (consumer, client IP,
+    /// route, header).
+    rate_limit: RateLimit(rate_limit::config::RawRateLimitPolicy)
+        => rate_limit::RateLimitPolicy = rate_limit::RateLimitPolicy::compile,
+    /// Cache responses (RFC 9111 semantics) in memory and optionally in the shared Redis.
+    cache: Cache(cache::config::RawCachePolicy) => cache::CachePolicy
+        = cache::CachePolicy::compile,
+    /// Change the request (headers, query, path, method, body) and the response.
+    transform: Transform(Box<transform::config::RawTransformPolicy>)
+        => transform::TransformPolicy = transform::TransformPolicy::compile,
+    /// Answer CORS preflights at the gateway and add CORS headers for allowed origins.
+    cors: Cors(Box<cors::RawCors>) => cors::CorsPolicy
+        = cors::CorsPolicy::compile,
+    /// Allow or deny client IPs (CIDR blocks), judged after `trusted_proxies`.
+    ip_filter: IpFilter(ip_filter::RawIpFilter) => ip_filter::IpFilter
+        = ip_filter::IpFilter::compile,
+    /// Split traffic between services by weight (canary), optionally sticky.
+    split: Split(traffic::RawSplit) => traffic::TrafficPolicy
+        = traffic::TrafficPolicy::compile_split,
+    /// Route to a service by API version (path, header, media type or query).
+    versioning: Versioning(traffic::RawVersioning) => traffic::TrafficPolicy
+        = traffic::TrafficPolicy::compile_versioning,
+    /// Mirror a percentage of requests to another service (responses discarded).
+    shadow: Shadow(shadow::RawShadow) => shadow::ShadowPolicy
+        = shadow::ShadowPolicy::compile,
+    /// Answer the route by calling several services and merging their JSON (BFF).
+    aggregate: Aggregate(Box<crate::policy::aggregate::RawAggregate>) => crate::policy::aggregate::AggregatePolicy
+        = crate::policy::aggregate::AggregatePolicy::compile,
+    /// Answer the route at the gateway with a fixed status, body and headers (maintenance,
+    /// stubs); the upstream is not called.
+    request_termination: RequestTermination(request_termination::RawRequestTermination)
+        => request_termination::RequestTermination
+        = request_termination::RequestTermination::compile,
 }

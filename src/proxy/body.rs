@@ -18,8 +18,9 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::client::PooledSender;
+use super::conn::ActiveRequest;
+use super::record::Recorder;
 use crate::error::GatewayError;
-use crate::pipeline::ActiveRequest;
 use crate::telemetry::access_log::Finish;
 use crate::upstream::InFlight;
 
@@ -260,8 +261,8 @@ pub struct Epilogue {
     pub span: Option<Box<crate::telemetry::trace::ServerSpan>>,
     /// Keeps the request counted as active on its client connection.
     pub active: Option<ActiveRequest>,
-    /// Holds the request's place under a `rate_limit` concurrency limit until the body ends.
-    pub concurrency: Option<crate::policy::rate_limit::ConcurrencySlot>,
+    /// Places held until the body ends (a `rate_limit` concurrency slot): released by drop.
+    pub held: Option<Box<dyn Send + Sync>>,
     /// Holds the request's place under its service's `max_concurrent_requests`.
     pub service_slot: Option<crate::upstream::breaker::ConcurrencyGuard>,
     /// The request's metrics, recorded when the body ends.
@@ -284,7 +285,7 @@ pub struct GatewayBody {
     ended: bool,
     epilogue: Epilogue,
     /// A copy for the response cache, taken as the body streams.
-    record: Option<Box<crate::policy::cache::record::Recorder>>,
+    record: Option<Box<Recorder>>,
     /// The connection's written count when this body began, when it is paced (HTTP/1).
     pace_base: Option<u64>,
 }
@@ -353,13 +354,13 @@ impl GatewayBody {
     /// `paced` (HTTP/1), an upstream body is read only as fast as the client takes it.
     pub fn set_active(&mut self, active: ActiveRequest, paced: bool) {
         if paced {
-            self.pace_base = Some(active.0.flow.written());
+            self.pace_base = Some(active.flow().written());
         }
         self.epilogue.active = Some(active);
     }
 
     /// Records the body for the response cache, which gets it if the body ends cleanly.
-    pub fn record(&mut self, recorder: Box<crate::policy::cache::record::Recorder>) {
+    pub fn record(&mut self, recorder: Box<Recorder>) {
         self.record = Some(recorder);
     }
 
@@ -391,7 +392,7 @@ impl Body for GatewayBody {
         if let (Source::Upstream { .. }, Some(base), Some(active)) =
             (&this.source, this.pace_base, &this.epilogue.active)
         {
-            if !active.0.flow.may_send(base, this.sent, cx.waker()) {
+            if !active.flow().may_send(base, this.sent, cx.waker()) {
                 return Poll::Pending;
             }
         }

@@ -4,7 +4,9 @@
 
 pub mod body;
 pub mod client;
+pub mod conn;
 pub mod grpc;
 pub mod headers;
+pub mod record;
 pub mod retry;
 pub mod upgrade;

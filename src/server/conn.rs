@@ -269,7 +269,7 @@ impl Refusals {
     ) -> Poll<io::Result<usize>> {
         match &result {
             Poll::Ready(Ok(n)) => {
-                self.ctx.flow.wrote(*n);
+                self.ctx.state.flow.wrote(*n);
                 self.send_stalled = false;
                 result
             }
@@ -300,7 +300,7 @@ impl Refusals {
     /// Follows line boundaries over freshly read bytes. Only while no request is in progress:
     /// those reads are request heads; bodies are never scanned.
     fn saw(&mut self, new: &[u8]) {
-        if self.ctx.active.load(Ordering::Relaxed) != 0 {
+        if self.ctx.state.active.load(Ordering::Relaxed) != 0 {
             return;
         }
         match new.iter().rposition(|&b| b == b'\n') {
@@ -527,8 +527,8 @@ pub async fn watchdog(runtime: Arc<Runtime>) {
         tokio::time::sleep(period).await;
         WATCHED.with(|w| {
             for entry in w.borrow_mut().entries.iter_mut().flatten() {
-                let started = entry.ctx.requests.load(Ordering::Relaxed);
-                let idle = entry.ctx.active.load(Ordering::Relaxed) == 0;
+                let started = entry.ctx.state.requests.load(Ordering::Relaxed);
+                let idle = entry.ctx.state.active.load(Ordering::Relaxed) == 0;
                 if idle && entry.seen == Some(started) {
                     entry.ctx.kill.notify_one();
                 }

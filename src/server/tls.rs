@@ -108,7 +108,7 @@ pub async fn serve_redirect(
     let counted = Arc::clone(&ctx);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The watchdog closes connections that start no request: count this one.
-        counted.requests.fetch_add(1, Ordering::Relaxed);
+        counted.state.requests.fetch_add(1, Ordering::Relaxed);
         let resp = crate::pipeline::https_redirect(&req, port).unwrap_or_else(|e| {
             let id = crate::proxy::headers::new_request_id();
             e.to_response(Some(&id))

@@ -12,10 +12,10 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::entry::Stored;
-use super::record::Recorder;
 use super::{rfc, CachePolicy, CacheStatus, Fill, Mode, Pending, CACHEABLE};
 use crate::error::GatewayError;
 use crate::proxy::body::GatewayBody;
+use crate::proxy::record::Recorder;
 
 impl Fill {
     /// Stale-while-revalidate: the answer to send the client now, when this request is the

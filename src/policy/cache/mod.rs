@@ -9,7 +9,7 @@
 //!
 //! Files: `config.rs` (YAML), `rfc.rs` (directives, freshness, conditionals), `key.rs` (cache
 //! keys), `entry.rs` (stored responses and their Redis encoding), `redis.rs` (the shared tier),
-//! `record.rs` (the body recorder), `fill.rs` (the upstream's response), `purge.rs`; this file
+//! `fill.rs` (the upstream's response), `purge.rs`; this file
 //! compiles a policy and looks requests up.
 
 pub mod config;
@@ -17,7 +17,6 @@ pub mod entry;
 mod fill;
 pub mod key;
 mod purge;
-pub mod record;
 pub mod redis;
 pub mod rfc;
 
