@@ -373,6 +373,8 @@ async fn slow_reader(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_slow_readers_stay_within_a_memory_bound_and_are_closed_after_send_idle() {
     use tokio::io::AsyncReadExt;
+    // About 1.6 GB of socket buffers: past the kernel's TCP memory pressure mark on its own.
+    let _hog = crate::support::tcp_memory_hog().await;
     const READERS: usize = 200;
     const BODY: usize = 8 * 1024 * 1024;
     let payload = Bytes::from(vec![b'x'; BODY]);

@@ -554,3 +554,22 @@ pub fn refusing_port() -> (u16, socket2::Socket) {
         .port();
     (port, socket)
 }
+
+// === Tests that must not overlap ===
+
+/// The kernel's TCP memory is shared by every test in the binary. Hundreds of stalled sockets with
+/// full buffers push it past `net.ipv4.tcp_mem`'s pressure mark, and under pressure the kernel
+/// delays other sockets' segments, an idle upstream's FIN among them. See [`tcp_memory_hog`].
+static TCP_MEMORY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held for the whole of a test that drives the machine's TCP memory into pressure; waits for
+/// the [`prompt_tcp`] tests running now, and keeps new ones waiting until it ends.
+pub async fn tcp_memory_hog() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    TCP_MEMORY.write().await
+}
+
+/// Held for the whole of a test that needs the kernel to deliver a peer's FIN at once (and so
+/// must not run while a [`tcp_memory_hog`] test does); such tests still run alongside each other.
+pub async fn prompt_tcp() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TCP_MEMORY.read().await
+}
