@@ -7,7 +7,7 @@ use crate::support;
 use std::time::Duration;
 
 use crate::support::jwt::*;
-use crate::support::{send, upstream, Reply, TestGateway};
+use crate::support::{seen, send, upstream, Reply, TestGateway};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 

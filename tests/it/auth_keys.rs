@@ -1,7 +1,7 @@
 //! API keys, consumers, ACLs, anonymous access, identity headers and policy precedence, over real
 //! sockets: a real upstream that echoes what it received, the gateway, a client.
 
-use crate::support::{get, send, upstream, Reply, TestGateway};
+use crate::support::{get, seen, send, upstream, Reply, TestGateway};
 use sha2::{Digest, Sha256};
 
 const ALICE_KEY: &str = "alice-key-0123456789";
@@ -26,14 +26,6 @@ fn config(url: &str, rest: &str) -> String {
 
 fn with_key(key: &str) -> [(&str, &str); 1] {
     [("x-api-key", key)]
-}
-
-/// The values of header `name` the upstream saw (from the echo body).
-fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
-    echo["headers"][name]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
 }
 
 fn assert_unauthorized(r: &Reply, challenge: &str) {

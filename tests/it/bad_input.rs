@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::support::upstream::{self, Upstream};
-use crate::support::{get, raw, raw_reply, send, RawReply, TestGateway};
+use crate::support::{get, raw, raw_reply, send, Reply, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,7 +35,7 @@ async fn gateway(top: &str, route: &str) -> (Upstream, TestGateway) {
 
 /// Asserts the gateway's answer for a request hyper's parser refused: a JSON 400 that closes
 /// the connection.
-fn assert_unparsable(r: &RawReply) {
+fn assert_unparsable(r: &Reply) {
     let v = r.assert_error(400, "bad_request");
     assert!(
         v["message"]
@@ -44,7 +44,7 @@ fn assert_unparsable(r: &RawReply) {
             .contains("not valid HTTP/1.1"),
         "{v}"
     );
-    assert_eq!(r.header("connection"), "close", "{:?}", r.text);
+    assert_eq!(r.header("connection"), "close", "{:?}", r.wire);
 }
 
 /// Asserts that the upstream saw neither a request nor a TCP connection.
@@ -105,7 +105,7 @@ async fn malformed_request_lines_get_a_400_json_and_never_reach_the_upstream() {
             400,
             "{:?} -> {:?}",
             String::from_utf8_lossy(req),
-            r.text
+            r.wire
         );
         assert_unparsable(&r);
     }
@@ -137,7 +137,7 @@ async fn malformed_header_lines_get_a_400_json_and_never_reach_the_upstream() {
             400,
             "{:?} -> {:?}",
             String::from_utf8_lossy(req),
-            r.text
+            r.wire
         );
         assert_unparsable(&r);
     }
@@ -152,8 +152,8 @@ const CHUNKED_THEN_SMUGGLED: &str =
     "5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
 /// Asserts a 200 for the upstream's one and only request, and returns its echo.
-fn only_echo(up: &Upstream, reply: &RawReply) -> serde_json::Value {
-    assert_eq!(reply.status, 200, "{:?}", reply.text);
+fn only_echo(up: &Upstream, reply: &Reply) -> serde_json::Value {
+    assert_eq!(reply.status, 200, "{:?}", reply.wire);
     assert_eq!(up.hits(), 1, "the upstream got more than one request");
     reply.json_chunked()
 }
@@ -173,13 +173,13 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunked_alone_and_cl
         let (up, gw) = gateway("", "").await;
         let req = format!("{head}{CHUNKED_THEN_SMUGGLED}");
         // Reads until the gateway closes: the closing is part of what is asserted.
-        let r = RawReply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
-        assert_eq!(r.header("connection"), "close", "{head:?}: {:?}", r.text);
+        let r = Reply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
+        assert_eq!(r.header("connection"), "close", "{head:?}: {:?}", r.wire);
         let echo = only_echo(&up, &r);
         assert_eq!(echo["body_len"], 5, "{head:?}: {echo}");
         assert!(echo["headers"].get("content-length").is_none(), "{echo}");
         assert_eq!(echo["headers"]["transfer-encoding"][0], "chunked", "{echo}");
-        assert!(!r.text.contains("smuggled"), "{:?}", r.text);
+        assert!(!r.wire.contains("smuggled"), "{:?}", r.wire);
     }
 }
 
@@ -270,9 +270,9 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
         let req = format!(
             "POST /te HTTP/1.1\r\nHost: a\r\n{line}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         );
-        let r = RawReply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
+        let r = Reply::parse(&raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await);
         let untouched = up.hits() == 0 && up.connections.load(Ordering::SeqCst) == 0;
-        let hyper_refused = |r: &RawReply| {
+        let hyper_refused = |r: &Reply| {
             r.json()["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("not valid HTTP/1.1"))
@@ -298,7 +298,7 @@ async fn obfuscated_transfer_encodings_are_forwarded_as_plain_chunked_or_never_r
         if actual != Some(expected) {
             wrong.push(format!(
                 "{line:?}: expected {expected:?}, got {actual:?}: {:?}",
-                r.text
+                r.wire
             ));
         }
     }
@@ -333,7 +333,7 @@ async fn absolute_form_target_naming_another_host_only_ever_reaches_configured_t
         );
         let r = raw_reply(gw.addr, req.as_bytes()).await;
         // Proxied like any request: to the configured target, with its Host, origin-form path.
-        assert_eq!(r.status, 200, "{target}: {:?}", r.text);
+        assert_eq!(r.status, 200, "{target}: {:?}", r.wire);
         let echo = r.json_chunked();
         assert_eq!(echo["uri"], "/x?q=1", "{target}: {echo}");
         assert_eq!(echo["headers"]["host"][0], up.addr.to_string(), "{echo}");
@@ -353,7 +353,7 @@ async fn connect_gets_a_405_json_method_not_supported_and_no_tunnel() {
         let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
         let r = raw_reply(gw.addr, req.as_bytes()).await;
         r.assert_error(405, "method_not_supported");
-        assert_eq!(r.header("connection"), "close", "{:?}", r.text);
+        assert_eq!(r.header("connection"), "close", "{:?}", r.wire);
     }
     assert!(!evil.was_contacted(), "CONNECT opened a tunnel");
     assert_untouched(&up, "CONNECT");
@@ -376,7 +376,7 @@ async fn dot_segment_paths_get_a_400_json_and_never_reach_the_upstream() {
     ] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let r = raw_reply(gw.addr, req.as_bytes()).await;
-        assert_eq!(r.status, 400, "{path}: {:?}", r.text);
+        assert_eq!(r.status, 400, "{path}: {:?}", r.wire);
         r.assert_error(400, "bad_request");
     }
     assert_untouched(&up, "dot segments");
@@ -421,7 +421,7 @@ async fn headers_just_over_max_header_bytes_get_a_431_json() {
     };
     // Exactly at the limit: served.
     let r = raw_reply(gw.addr, head(4096 - others).as_bytes()).await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
     // One byte over: the gateway's JSON 431.
     let r = raw_reply(gw.addr, head(4096 - others + 1).as_bytes()).await;
     r.assert_error(431, "headers_too_large");
@@ -456,7 +456,7 @@ async fn uri_over_max_uri_bytes_gets_a_414_json() {
         format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    assert_eq!(r.status, 200, "exactly at the limit: {:?}", r.text);
+    assert_eq!(r.status, 200, "exactly at the limit: {:?}", r.wire);
     let r = raw_reply(
         gw.addr,
         format!("GET {path}?q HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -485,7 +485,7 @@ async fn a_request_target_beyond_the_read_buffer_gets_a_414_json_not_431() {
         let text = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
         let answers: Vec<&str> = text.split("HTTP/1.1 ").collect();
         assert!(answers[1].starts_with("200 "), "{text:?}");
-        RawReply::parse(&format!("HTTP/1.1 {}", answers[2])).assert_error(414, "uri_too_long");
+        Reply::parse(&format!("HTTP/1.1 {}", answers[2])).assert_error(414, "uri_too_long");
     }
 }
 
@@ -552,7 +552,7 @@ async fn chunked_body_over_the_route_limit_gets_413_and_never_reaches_the_upstre
     // before the gateway closes. (A plain abort would be a defensible answer to a body that
     // turns out too large mid-stream, but the 413 does arrive: on Linux a reset does not discard
     // response bytes the client has already received.)
-    let r = RawReply::parse(&text);
+    let r = Reply::parse(&text);
     r.assert_error(413, "payload_too_large");
     assert_eq!(r.header("connection"), "close");
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -706,7 +706,7 @@ async fn connection_over_max_connections_gets_a_503_json_and_service_recovers() 
         let _ = s.write_all(b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n").await;
         let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
         assert!(closed, "the refused connection was left open: {text:?}");
-        let r = RawReply::parse(&text);
+        let r = Reply::parse(&text);
         let body = r.assert_error(503, "too_many_connections");
         assert_eq!(r.header("connection"), "close");
         assert_eq!(
@@ -759,7 +759,7 @@ async fn h2c_upgrade_is_stripped_and_the_request_answered_normally() {
     let echo = only_echo(&up, &r);
     assert!(echo["headers"].get("upgrade").is_none(), "{echo}");
     assert!(echo["headers"].get("http2-settings").is_none(), "{echo}");
-    assert!(!r.text.contains("101"), "{:?}", r.text);
+    assert!(!r.wire.contains("101"), "{:?}", r.wire);
 }
 
 #[tokio::test]
@@ -826,7 +826,7 @@ async fn an_upstream_101_for_an_upgrade_not_forwarded_is_a_502_and_no_tunnel() {
         // Both requests are routed, each to its own 502: the second never went through a tunnel.
         let answers: Vec<&str> = text.split("\nHTTP/1.1 ").collect();
         assert_eq!(answers.len(), 2, "{text:?}");
-        RawReply::parse(answers[0]).assert_error(502, "upstream_error");
+        Reply::parse(answers[0]).assert_error(502, "upstream_error");
         assert!(answers[1].starts_with("502 "), "{text:?}");
         assert!(!text.contains(" 101 "), "{text:?}");
         assert!(!text.contains("tunnel"), "{text:?}");
@@ -846,7 +846,7 @@ async fn a_101_naming_another_protocol_than_the_one_forwarded_is_a_502() {
     )
     .await;
     r.assert_error(502, "upstream_error");
-    assert!(!r.text.contains("tunnel"), "{:?}", r.text);
+    assert!(!r.wire.contains("tunnel"), "{:?}", r.wire);
 }
 
 // === Host ===
@@ -859,7 +859,7 @@ async fn http_1_1_without_host_gets_a_400_json_and_http_1_0_is_served() {
     assert!(v["message"].as_str().unwrap().contains("Host"), "{v}");
     assert_untouched(&up, "HTTP/1.1 without Host");
     let r = raw_reply(gw.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
 }
 
 #[tokio::test]
@@ -876,7 +876,7 @@ async fn two_host_headers_or_an_invalid_authority_get_a_400_json() {
         "GET /x HTTP/1.1\r\nHost: a\"b\r\n\r\n",
     ] {
         let r = raw_reply(gw.addr, head.as_bytes()).await;
-        assert_eq!(r.status, 400, "{head:?}: {:?}", r.text);
+        assert_eq!(r.status, 400, "{head:?}: {:?}", r.wire);
         r.assert_error(400, "bad_request");
     }
     assert_untouched(&up, "bad Host");
@@ -888,7 +888,7 @@ async fn two_host_headers_or_an_invalid_authority_get_a_400_json() {
     ] {
         let req = format!("GET /x HTTP/1.1\r\nHost: {ok}\r\nConnection: close\r\n\r\n");
         let r = raw_reply(gw.addr, req.as_bytes()).await;
-        assert_eq!(r.status, 200, "{ok}: {:?}", r.text);
+        assert_eq!(r.status, 200, "{ok}: {:?}", r.wire);
     }
 }
 
@@ -906,7 +906,7 @@ async fn an_absolute_form_target_authority_wins_over_host_for_routing_and_forwar
         b"GET http://right.example/x HTTP/1.1\r\nHost: wrong.example\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
     let echo = r.json_chunked();
     assert_eq!(echo["upstream"], "right", "{echo}");
     assert_eq!(
@@ -946,7 +946,7 @@ async fn odd_spellings_of_a_protected_path_take_its_route_and_its_auth() {
         let r = raw_reply(gw.addr, req.as_bytes()).await;
         if spelling.starts_with("/SECURE") {
             // Case matters unless `paths.case_insensitive` says otherwise.
-            assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+            assert_eq!(r.status, 200, "{spelling}: {:?}", r.wire);
             assert_eq!(r.json_chunked()["upstream"], "open");
             continue;
         }
@@ -955,7 +955,7 @@ async fn odd_spellings_of_a_protected_path_take_its_route_and_its_auth() {
             "GET {spelling} HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n"
         );
         let r = raw_reply(gw.addr, req.as_bytes()).await;
-        assert_eq!(r.status, 200, "{spelling}: {:?}", r.text);
+        assert_eq!(r.status, 200, "{spelling}: {:?}", r.wire);
         let echo = r.json_chunked();
         assert_eq!(echo["upstream"], "secure", "{spelling}: {echo}");
         assert_eq!(echo["uri"], forwarded, "{spelling}: {echo}");
@@ -982,7 +982,7 @@ async fn encoded_slashes_are_refused_unless_the_route_keeps_them() {
         b"GET /files/a%2fb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
     assert_eq!(r.json_chunked()["uri"], "/files/a%2Fb");
     for bad in ["/a%zz", "/a%4", "/a%00b"] {
         let req = format!("GET {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1002,7 +1002,7 @@ async fn case_insensitive_paths_route_and_forward_lowercased() {
         b"GET /SeCuRe/X?Q=1 HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice-key-0123456789\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
     let echo = r.json_chunked();
     assert_eq!(echo["upstream"], "secure", "{echo}");
     assert_eq!(echo["uri"], "/secure/x?Q=1", "{echo}");
@@ -1083,14 +1083,14 @@ async fn requests_hyper_refuses_are_logged_and_counted_with_their_error_code() {
 // === stalled request bodies: the client's fault ===
 
 /// Sends a POST announcing 100 bytes, sends 5, then waits for the answer.
-async fn stalled_post(gw: &TestGateway) -> (RawReply, Duration) {
+async fn stalled_post(gw: &TestGateway) -> (Reply, Duration) {
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
     let started = Instant::now();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nhello")
         .await
         .expect("write");
     let (text, _) = read_until_closed(&mut s, Duration::from_secs(20)).await;
-    (RawReply::parse(&text), started.elapsed())
+    (Reply::parse(&text), started.elapsed())
 }
 
 #[tokio::test]
@@ -1103,7 +1103,7 @@ async fn a_stalled_request_body_gets_408_and_never_opens_the_breaker() {
     for _ in 0..4 {
         let (r, took) = stalled_post(&gw).await;
         r.assert_error(408, "request_body_timeout");
-        assert_eq!(r.header("connection"), "close", "{:?}", r.text);
+        assert_eq!(r.header("connection"), "close", "{:?}", r.wire);
         assert!(took < Duration::from_secs(10), "answered after {took:?}");
     }
     // Four client stalls later the breaker is still closed: a healthy upstream serves.
@@ -1112,7 +1112,7 @@ async fn a_stalled_request_body_gets_408_and_never_opens_the_breaker() {
         b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
     )
     .await;
-    assert_eq!(r.status, 200, "{:?}", r.text);
+    assert_eq!(r.status, 200, "{:?}", r.wire);
 }
 
 #[tokio::test]
@@ -1133,6 +1133,6 @@ async fn a_body_unfinished_when_the_route_times_out_is_the_clients_408_not_a_504
     assert_eq!(
         r.status, 200,
         "breaker or ejection after a client's stall: {:?}",
-        r.text
+        r.wire
     );
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::support::{get, send, upstream, TestGateway};
+use crate::support::{get, send, upstream, Reply, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,9 +75,9 @@ async fn inbound_http2_prior_knowledge_reaches_an_http1_upstream() {
         Version::HTTP_2,
         "the gateway answered over h2"
     );
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let r = Reply::read(resp).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
     assert_eq!(echo["upstream"], "h1");
     assert_eq!(echo["version"], "HTTP/1.1");
     assert_eq!(echo["uri"], "/via-h2?x=1");
@@ -118,9 +118,9 @@ async fn inbound_http2_authority_drives_host_routing() {
             .await
             .expect("reply in time")
             .expect("h2 request");
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let r = Reply::read(resp).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.json();
         assert_eq!(echo["upstream"], want, ":authority {authority}");
         assert_eq!(
             echo["headers"]["x-forwarded-host"],

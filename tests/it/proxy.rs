@@ -5,8 +5,7 @@ use crate::support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::support::{get, raw, send, upstream, TestGateway};
-use http_body_util::BodyExt;
+use crate::support::{get, raw, send, upstream, Reply, TestGateway};
 
 #[tokio::test]
 async fn routes_by_prefix_and_strips_it() {
@@ -425,10 +424,9 @@ async fn sequential_requests_share_one_pooled_upstream_connection() {
         let req = http::Request::get(gw.url(&format!("/p/{i}")))
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
-        let resp = client.request(req).await.expect("request");
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        let echo: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let r = Reply::read(client.request(req).await.expect("request")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.json();
         assert_eq!(echo["uri"], format!("/p/{i}"));
     }
     assert_eq!(up.hits(), 10);

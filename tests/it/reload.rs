@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::support::upstream::{self, UpBody};
-use crate::support::{get, with_defaults, GatewayProcess};
+use crate::support::{get, with_defaults, GatewayProcess, Reply};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -545,11 +545,10 @@ fn pos_of(text: &str, needle: &str) -> (usize, usize) {
 // === Configs that must not take the gateway down (issue 15) ===
 
 /// `POST /reload` on the admin API after writing `yaml` (with the harness defaults) over the
-/// config file; the reply as JSON with its status.
-async fn admin_reload(gw: &GatewayProcess, yaml: &str) -> (u16, serde_json::Value) {
+/// config file.
+async fn admin_reload(gw: &GatewayProcess, yaml: &str) -> Reply {
     std::fs::write(&gw.config, with_defaults(yaml)).expect("write config");
-    let r = support::send("POST", &gw.admin_url("/reload"), &[], "").await;
-    (r.status.as_u16(), r.json())
+    support::send("POST", &gw.admin_url("/reload"), &[], "").await
 }
 
 /// The one error of a rejected reload reply.
@@ -575,8 +574,9 @@ async fn a_400000_day_cache_ttl_is_a_config_error_on_post_reload_and_sighup_not_
 
     // Before the fix the reply never came: the admin thread died in moka's builder.
     let bad = basic_auth_config(&up.url(), "400000d");
-    let (status, reply) = admin_reload(&gw, &bad).await;
-    assert_eq!(status, 400, "{reply}");
+    let r = admin_reload(&gw, &bad).await;
+    let reply = r.json();
+    assert_eq!(r.status, 400, "{reply}");
     let e = only_error(&reply);
     assert_eq!(e["path"], "auth.basic.cache_ttl", "{reply}");
     assert!(
@@ -602,11 +602,10 @@ async fn a_400000_day_cache_ttl_is_a_config_error_on_post_reload_and_sighup_not_
     );
 
     // The longest accepted TTL is applied.
-    let (status, reply) = admin_reload(&gw, &basic_auth_config(&up.url(), "365d")).await;
-    assert_eq!(
-        (status, &reply["result"]),
-        (200, &serde_json::json!("applied"))
-    );
+    let r = admin_reload(&gw, &basic_auth_config(&up.url(), "365d")).await;
+    let reply = r.json();
+    assert_eq!(r.status, 200, "{reply}");
+    assert_eq!(reply["result"], "applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,8 +616,9 @@ async fn five_thousand_nested_lists_on_post_reload_are_a_config_error_not_a_stac
 
     // 10 KB of `- - - ...`: before the fix this overflowed the admin thread's stack (exit 134).
     let deep = format!("{good}extra:\n{}x\n", "- ".repeat(5000));
-    let (status, reply) = admin_reload(&gw, &deep).await;
-    assert_eq!(status, 400, "{reply}");
+    let r = admin_reload(&gw, &deep).await;
+    let reply = r.json();
+    assert_eq!(r.status, 400, "{reply}");
     let e = only_error(&reply);
     assert!(
         e["message"]
@@ -629,8 +629,9 @@ async fn five_thousand_nested_lists_on_post_reload_are_a_config_error_not_a_stac
     assert!(e["line"].as_u64().is_some(), "{reply}");
     // The same depth in flow style.
     let flow = format!("{good}extra: {}x{}\n", "[".repeat(5000), "]".repeat(5000));
-    let (status, reply) = admin_reload(&gw, &flow).await;
-    assert_eq!(status, 400, "{reply}");
+    let r = admin_reload(&gw, &flow).await;
+    let reply = r.json();
+    assert_eq!(r.status, 400, "{reply}");
     assert!(only_error(&reply)["message"]
         .as_str()
         .is_some_and(|m| m.contains("levels deep")));
@@ -651,14 +652,15 @@ async fn an_alias_bomb_is_refused_before_it_expands_and_rss_stays_where_it_was()
     let good = config(&up.url(), &[("api", "/api")]);
     let gw = blocking(|| GatewayProcess::spawn(&good, &[]));
     // Warm up the admin thread and the allocator with one ordinary rejected reload.
-    let (status, _) = admin_reload(&gw, &format!("{good}nope: 1\n")).await;
-    assert_eq!(status, 400);
+    let r = admin_reload(&gw, &format!("{good}nope: 1\n")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
     let (rss_before, peak_before) = (gw.rss_kib(), gw.hwm_kib());
 
     let bomb = alias_bomb(&good);
     assert!(bomb.len() < 16 * 1024, "{} bytes", bomb.len());
-    let (status, reply) = admin_reload(&gw, &bomb).await;
-    assert_eq!(status, 400, "{reply}");
+    let r = admin_reload(&gw, &bomb).await;
+    let reply = r.json();
+    assert_eq!(r.status, 400, "{reply}");
     assert!(
         only_error(&reply)["message"]
             .as_str()
@@ -691,8 +693,9 @@ async fn an_otlp_queue_too_large_to_allocate_is_a_config_error_not_an_abort() {
     let huge = format!(
         "{good}tracing:\n  otlp: {{endpoint: \"http://127.0.0.1:1/v1/traces\", max_queue_size: 100000000000}}\n"
     );
-    let (status, reply) = admin_reload(&gw, &huge).await;
-    assert_eq!(status, 400, "{reply}");
+    let r = admin_reload(&gw, &huge).await;
+    let reply = r.json();
+    assert_eq!(r.status, 400, "{reply}");
     let e = only_error(&reply);
     assert_eq!(e["path"], "tracing.otlp.max_queue_size", "{reply}");
     assert!(

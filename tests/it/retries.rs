@@ -144,7 +144,7 @@ async fn large_and_streamed_uploads_are_not_retried_small_ones_are() {
         b"PUT /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    assert_eq!(reply.status, 503, "{:?}", reply.text);
+    assert_eq!(reply.status, 503, "{:?}", reply.wire);
     assert_eq!(up.hits(), 4, "a streamed upload was retried");
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::support::{get, upstream, GatewayProcess, TestGateway};
+use crate::support::{get, upstream, GatewayProcess, Reply, TestGateway};
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
@@ -112,9 +112,9 @@ async fn upload_of_100_mib_streams_through_with_bounded_gateway_memory() {
         .await
         .expect("upload finished within 120s")
         .expect("upload request");
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    let echo: serde_json::Value = serde_json::from_slice(&body).expect("json echo");
+    let r = Reply::read(resp).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
     assert_eq!(echo["body_len"], SIZE, "the upstream got every byte");
     assert_eq!(echo["headers"]["content-length"][0], SIZE.to_string());
 

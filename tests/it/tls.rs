@@ -234,7 +234,7 @@ async fn plain_listener_redirects_to_https_with_308() {
         b"POST /orders?id=7 HTTP/1.1\r\nHost: shop.test:8080\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(r.status, 308, "{:?}", r.text);
+    assert_eq!(r.status, 308, "{:?}", r.wire);
     assert_eq!(r.header("location"), "https://shop.test:8443/orders?id=7");
     assert_eq!(up.hits(), 0, "nothing reaches the upstream over plain HTTP");
 }
@@ -335,7 +335,7 @@ async fn a_request_hyper_cannot_parse_over_tls_gets_the_json_400() {
         .await
         .expect("closed in time")
         .ok();
-    let r = support::RawReply::parse(&String::from_utf8_lossy(&text));
+    let r = support::Reply::parse(&String::from_utf8_lossy(&text));
     let v = r.assert_error(400, "bad_request");
     assert!(
         v["message"]

@@ -2,7 +2,7 @@
 //! and the response, query operations, regex path rewrites, method override, and config errors
 //! at their key paths.
 
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{seen, send, upstream, TestGateway};
 
 const CONSUMERS: &str = r#"
 consumers:
@@ -13,14 +13,6 @@ consumers:
 
 fn config(url: &str, routes: &str) -> String {
     format!("{CONSUMERS}services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n{routes}")
-}
-
-/// The values of header `name` the upstream saw (from the echo body).
-fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
-    echo["headers"][name]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test]

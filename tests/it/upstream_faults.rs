@@ -10,7 +10,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use crate::support::upstream::{self, read_head, RawUpstream};
-use crate::support::{client, get, RawReply, TestGateway};
+use crate::support::{client, get, Reply, TestGateway};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -113,7 +113,7 @@ async fn upstream_closing_mid_response_gives_the_client_an_incomplete_response_a
         Duration::from_secs(5),
     )
     .await;
-    let r = RawReply::parse(&text);
+    let r = Reply::parse(&text);
     assert_eq!(r.status, 200, "{text:?}");
     assert_eq!(r.header("content-length"), "1000", "{text:?}");
     assert_eq!(r.body, "0123456789", "{text:?}");
@@ -288,15 +288,9 @@ async fn pooled_connection_closed_by_the_upstream_while_idle_is_not_an_error_for
                 .await
                 .expect("answer in time")
                 .expect("answer");
-            let status = resp.status();
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(
-                status,
-                200,
-                "request {i}: {:?}",
-                String::from_utf8_lossy(&body)
-            );
-            String::from_utf8_lossy(&body).into_owned()
+            let r = Reply::read(resp).await;
+            assert_eq!(r.status, 200, "request {i}: {:?}", r.text());
+            r.text()
         }
     };
 

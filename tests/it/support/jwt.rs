@@ -158,14 +158,6 @@ pub async fn get_with(url: &str, headers: &[(&str, String)]) -> Reply {
     send("GET", url, &h, "").await
 }
 
-/// The values of header `name` the upstream saw (from the echo body).
-pub fn seen(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"][name]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
 /// A 401 in the common JSON shape with an RFC 6750 challenge whose description contains
 /// `why`; neither the body nor the challenge quotes `token`.
 pub fn assert_invalid_token(r: &Reply, why: &str, token: &str) {

@@ -136,30 +136,114 @@ pub fn with_defaults(yaml: &str) -> String {
     out
 }
 
-/// A response read whole.
-#[derive(Debug)]
+/// A response read whole: by a client ([`send`], [`get`], [`Reply::read`]) or off the wire
+/// ([`raw_reply`], [`Reply::parse`]), for byte-exact and malformed exchanges.
+#[derive(Debug, Clone)]
 pub struct Reply {
     /// Status.
     pub status: StatusCode,
     /// Headers.
     pub headers: HeaderMap,
-    /// Body bytes.
+    /// Body bytes (read off the wire: as sent, a chunked body still chunked; see
+    /// [`Reply::json_chunked`]).
     pub body: Bytes,
+    /// Read off the wire: the whole text as received (empty for a client's reply).
+    pub wire: String,
 }
 
 impl Reply {
+    /// Reads the whole of `resp` (panics when the body fails).
+    pub async fn read<B>(resp: http::Response<B>) -> Self
+    where
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        Self::try_read(resp).await.expect("body")
+    }
+
+    /// Reads the whole of `resp`, or the body's error.
+    pub async fn try_read<B: http_body::Body>(resp: http::Response<B>) -> Result<Self, B::Error> {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            wire: String::new(),
+        })
+    }
+
+    /// Parses the first response in `text` as read off the wire (panics when there is no status
+    /// line: nothing came back).
+    pub fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| StatusCode::from_bytes(s.as_bytes()).ok())
+            .unwrap_or_else(|| panic!("no HTTP response in {text:?}"));
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_bytes(value.trim().as_bytes()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        Self {
+            status,
+            headers,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            wire: text.to_string(),
+        }
+    }
+
     /// The body as UTF-8 text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    /// The whole reply for failure messages: the wire text when read raw, else the body.
+    fn shown(&self) -> String {
+        if self.wire.is_empty() {
+            self.text()
+        } else {
+            format!("{:?}", self.wire)
+        }
     }
 
-    /// A header as text ("" when absent).
+    /// The body as JSON (panics with the reply when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.body.trim_ascii())
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.shown()))
+    }
+
+    /// The body as JSON, de-chunking it first when a reply read off the wire was chunked.
+    pub fn json_chunked(&self) -> serde_json::Value {
+        if !self
+            .header("transfer-encoding")
+            .eq_ignore_ascii_case("chunked")
+        {
+            return self.json();
+        }
+        let body = self.text();
+        let mut rest = body.as_str();
+        let mut out = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.shown()))
+    }
+
+    /// The first value of header `name` as text ("" when absent).
     pub fn header(&self, name: &str) -> String {
         self.headers
             .get(name)
@@ -167,21 +251,33 @@ impl Reply {
             .unwrap_or_default()
     }
 
-    /// Asserts the common JSON error shape with this `error` code, and returns the body.
+    /// Asserts the gateway's JSON error shape with this status and `error` code; returns the
+    /// body.
     pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        let v = self.json();
-        assert_eq!(v["error"], code, "body: {v}");
-        assert!(
-            v["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "body: {v}"
+        assert_eq!(self.status.as_u16(), status, "reply: {}", self.shown());
+        assert_eq!(
+            self.header("content-type"),
+            "application/json",
+            "reply: {}",
+            self.shown()
         );
+        let v = self.json();
+        assert_eq!(v["error"], code, "reply: {}", self.shown());
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         assert!(
             v["request_id"].as_str().is_some_and(|m| !m.is_empty()),
-            "body: {v}"
+            "{v}"
         );
         v
     }
+}
+
+/// The values of header `name` an echo upstream saw (from its JSON reply).
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"][name]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 /// A pooled HTTP/1.1 client (hyper's).
@@ -205,13 +301,7 @@ pub async fn send(
         .await
         .expect("reply within 20s")
         .expect("request failed");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply::read(resp).await
 }
 
 /// `GET url`.
@@ -442,100 +532,9 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// A response read off the wire by [`raw`], split into its parts (the body is not de-chunked).
-#[derive(Debug, Clone)]
-pub struct RawReply {
-    /// The status code (0 when nothing parseable came back).
-    pub status: u16,
-    /// Header lines as (lower-case name, value), in wire order.
-    pub headers: Vec<(String, String)>,
-    /// Everything after the blank line.
-    pub body: String,
-    /// The whole text as received.
-    pub text: String,
-}
-
-impl RawReply {
-    /// Parses the first response in `text`.
-    pub fn parse(text: &str) -> Self {
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Self {
-            status,
-            headers,
-            body: body.to_string(),
-            text: text.to_string(),
-        }
-    }
-
-    /// The first value of header `name` ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    }
-
-    /// The body as JSON (panics with the whole reply when it is not).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.body.trim())
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
-    }
-
-    /// The body as JSON, de-chunking it first when the reply was chunked.
-    pub fn json_chunked(&self) -> serde_json::Value {
-        if !self
-            .header("transfer-encoding")
-            .eq_ignore_ascii_case("chunked")
-        {
-            return self.json();
-        }
-        let mut rest = self.body.as_str();
-        let mut out = String::new();
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
-    }
-
-    /// Asserts the gateway's JSON error shape with this status and code; returns the body.
-    pub fn assert_error(&self, status: u16, code: &str) -> serde_json::Value {
-        assert_eq!(self.status, status, "reply: {:?}", self.text);
-        assert_eq!(
-            self.header("content-type"),
-            "application/json",
-            "{:?}",
-            self.text
-        );
-        let v = self.json();
-        assert_eq!(v["error"], code, "reply: {:?}", self.text);
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        assert!(
-            v["request_id"].as_str().is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
-        v
-    }
-}
-
 /// [`raw`] and parse the reply.
-pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> RawReply {
-    RawReply::parse(&raw(addr, request, Duration::from_secs(5)).await)
+pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> Reply {
+    Reply::parse(&raw(addr, request, Duration::from_secs(5)).await)
 }
 
 /// A loopback port that refuses connections and stays reserved while the guard lives (a
