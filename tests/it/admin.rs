@@ -6,18 +6,23 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::redis::RedisServer;
 use crate::support::{get, send, upstream, TestGateway};
 
 const TOKEN: &str = "admin-token-0123456789";
 
 fn config(up: &str, extra: &str) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:0\", token: \"{TOKEN}\"}}\n\
-         consumers:\n  - name: shop\n    api_keys: [\"very-secret-api-key-1\"]\n\
-         services:\n  a: {{targets: [{{url: \"{up}\"}}]}}\n\
-         routes:\n  - name: first\n    match: {{path: /first}}\n    service: a\n{extra}"
-    )
+    Config::new()
+        .set(
+            "admin",
+            format!("{{listen: \"127.0.0.1:0\", token: \"{TOKEN}\"}}"),
+        )
+        .consumer(Consumer::new("shop").api_key("very-secret-api-key-1"))
+        .service(Service::new("a").target(up))
+        .route(Route::new("first").path("/first").service("a"))
+        .yaml(extra)
+        .to_yaml()
 }
 
 async fn admin_get(gw: &TestGateway, path: &str) -> support::Reply {

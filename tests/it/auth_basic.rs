@@ -4,6 +4,7 @@
 //! That a verified pair is cached (the hash is not recomputed) is asserted by counting hash
 //! computations in `src/policy/auth/basic.rs`'s unit tests, not by timing here.
 
+use crate::support::config::{Config, Consumer, Service};
 use crate::support::{send, upstream, Reply, TestGateway};
 use base64::Engine as _;
 
@@ -27,25 +28,31 @@ fn basic(user: &str, password: &str) -> String {
 
 /// Alice (argon2id) and Bob (bcrypt), one service at `url`, and `routes`.
 fn config(url: &str, routes: &str) -> String {
-    format!(
-        r#"auth:
-  realm: staff area
-consumers:
-  - name: alice
-    id: c-001
-    groups: [admin]
-    basic: {{username: alice, password_hash: "{alice}"}}
-  - name: bob
-    groups: [staff, ops]
-    basic: {{username: "bob@example.com", password_hash: "{bob}"}}
-    api_keys: ["bob-key-0123456789"]
-services:
-  a: {{targets: [{{url: "{url}"}}]}}
-routes:
-{routes}"#,
-        alice = argon2_hash("wonder land:1"),
-        bob = bcrypt::hash("builder", 4).unwrap(),
-    )
+    let alice = format!(
+        "{{username: alice, password_hash: \"{}\"}}",
+        argon2_hash("wonder land:1")
+    );
+    let bob = format!(
+        "{{username: \"bob@example.com\", password_hash: \"{}\"}}",
+        bcrypt::hash("builder", 4).unwrap()
+    );
+    Config::new()
+        .set("auth", "{realm: staff area}")
+        .consumer(
+            Consumer::new("alice")
+                .set("id", "c-001")
+                .set("groups", "[admin]")
+                .set("basic", alice),
+        )
+        .consumer(
+            Consumer::new("bob")
+                .set("groups", "[staff, ops]")
+                .set("basic", bob)
+                .api_key("bob-key-0123456789"),
+        )
+        .service(Service::new("a").target(url))
+        .yaml(&format!("routes:\n{routes}"))
+        .to_yaml()
 }
 
 const BASIC_ROUTE: &str =

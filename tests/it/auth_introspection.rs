@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::upstream::{self, full, handler, Upstream};
 use crate::support::{send, Reply, TestGateway};
 use base64::Engine as _;
@@ -144,23 +145,19 @@ async fn idp() -> Idp {
 /// The gateway config: provider `idp` at `idp_url` with `extra` provider settings (a YAML flow
 /// mapping body, may be empty), one service at `up`, one route using `policy`.
 fn config(idp_url: &str, extra: &str, up: &str, policy: &str) -> String {
-    format!(
-        r#"consumers:
-  - name: alice
-    groups: [admin]
-    jwt_subjects: ["alice@example.com"]
-auth:
-  introspection:
-    idp: {{url: "{idp_url}", client_id: gateway, client_secret: "s3cr3t/+", claim_headers: {{sub: X-User-Id, scope: X-Scopes}}{extra}}}
-services:
-  a: {{targets: [{{url: "{up}"}}]}}
-routes:
-  - name: r
-    service: a
-    policies:
-      - auth: {policy}
-"#
-    )
+    let idp = format!(
+        "{{url: \"{idp_url}\", client_id: gateway, client_secret: \"s3cr3t/+\", claim_headers: {{sub: X-User-Id, scope: X-Scopes}}{extra}}}"
+    );
+    Config::new()
+        .set("auth", format!("{{introspection: {{idp: {idp}}}}}"))
+        .consumer(
+            Consumer::new("alice")
+                .set("groups", "[admin]")
+                .set("jwt_subjects", "[\"alice@example.com\"]"),
+        )
+        .service(Service::new("a").target(up))
+        .route(Route::new("r").service("a").policy("auth", policy))
+        .to_yaml()
 }
 
 const POLICY: &str = "{introspection: [idp]}";

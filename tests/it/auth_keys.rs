@@ -1,6 +1,7 @@
 //! API keys, consumers, ACLs, anonymous access, identity headers and policy precedence, over real
 //! sockets: a real upstream that echoes what it received, the gateway, a client.
 
+use crate::support::config::{Config, Service};
 use crate::support::{get, seen, send, upstream, Reply, TestGateway};
 use sha2::{Digest, Sha256};
 
@@ -21,7 +22,11 @@ consumers:
 
 /// One service `a` at `url`, the consumers, then `rest` (auth settings, routes...).
 fn config(url: &str, rest: &str) -> String {
-    format!("{CONSUMERS}services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\n{rest}")
+    Config::new()
+        .yaml(CONSUMERS)
+        .service(Service::new("a").target(url))
+        .yaml(rest)
+        .to_yaml()
 }
 
 fn with_key(key: &str) -> [(&str, &str); 1] {

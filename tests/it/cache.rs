@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, full, handler, UpBody};
 use crate::support::{get, send, Reply, TestGateway};
 use http::{Response, StatusCode};
@@ -16,10 +17,15 @@ use portico::policy::cache::{purge, Purge};
 
 /// Service `a` at `url`, one route `r` with the given `cache` policy (inline YAML map).
 fn config(url: &str, policy: &str) -> String {
-    format!(
-        "services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\n\
-         routes:\n  - name: r\n    service: a\n    timeout: 500ms\n    policies:\n      - cache: {policy}\n"
-    )
+    Config::new()
+        .service(Service::new("a").target(url))
+        .route(
+            Route::new("r")
+                .service("a")
+                .set("timeout", "500ms")
+                .policy("cache", policy),
+        )
+        .to_yaml()
 }
 
 /// A response with `body` and headers.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{self, full, handler};
 use crate::support::{get, send, Reply, TestGateway};
@@ -15,12 +16,21 @@ use http::Response;
 use portico::policy::cache::{purge, Purge};
 
 fn config(redis: &RedisServer, up: &str) -> String {
-    format!(
-        "redis: {{url: \"{}\", timeout: 500ms, retry_interval: 200ms}}\n\
-         services:\n  a: {{targets: [{{url: \"{up}\"}}]}}\n\
-         routes:\n  - name: r\n    service: a\n    policies:\n      - cache: {{redis: {{max_entry_bytes: 1KiB}}}}\n",
-        redis.url()
-    )
+    Config::new()
+        .set(
+            "redis",
+            format!(
+                "{{url: \"{}\", timeout: 500ms, retry_interval: 200ms}}",
+                redis.url()
+            ),
+        )
+        .service(Service::new("a").target(up))
+        .route(
+            Route::new("r")
+                .service("a")
+                .policy("cache", "{redis: {max_entry_bytes: 1KiB}}"),
+        )
+        .to_yaml()
 }
 
 /// `/big` answers 4 KiB, anything else `body-N`; all cacheable for a minute.

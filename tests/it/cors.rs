@@ -2,12 +2,21 @@
 //! upstream, even on a route that does not list OPTIONS), refused preflights, and the CORS
 //! headers on actual responses.
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 
 fn config(url: &str, policy: &str) -> String {
-    format!(
-        "services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n  - name: r\n    match: {{methods: [GET, POST, DELETE]}}\n    service: a\n    policies:\n      - auth: {{api_key: true}}\n      - cors: {policy}\nconsumers: [{{name: app, api_keys: [\"app-key-0123456789\"]}}]\n"
-    )
+    Config::new()
+        .consumer(Consumer::new("app").api_key("app-key-0123456789"))
+        .service(Service::new("a").target(url))
+        .route(
+            Route::new("r")
+                .matching("methods", "[GET, POST, DELETE]")
+                .service("a")
+                .policy("auth", "{api_key: true}")
+                .policy("cors", policy),
+        )
+        .to_yaml()
 }
 
 const POLICY: &str = "{allow_origins: [\"https://app.example.com\", \"https://*.acme.io\"], allow_methods: [GET, POST], allow_headers: [content-type, x-api-key], expose_headers: [x-total], allow_credentials: true, max_age: 10m}";

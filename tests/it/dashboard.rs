@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -209,14 +210,17 @@ const STATE: &str = "const b = document.body; return {
 // === the tests ===
 
 fn config(api: &str, refused: u16) -> String {
-    format!(
-        "admin: {{listen: \"127.0.0.1:0\", token: \"{TOKEN}\"}}\n\
-         services:\n  api: {{targets: [{{url: \"{api}\"}}]}}\n  \
-         gone: {{targets: [{{url: \"http://127.0.0.1:{refused}\"}}]}}\n\
-         routes:\n  - name: users\n    match: {{path: /users}}\n    service: api\n  \
-         - name: slow\n    match: {{path: /slow}}\n    service: api\n  \
-         - name: broken\n    match: {{path: /broken}}\n    service: gone\n"
-    )
+    Config::new()
+        .set(
+            "admin",
+            format!("{{listen: \"127.0.0.1:0\", token: \"{TOKEN}\"}}"),
+        )
+        .service(Service::new("api").target(api))
+        .service(Service::new("gone").target(format!("http://127.0.0.1:{refused}")))
+        .route(Route::new("users").path("/users").service("api"))
+        .route(Route::new("slow").path("/slow").service("api"))
+        .route(Route::new("broken").path("/broken").service("gone"))
+        .to_yaml()
 }
 
 #[tokio::test]

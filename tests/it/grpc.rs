@@ -7,6 +7,7 @@ use crate::support;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::support::config::{quoted, Config, Route, Service};
 use crate::support::TestGateway;
 use http::uri::PathAndQuery;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -146,10 +147,19 @@ async fn say(addr: std::net::SocketAddr, text: &str) -> Result<Response<Msg>, St
 }
 
 fn gateway(upstream: std::net::SocketAddr, log: &std::path::Path) -> TestGateway {
-    TestGateway::start(&format!(
-        "access_log: {{enabled: true, path: \"{}\"}}\nservices:\n  grpc: {{targets: [{{url: \"h2c://{upstream}\"}}]}}\n  down: {{targets: [{{url: \"h2c://127.0.0.1:9\"}}]}}\nroutes:\n  - {{name: echo, service: grpc, match: {{path: /test.Echo}}}}\n  - {{name: broken, service: down, match: {{path: /test.Down}}}}\n",
-        log.display()
-    ))
+    let access_log = format!(
+        "{{enabled: true, path: {}}}",
+        quoted(&log.display().to_string())
+    );
+    TestGateway::start(
+        &Config::new()
+            .set("access_log", access_log)
+            .service(Service::new("grpc").target(format!("h2c://{upstream}")))
+            .service(Service::new("down").target("h2c://127.0.0.1:9"))
+            .route(Route::new("echo").path("/test.Echo").service("grpc"))
+            .route(Route::new("broken").path("/test.Down").service("down"))
+            .to_yaml(),
+    )
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, read_head, Upstream};
 use crate::support::{get, GatewayProcess, TestGateway};
 use tokio::io::AsyncWriteExt;
@@ -55,11 +56,15 @@ fn healthy(gw: &TestGateway, service: usize, i: usize) -> bool {
 }
 
 fn config(urls: &[String], hc: &str, extra: &str) -> String {
-    let targets: Vec<String> = urls.iter().map(|u| format!("{{url: \"{u}\"}}")).collect();
-    format!(
-        "services:\n  s:\n    targets: [{}]\n    health_check: {hc}\n{extra}routes:\n  - {{name: all, service: s}}\n",
-        targets.join(", ")
-    )
+    Config::new()
+        .service(
+            Service::new("s")
+                .targets(urls)
+                .set("health_check", hc)
+                .yaml(extra),
+        )
+        .route(Route::new("all").service("s"))
+        .to_yaml()
 }
 
 const FAST: &str =

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{upstream, TestGateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -72,10 +73,13 @@ async fn read_until(s: &mut TcpStream, kind: u8, wait: Duration) -> Option<Vec<u
 }
 
 fn gateway(up: &upstream::Upstream, extra: &str) -> TestGateway {
-    TestGateway::start(&format!(
-        "services:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: all, service: a}}\n{extra}",
-        up.url()
-    ))
+    TestGateway::start(
+        &Config::new()
+            .service(Service::new("a").target(up.url()))
+            .route(Route::new("all").service("a"))
+            .yaml(extra)
+            .to_yaml(),
+    )
 }
 
 /// A well-behaved HTTP/2 client sending GETs in a loop until `stop`; counts successes and

@@ -1,11 +1,14 @@
 //! The `ip_filter` policy over real sockets, with and without `trusted_proxies`.
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 
 fn config(url: &str, extra: &str, policy: &str) -> String {
-    format!(
-        "{extra}services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n  - name: r\n    service: a\n    policies:\n      - ip_filter: {policy}\n"
-    )
+    Config::new()
+        .yaml(extra)
+        .service(Service::new("a").target(url))
+        .route(Route::new("r").service("a").policy("ip_filter", policy))
+        .to_yaml()
 }
 
 #[tokio::test]

@@ -5,19 +5,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{get, send, upstream, TestGateway, Upstream};
 use tokio::sync::{mpsc, Notify};
 
 /// A gateway with one service `s` over `targets` (`(url, weight)`) using `lb`, routing every path.
 fn gateway(targets: &[(String, u32)], lb: &str) -> TestGateway {
-    let list: Vec<String> = targets
+    let service = targets
         .iter()
-        .map(|(url, w)| format!("{{url: \"{url}\", weight: {w}}}"))
-        .collect();
-    TestGateway::start(&format!(
-        "services:\n  s:\n    targets: [{}]\n    load_balancing: {lb}\nroutes:\n  - {{name: all, service: s}}\n",
-        list.join(", ")
-    ))
+        .fold(Service::new("s"), |s, (url, w)| s.weighted_target(url, *w))
+        .set("load_balancing", lb);
+    TestGateway::start(
+        &Config::new()
+            .service(service)
+            .route(Route::new("all").service("s"))
+            .to_yaml(),
+    )
 }
 
 async fn two_upstreams() -> (Upstream, Upstream) {

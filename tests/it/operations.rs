@@ -8,13 +8,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{upstream, TestGateway};
 
 /// A config with one route to `up`, on a free port, with the harness defaults.
 fn routes(up: &str) -> String {
-    format!(
-        "services:\n  up: {{targets: [{{url: \"{up}\"}}]}}\nroutes:\n  - {{name: r, service: up}}\n"
-    )
+    Config::new()
+        .service(Service::new("up").target(up))
+        .route(Route::new("r").service("up"))
+        .to_yaml()
 }
 
 /// Writes `yaml` (with the harness defaults) to a temp file.

@@ -8,15 +8,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, flaky};
 use crate::support::{get, TestGateway};
 
 fn config(urls: &[String], outlier: &str) -> String {
-    let targets: Vec<String> = urls.iter().map(|u| format!("{{url: \"{u}\"}}")).collect();
-    format!(
-        "services:\n  s:\n    targets: [{}]\n    outlier_detection: {outlier}\n    timeouts: {{connect: 500ms}}\nroutes:\n  - {{name: all, service: s}}\n",
-        targets.join(", ")
-    )
+    Config::new()
+        .service(
+            Service::new("s")
+                .targets(urls)
+                .set("outlier_detection", outlier)
+                .set("timeouts", "{connect: 500ms}"),
+        )
+        .route(Route::new("all").service("s"))
+        .to_yaml()
 }
 
 fn snapshot(gw: &TestGateway, i: usize) -> portico::upstream::state::HealthSnapshot {

@@ -5,6 +5,7 @@ use crate::support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::config::{Config, Service};
 use crate::support::{get, raw, send, upstream, Reply, TestGateway};
 
 #[tokio::test]
@@ -72,7 +73,10 @@ async fn client_request_id_is_kept_and_hop_headers_are_stripped() {
 
 /// A config with one service `a` at `url` and the given routes (YAML list items, indented).
 fn one_service(url: &str, routes: &str) -> String {
-    format!("services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n{routes}")
+    Config::new()
+        .service(Service::new("a").target(url))
+        .yaml(&format!("routes:\n{routes}"))
+        .to_yaml()
 }
 
 /// The JSON body of a raw HTTP/1.1 response (everything after the head).

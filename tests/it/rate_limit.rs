@@ -8,11 +8,15 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Service};
 use crate::support::{get, send, upstream, Reply, TestGateway};
 
 /// One service `a` at `url`, then `rest`.
 fn config(url: &str, rest: &str) -> String {
-    format!("services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\n{rest}")
+    Config::new()
+        .service(Service::new("a").target(url))
+        .yaml(rest)
+        .to_yaml()
 }
 
 /// A route `r` on service `a` with one `rate_limit` policy written inline.

@@ -7,20 +7,27 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::redis::RedisServer;
 use crate::support::{get, send, upstream, Reply, TestGateway};
 
 /// A config with `redis:` at `redis_url` (plus `redis_extra` settings), service `a` at `up`,
 /// and routes `(name, path, policy)`.
 fn config(redis: &str, up: &str, routes: &[(&str, &str, &str)]) -> String {
-    let mut s =
-        format!("redis: {redis}\nservices:\n  a: {{targets: [{{url: \"{up}\"}}]}}\nroutes:\n");
-    for (name, path, policy) in routes {
-        s.push_str(&format!(
-            "  - name: {name}\n    match: {{path: {path}}}\n    service: a\n    policies:\n      - rate_limit: {policy}\n"
-        ));
-    }
-    s
+    let config = Config::new()
+        .set("redis", redis)
+        .service(Service::new("a").target(up));
+    routes
+        .iter()
+        .fold(config, |c, (name, path, policy)| {
+            c.route(
+                Route::new(name)
+                    .path(path)
+                    .service("a")
+                    .policy("rate_limit", policy),
+            )
+        })
+        .to_yaml()
 }
 
 fn url_redis(r: &RedisServer, extra: &str) -> String {

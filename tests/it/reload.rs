@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, UpBody};
 use crate::support::{get, with_defaults, GatewayProcess, Reply};
 use bytes::Bytes;
@@ -43,13 +44,13 @@ fn hup(gw: &mut GatewayProcess, yaml: &str, expect: &str) -> String {
 
 /// One service `up` and one route per `(name, prefix)`.
 fn config(up: &str, routes: &[(&str, &str)]) -> String {
-    let mut y = format!("services:\n  up:\n    targets: [{{url: \"{up}\"}}]\nroutes:\n");
-    for (name, prefix) in routes {
-        y.push_str(&format!(
-            "  - name: {name}\n    match: {{path: {prefix}}}\n    service: up\n"
-        ));
-    }
-    y
+    let config = Config::new().service(Service::new("up").target(up));
+    routes
+        .iter()
+        .fold(config, |c, (name, prefix)| {
+            c.route(Route::new(name).path(prefix).service("up"))
+        })
+        .to_yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, Upstream};
 use crate::support::{get, send, TestGateway};
 
@@ -40,11 +41,11 @@ async fn failing(name: &str, status: u16) -> Upstream {
 }
 
 fn config(urls: &[String], route_extra: &str) -> String {
-    let targets: Vec<String> = urls.iter().map(|u| format!("{{url: \"{u}\"}}")).collect();
-    format!(
-        "services:\n  s:\n    targets: [{}]\nroutes:\n  - name: all\n    service: s\n{route_extra}",
-        targets.join(", ")
-    )
+    Config::new()
+        .service(Service::new("s").targets(urls))
+        .route(Route::new("all").service("s"))
+        .yaml(route_extra)
+        .to_yaml()
 }
 
 #[tokio::test]

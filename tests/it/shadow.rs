@@ -7,14 +7,17 @@ use crate::support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Notify};
 
 fn config(primary: &str, shadow: &str, policy: &str) -> String {
-    format!(
-        "services:\n  main: {{targets: [{{url: \"{primary}\"}}]}}\n  next: {{targets: [{{url: \"{shadow}\"}}]}}\nroutes:\n  - name: r\n    service: main\n    policies:\n      - shadow: {policy}\n"
-    )
+    Config::new()
+        .service(Service::new("main").target(primary))
+        .service(Service::new("next").target(shadow))
+        .route(Route::new("r").service("main").policy("shadow", policy))
+        .to_yaml()
 }
 
 /// A shadow upstream that reports each request (method, uri, marker, body) on a channel and

@@ -1,13 +1,17 @@
 //! TLS towards `https://` targets: a trusted CA, SNI, HTTP/2 by ALPN, client certificates, the
 //! explicit `insecure_skip_verify`, and clear 502s for untrusted or expired certificates.
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::tls::{tls_upstream, Pki};
 use crate::support::{get, TestGateway};
 
-fn gateway(target: &str, tls: &str) -> TestGateway {
-    TestGateway::start(&format!(
-        "services:\n  a:\n    targets: [{{url: \"{target}\"}}]\n{tls}routes:\n  - {{name: all, service: a}}\n"
-    ))
+fn gateway(target: &str, service_fields: &str) -> TestGateway {
+    TestGateway::start(
+        &Config::new()
+            .service(Service::new("a").target(target).yaml(service_fields))
+            .route(Route::new("all").service("a"))
+            .to_yaml(),
+    )
 }
 
 #[tokio::test]

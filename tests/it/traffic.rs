@@ -4,6 +4,7 @@
 
 use crate::support;
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 
 async fn two() -> (support::Upstream, support::Upstream) {
@@ -14,9 +15,14 @@ async fn two() -> (support::Upstream, support::Upstream) {
 }
 
 fn config(a: &str, b: &str, policy: &str) -> String {
-    format!(
-        "consumers: [{{name: alice, api_keys: [\"alice-key-0123456789\"]}}, {{name: bob, api_keys: [\"bob-key-0123456789\"]}}]\nservices:\n  stable: {{targets: [{{url: \"{a}\"}}]}}\n  canary: {{targets: [{{url: \"{b}\"}}]}}\nroutes:\n  - name: r\n    service: stable\n    policies:\n{policy}"
-    )
+    Config::new()
+        .consumer(Consumer::new("alice").api_key("alice-key-0123456789"))
+        .consumer(Consumer::new("bob").api_key("bob-key-0123456789"))
+        .service(Service::new("stable").target(a))
+        .service(Service::new("canary").target(b))
+        .route(Route::new("r").service("stable"))
+        .yaml(&format!("    policies:\n{policy}"))
+        .to_yaml()
 }
 
 #[tokio::test]

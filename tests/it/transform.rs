@@ -2,6 +2,7 @@
 //! and the response, query operations, regex path rewrites, method override, and config errors
 //! at their key paths.
 
+use crate::support::config::{Config, Service};
 use crate::support::{seen, send, upstream, TestGateway};
 
 const CONSUMERS: &str = r#"
@@ -12,7 +13,11 @@ consumers:
 "#;
 
 fn config(url: &str, routes: &str) -> String {
-    format!("{CONSUMERS}services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n{routes}")
+    Config::new()
+        .yaml(CONSUMERS)
+        .service(Service::new("a").target(url))
+        .yaml(&format!("routes:\n{routes}"))
+        .to_yaml()
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use crate::support;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 use http_body_util::BodyExt;
 
@@ -32,9 +33,15 @@ async fn mirror() -> support::Upstream {
 }
 
 fn config(url: &str, transform: &str) -> String {
-    format!(
-        "services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n  - name: r\n    match: {{path: \"/t/{{id}}\"}}\n    service: a\n    policies:\n      - transform:\n{transform}"
-    )
+    Config::new()
+        .service(Service::new("a").target(url))
+        .route(
+            Route::new("r")
+                .path("/t/{id}")
+                .service("a")
+                .policy("transform", format!("\n{transform}")),
+        )
+        .to_yaml()
 }
 
 const JSON: (&str, &str) = ("content-type", "application/json");

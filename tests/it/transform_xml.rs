@@ -3,13 +3,18 @@
 
 use crate::support;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 use http_body_util::BodyExt;
 
 fn config(url: &str) -> String {
-    format!(
-        "services:\n  legacy: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n  - name: r\n    service: legacy\n    policies:\n      - transform:\n          request: {{to_xml: {{root: request}}}}\n          response: {{from_xml: true}}\n"
-    )
+    Config::new()
+        .service(Service::new("legacy").target(url))
+        .route(Route::new("r").service("legacy").policy(
+            "transform",
+            "{request: {to_xml: {root: request}}, response: {from_xml: true}}",
+        ))
+        .to_yaml()
 }
 
 /// An XML upstream: `/echo` answers `<got type="CONTENT-TYPE">BODY</got>` wrapped as XML,

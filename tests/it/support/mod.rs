@@ -1,6 +1,7 @@
 //! Test support: real upstream HTTP servers, the gateway (in-process or as the real binary), and
 //! clients, all on ephemeral 127.0.0.1 ports. Nothing here mocks what a user runs.
 
+pub mod config;
 pub mod jwt;
 pub mod otlp;
 pub mod redis;
