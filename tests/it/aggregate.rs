@@ -8,6 +8,7 @@ use crate::support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::{send, upstream, TestGateway};
 
 fn json(body: &'static str) -> upstream::Handler {
@@ -55,27 +56,27 @@ async fn backends() -> Vec<support::Upstream> {
 }
 
 fn config(b: &[support::Upstream], extra_call: &str) -> String {
-    format!(
-        r#"consumers: [{{name: app, api_keys: ["app-key-0123456789"]}}]
-services:
-  users: {{targets: [{{url: "{}"}}]}}
-  orders: {{targets: [{{url: "{}"}}]}}
-  flaky: {{targets: [{{url: "{}"}}]}}
-routes:
-  - name: profile
-    match: {{path: "/api/profile/{{id}}"}}
-    service: users
-    policies:
-      - auth: {{api_key: true}}
-      - aggregate:
+    // `extra_call` is indented as a list item under `calls:` here (12 spaces).
+    let aggregate = format!(
+        r#"
           calls:
             - {{name: user, service: users, path: "/users/${{path.id}}", pick: [id, name, seen_by]}}
             - {{name: orders, service: orders, path: "/orders?user=${{path.id}}&by=${{consumer.name}}", merge: true}}
-{extra_call}"#,
-        b[0].url(),
-        b[1].url(),
-        b[2].url()
-    )
+{extra_call}"#
+    );
+    Config::new()
+        .consumer(Consumer::new("app").api_key("app-key-0123456789"))
+        .service(Service::new("users").target(b[0].url()))
+        .service(Service::new("orders").target(b[1].url()))
+        .service(Service::new("flaky").target(b[2].url()))
+        .route(
+            Route::new("profile")
+                .path("/api/profile/{id}")
+                .service("users")
+                .policy("auth", "{api_key: true}")
+                .policy("aggregate", aggregate),
+        )
+        .to_yaml()
 }
 
 const KEY: (&str, &str) = ("x-api-key", "app-key-0123456789");
@@ -198,20 +199,18 @@ async fn recording(
 }
 
 fn chain_config(users: &str, orders: &str, products: &str, calls: &str) -> String {
-    format!(
-        r#"services:
-  users: {{targets: [{{url: "{users}"}}]}}
-  orders: {{targets: [{{url: "{orders}"}}]}}
-  products: {{targets: [{{url: "{products}"}}]}}
-routes:
-  - name: profile
-    match: {{path: "/api/profile/{{id}}"}}
-    service: users
-    policies:
-      - aggregate:
-          calls:
-{calls}"#
-    )
+    // `calls` are indented as list items under `calls:` here (12 spaces).
+    Config::new()
+        .service(Service::new("users").target(users))
+        .service(Service::new("orders").target(orders))
+        .service(Service::new("products").target(products))
+        .route(
+            Route::new("profile")
+                .path("/api/profile/{id}")
+                .service("users")
+                .policy("aggregate", format!("          calls:\n{calls}")),
+        )
+        .to_yaml()
 }
 
 #[tokio::test]

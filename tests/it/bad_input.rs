@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::upstream::{self, Upstream};
 use crate::support::{get, raw, raw_reply, send, Reply, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,10 +27,13 @@ use tokio::net::TcpStream;
 /// `route` extra keys for the single route.
 async fn gateway(top: &str, route: &str) -> (Upstream, TestGateway) {
     let up = upstream::http1("up").spawn().await;
-    let gw = TestGateway::start(&format!(
-        "{top}\nservices:\n  up: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: all\n    service: up\n{route}\n",
-        up.url()
-    ));
+    let gw = TestGateway::start(
+        &Config::new()
+            .service(Service::new("up").target(up.url()))
+            .route(Route::new("all").service("up").yaml(route))
+            .yaml(top)
+            .to_yaml(),
+    );
     (up, gw)
 }
 
@@ -922,11 +926,23 @@ async fn an_absolute_form_target_authority_wins_over_host_for_routing_and_forwar
 async fn secure_and_open(top: &str, secure_route: &str) -> (Upstream, Upstream, TestGateway) {
     let secure = upstream::http1("secure").spawn().await;
     let open = upstream::http1("open").spawn().await;
-    let gw = TestGateway::start(&format!(
-        "{top}\nconsumers:\n  - {{name: alice, api_keys: [\"alice-key-0123456789\"]}}\nservices:\n  secure: {{targets: [{{url: \"{}\"}}]}}\n  open: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: secure\n    service: secure\n    match: {{path: /secure}}\n    policies: [{{auth: {{api_key: true}}}}]\n{secure_route}  - {{name: open, service: open, match: {{path: /}}}}\n",
-        secure.url(),
-        open.url()
-    ));
+    let gw = TestGateway::start(
+        &Config::new()
+            .consumer(Consumer::new("alice").api_key("alice-key-0123456789"))
+            .service(Service::new("secure").target(secure.url()))
+            .service(Service::new("open").target(open.url()))
+            .route(
+                Route::new("secure")
+                    .service("secure")
+                    .path("/secure")
+                    .policy("auth", "{api_key: true}"),
+            )
+            .yaml(&format!(
+                "{secure_route}  - {{name: open, service: open, match: {{path: /}}}}\n"
+            ))
+            .yaml(top)
+            .to_yaml(),
+    );
     (secure, open, gw)
 }
 

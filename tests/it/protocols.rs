@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::{get, send, upstream, Reply, TestGateway};
 use bytes::Bytes;
 use http::{Request, Response, Version};
@@ -13,9 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn one_service(target: &str) -> String {
-    format!(
-        "services:\n  a: {{targets: [{{url: \"{target}\"}}]}}\nroutes:\n  - {{name: all, service: a}}\n"
-    )
+    Config::new()
+        .service(Service::new("a").target(target))
+        .route(Route::new("all").service("a"))
+        .to_yaml()
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use crate::support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::config::{Config, Service};
+use crate::support::config::{Config, Route, Service};
 use crate::support::{get, send, upstream, Reply, TestGateway};
 
 /// One service `a` at `url`, then `rest`.
@@ -21,12 +21,10 @@ fn config(url: &str, rest: &str) -> String {
 
 /// A route `r` on service `a` with one `rate_limit` policy written inline.
 fn limited(url: &str, policy: &str) -> String {
-    config(
-        url,
-        &format!(
-            "routes:\n  - name: r\n    service: a\n    policies:\n      - rate_limit: {policy}\n"
-        ),
-    )
+    Config::new()
+        .service(Service::new("a").target(url))
+        .route(Route::new("r").service("a").policy("rate_limit", policy))
+        .to_yaml()
 }
 
 fn get_with<'a>(

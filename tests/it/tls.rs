@@ -5,15 +5,18 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::tls::{self, ClientTls, Issued, Pki};
 use crate::support::{upstream, TestGateway};
 
 /// Config with one echo service and the given `tls:` section body (indented by two spaces).
 fn config(up: &upstream::Upstream, tls: &str) -> String {
-    format!(
-        "listen: [\"127.0.0.1:0\"]\nservices:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: all, service: a}}\ntls:\n  listen: [\"127.0.0.1:0\"]\n{tls}",
-        up.url()
-    )
+    Config::new()
+        .set("listen", "[\"127.0.0.1:0\"]")
+        .service(Service::new("a").target(up.url()))
+        .route(Route::new("all").service("a"))
+        .set("tls", format!("\n  listen: [\"127.0.0.1:0\"]\n{tls}"))
+        .to_yaml()
 }
 
 fn cert_entry(c: &Issued, hosts: &[&str]) -> String {

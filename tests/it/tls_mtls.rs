@@ -4,6 +4,7 @@
 
 use crate::support;
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::tls::{self, ClientTls, Pki};
 use crate::support::{upstream, TestGateway};
 use bytes::Bytes;
@@ -11,21 +12,8 @@ use http_body_util::Full;
 
 fn config(up: &upstream::Upstream, pki: &Pki, mode: &str, extra_ca: &str) -> String {
     let server = pki.issue("gw", "gw", &["gw.test"]);
-    format!(
-        r#"listen: ["127.0.0.1:0"]
-consumers:
-  - name: alice
-    mtls_subjects: ["spiffe://example.org/alice"]
-services:
-  a: {{targets: [{{url: "{up}"}}]}}
-routes:
-  - {{name: open, service: a, match: {{path: /open}}}}
-  - name: private
-    service: a
-    match: {{path: /private}}
-    policies:
-      - auth: {{mtls: true, require_consumer: true}}
-tls:
+    let tls = format!(
+        r#"
   listen: ["127.0.0.1:0"]
   certificates:
     - {{cert: "{cert}", key: "{key}"}}
@@ -34,11 +22,23 @@ tls:
     ca: ["{ca}"{extra_ca}]
     forward_header: x-forwarded-client-cert
 "#,
-        up = up.url(),
         cert = server.cert_str(),
         key = server.key_str(),
         ca = pki.ca_str(),
-    )
+    );
+    Config::new()
+        .set("listen", "[\"127.0.0.1:0\"]")
+        .consumer(Consumer::new("alice").set("mtls_subjects", "[\"spiffe://example.org/alice\"]"))
+        .service(Service::new("a").target(up.url()))
+        .route(Route::new("open").service("a").path("/open"))
+        .route(
+            Route::new("private")
+                .service("a")
+                .path("/private")
+                .policy("auth", "{mtls: true, require_consumer: true}"),
+        )
+        .set("tls", tls)
+        .to_yaml()
 }
 
 #[tokio::test]

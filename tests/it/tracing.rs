@@ -8,6 +8,7 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::otlp::{Collector, Received};
 use crate::support::{get, send, upstream, TestGateway};
 
@@ -32,8 +33,13 @@ fn parse(tp: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
+/// `extra` (top-level sections), then one service `a` at `url` and its route, last (a test
+/// appends routes to it).
 fn one_route(url: &str, extra: &str) -> String {
-    format!("{extra}services:\n  a: {{targets: [{{url: \"{url}\"}}]}}\nroutes:\n  - {{name: all, service: a}}\n")
+    let routes = Config::new()
+        .service(Service::new("a").target(url))
+        .route(Route::new("all").service("a"));
+    format!("{extra}{}", routes.to_yaml())
 }
 
 /// What the echo upstream received as `traceparent` (and `tracestate`).

@@ -9,6 +9,7 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, read_head, RawUpstream};
 use crate::support::{client, get, Reply, TestGateway};
 use bytes::Bytes;
@@ -20,21 +21,18 @@ use tokio::io::AsyncWriteExt;
 /// entries for the faulty service and route, e.g. `", timeout: 300ms"`.
 async fn gateway(
     url: &str,
-    service_extra: &str,
-    route_extra: &str,
+    service_fields: &str,
+    route_fields: &str,
 ) -> (upstream::Upstream, TestGateway) {
     let ok = upstream::http1("ok").spawn().await;
-    let gw = TestGateway::start(&format!(
-        r#"
-services:
-  faulty: {{targets: [{{url: "{url}"}}]{service_extra}}}
-  ok: {{targets: [{{url: "{}"}}]}}
-routes:
-  - {{name: faulty, service: faulty{route_extra}}}
-  - {{name: ok, service: ok, match: {{path: /ok}}}}
-"#,
-        ok.url()
-    ));
+    let gw = TestGateway::start(
+        &Config::new()
+            .service(Service::new("faulty").target(url).yaml(service_fields))
+            .service(Service::new("ok").target(ok.url()))
+            .route(Route::new("faulty").service("faulty").yaml(route_fields))
+            .route(Route::new("ok").path("/ok").service("ok"))
+            .to_yaml(),
+    );
     (ok, gw)
 }
 
@@ -71,7 +69,7 @@ async fn upstream_that_never_answers_gives_504_after_the_route_timeout() {
         let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
     })
     .await;
-    let (ok, gw) = gateway(&silent.url(), "", ", timeout: 300ms").await;
+    let (ok, gw) = gateway(&silent.url(), "", "timeout: 300ms").await;
     let started = Instant::now();
     let r = get(&gw.url("/silent")).await;
     let took = started.elapsed();
@@ -156,7 +154,7 @@ async fn upstream_stalling_mid_body_beyond_the_idle_timeout_aborts_the_client_re
         )
         .spawn()
         .await;
-    let (ok, gw) = gateway(&up.url(), ", timeouts: {idle: 300ms}", "").await;
+    let (ok, gw) = gateway(&up.url(), "timeouts: {idle: 300ms}", "").await;
 
     let started = Instant::now();
     let resp = tokio::time::timeout(

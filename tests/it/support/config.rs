@@ -103,6 +103,7 @@ impl Config {
                 for (key, value) in &r.fields {
                     field(&mut out, 4, key, value);
                 }
+                indented(&mut out, 4, &r.raw);
                 if !r.policies.is_empty() {
                     out.push_str("    policies:\n");
                     for (name, value) in &r.policies {
@@ -219,6 +220,7 @@ pub struct Route {
     name: String,
     matches: Vec<(String, String)>,
     fields: Vec<(String, String)>,
+    raw: String,
     policies: Vec<(String, String)>,
 }
 
@@ -229,6 +231,7 @@ impl Route {
             name: name.to_string(),
             matches: Vec::new(),
             fields: Vec::new(),
+            raw: String::new(),
             policies: Vec::new(),
         }
     }
@@ -252,6 +255,16 @@ impl Route {
     /// Any other field, as YAML (`set("timeout", "500ms")`).
     pub fn set(mut self, key: &str, value: impl Display) -> Self {
         self.fields.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Fields written out as YAML lines (`key: value` per line, any indentation: re-indented
+    /// under the route).
+    pub fn yaml(mut self, lines: &str) -> Self {
+        self.raw.push_str(lines);
+        if !self.raw.is_empty() && !self.raw.ends_with('\n') {
+            self.raw.push('\n');
+        }
         self
     }
 

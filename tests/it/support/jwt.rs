@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use super::config::{Config, Consumer, Service};
 use super::upstream::{self, Upstream};
 use super::{send, Reply};
 use base64::Engine;
@@ -123,20 +124,20 @@ pub async fn jwks_server(keys: Vec<Value>) -> (Upstream, Arc<Mutex<JwksState>>) 
     (server, state)
 }
 
-pub const CONSUMERS: &str = r#"
-consumers:
-  - name: alice
-    id: c-001
-    groups: [staff]
-    jwt_subjects: [user-1]
-"#;
-
 /// Consumers, service `a` at `up`, `auth:` with realm `shop` and the JWT providers given as
 /// YAML (indented under `jwt:`), then `routes`.
 pub fn config(up: &str, providers: &str, routes: &str) -> String {
-    format!(
-        "{CONSUMERS}services:\n  a: {{targets: [{{url: \"{up}\"}}]}}\nauth:\n  realm: shop\n  jwt:\n{providers}\nroutes:\n{routes}"
-    )
+    Config::new()
+        .consumer(
+            Consumer::new("alice")
+                .set("id", "c-001")
+                .set("groups", "[staff]")
+                .set("jwt_subjects", "[user-1]"),
+        )
+        .service(Service::new("a").target(up))
+        .set("auth", format!("\n  realm: shop\n  jwt:\n{providers}"))
+        .yaml(&format!("routes:\n{routes}"))
+        .to_yaml()
 }
 
 /// One route `r` on every path with the given auth policy (a YAML flow map).
