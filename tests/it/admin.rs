@@ -2,13 +2,11 @@
 //! the effective config with secrets redacted, reloads (good and bad) and readiness following a
 //! required Redis.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::redis::RedisServer;
-use crate::support::{get, send, upstream, TestGateway};
+use crate::support::{self, get, send, upstream, TestGateway};
 
 const TOKEN: &str = "admin-token-0123456789";
 

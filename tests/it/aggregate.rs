@@ -3,13 +3,11 @@
 //! call failing as 502 naming it; calls reading earlier answers (`${calls.NAME...}`), a client
 //! disconnect cancelling the calls in flight, and the services' retries and breakers.
 
-use crate::support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Consumer, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 
 fn json(body: &'static str) -> upstream::Handler {
     upstream::handler(move |req| async move {

@@ -1,12 +1,10 @@
 //! JWT issuers with a JWKS endpoint: a JWKS server runs inside the test; its keys are rotated
 //! and it is taken down while the gateway runs.
 
-use crate::support;
-
 use std::time::Duration;
 
 use crate::support::jwt::*;
-use crate::support::{upstream, TestGateway};
+use crate::support::{self, upstream, TestGateway};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 

@@ -2,12 +2,10 @@
 //! and a client; tokens signed with the test keys under tests/fixtures/jwt/. JWKS endpoints
 //! (rotation, refresh, outage) are tests/it/auth_jwks.rs.
 
-use crate::support;
-
 use std::time::Duration;
 
 use crate::support::jwt::*;
-use crate::support::{seen, send, upstream, Reply, TestGateway};
+use crate::support::{self, seen, send, upstream, Reply, TestGateway};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 

@@ -11,15 +11,13 @@
 //! Whatever is refused must not reach the upstream at all: the tests count its requests *and* its
 //! TCP connections. Whatever is accepted must reach it with one unambiguous framing.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::upstream::{self, Upstream};
-use crate::support::{get, raw, raw_reply, send, Reply, TestGateway};
+use crate::support::{self, get, raw, raw_reply, send, Reply, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,15 +3,13 @@
 //! the client, revalidation upstream), stale-while-revalidate, stale-if-error, coalescing,
 //! purge, invalidation, the body cap, HEAD, and the access log.
 
-use crate::support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, full, handler, UpBody};
-use crate::support::{get, send, Reply, TestGateway};
+use crate::support::{self, get, send, Reply, TestGateway};
 use http::{Response, StatusCode};
 use portico::policy::cache::{purge, Purge};
 

@@ -2,8 +2,6 @@
 //! entries, the per-entry size cap keeps big ones in memory only, purge reaches Redis, and a
 //! dead Redis makes the tier a bypass (requests go upstream), never an error.
 
-use crate::support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +9,7 @@ use std::time::Duration;
 use crate::support::config::{Config, Route, Service};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{self, full, handler};
-use crate::support::{get, send, Reply, TestGateway};
+use crate::support::{self, get, send, Reply, TestGateway};
 use http::Response;
 use portico::policy::cache::{purge, Purge};
 

@@ -10,8 +10,6 @@
 //! `target/tmp/dashboard.png`, and `docs/dashboard.png` too when `PORTICO_UPDATE_SCREENSHOT=1`
 //! (so an ordinary test run leaves the work tree clean).
 
-use crate::support;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -20,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 use base64::Engine;
 use serde_json::{json, Value};
 

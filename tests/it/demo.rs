@@ -1,13 +1,12 @@
 //! `portico demo` as a user runs it: the real binary, its printed token and commands, and the
 //! answers of the JWT and API-key routes with and without credentials.
 
-use crate::support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support;
 use crate::support::send;
 
 /// Kills the demo process this test started when the test ends, pass or fail.

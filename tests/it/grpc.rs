@@ -2,11 +2,10 @@
 //! and bidirectional streaming calls, statuses and metadata carried in trailers, gRPC-shaped
 //! gateway errors, and the gRPC status in the access log.
 
-use crate::support;
-
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::support;
 use crate::support::config::{quoted, Config, Route, Service};
 use crate::support::TestGateway;
 use http::uri::PathAndQuery;

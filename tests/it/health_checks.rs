@@ -3,15 +3,13 @@
 //! expected body fail; `when_all_unhealthy` decides between panic routing and a fast 503; a
 //! reload keeps the state of unchanged targets and stops the probes of removed ones.
 
-use crate::support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, read_head, Upstream};
-use crate::support::{get, GatewayProcess, TestGateway};
+use crate::support::{self, get, GatewayProcess, TestGateway};
 use tokio::io::AsyncWriteExt;
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.

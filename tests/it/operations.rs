@@ -2,14 +2,12 @@
 //! application log's format and colour on the real binary, and `0` meaning "no limit" where a
 //! limit can sensibly be off (or the error saying how to write "unlimited" where it cannot).
 
-use crate::support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
-use crate::support::{upstream, TestGateway};
+use crate::support::{self, upstream, TestGateway};
 
 /// A config with one route to `up`, on a free port, with the harness defaults.
 fn routes(up: &str) -> String {

@@ -2,15 +2,13 @@
 //! ejected and the traffic moves to the healthy one; it returns when its ejection ends; repeated
 //! ejections last longer; `max_ejection_percent` keeps targets in rotation.
 
-use crate::support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, flaky};
-use crate::support::{get, TestGateway};
+use crate::support::{self, get, TestGateway};
 
 fn config(urls: &[String], outlier: &str) -> String {
     Config::new()

@@ -1,12 +1,10 @@
 //! End-to-end proxying over real sockets: routing, rewrites, forwarding headers, request ids.
 
-use crate::support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::config::{Config, Service};
-use crate::support::{get, raw, send, upstream, Reply, TestGateway};
+use crate::support::{self, get, raw, send, upstream, Reply, TestGateway};
 
 #[tokio::test]
 async fn routes_by_prefix_and_strips_it() {

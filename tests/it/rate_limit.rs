@@ -3,13 +3,11 @@
 //! trusted proxies), the concurrency limit with a slow upstream, response headers and the access
 //! log.
 
-use crate::support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
-use crate::support::{get, send, upstream, Reply, TestGateway};
+use crate::support::{self, get, send, upstream, Reply, TestGateway};
 
 /// One service `a` at `url`, then `rest`.
 fn config(url: &str, rest: &str) -> String {

@@ -3,13 +3,11 @@
 //! behaviour, isolation and key expiry, quotas across a gateway restart, Redis dying and
 //! coming back under each `on_store_error`, and Redis Cluster and Sentinel deployments.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::redis::RedisServer;
-use crate::support::{get, send, upstream, Reply, TestGateway};
+use crate::support::{self, get, send, upstream, Reply, TestGateway};
 
 /// A config with `redis:` at `redis_url` (plus `redis_extra` settings), service `a` at `up`,
 /// and routes `(name, path, policy)`.

@@ -5,8 +5,6 @@
 //! Readiness is always a log line of the gateway ("config reloaded", "config unchanged",
 //! "config reload rejected", "stopped accepting on"), never a sleep.
 
-use crate::support;
-
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -14,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, UpBody};
-use crate::support::{get, with_defaults, GatewayProcess, Reply};
+use crate::support::{self, get, with_defaults, GatewayProcess, Reply};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};

@@ -2,13 +2,11 @@
 //! listening sockets, the successor asks the old process to drain, and no client request fails
 //! (new connections, keep-alive connections and requests in flight during the switch).
 
-use crate::support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{upstream, GatewayProcess};
+use crate::support::{self, upstream, GatewayProcess};
 
 /// Kills a process by pid when dropped (the successor is not our child).
 struct KillOnDrop(u32);

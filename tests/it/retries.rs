@@ -3,13 +3,11 @@
 //! fails (counted at the upstreams); POST retried only when allowed; large and chunked uploads
 //! never retried; the whole-request deadline bounding all tries; the deadline header.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, Upstream};
-use crate::support::{get, send, TestGateway};
+use crate::support::{self, get, send, TestGateway};
 
 async fn slow(name: &'static str, delay: Duration) -> Upstream {
     upstream::http1(name)

@@ -2,13 +2,11 @@
 //! and body, marked `X-Portico-Shadow`; the client's answer never waits for the shadow service
 //! and never sees its failures.
 
-use crate::support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Notify};
 

@@ -1,13 +1,11 @@
 //! TLS termination: certificates chosen by SNI (exact, wildcard, default), ALPN, TLS versions,
 //! certificate reload without dropping connections, and the HTTP-to-HTTPS redirect.
 
-use crate::support;
-
 use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::tls::{self, ClientTls, Issued, Pki};
-use crate::support::{upstream, TestGateway};
+use crate::support::{self, upstream, TestGateway};
 
 /// Config with one echo service and the given `tls:` section body (indented by two spaces).
 fn config(up: &upstream::Upstream, tls: &str) -> String {

@@ -2,11 +2,9 @@
 //! bundles, `mtls` as an auth method identifying consumers, and the certificate forwarded
 //! upstream in a header only the gateway can set.
 
-use crate::support;
-
 use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::tls::{self, ClientTls, Pki};
-use crate::support::{upstream, TestGateway};
+use crate::support::{self, upstream, TestGateway};
 use bytes::Bytes;
 use http_body_util::Full;
 

@@ -4,13 +4,11 @@
 //! spans with their parent links and attributes, the sampling ratio, a collector that is down,
 //! and the flush on graceful shutdown.
 
-use crate::support;
-
 use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::otlp::{Collector, Received};
-use crate::support::{get, send, upstream, TestGateway};
+use crate::support::{self, get, send, upstream, TestGateway};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";

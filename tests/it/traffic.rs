@@ -2,10 +2,8 @@
 //! header, cookie or consumer) and API versions by path, header, media type and query, with
 //! defaults and Deprecation/Sunset headers.
 
-use crate::support;
-
 use crate::support::config::{Config, Consumer, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 
 async fn two() -> (support::Upstream, support::Upstream) {
     (

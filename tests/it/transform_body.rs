@@ -2,10 +2,8 @@
 //! bodies rewritten by JSON pointer with Content-Length corrected, non-JSON and oversized
 //! bodies passed on untouched (or 413 when so configured), malformed JSON, schema errors listed.
 
-use crate::support;
-
 use crate::support::config::{Config, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 use http_body_util::BodyExt;
 
 /// An upstream that answers with what it received: the body verbatim, the request's

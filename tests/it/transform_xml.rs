@@ -1,10 +1,8 @@
 //! XML ↔ JSON over real sockets: a JSON client in front of an XML upstream, and malformed XML
 //! from the upstream answered 502 with a clear body.
 
-use crate::support;
-
 use crate::support::config::{Config, Route, Service};
-use crate::support::{send, upstream, TestGateway};
+use crate::support::{self, send, upstream, TestGateway};
 use http_body_util::BodyExt;
 
 fn config(url: &str) -> String {

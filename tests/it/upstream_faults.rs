@@ -5,13 +5,11 @@
 //! Faults a real HTTP server would not produce come from `upstream::raw_tcp`, a bare TCP
 //! listener whose connections the test script byte by byte.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, read_head, RawUpstream};
-use crate::support::{client, get, Reply, TestGateway};
+use crate::support::{self, client, get, Reply, TestGateway};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
