@@ -1,6 +1,7 @@
 //! Portico's integration tests, in one test binary (`cargo test --test it`): one module per
 //! feature, all sharing `support` (real upstreams, the gateway in-process or as the real binary,
-//! clients, redis-server, TLS and JWT helpers, on ephemeral 127.0.0.1 ports).
+//! clients and their `Reply`, the typed config builder `support::config`, redis-server, TLS and
+//! JWT helpers, on ephemeral 127.0.0.1 ports).
 //!
 //! One binary instead of one per file: `support` and the gateway are compiled and linked once.
 //! Run one feature's tests with a filter on its module path, e.g.
