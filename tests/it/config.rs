@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::pos_of;
+
 /// A config file in its own temp dir (kept alive with it).
 struct ConfigFile {
     path: PathBuf,
@@ -41,22 +43,6 @@ fn validate(file: &Path, env: &[(&str, &str)]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn pos_of(text: &str, needle: &str) -> (usize, usize) {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("{needle:?} not in the config"));
-    assert_eq!(
-        text.matches(needle).count(),
-        1,
-        "{needle:?} must be unique in the config"
-    );
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 /// Position just after `prefix` (which must not span lines).

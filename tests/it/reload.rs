@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::support::config::{Config, Route, Service};
 use crate::support::upstream::{self, UpBody};
-use crate::support::{self, get, with_defaults, GatewayProcess, Reply};
+use crate::support::{self, get, pos_of, with_defaults, GatewayProcess, Reply};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -529,16 +529,6 @@ async fn sigterm_finishes_the_in_flight_request_refuses_new_ones_and_exits_zero(
     let code = blocking(|| gw.wait_exit(WAIT));
     assert_eq!(code, Some(0), "graceful shutdown exits 0");
     assert!(std::net::TcpStream::connect(addr).is_err());
-}
-
-/// 1-based line and column of the only occurrence of `needle` in `text`.
-fn pos_of(text: &str, needle: &str) -> (usize, usize) {
-    assert_eq!(text.matches(needle).count(), 1, "{needle:?} must be unique");
-    let at = text.find(needle).expect("present");
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 // === Configs that must not take the gateway down (issue 15) ===

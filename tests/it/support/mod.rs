@@ -510,6 +510,22 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// 1-based line and column of `needle` in a config `text`, where it must occur exactly once.
+pub fn pos_of(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the config"));
+    assert_eq!(
+        text.matches(needle).count(),
+        1,
+        "{needle:?} must be unique in the config"
+    );
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
 /// The `IP:port` that follows `prefix` in a log line.
 fn address_after(line: &str, prefix: &str) -> Option<SocketAddr> {
     let rest = line.split(prefix).nth(1)?;
