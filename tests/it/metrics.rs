@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Config, Consumer, Route, Service};
 use crate::support::upstream::{self, full, handler};
 use crate::support::{get, send, TestGateway};
 
@@ -293,16 +294,34 @@ async fn policy_outcomes_are_counted_by_route_and_reason() {
 #[tokio::test]
 async fn each_kind_of_denial_has_its_own_metric_reason() {
     let up = upstream::http1("a").spawn().await;
-    let gw = TestGateway::start(&format!(
-        "consumers:\n  - name: alice\n    api_keys: [\"alice-key-0123456789\"]\n\
-         services:\n  a: {{targets: [{{url: \"{a}\"}}]}}\n\
-         routes:\n\
-         \x20 - name: acl\n    service: a\n    match: {{path: /acl}}\n    policies:\n      - auth: {{api_key: true, deny: {{consumers: [alice]}}}}\n\
-         \x20 - name: ip\n    service: a\n    match: {{path: /ip}}\n    policies:\n      - ip_filter: {{deny: [127.0.0.1]}}\n\
-         \x20 - name: cors\n    service: a\n    match: {{path: /cors}}\n    policies:\n      - cors: {{allow_origins: [\"https://ok.test\"]}}\n\
-         \x20 - name: keyless\n    service: a\n    match: {{path: /keyless}}\n    policies:\n      - rate_limit: {{limits: [{{requests: 9, per: 1m}}], key: {{header: x-tenant}}, missing_key: deny}}\n",
-        a = up.url(),
-    ));
+    let route = |name: &str, policy: &str, value: &str| {
+        Route::new(name)
+            .service("a")
+            .path(&format!("/{name}"))
+            .policy(policy, value)
+    };
+    let gw = TestGateway::start(
+        &Config::new()
+            .consumer(Consumer::new("alice").api_key("alice-key-0123456789"))
+            .service(Service::new("a").target(up.url()))
+            .route(route(
+                "acl",
+                "auth",
+                "{api_key: true, deny: {consumers: [alice]}}",
+            ))
+            .route(route("ip", "ip_filter", "{deny: [127.0.0.1]}"))
+            .route(route(
+                "cors",
+                "cors",
+                "{allow_origins: [\"https://ok.test\"]}",
+            ))
+            .route(route(
+                "keyless",
+                "rate_limit",
+                "{limits: [{requests: 9, per: 1m}], key: {header: x-tenant}, missing_key: deny}",
+            ))
+            .to_yaml(),
+    );
     let key = [("x-api-key", "alice-key-0123456789")];
     send("GET", &gw.url("/acl"), &key, "")
         .await
