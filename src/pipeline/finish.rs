@@ -19,8 +19,9 @@ use crate::proxy::body::GatewayBody;
 use crate::proxy::conn::ActiveRequest;
 use crate::proxy::grpc;
 use crate::proxy::headers::X_REQUEST_ID;
-use crate::telemetry::access_log::rfc3339;
+use crate::telemetry::access_log::{rfc3339, Finish};
 use crate::telemetry::metrics::{Measure, RecentError, RouteMetrics};
+use crate::telemetry::trace::ServerSpan;
 
 /// The response for the phases' `result`, with everything the end of its body must do.
 pub(super) fn run(
@@ -52,22 +53,9 @@ pub(super) fn run(
     let mut resp = match result {
         Ok(resp) | Err(Exit::Respond(resp)) => resp,
         Err(Exit::Fail(e)) => {
-            let kind = e.kind();
-            error_code = Some(kind.code);
-            if let Some(log) = log.as_deref_mut() {
-                log.error = error_code;
-                log.rate_limit = match kind.denial {
-                    Some(Denial::RateLimit("store_unavailable")) => Some("unavailable"),
-                    Some(Denial::RateLimit(_)) => Some("rejected"),
-                    _ => log.rate_limit,
-                };
-            }
-            if let Some(m) = route_metrics {
-                m.refused(&e);
-            }
-            if let Some(s) = span.as_deref_mut() {
-                s.error = Some(kind.code);
-            }
+            error_code = Some(e.kind().code);
+            let (log, span) = (log.as_deref_mut(), span.as_deref_mut());
+            note_error(&e, log, span, route_metrics);
             answer(&e, grpc, &request_id)
         }
     };
@@ -77,18 +65,7 @@ pub(super) fn run(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let status = resp.status().as_u16();
-    let cache_status = resp
-        .extensions()
-        .get::<cache::CacheStatus>()
-        .map(|s| s.as_str());
-    // Trailers-only gRPC answers carry the status in the head; others in the trailers, which
-    // the body records when they pass.
-    let grpc_status = if grpc {
-        grpc::status_of(resp.headers())
-    } else {
-        None
-    };
+    let (status, cache_status, grpc_status) = outcome(&resp, grpc);
     if let Some(m) = route_metrics {
         let recorded = Recorded {
             request_id: &request_id,
@@ -122,6 +99,41 @@ pub(super) fn run(
     resp.body_mut()
         .set_active(guard, version <= Version::HTTP_11);
     resp
+}
+
+/// The response's status, cache result and gRPC status (trailers-only answers carry it in the
+/// head; others in the trailers, which the body records when they pass).
+fn outcome(resp: &Response<GatewayBody>, grpc: bool) -> (u16, Option<&'static str>, Option<u16>) {
+    let cache = resp
+        .extensions()
+        .get::<cache::CacheStatus>()
+        .map(|s| s.as_str());
+    let grpc_status = grpc.then(|| grpc::status_of(resp.headers())).flatten();
+    (resp.status().as_u16(), cache, grpc_status)
+}
+
+/// Notes the gateway's error in the request's log record, span and refusal metrics.
+fn note_error(
+    e: &GatewayError,
+    log: Option<&mut Finish>,
+    span: Option<&mut ServerSpan>,
+    metrics: Option<&Arc<RouteMetrics>>,
+) {
+    let kind = e.kind();
+    if let Some(log) = log {
+        log.error = Some(kind.code);
+        log.rate_limit = match kind.denial {
+            Some(Denial::RateLimit("store_unavailable")) => Some("unavailable"),
+            Some(Denial::RateLimit(_)) => Some("rejected"),
+            _ => log.rate_limit,
+        };
+    }
+    if let Some(m) = metrics {
+        m.refused(e);
+    }
+    if let Some(s) = span {
+        s.error = Some(kind.code);
+    }
 }
 
 /// The gateway's answer for `error`: JSON, or trailers-only for a gRPC call.

@@ -249,30 +249,8 @@ async fn forward_retrying(
         let target = &service.targets[index];
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let try_timeout = policy.per_try_timeout.map_or(left, |t| t.min(left));
-        let mut req = Request::new(RequestBody::full(body.clone()));
-        *req.method_mut() = parts.method.clone();
-        *req.headers_mut() = parts.headers.clone();
-        let (mut p, b) = req.into_parts();
-        prepare(
-            &mut p,
-            target,
-            route.preserve_host,
-            f.client_host.as_ref(),
-            &f.new_path,
-        )?;
-        if let Some(name) = route.deadline_header {
-            p.headers.insert(name.clone(), millis(try_timeout));
-        }
-        let span_id = f.trace.stamp(&mut p.headers);
-        let span = ClientSpan::start(f.trace, span_id, &p.method, tries, f.call);
-        let req = Request::from_parts(p, b);
-        let in_flight = InFlight::start(target);
-        let sent_at = Instant::now();
-        let result = client::send(service, target, req, try_timeout).await;
-        let took = sent_at.elapsed();
-        end_span(span, target, &f.new_path, &result);
-        record(service, index, outcome(&result));
-        service.metrics.upstream_duration.observe(took);
+        let (result, in_flight, took) =
+            attempt(f, &parts, &body, index, tries, try_timeout).await?;
         if let Some(d) = draft.as_deref_mut() {
             d.target = Some(Arc::clone(&target.url));
             d.upstream_duration = Some(took);
@@ -289,16 +267,7 @@ async fn forward_retrying(
             // Chosen before giving up this answer: with no target left in rotation (`fail`
             // mode) the client gets the upstream's own answer, not a 503 of ours.
             let other = service.pick(&parts.headers, f.client_ip, Some(index));
-            let budget = || {
-                let granted = policy.budget.withdraw(now_ns());
-                if granted {
-                    service.metrics.retries.inc();
-                } else {
-                    service.metrics.retry_budget_exhausted.inc();
-                }
-                granted
-            };
-            if pause < left && other.is_some() && budget() {
+            if pause < left && other.is_some() && policy.spend(&service.metrics) {
                 tracing::debug!(
                     route = route.name,
                     target_url = %target.url,
@@ -320,6 +289,45 @@ async fn forward_retrying(
             other => other.map(|sent| Answer { sent, in_flight }),
         };
     }
+}
+
+/// One attempt of a retried request at target `index`, with a copy of the buffered body: its
+/// result, its in-flight count and how long the upstream took.
+async fn attempt(
+    f: &Forward<'_>,
+    parts: &Parts,
+    body: &Bytes,
+    index: usize,
+    tries: u32,
+    try_timeout: Duration,
+) -> Result<(Result<Sent, GatewayError>, InFlight, Duration), GatewayError> {
+    let (service, route) = (f.service, f.how);
+    let target = &service.targets[index];
+    let mut req = Request::new(RequestBody::full(body.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    let (mut p, b) = req.into_parts();
+    prepare(
+        &mut p,
+        target,
+        route.preserve_host,
+        f.client_host.as_ref(),
+        &f.new_path,
+    )?;
+    if let Some(name) = route.deadline_header {
+        p.headers.insert(name.clone(), millis(try_timeout));
+    }
+    let span_id = f.trace.stamp(&mut p.headers);
+    let span = ClientSpan::start(f.trace, span_id, &p.method, tries, f.call);
+    let req = Request::from_parts(p, b);
+    let in_flight = InFlight::start(target);
+    let sent_at = Instant::now();
+    let result = client::send(service, target, req, try_timeout).await;
+    let took = sent_at.elapsed();
+    end_span(span, target, &f.new_path, &result);
+    record(service, index, outcome(&result));
+    service.metrics.upstream_duration.observe(took);
+    Ok((result, in_flight, took))
 }
 
 /// Ends an attempt's client span (recorded requests only) with its status or error code.

@@ -157,6 +157,17 @@ impl RetryPolicy {
         }
     }
 
+    /// Takes a retry from the budget, counting it (or its refusal) on the service's series.
+    pub fn spend(&self, metrics: &crate::telemetry::metrics::ServiceMetrics) -> bool {
+        let granted = self.budget.withdraw(super::window::now_ns());
+        if granted {
+            metrics.retries.inc();
+        } else {
+            metrics.retry_budget_exhausted.inc();
+        }
+        granted
+    }
+
     /// Full jitter: a random delay up to `min(max, base × 2^(retry-1))`.
     pub fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self
