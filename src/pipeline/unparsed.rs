@@ -4,7 +4,7 @@
 //! the client gets the gateway's JSON error body and the refusal is logged and counted like any
 //! other.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::Method;
 
@@ -62,29 +62,22 @@ pub fn answer(ctx: &ConnCtx, refusal: Refusal) -> Vec<u8> {
         m.count(&method, status);
     }
     if let Some(logger) = &active.access_log {
-        let finish = Box::new(Finish {
-            logger: std::sync::Arc::clone(logger),
-            start: Instant::now(),
-            timestamp: SystemTime::now(),
-            text: RequestText::new(request_id.as_bytes(), b"", "", None),
-            client_ip: ctx.peer.ip(),
-            method,
-            route: None,
-            service: None,
-            consumer: None,
-            target: None,
-            status,
-            error: Some(error.kind().code),
-            request_bytes: 0,
-            upstream_duration: None,
-            cache: None,
-            grpc_status: None,
-            retries: 0,
-            rate_limit: None,
-            // A trace of its own, so the line is found like any other by its trace id.
-            trace_id: fastrand::u128(1..).to_be_bytes(),
-            span_id: fastrand::u64(1..).to_be_bytes(),
-        });
+        let text = RequestText::new(request_id.as_bytes(), b"", "", None);
+        // A trace of its own, so the line is found like any other by its trace id.
+        let ids = (
+            &fastrand::u128(1..).to_be_bytes(),
+            &fastrand::u64(1..).to_be_bytes(),
+        );
+        let mut finish = Finish::new(
+            std::sync::Arc::clone(logger),
+            Instant::now(),
+            text,
+            ctx.peer.ip(),
+            ids,
+        );
+        finish.method = method;
+        finish.status = status;
+        finish.error = Some(error.kind().code);
         finish.write(0, true);
     }
     error.to_http1_bytes(&request_id)
