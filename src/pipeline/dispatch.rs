@@ -1,12 +1,16 @@
 //! Dispatch: the request leaves the gateway. An aggregate route fans out to its calls; an
 //! allowed upgrade becomes a tunnel; a shadow copy is mirrored; a stale cache entry may answer
 //! while a refresh goes on alone; otherwise the request is forwarded, with retries.
+//!
+//! The plain forward is awaited directly in the phase list (`pipeline::run`): a request
+//! future nested one level deeper is copied whole each time it is created, and the forward's
+//! is the largest. The rare ways out live in [`elsewhere`], boxed.
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::Request;
+use http::{Request, Response};
 
 use super::ctx::RequestCtx;
 use super::Exit;
@@ -14,22 +18,63 @@ use crate::config::plan::Route;
 use crate::error::GatewayError;
 use crate::policy::cache;
 use crate::policy::shadow;
-use crate::proxy::body::RequestBody;
+use crate::proxy::body::{GatewayBody, RequestBody};
 use crate::proxy::{retry, upgrade};
 use crate::upstream::Service;
 
-/// Sends the request upstream; the upstream's answer, or the gateway's.
-pub(super) async fn run(
+/// Whether the request leaves another way than a plain forward: an aggregate, a shadow copy,
+/// an upgrade tunnel, or a stale answer with a refresh behind it. Those go through
+/// [`elsewhere`]; the plain forward stays in the phase list, unboxed.
+pub(super) fn is_elsewhere(cx: &RequestCtx<'_>, route: &Route) -> bool {
+    route.policies.aggregate.is_some()
+        || route.policies.shadow.is_some()
+        || cx.upgrade.is_some()
+        || cx.cache.as_ref().is_some_and(cache::Fill::has_background)
+}
+
+/// The upstream path and query decided by the phases before.
+pub(super) fn target_path(cx: &mut RequestCtx<'_>) -> PathAndQuery {
+    cx.upstream_target
+        .take()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// The forwarding settings of `route` to `service`.
+pub(super) fn how(route: &Route) -> retry::How<'_> {
+    retry::How {
+        name: &route.name,
+        retry: route.resilience.retry.as_deref(),
+        timeout: route.timeout,
+        preserve_host: route.preserve_host,
+        deadline_header: route.resilience.deadline_header.as_ref(),
+        max_body_bytes: route.max_body_bytes,
+    }
+}
+
+/// The forward's result, after the breaker heard of it: the upstream's answer, or (when the
+/// upstream failed) the error or a stale cache entry (stale-if-error).
+pub(super) fn settle(
+    cx: &mut RequestCtx<'_>,
+    result: Result<retry::Answer, GatewayError>,
+) -> Result<retry::Answer, Exit> {
+    if let Some(permit) = cx.permit.take() {
+        retry::settle(permit, &result);
+    }
+    result.map_err(|e| match cx.cache.take() {
+        Some(fill) => fill.upstream_failed(e).into(),
+        None => e.into(),
+    })
+}
+
+/// The rare ways out, awaited behind a box by the phase list.
+pub(super) async fn elsewhere(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     mut parts: Parts,
     body: RequestBody,
-) -> Result<retry::Answer, Exit> {
+) -> Result<Response<GatewayBody>, Exit> {
     let plan = cx.plan;
-    let target_path = cx
-        .upstream_target
-        .take()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target_path = target_path(cx);
     if let Some(aggregate) = &route.policies.aggregate {
         drop(body);
         let facts = cx.facts(target_path.query());
@@ -72,14 +117,7 @@ pub(super) async fn run(
     }
     let forward = retry::Forward {
         service,
-        how: retry::How {
-            name: &route.name,
-            retry: route.resilience.retry.as_deref(),
-            timeout: route.timeout,
-            preserve_host: route.preserve_host,
-            deadline_header: route.resilience.deadline_header.as_ref(),
-            max_body_bytes: route.max_body_bytes,
-        },
+        how: how(route),
         client_ip: cx.client_ip,
         client_host: cx.client_host.take(),
         new_path: target_path,
@@ -87,17 +125,11 @@ pub(super) async fn run(
         call: None,
     };
     let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
-    if let Some(permit) = cx.permit.take() {
-        retry::settle(permit, &result);
+    let answer = settle(cx, result)?;
+    if super::respond::transforms_body(route) {
+        return Ok(super::respond::run_transforming(cx, route, answer).await?);
     }
-    match result {
-        Ok(answer) => Ok(answer),
-        // stale-if-error: a stale entry may answer instead.
-        Err(e) => Err(match cx.cache.take() {
-            Some(fill) => fill.upstream_failed(e).into(),
-            None => e.into(),
-        }),
-    }
+    Ok(super::respond::run(cx, route, answer)?)
 }
 
 /// An allowed protocol upgrade: the exchange becomes a tunnel to one target.

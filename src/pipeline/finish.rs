@@ -25,26 +25,14 @@ use crate::telemetry::trace::ServerSpan;
 
 /// The response for the phases' `result`, with everything the end of its body must do.
 pub(super) fn run(
-    cx: RequestCtx<'_>,
+    cx: &mut RequestCtx<'_>,
     result: Result<Response<GatewayBody>, Exit>,
     guard: ActiveRequest,
 ) -> Response<GatewayBody> {
-    let RequestCtx {
-        conn,
-        plan,
-        request_id,
-        start,
-        method,
-        version,
-        grpc,
-        request_bytes,
-        target,
-        span,
-        log,
-        route,
-        ..
-    } = cx;
-    let (mut log, mut span) = (log, span);
+    // Taken, not moved out whole: the context is large, and the request is over.
+    let (conn, plan, route, grpc, version) = (cx.conn, cx.plan, cx.route, cx.grpc, cx.version);
+    let request_id = std::mem::replace(&mut cx.request_id, HeaderValue::from_static(""));
+    let (mut log, mut span, target) = (cx.log.take(), cx.span.take(), cx.target.take());
     let route_metrics = plan.raw.metrics.enabled.then(|| match route {
         Some(i) => &plan.routes[i].metrics,
         None => &conn.runtime.metrics.unmatched,
@@ -70,7 +58,7 @@ pub(super) fn run(
         let recorded = Recorded {
             request_id: &request_id,
             routed: route.is_some(),
-            method: &method,
+            method: &cx.method,
             target,
             status,
             error: error_code,
@@ -80,8 +68,8 @@ pub(super) fn run(
         record(m, conn, recorded);
         resp.body_mut().set_measure(Measure {
             route: Arc::clone(m),
-            start,
-            request_bytes,
+            start: cx.start,
+            request_bytes: cx.request_bytes,
             grpc: grpc && grpc_status.is_none(),
         });
     }

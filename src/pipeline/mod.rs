@@ -38,6 +38,7 @@ pub(crate) use ctx::RequestCtx;
 
 use crate::error::GatewayError;
 use crate::proxy::body::GatewayBody;
+use crate::proxy::retry;
 
 /// How a phase ends a request early.
 pub(crate) enum Exit {
@@ -72,7 +73,7 @@ pub(crate) async fn handle(
     let active = conn.runtime.active();
     let mut cx = RequestCtx::new(&conn, &active, &req);
     let result = run(&mut cx, req).await;
-    Ok(finish::run(cx, result, guard))
+    Ok(finish::run(&mut cx, result, guard))
 }
 
 /// The phase list, in lifecycle order.
@@ -85,14 +86,33 @@ async fn run(
     authenticate::run(cx, route, &mut parts).await?;
     traffic::run(cx, route, &parts)?;
     rate_limit::run(cx, route, &parts).await?;
-    if let Some(answer) =
-        (route.policies.request_termination.as_ref()).and_then(|t| t.answer(&parts))
-    {
+    let termination = route.policies.request_termination.as_ref();
+    if let Some(answer) = termination.and_then(|t| t.answer(&parts)) {
         return Ok(answer);
     }
     cache::run(cx, route, &mut parts).await?;
     protect::run(cx, route)?;
     let body = prepare::run(cx, route, &mut parts, body).await?;
-    let answer = dispatch::run(cx, route, parts, body).await?;
-    Ok(respond::run(cx, route, answer).await?)
+    // dispatch: the rare ways out boxed, the plain forward here (see `dispatch`).
+    if dispatch::is_elsewhere(cx, route) {
+        return Box::pin(dispatch::elsewhere(cx, route, parts, body)).await;
+    }
+    let Some(service) = cx.service else {
+        return Err(GatewayError::Unavailable("no service").into());
+    };
+    let forward = retry::Forward {
+        service,
+        how: dispatch::how(route),
+        client_ip: cx.client_ip,
+        client_host: cx.client_host.take(),
+        new_path: dispatch::target_path(cx),
+        trace: &cx.trace,
+        call: None,
+    };
+    let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
+    let answer = dispatch::settle(cx, result)?;
+    if respond::transforms_body(route) {
+        return Ok(Box::pin(respond::run_transforming(cx, route, answer)).await?);
+    }
+    Ok(respond::run(cx, route, answer)?)
 }

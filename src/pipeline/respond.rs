@@ -8,16 +8,65 @@ use super::ctx::RequestCtx;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
 use crate::proxy::body::{Epilogue, GatewayBody};
+use crate::proxy::client::PooledSender;
 use crate::proxy::{headers, retry};
+use crate::upstream::InFlight;
+use hyper::body::Incoming;
 
-/// The client's response from the upstream's answer.
-pub(super) async fn run(
+/// The client's response from the upstream's answer. Synchronous: a response body transform
+/// (the one step that awaits) goes through [`run_transforming`] instead.
+pub(super) fn run(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     answer: retry::Answer,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let retry::Answer { sent, in_flight } = answer;
     let (mut parts, incoming) = sent.response.into_parts();
+    head(cx, route, &mut parts)?;
+    Ok(finish_body(
+        cx,
+        route,
+        parts,
+        Err(incoming),
+        sent.pooled,
+        in_flight,
+    ))
+}
+
+/// Whether the route rewrites response bodies (and so must await the upstream's whole body).
+pub(super) fn transforms_body(route: &Route) -> bool {
+    route
+        .policies
+        .transform
+        .as_ref()
+        .is_some_and(|t| t.has_response_body())
+}
+
+/// Like [`run`], reading the upstream's body whole for the route's response body transform.
+pub(super) async fn run_transforming(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    answer: retry::Answer,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let retry::Answer { sent, in_flight } = answer;
+    let (mut parts, incoming) = sent.response.into_parts();
+    head(cx, route, &mut parts)?;
+    let body = match &route.policies.transform {
+        Some(t) => {
+            t.response_body(&mut parts.headers, incoming, route.timeout)
+                .await?
+        }
+        None => Err(incoming),
+    };
+    Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
+}
+
+/// The response head: version, hop-by-hop headers, and the header work decided on the way in.
+fn head(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    parts: &mut http::response::Parts,
+) -> Result<(), GatewayError> {
     // The version is hop-by-hop: an HTTP/1.0 upstream's answer goes to an HTTP/1.1 client as
     // HTTP/1.1 (hyper would otherwise write `HTTP/1.0` and treat the connection as such).
     parts.version = Version::HTTP_11;
@@ -38,13 +87,19 @@ pub(super) async fn run(
     for (name, value) in cx.version_headers {
         parts.headers.insert(name.clone(), value.clone());
     }
-    let incoming = match &route.policies.transform {
-        Some(t) if t.has_response_body() => {
-            t.response_body(&mut parts.headers, incoming, route.timeout)
-                .await?
-        }
-        _ => Err(incoming),
-    };
+    Ok(())
+}
+
+/// The response body (rewritten, or the upstream's stream) with what must happen when it ends,
+/// the rate-limit headers and `Via`, and the cache's copy.
+fn finish_body(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    mut parts: http::response::Parts,
+    body: Result<bytes::Bytes, Incoming>,
+    pooled: Option<PooledSender>,
+    in_flight: InFlight,
+) -> Response<GatewayBody> {
     let mut held = None;
     if let Some(admitted) = cx.admitted.take() {
         for (k, v) in admitted.headers {
@@ -58,20 +113,20 @@ pub(super) async fn run(
         parts.headers.append(header::VIA, via.clone());
     }
     let epilogue = Epilogue {
-        pooled: sent.pooled,
+        pooled,
         in_flight: Some(in_flight),
         held,
         service_slot: cx.service_slot.take(),
         ..Epilogue::default()
     };
     let idle = cx.service.map_or(route.timeout, |s| s.timeouts.idle);
-    let body = match incoming {
+    let body = match body {
         Ok(rewritten) => GatewayBody::full_with(rewritten, epilogue),
         Err(incoming) => GatewayBody::upstream(incoming, idle, epilogue),
     };
     let resp = Response::from_parts(parts, body);
-    Ok(match cx.cache.take() {
+    match cx.cache.take() {
         Some(fill) => fill.respond(resp),
         None => resp,
-    })
+    }
 }

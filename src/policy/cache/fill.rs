@@ -18,9 +18,14 @@ use crate::proxy::body::GatewayBody;
 use crate::proxy::record::Recorder;
 
 impl Fill {
-    /// Stale-while-revalidate: the answer to send the client now, when this request is the
-    /// background refresh of a stale entry (then send the upstream request with
+    /// Stale-while-revalidate: whether this request is the background refresh of a stale
+    /// entry, whose stale answer goes to the client now (then send the upstream request with
     /// [`Fill::refresh_in_background`]).
+    pub fn has_background(&self) -> bool {
+        matches!(&self.mode, Mode::Store(p) if p.background.is_some())
+    }
+
+    /// The stale answer to give now while the request goes on as the background refresh.
     pub fn take_background(&mut self) -> Option<Response<GatewayBody>> {
         match &mut self.mode {
             Mode::Store(p) => p.background.take(),
