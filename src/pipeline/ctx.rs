@@ -101,9 +101,10 @@ impl<'a> RequestCtx<'a> {
         let client_ip = headers::client_ip(conn.peer.ip(), req.headers(), &plan.trusted_proxies);
         // Always: the upstream gets a `traceparent` whether or not spans are exported.
         let trace = Trace::start(req.headers(), active.tracer.as_ref());
-        let host = request_host(req).unwrap_or("");
+        // Looked up only for a span or a log line.
+        let host = || request_host(req).unwrap_or("");
         let span = if trace.recording() {
-            ServerSpan::start(&trace, req.method(), req.uri().path(), host, client_ip)
+            ServerSpan::start(&trace, req.method(), req.uri().path(), host(), client_ip)
         } else {
             None
         };
@@ -111,7 +112,7 @@ impl<'a> RequestCtx<'a> {
         let log = active.access_log.as_ref().map(|logger| {
             let text = RequestText::new(
                 request_id.as_bytes(),
-                host.as_bytes(),
+                host().as_bytes(),
                 req.uri()
                     .path_and_query()
                     .map_or(req.uri().path(), |pq| pq.as_str()),
