@@ -24,9 +24,6 @@ use crate::telemetry::metrics::{Measure, RecentError, RouteMetrics};
 use crate::telemetry::trace::ServerSpan;
 
 /// The response for the phases' `result`, with everything the end of its body must do.
-// Inlined into its one caller: as a call, the result and the response (several hundred bytes
-// each) were copied in and out on every request (measured with callgrind).
-#[inline(always)]
 pub(super) fn run(
     cx: &mut RequestCtx<'_>,
     result: Result<Response<GatewayBody>, Exit>,
