@@ -196,11 +196,14 @@ fn is_framing(name: &HeaderName) -> bool {
     .contains(name)
 }
 
-/// Whether the query has a parameter named `name` (`?name`, `?name=`, `?a=1&name=x`).
+/// Whether the query has a parameter named `name` (`?name`, `?name=`, `?a=1&name=x`), in any
+/// case: the trigger is written once for both places, and header names have none.
 fn has_query_param(request: &Parts, name: &HeaderName) -> bool {
     request.uri.query().is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split('=').next() == Some(name.as_str()))
+        q.split('&').any(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            key.eq_ignore_ascii_case(name.as_str())
+        })
     })
 }
 
@@ -239,6 +242,10 @@ mod tests {
         assert!(t.answer(&parts("/a", Some("x-stub"))).is_some());
         assert!(t.answer(&parts("/a?b=2&x-stub", None)).is_some());
         assert!(t.answer(&parts("/a?x-stub=yes", None)).is_some());
+        let mixed = build("{status: 200, body: stub, trigger: X-Stub}").unwrap();
+        assert!(mixed.answer(&parts("/a?X-Stub", None)).is_some());
+        assert!(mixed.answer(&parts("/a", Some("x-stub"))).is_some());
+        assert!(mixed.answer(&parts("/a?X-Stubby", None)).is_none());
     }
 
     #[test]
