@@ -6,7 +6,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::plan::Rewrite;
 use crate::config::raw::{RawHeaderMatch, RawLoadBalancing, RawRoute};
-use crate::config::Plan;
 use crate::router::{normalize_host, Match, PathSpec};
 
 /// Why `explain` could not run.
@@ -28,11 +27,12 @@ pub enum ExplainError {
 
 /// Describes, in plain text, how `plan` would handle `METHOD url` with `headers`.
 pub fn explain(
-    plan: &Plan,
+    loaded: &crate::config::Loaded,
     method: &str,
     url: &str,
     headers: &[String],
 ) -> Result<String, ExplainError> {
+    let plan = &loaded.plan;
     let method = Method::from_bytes(method.to_uppercase().as_bytes())
         .map_err(|_| ExplainError::Method(method.to_string()))?;
     let uri: Uri = url
@@ -73,7 +73,7 @@ pub fn explain(
             let route = &plan.routes[found.route];
             let service = &plan.services[route.service];
             let _ = writeln!(out, "matched route #{} `{}`", found.route, route.name);
-            let raw = &plan.raw.routes[found.route];
+            let raw = &loaded.raw.routes[found.route];
             let hosts = if raw.matcher.hosts.is_empty() {
                 "any host".to_string()
             } else {
@@ -114,7 +114,7 @@ pub fn explain(
                 out,
                 "service `{}` (load balancing: {})",
                 service.name,
-                describe_lb(&plan.raw.services[&*service.name].load_balancing)
+                describe_lb(&loaded.raw.services[&*service.name].load_balancing)
             );
             for t in &service.targets {
                 let _ = writeln!(out, "  target {} weight {}", t.url, t.weight);
@@ -130,10 +130,10 @@ pub fn explain(
                     n => format!("{n} bytes"),
                 }
             );
-            let raw_service = plan.raw.services.get(&raw.service);
+            let raw_service = loaded.raw.services.get(&raw.service);
             let service_policies = raw_service.map_or(&[][..], |s| &s.policies[..]);
             let effective =
-                crate::policy::effective([&raw.policies, service_policies, &plan.raw.policies]);
+                crate::policy::effective([&raw.policies, service_policies, &loaded.raw.policies]);
             if effective.is_empty() {
                 let _ = writeln!(out, "policies: none");
             } else {
@@ -162,7 +162,7 @@ pub fn explain(
         }
         Match::NotFound => {
             let _ = writeln!(out, "no route matches (404)");
-            for (i, r) in plan.raw.routes.iter().enumerate() {
+            for (i, r) in loaded.raw.routes.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "  route #{i} `{}`: {}",

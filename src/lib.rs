@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use config::Plan;
+use config::Loaded;
 use runtime::{ReloadError, ReloadOutcome, Runtime};
 use server::Server;
 
@@ -70,10 +70,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts workers serving `plan`. `config_path` is what `reload` re-reads.
-    pub fn start(plan: Plan, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
-        let admin_listen = admin_listen(&plan);
-        let runtime = Runtime::new(plan, config_path)?;
+    /// Starts workers serving `loaded`. `config_path` is what `reload` re-reads.
+    pub fn start(loaded: Loaded, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
+        let admin_listen = admin_listen(&loaded);
+        let runtime = Runtime::new(loaded, config_path)?;
         // The admin port first: when it is taken, nothing has started serving yet.
         let admin = start_admin(&runtime, admin_listen, None, false)?;
         let server = Server::start(Arc::clone(&runtime))?;
@@ -92,12 +92,12 @@ impl Gateway {
     /// Like `start`, on sockets inherited from a predecessor (when any), keeping copies of the
     /// sockets so that SIGUSR2 can hand them to a successor.
     pub fn start_upgradable(
-        plan: Plan,
+        loaded: Loaded,
         config_path: Option<PathBuf>,
         mut inherited: server::handoff::Inherited,
     ) -> Result<Gateway, StartError> {
-        let admin_listen = admin_listen(&plan);
-        let runtime = Runtime::new(plan, config_path)?;
+        let admin_listen = admin_listen(&loaded);
+        let runtime = Runtime::new(loaded, config_path)?;
         // Taken before the server claims the rest: it closes what nobody claimed.
         let admin_socket = admin_listen
             .as_deref()
@@ -133,8 +133,8 @@ impl Gateway {
     }
 }
 
-fn admin_listen(plan: &Plan) -> Option<String> {
-    let admin = &plan.raw.admin;
+fn admin_listen(loaded: &Loaded) -> Option<String> {
+    let admin = &loaded.raw.admin;
     admin.enabled.then(|| admin.listen.clone())
 }
 
@@ -187,11 +187,11 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
     let inherited = server::handoff::Inherited::from_env();
     // Stamp before reading, so an edit made while starting up is picked up by the first poll.
     let stamp = file_stamp(config_path);
-    let plan = config::load_file(config_path)?;
+    let loaded = config::load_file(config_path)?;
     // Certificate stamps before the listeners exist, so a renewal that lands as soon as
     // "listening on" is logged is seen by the first poll.
-    let pem_stamps = config::file_stamps(&plan.raw);
-    let routes = plan.routes.len();
+    let pem_stamps = config::file_stamps(&loaded.raw);
+    let routes = loaded.plan.routes.len();
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -201,7 +201,7 @@ pub fn run(config_path: &Path, watch: bool) -> Result<(), StartError> {
         let _in_runtime = control.enter();
         Signals::install()?
     };
-    let gateway = Gateway::start_upgradable(plan, Some(config_path.to_path_buf()), inherited)?;
+    let gateway = Gateway::start_upgradable(loaded, Some(config_path.to_path_buf()), inherited)?;
     tracing::info!(routes, config = %config_path.display(), pid = std::process::id(), "portico started");
     control.block_on(control_loop(
         &gateway,
@@ -279,7 +279,7 @@ async fn control_loop(
             _ = signals.term.recv() => return,
             _ = signals.int.recv() => return,
             _ = tick.tick() => {
-                let pems = config::file_stamps(&runtime.active().plan.raw);
+                let pems = config::file_stamps(&runtime.active().raw);
                 if pems != pem_stamps {
                     pem_stamps = pems;
                     tracing::info!("certificate files changed: reloading");

@@ -115,8 +115,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}: ok ({} routes, {} services)",
                     file.display(),
-                    plan.routes.len(),
-                    plan.services.len()
+                    plan.plan.routes.len(),
+                    plan.plan.services.len()
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -138,10 +138,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             url,
             headers,
         } => {
-            let plan = portico::config::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let loaded = portico::config::load_file(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             print!(
                 "{}",
-                portico::explain::explain(&plan, &method, &url, &headers)?
+                portico::explain::explain(&loaded, &method, &url, &headers)?
             );
             Ok(ExitCode::SUCCESS)
         }

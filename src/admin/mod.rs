@@ -193,7 +193,7 @@ async fn answer(
         (Method::GET, "/status") => ok(status(runtime)),
         (Method::GET, "/routes") => ok(routes(runtime)),
         (Method::GET, "/services") => ok(services(runtime)),
-        (Method::GET, "/config") => ok(config::redacted(&runtime.active().plan.raw)),
+        (Method::GET, "/config") => ok(config::redacted(&runtime.active().raw)),
         (Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(scrape::scrape(runtime))));
             resp.headers_mut().insert(
@@ -232,7 +232,7 @@ async fn answer(
 
 fn authorized(runtime: &Runtime, req: &Request<Incoming>) -> bool {
     let active = runtime.active();
-    let Some(token) = active.plan.raw.admin.token.as_deref() else {
+    let Some(token) = active.raw.admin.token.as_deref() else {
         return true;
     };
     let presented = req
@@ -257,7 +257,7 @@ async fn readyz(runtime: &Runtime) -> Response<Full<Bytes>> {
         json!({"ok": !runtime.shutting_down(), "shutting_down": runtime.shutting_down()}),
     );
     if let Some(redis) = &active.plan.redis {
-        let required = active.plan.raw.redis.as_ref().is_some_and(|r| r.required);
+        let required = active.raw.redis.as_ref().is_some_and(|r| r.required);
         let reachable = redis.ping().await.is_ok();
         if required && !reachable {
             ready = false;
@@ -297,7 +297,7 @@ fn status(runtime: &Runtime) -> Value {
 fn routes(runtime: &Runtime) -> Value {
     let active = runtime.active();
     let plan = &active.plan;
-    let list: Vec<Value> = plan
+    let list: Vec<Value> = active
         .raw
         .routes
         .iter()

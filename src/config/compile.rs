@@ -26,16 +26,31 @@ use crate::upstream::{self, Address, Balancer, Protocol, Service, Target, Upstre
 
 /// Builds the plan. `validate` must have passed; what only shows while building (routes that
 /// cannot be told apart) is returned as errors.
-pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
+///
+/// `previous` is the plan serving now, when there is one: what it built up at run time and the
+/// new plan may keep is an input here (target health, breakers, concurrency limits, rate-limit
+/// counters, cached responses), so the plan is complete, and never changed, once built.
+pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<ConfigError>> {
     // A renewed certificate behind an unchanged config file must still make a reload apply.
-    let fingerprint = fingerprint(&raw)
-        ^ crate::tls::certs::files_hash(&super::referenced_files(&raw)).rotate_left(17);
+    let fingerprint = fingerprint(raw)
+        ^ crate::tls::certs::files_hash(&super::referenced_files(raw)).rotate_left(17);
     let service_names: Vec<&String> = raw.services.keys().collect();
+    let registry = previous.map_or_else(
+        || Arc::new(crate::telemetry::metrics::Metrics::new()),
+        |p| Arc::clone(&p.registry),
+    );
     let mut errors = Vec::new();
     let services: Vec<Arc<Service>> = raw
         .services
         .iter()
-        .map(|(name, svc)| Arc::new(build_service(name, svc, &mut errors)))
+        .map(|(name, svc)| {
+            let mut service = build_service(name, svc, &mut errors);
+            service.metrics = registry.service(&service.name);
+            if let Some(previous) = previous {
+                upstream::inherit(&mut service, &previous.services);
+            }
+            Arc::new(service)
+        })
         .collect();
 
     let tls = raw
@@ -105,8 +120,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 })
                 .collect(),
         });
+        let name: Arc<str> = r.name.as_str().into();
         routes.push(Route {
-            name: r.name.as_str().into(),
+            metrics: registry.route(&name, &svc.name),
+            name,
             service,
             path,
             rewrite,
@@ -123,7 +140,7 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
             ),
             timeout: r.timeout.map_or(svc.timeouts.request, |d| d.0),
             policies: route_policies(
-                &raw,
+                raw,
                 index,
                 &authenticators,
                 redis.as_ref(),
@@ -131,8 +148,10 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
                 &mut errors,
             ),
             resilience: route_resilience(r, &svc.retry),
-            metrics: crate::telemetry::metrics::RouteMetrics::detached(),
         });
+    }
+    if let Some(previous) = previous {
+        inherit(&mut routes, previous);
     }
     // A service or global policy is compiled once per route that inherits it: report each of its
     // problems once.
@@ -200,8 +219,37 @@ pub fn compile(raw: RawConfig, _text: &str) -> Result<Plan, Vec<ConfigError>> {
         identity_headers: authenticators.identity_headers.clone(),
         redis,
         tls,
-        raw,
+        metrics_enabled: raw.metrics.enabled,
+        registry,
     })
+}
+
+/// Hands each route of a plan being built what its predecessor in `previous` built up: the
+/// route's own breaker, and the counters and cached entries of rate-limit and cache policies
+/// written the same way.
+fn inherit(routes: &mut [Route], previous: &Plan) {
+    use crate::policy::{cache, rate_limit};
+    let rate_limits: Vec<_> = previous
+        .routes
+        .iter()
+        .filter_map(|r| r.policies.rate_limit.as_ref())
+        .collect();
+    let caches: Vec<_> = previous
+        .routes
+        .iter()
+        .filter_map(|r| r.policies.cache.as_ref())
+        .collect();
+    for route in routes {
+        if let Some(p) = &mut route.policies.rate_limit {
+            rate_limit::carry_over(&rate_limits, p);
+        }
+        if let Some(p) = &mut route.policies.cache {
+            cache::carry_over(&caches, p);
+        }
+        let old = previous.routes.iter().find(|r| r.name == route.name);
+        let old_breaker = old.and_then(|r| r.resilience.breaker.as_ref());
+        upstream::inherit_breaker(&mut route.resilience.breaker, old_breaker);
+    }
 }
 
 /// The effective policies of route `index` (route, else service, else global), compiled.
@@ -435,6 +483,7 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
         max_concurrent: svc
             .max_concurrent_requests
             .map(|n| Arc::new(ConcurrencyLimit::new(n))),
+        // Given by `compile` from the plan's registry.
         metrics: crate::telemetry::metrics::ServiceMetrics::detached(),
         // One budget for the service, shared by every route that inherits the block.
         retry: svc

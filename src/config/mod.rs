@@ -30,6 +30,16 @@ pub use raw::RawConfig;
 use rustc_hash::FxHashMap;
 use serde_path_to_error::Segment;
 
+/// A config file read and compiled: the [`Plan`] the request path serves, and the raw config it
+/// was built from, which only the control plane reads (the admin API's `/config`, `explain`,
+/// reload checks, file watching).
+pub struct Loaded {
+    /// The compiled plan.
+    pub plan: Plan,
+    /// The config as written, with `${...}` expanded.
+    pub raw: RawConfig,
+}
+
 /// Every problem found in one config file.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigErrors {
@@ -60,13 +70,21 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Reads and compiles a config file (see [`load_str`]).
-pub fn load_file(path: &Path) -> Result<Plan, ConfigErrors> {
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
+    load_file_after(path, None)
+}
+
+/// Like [`load_file`], for a plan to follow `previous`: it inherits what `previous` built up at
+/// run time (see [`compile::compile`]).
+pub fn load_file_after(path: &Path, previous: Option<&Plan>) -> Result<Loaded, ConfigErrors> {
     let file = path.display().to_string();
     let text = read_file(path).map_err(|message| ConfigErrors {
         file: file.clone(),
         errors: vec![ConfigError::new("", message)],
     })?;
-    load_str(&text, &file, &expand::ProcessEnv)
+    guarded(&file, || {
+        load_str_here(&text, &file, &expand::ProcessEnv, previous)
+    })
 }
 
 /// The text of a config file, refusing one over [`limits::MAX_DOCUMENT_BYTES`] without reading
@@ -99,8 +117,8 @@ fn too_large() -> String {
 /// not hide the cross-field errors elsewhere in the file (see [`deserialize_collecting`]).
 /// Runs [`guard::contained`]: a panic while loading is reported as an error, never ends the
 /// process.
-pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
-    guarded(file, || load_str_here(text, file, env))
+pub fn load_str(text: &str, file: &str, env: &dyn expand::Source) -> Result<Loaded, ConfigErrors> {
+    guarded(file, || load_str_here(text, file, env, None))
 }
 
 /// Runs a loading stage under [`guard::contained`], reporting a panic as the one error.
@@ -123,7 +141,12 @@ fn guarded<T>(
 }
 
 /// [`load_str`] without the guard.
-fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Plan, ConfigErrors> {
+fn load_str_here(
+    text: &str,
+    file: &str,
+    env: &dyn expand::Source,
+    previous: Option<&Plan>,
+) -> Result<Loaded, ConfigErrors> {
     let parsed = parse_stages(text, file, env)?;
     let mut errors = parsed.errors.clone();
     if let Some(raw) = &parsed.raw {
@@ -137,10 +160,13 @@ fn load_str_here(text: &str, file: &str, env: &dyn expand::Source) -> Result<Pla
         Some(raw) if errors.is_empty() => raw,
         _ => return Err(parsed.fail(file, errors, text)),
     };
-    compile::compile(raw, text).map_err(|errors| ConfigErrors {
-        file: file.to_string(),
-        errors: finish(errors, text, &parsed.index, &parsed.expanded),
-    })
+    match compile::compile(&raw, previous) {
+        Ok(plan) => Ok(Loaded { plan, raw }),
+        Err(errors) => Err(ConfigErrors {
+            file: file.to_string(),
+            errors: finish(errors, text, &parsed.index, &parsed.expanded),
+        }),
+    }
 }
 
 /// Stages 1 to 3: text to expanded raw structs (guarded like [`load_str`]).

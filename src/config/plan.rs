@@ -1,7 +1,11 @@
 //! The immutable runtime plan: everything the request path needs, precomputed.
 //!
-//! Built by `compile.rs`, published through `runtime::Runtime` (an `ArcSwap<Plan>`); a request
-//! loads it once and never sees it change underneath.
+//! Built by `compile.rs`, published through `runtime::Runtime` (an `ArcSwap` of the plan with
+//! the runtime's parts for it); a request loads it once and never sees it change underneath.
+//! Nothing changes a plan once it is built: what it keeps from its predecessor is an input to
+//! `compile`, and what the runtime attaches to it (metric series, the access log) sits beside
+//! it in `runtime::Active`. The raw config it was built from is the control plane's
+//! (`config::Loaded`), never read per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +13,6 @@ use std::time::Duration;
 use http::HeaderValue;
 use ipnet::IpNet;
 
-use super::raw::RawConfig;
 use crate::policy::RoutePolicies;
 use crate::router::{PathSpec, Router};
 use crate::upstream::Service;
@@ -18,8 +21,6 @@ use crate::upstream::Service;
 pub struct Plan {
     /// Hash of the effective config; equal hashes mean a reload is a no-op.
     pub fingerprint: u64,
-    /// The raw config this plan was built from (with `${...}` expanded).
-    pub raw: RawConfig,
     /// Listener addresses.
     pub listen: Vec<String>,
     /// Worker count (0 resolved to the number of cores).
@@ -55,6 +56,11 @@ pub struct Plan {
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     /// The HTTPS listeners' TLS (`tls:`), when configured.
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
+    /// Whether requests are counted in Prometheus metrics (`metrics.enabled`).
+    pub metrics_enabled: bool,
+    /// The registry holding the routes' and services' series: the previous plan's when there
+    /// is one (a series outlives reloads for as long as its names do), else a new one.
+    pub registry: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// Client-side limits.
@@ -107,7 +113,7 @@ pub struct Route {
     pub policies: RoutePolicies,
     /// Retries, the route's own breaker, fallback, deadline propagation.
     pub resilience: crate::upstream::resilience::RouteResilience,
-    /// The route's metric series (given by the runtime when the plan is published).
+    /// The route's metric series (one per route and service name in the registry).
     pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
 }
 

@@ -137,9 +137,7 @@ impl<'a> RequestCtx<'a> {
             client_ip,
             request_bytes,
             target: plan
-                .raw
-                .metrics
-                .enabled
+                .metrics_enabled
                 .then(|| req.uri().path_and_query().cloned())
                 .flatten(),
             trace,

@@ -33,7 +33,7 @@ pub(super) fn run(
     let (conn, plan, route, grpc, version) = (cx.conn, cx.plan, cx.route, cx.grpc, cx.version);
     let request_id = std::mem::replace(&mut cx.request_id, HeaderValue::from_static(""));
     let (mut log, mut span, target) = (cx.log.take(), cx.span.take(), cx.target.take());
-    let route_metrics = plan.raw.metrics.enabled.then(|| match route {
+    let route_metrics = plan.metrics_enabled.then(|| match route {
         Some(i) => &plan.routes[i].metrics,
         None => &conn.runtime.metrics.unmatched,
     });

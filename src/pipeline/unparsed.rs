@@ -56,7 +56,7 @@ pub fn answer(ctx: &ConnCtx, refusal: Refusal) -> Vec<u8> {
     let status = error.kind().status.as_u16();
     // Nothing of the request could be read reliably: the method is logged as `-`.
     let method = Method::from_bytes(b"-").unwrap_or(Method::GET);
-    if active.plan.raw.metrics.enabled {
+    if active.plan.metrics_enabled {
         let m = &ctx.runtime.metrics.unmatched;
         m.refused(&error);
         m.count(&method, status);

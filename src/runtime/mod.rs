@@ -6,17 +6,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{self, ConfigErrors, Plan};
+use crate::config::{self, ConfigErrors, Loaded, Plan, RawConfig};
 use crate::telemetry::access_log::AccessLogger;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::export::{ExportError, Exporter};
-use crate::upstream::health::Checker;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +53,8 @@ pub enum ReloadError {
 pub struct Active {
     /// The compiled config.
     pub plan: Plan,
+    /// The config it was compiled from, for the control plane (never read per request).
+    pub raw: RawConfig,
     /// The access log writer, when enabled.
     pub access_log: Option<Arc<AccessLogger>>,
     /// The OTLP span exporter, when `tracing.otlp` is set.
@@ -62,11 +63,31 @@ pub struct Active {
     pub revision: u64,
 }
 
+/// Tells the registry which routes and services `plan` serves, so it forgets the series of
+/// those gone (renaming routes over many reloads must not grow the scrape without bound).
+fn retire_old_series(plan: &Plan) {
+    let routes: Vec<(Arc<str>, Arc<str>)> = plan
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                Arc::clone(r.metrics.route()),
+                Arc::clone(r.metrics.service()),
+            )
+        })
+        .collect();
+    let services: Vec<Arc<str>> = plan.services.iter().map(|s| Arc::clone(&s.name)).collect();
+    plan.registry.serving(&routes, &services);
+}
+
 /// Shared gateway state.
 pub struct Runtime {
     active: ArcSwap<Active>,
     config_path: Option<PathBuf>,
     revision: AtomicU64,
+    /// Held while a reload compiles and publishes: two at once would both inherit from the same
+    /// plan, and the later one would drop what the earlier one kept.
+    reloading: Mutex<()>,
     /// Open client connections across all workers.
     pub connections: AtomicUsize,
     /// Woken whenever a connection closes (shutdown waits on it).
@@ -75,88 +96,35 @@ pub struct Runtime {
     /// When the runtime started.
     pub started: Instant,
     startup: StartupSettings,
-    /// Health-check probes and the health and breaker state carried across reloads.
+    /// Health-check probes of the published plan's targets.
     pub health: crate::upstream::health::Checker,
-    /// Prometheus metrics (series survive reloads).
-    pub metrics: crate::telemetry::metrics::Metrics,
-}
-
-/// Gives the services and routes of `plan` the state the runtime keeps across reloads: health
-/// and breaker state of unchanged targets (with their probes), and their metric series.
-fn adopt(health: &Checker, metrics: &Metrics, plan: &mut Plan) {
-    let Plan {
-        routes, services, ..
-    } = plan;
-    let route_breakers = routes
-        .iter_mut()
-        .map(|r| (format!("route {}", r.name), &mut r.resilience.breaker))
-        .collect();
-    health.adopt(services, route_breakers);
-    let route_names: Vec<(Arc<str>, Arc<str>)> = routes
-        .iter()
-        .map(|r| {
-            let service = services
-                .get(r.service)
-                .map_or_else(|| Arc::from(""), |s| Arc::clone(&s.name));
-            (Arc::clone(&r.name), service)
-        })
-        .collect();
-    let service_names: Vec<Arc<str>> = services.iter().map(|s| Arc::clone(&s.name)).collect();
-    let (route_series, service_series) = metrics.adopt(&route_names, &service_names);
-    for (route, series) in routes.iter_mut().zip(route_series) {
-        route.metrics = series;
-    }
-    for (svc, series) in services.iter_mut().zip(service_series) {
-        if let Some(service) = Arc::get_mut(svc) {
-            service.metrics = series;
-        }
-    }
-}
-
-/// Hands each policy of `new` its predecessor in `old`: rate-limit counters and cache entries
-/// of policies written the same way survive the reload.
-fn carry_over(old: &Plan, new: &mut Plan) {
-    use crate::policy::{cache, rate_limit};
-    let rate_limits: Vec<_> = old
-        .routes
-        .iter()
-        .filter_map(|r| r.policies.rate_limit.as_ref())
-        .collect();
-    let caches: Vec<_> = old
-        .routes
-        .iter()
-        .filter_map(|r| r.policies.cache.as_ref())
-        .collect();
-    for route in &mut new.routes {
-        if let Some(p) = &mut route.policies.rate_limit {
-            rate_limit::carry_over(&rate_limits, p);
-        }
-        if let Some(p) = &mut route.policies.cache {
-            cache::carry_over(&caches, p);
-        }
-    }
+    /// Prometheus metrics: the registry of the first plan, which every later plan inherits.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// Wraps an initial plan.
-    pub fn new(plan: Plan, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
+    pub fn new(loaded: Loaded, config_path: Option<PathBuf>) -> Result<Arc<Self>, ReloadError> {
+        let Loaded { plan, raw } = loaded;
         let access_log = start_access_log(&plan, None)?;
-        let tracer = start_tracer(&plan, None)?;
+        let tracer = start_tracer(&raw, None)?;
         let health = crate::upstream::health::Checker::default();
-        let mut plan = plan;
-        let metrics = crate::telemetry::metrics::Metrics::new();
-        adopt(&health, &metrics, &mut plan);
+        health.watch(&plan.services);
+        retire_old_series(&plan);
+        let metrics = Arc::clone(&plan.registry);
         let (shutdown, _) = watch::channel(false);
-        let startup = StartupSettings::of(&plan);
+        let startup = StartupSettings::of(&plan, &raw);
         Ok(Arc::new(Self {
             active: ArcSwap::from_pointee(Active {
                 plan,
+                raw,
                 access_log,
                 tracer,
                 revision: 1,
             }),
             config_path,
             revision: AtomicU64::new(1),
+            reloading: Mutex::new(()),
             connections: AtomicUsize::new(0),
             connection_closed: Notify::new(),
             shutdown,
@@ -177,12 +145,18 @@ impl Runtime {
     /// each reporting a panic as a failed reload.
     pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
-        let result = config::load_file(path)
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.active.load_full();
+        let result = config::load_file_after(path, Some(&current.plan))
             .map_err(ReloadError::from)
-            .and_then(|plan| {
-                config::guard::contained(|| self.publish(plan))
+            .and_then(|loaded| {
+                config::guard::contained(|| self.publish(loaded))
                     .unwrap_or_else(|panic| Err(ReloadError::Internal(panic)))
             });
+        if result.is_err() {
+            // The refused plan may have minted series for names that never served.
+            retire_old_series(&current.plan);
+        }
         self.metrics.reload(match &result {
             Ok(ReloadOutcome::Applied { .. }) => "applied",
             Ok(ReloadOutcome::Unchanged) => "unchanged",
@@ -191,14 +165,14 @@ impl Runtime {
         result
     }
 
-    /// Publishes `plan` unless it equals the one serving.
-    pub fn publish(&self, mut plan: Plan) -> Result<ReloadOutcome, ReloadError> {
+    /// Publishes `loaded`, compiled after the plan serving now, unless it equals it.
+    fn publish(&self, loaded: Loaded) -> Result<ReloadOutcome, ReloadError> {
+        let Loaded { plan, raw } = loaded;
         let current = self.active.load();
         if current.plan.fingerprint == plan.fingerprint {
             return Ok(ReloadOutcome::Unchanged);
         }
-        carry_over(&current.plan, &mut plan);
-        let restart_only = self.startup.restart_only_changes(&plan);
+        let restart_only = self.startup.restart_only_changes(&plan, &raw);
         if !restart_only.is_empty() {
             tracing::warn!(
                 "changes to {} take effect only after a restart; the rest of the new config is \
@@ -207,12 +181,14 @@ impl Runtime {
             );
         }
         let access_log = start_access_log(&plan, current.access_log.as_ref())?;
-        let tracer = start_tracer(&plan, current.tracer.as_ref())?;
+        let tracer = start_tracer(&raw, current.tracer.as_ref())?;
         // Last before publishing: a plan refused above must not have touched the probes.
-        adopt(&self.health, &self.metrics, &mut plan);
+        self.health.watch(&plan.services);
+        retire_old_series(&plan);
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.active.store(Arc::new(Active {
             plan,
+            raw,
             access_log,
             tracer,
             revision,
@@ -255,7 +231,7 @@ struct StartupSettings {
 }
 
 impl StartupSettings {
-    fn of(plan: &Plan) -> Self {
+    fn of(plan: &Plan, raw: &RawConfig) -> Self {
         Self {
             listen: plan.listen.clone(),
             tls_listen: plan
@@ -264,20 +240,20 @@ impl StartupSettings {
                 .map(|t| t.listen.clone())
                 .unwrap_or_default(),
             redirect_port: plan.tls.as_ref().and_then(|t| t.redirect_port),
-            http2: plan.raw.http2.clone(),
+            http2: raw.http2.clone(),
             workers: plan.workers,
-            log_level: plan.raw.log_level.clone(),
-            log_format: plan.raw.log_format,
+            log_level: raw.log_level.clone(),
+            log_format: raw.log_format,
             max_header_bytes: plan.limits.max_header_bytes,
             max_uri_bytes: plan.limits.max_uri_bytes,
-            admin: (plan.raw.admin.enabled, plan.raw.admin.listen.clone()),
+            admin: (raw.admin.enabled, raw.admin.listen.clone()),
         }
     }
 
     /// Keys of `new` that differ from what the process started with and so wait for a restart.
     /// Lowering a header or URI limit works at once (every request is checked against the live
     /// plan); raising one past the read buffer sized at startup does not.
-    fn restart_only_changes(&self, new: &Plan) -> Vec<&'static str> {
+    fn restart_only_changes(&self, new: &Plan, raw: &RawConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.listen != new.listen {
             keys.push("listen");
@@ -294,19 +270,19 @@ impl StartupSettings {
         if self.redirect_port != new.tls.as_ref().and_then(|t| t.redirect_port) {
             keys.push("tls.redirect_http");
         }
-        if self.http2 != new.raw.http2 {
+        if self.http2 != raw.http2 {
             keys.push("http2");
         }
         if self.workers != new.workers {
             keys.push("workers");
         }
-        if self.admin != (new.raw.admin.enabled, new.raw.admin.listen.clone()) {
+        if self.admin != (raw.admin.enabled, raw.admin.listen.clone()) {
             keys.push("admin.enabled/admin.listen");
         }
-        if self.log_level != new.raw.log_level {
+        if self.log_level != raw.log_level {
             keys.push("log_level");
         }
-        if self.log_format != new.raw.log_format {
+        if self.log_format != raw.log_format {
             keys.push("log_format");
         }
         if new.limits.max_header_bytes > self.max_header_bytes {
@@ -339,13 +315,13 @@ fn start_access_log(
 /// The exporter for `plan`: the previous one when `tracing:` did not change (its queue and
 /// connections carry on), else a new one.
 fn start_tracer(
-    plan: &Plan,
+    raw: &RawConfig,
     previous: Option<&Arc<Exporter>>,
 ) -> Result<Option<Arc<Exporter>>, ReloadError> {
     if let Some(prev) = previous {
-        if *prev.settings() == plan.raw.tracing {
+        if *prev.settings() == raw.tracing {
             return Ok(Some(Arc::clone(prev)));
         }
     }
-    Ok(Exporter::start(&plan.raw.tracing)?)
+    Ok(Exporter::start(&raw.tracing)?)
 }

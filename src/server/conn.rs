@@ -20,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::Plan;
 use crate::pipeline::unparsed;
 use crate::pipeline::{ConnCtx, ProxyService};
 use crate::runtime::Runtime;
@@ -49,8 +48,9 @@ impl Builders {
         std::borrow::Cow::Owned(h1)
     }
 
-    /// Builders configured from `plan`'s limits.
-    pub fn new(plan: &Plan) -> Self {
+    /// Builders configured from the limits and `http2:` settings of `active`.
+    pub fn new(active: &crate::runtime::Active) -> Self {
+        let plan = &active.plan;
         let mut h1 = http1::Builder::new();
         // No timer on HTTP/1: the worker's watchdog replaces hyper's per-request header-read
         // timer (and its keep-alive idle limit).
@@ -61,7 +61,7 @@ impl Builders {
         h2.timer(TokioTimer::new())
             .max_header_list_size(plan.limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        plan.raw.http2.apply(&mut h2);
+        active.raw.http2.apply(&mut h2);
         Self { h1, h2 }
     }
 }

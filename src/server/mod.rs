@@ -190,7 +190,7 @@ fn run_worker(runtime: Arc<Runtime>, listeners: Vec<(StdListener, Kind)>) {
         }
     };
     rt.block_on(async move {
-        let builders = Arc::new(conn::Builders::new(&runtime.active().plan));
+        let builders = Arc::new(conn::Builders::new(&runtime.active()));
         let watchdog = tokio::spawn(conn::watchdog(Arc::clone(&runtime)));
         let mut accepting = Vec::new();
         for (l, kind) in listeners {

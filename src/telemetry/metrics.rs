@@ -137,11 +137,12 @@ pub struct Metrics {
     /// Series of requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
     recent: Arc<Mutex<VecDeque<RecentError>>>,
-    /// The (route, service) pairs and services of the config serving now.
-    live: Mutex<LiveNames>,
+    /// The (route, service) pairs and services whose series exist: those of the config serving
+    /// now, and those handed out since to a config being compiled.
+    known: Mutex<KnownNames>,
 }
 
-type LiveNames = (Vec<(Arc<str>, Arc<str>)>, Vec<Arc<str>>);
+type KnownNames = (Vec<(Arc<str>, Arc<str>)>, Vec<Arc<str>>);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -230,12 +231,17 @@ impl Metrics {
             families,
             unmatched,
             recent: Arc::default(),
-            live: Mutex::default(),
+            known: Mutex::default(),
         }
     }
 
     /// Handles for a route's series.
     pub fn route(&self, route: &Arc<str>, service: &Arc<str>) -> Arc<RouteMetrics> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.0.iter().any(|(r, s)| r == route && s == service) {
+            known.0.push((Arc::clone(route), Arc::clone(service)));
+        }
+        drop(known);
         Arc::new(RouteMetrics::new(
             &self.families,
             Arc::clone(route),
@@ -245,6 +251,11 @@ impl Metrics {
 
     /// Handles for a service's series.
     pub fn service(&self, service: &Arc<str>) -> Arc<ServiceMetrics> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.1.contains(service) {
+            known.1.push(Arc::clone(service));
+        }
+        drop(known);
         Arc::new(ServiceMetrics::new(&self.families, Arc::clone(service)))
     }
 
@@ -256,29 +267,22 @@ impl Metrics {
             .inc();
     }
 
-    /// The series of the routes (name, service) and services of a config about to be
-    /// published, in their order; forgets the series of routes and services it no longer has,
-    /// so that renaming routes over many reloads does not grow the scrape without bound.
-    pub fn adopt(
-        &self,
-        routes: &[(Arc<str>, Arc<str>)],
-        services: &[Arc<str>],
-    ) -> (Vec<Arc<RouteMetrics>>, Vec<Arc<ServiceMetrics>>) {
-        let route_series = routes.iter().map(|(r, s)| self.route(r, s)).collect();
-        let service_series = services.iter().map(|s| self.service(s)).collect();
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        for (route, service) in &live.0 {
+    /// Records that the routes (name, service) and services given are the ones serving now,
+    /// forgetting the series of every other route and service this registry handed out: those
+    /// of the plan before, and those of a plan compiled but never published.
+    pub fn serving(&self, routes: &[(Arc<str>, Arc<str>)], services: &[Arc<str>]) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (route, service) in &known.0 {
             if !routes.iter().any(|(r, s)| r == route && s == service) {
                 self.forget_route(route, service, routes.iter().any(|(r, _)| r == route));
             }
         }
-        for service in &live.1 {
+        for service in &known.1 {
             if !services.contains(service) {
                 self.forget_service(service);
             }
         }
-        *live = (routes.to_vec(), services.to_vec());
-        (route_series, service_series)
+        *known = (routes.to_vec(), services.to_vec());
     }
 
     fn forget_route(&self, route: &Arc<str>, service: &Arc<str>, route_still_exists: bool) {

@@ -7,10 +7,10 @@
 //! (never a pooled one), so it tests what a new request would meet: the connect, the response
 //! head and, with `body_contains`, the body.
 //!
-//! On a reload, [`Checker::adopt`] keeps the probe task and the shared [`TargetState`] of every
-//! target whose service name, URL and health settings are unchanged, starts tasks for new ones
-//! and aborts the rest, so a reload neither leaks tasks nor forgets that a target is sick. It
-//! also hands unchanged circuit breakers and concurrency limits over to the new plan.
+//! A new plan inherits the [`TargetState`] of every target whose service name, URL and health
+//! settings are unchanged when it is compiled ([`super::inherit`]); when it is published,
+//! [`Checker::watch`] keeps the probe task of each inherited state, starts tasks for new ones
+//! and aborts the rest.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use super::breaker::CircuitBreaker;
 use super::config::RawHealthCheck;
-use super::outlier::OutlierDetection;
+
 use super::state::TargetState;
 use super::{Protocol, Service, Target};
 
@@ -150,8 +149,6 @@ pub struct Checker {
 struct Inner {
     runner: Option<Runner>,
     targets: Vec<Entry>,
-    breakers: Vec<(String, Arc<super::breaker::CircuitBreaker>)>,
-    limits: Vec<(Arc<str>, Arc<super::breaker::ConcurrencyLimit>)>,
 }
 
 struct Runner {
@@ -161,10 +158,6 @@ struct Runner {
 }
 
 struct Entry {
-    service: Arc<str>,
-    url: String,
-    health: Option<HealthCheck>,
-    outlier: Option<OutlierDetection>,
     state: Arc<TargetState>,
     task: Option<AbortHandle>,
 }
@@ -178,63 +171,24 @@ impl Drop for Entry {
 }
 
 impl Checker {
-    /// Makes `services` (and the routes' own breakers, keyed `route <name>`) the ones being
-    /// probed: carries over the state of unchanged targets, breakers and concurrency limits,
-    /// starts probes for new targets and stops those of removed ones. Called before a config
-    /// is published, while nothing else holds its services.
-    pub fn adopt(
-        &self,
-        services: &mut [Arc<Service>],
-        route_breakers: Vec<(String, &mut Option<Arc<CircuitBreaker>>)>,
-    ) {
+    /// Makes the targets of `services` the ones being probed. A target whose state the new plan
+    /// inherited (see [`super::inherit`]) keeps its probe task; new targets get one, and the
+    /// tasks of targets no longer served are aborted, so a reload neither leaks tasks nor
+    /// forgets that a target is sick. Called when a plan is published, never for one that is
+    /// only compiled (`portico validate`, a refused reload).
+    pub fn watch(&self, services: &[Arc<Service>]) {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let mut old = std::mem::take(&mut inner.targets);
-        let old_breakers = std::mem::take(&mut inner.breakers);
-        let old_limits = std::mem::take(&mut inner.limits);
-        for svc in services.iter_mut() {
-            let Some(service) = Arc::get_mut(svc) else {
-                continue;
-            };
-            carry_breaker(
-                &mut service.breaker,
-                &format!("service {}", service.name),
-                &old_breakers,
-                &mut inner.breakers,
-            );
-            if let Some(limit) = &mut service.max_concurrent {
-                if let Some((_, o)) = old_limits
+        for service in services {
+            for target in &service.targets {
+                if let Some(pos) = old
                     .iter()
-                    .find(|(n, o)| **n == *service.name && o.max == limit.max)
+                    .position(|e| Arc::ptr_eq(&e.state, &target.state))
                 {
-                    *limit = Arc::clone(o);
-                }
-                inner
-                    .limits
-                    .push((Arc::clone(&service.name), Arc::clone(limit)));
-            }
-            let mut fresh = Vec::new();
-            for (i, t) in service.targets.iter_mut().enumerate() {
-                let Some(target) = Arc::get_mut(t) else {
+                    inner.targets.push(old.swap_remove(pos));
                     continue;
-                };
-                let same = old.iter().position(|e| {
-                    *e.service == *service.name
-                        && *e.url == *target.url
-                        && e.health == service.health_check
-                        && e.outlier == service.outlier
-                });
-                match same {
-                    Some(pos) => {
-                        let entry = old.swap_remove(pos);
-                        target.state = Arc::clone(&entry.state);
-                        inner.targets.push(entry);
-                    }
-                    None => fresh.push(i),
                 }
-            }
-            for i in fresh {
-                let target = &service.targets[i];
                 let task = service.health_check.as_ref().map(|hc| {
                     let runner = inner.runner.get_or_insert_with(start_runner);
                     runner
@@ -247,17 +201,10 @@ impl Checker {
                         .abort_handle()
                 });
                 inner.targets.push(Entry {
-                    service: Arc::clone(&service.name),
-                    url: target.url.to_string(),
-                    health: service.health_check.clone(),
-                    outlier: service.outlier.clone(),
                     state: Arc::clone(&target.state),
                     task,
                 });
             }
-        }
-        for (key, breaker) in route_breakers {
-            carry_breaker(breaker, &key, &old_breakers, &mut inner.breakers);
         }
         // What is left of `old` was removed or changed: dropping it aborts its probes.
         drop(old);
@@ -270,20 +217,6 @@ impl Checker {
     pub fn probes(&self) -> usize {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.targets.iter().filter(|e| e.task.is_some()).count()
-    }
-}
-
-fn carry_breaker(
-    slot: &mut Option<Arc<super::breaker::CircuitBreaker>>,
-    key: &str,
-    old: &[(String, Arc<super::breaker::CircuitBreaker>)],
-    keep: &mut Vec<(String, Arc<super::breaker::CircuitBreaker>)>,
-) {
-    if let Some(b) = slot {
-        if let Some((_, o)) = old.iter().find(|(k, o)| k == key && o.config == b.config) {
-            *b = Arc::clone(o);
-        }
-        keep.push((key.to_string(), Arc::clone(b)));
     }
 }
 

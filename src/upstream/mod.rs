@@ -143,7 +143,7 @@ pub struct Service {
     pub breaker: Option<Arc<breaker::CircuitBreaker>>,
     /// `max_concurrent_requests`.
     pub max_concurrent: Option<Arc<breaker::ConcurrencyLimit>>,
-    /// The service's metric series (given by the runtime when the plan is published).
+    /// The service's metric series (one per service name in the process's registry).
     pub metrics: Arc<crate::telemetry::metrics::ServiceMetrics>,
     /// The service's `retry` block, with one budget shared by every route inheriting it and by
     /// the aggregate calls made to the service.
@@ -167,6 +167,42 @@ impl Service {
             avoid,
             self.when_all_unhealthy == WhenAllUnhealthy::Panic,
         )
+    }
+}
+
+/// Gives `service`, while it is being compiled, the state its predecessor of the same name in the
+/// serving plan built up: the health of each target whose URL and health settings are
+/// unchanged, and the breaker and concurrency limit when their settings are. A reload then
+/// neither forgets a sick target nor closes an open breaker.
+pub fn inherit(service: &mut Service, previous: &[Arc<Service>]) {
+    let Some(old) = previous.iter().find(|s| s.name == service.name) else {
+        return;
+    };
+    if old.health_check == service.health_check && old.outlier == service.outlier {
+        for target in &mut service.targets {
+            let same = old.targets.iter().find(|t| t.url == target.url);
+            if let (Some(same), Some(target)) = (same, Arc::get_mut(target)) {
+                target.state = Arc::clone(&same.state);
+            }
+        }
+    }
+    inherit_breaker(&mut service.breaker, old.breaker.as_ref());
+    if let (Some(limit), Some(old)) = (&mut service.max_concurrent, &old.max_concurrent) {
+        if limit.max == old.max {
+            *limit = Arc::clone(old);
+        }
+    }
+}
+
+/// Keeps the breaker `old` in `slot` when both were built from the same settings.
+pub fn inherit_breaker(
+    slot: &mut Option<Arc<breaker::CircuitBreaker>>,
+    old: Option<&Arc<breaker::CircuitBreaker>>,
+) {
+    if let (Some(new), Some(old)) = (slot.as_mut(), old) {
+        if new.config == old.config {
+            *new = Arc::clone(old);
+        }
     }
 }
 

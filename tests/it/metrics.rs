@@ -404,6 +404,32 @@ async fn reloads_are_counted_and_the_revision_follows() {
 }
 
 #[tokio::test]
+async fn a_reload_refused_late_in_compiling_leaves_no_series_of_its_routes() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&format!(
+        "services:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: kept\n    service: a\n",
+        up.url()
+    ));
+    assert_eq!(get(&gw.url("/x")).await.status, 200);
+    // Two routes matching the same requests: valid one by one, refused when the router is
+    // built, after the routes (and their series) were.
+    let refused = format!(
+        "services:\n  a: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  \
+         - {{name: ghost, service: a, match: {{path: /g}}}}\n  \
+         - {{name: ghost2, service: a, match: {{path: /g}}}}\n",
+        up.url()
+    );
+    let err = gw
+        .reload(&refused)
+        .expect_err("indistinguishable routes are refused")
+        .to_string();
+    assert!(err.contains("could never be chosen"), "{err}");
+    let text = scrape(&gw).await;
+    assert!(!text.contains("route=\"ghost"), "{text}");
+    assert!(text.contains("route=\"kept\""), "{text}");
+}
+
+#[tokio::test]
 async fn metrics_off_records_no_request_series() {
     let up = upstream::http1("a").spawn().await;
     let gw = TestGateway::start(&format!(

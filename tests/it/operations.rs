@@ -184,8 +184,8 @@ fn max_connections_zero_means_no_limit_and_explain_says_unlimited() {
     );
     let plan = portico::config::load_str(&yaml, "t.yaml", &portico::config::expand::ProcessEnv)
         .expect("valid");
-    assert_eq!(plan.limits.max_connections, usize::MAX);
-    assert_eq!(plan.routes[0].max_body_bytes, u64::MAX);
+    assert_eq!(plan.plan.limits.max_connections, usize::MAX);
+    assert_eq!(plan.plan.routes[0].max_body_bytes, u64::MAX);
     let explained = portico::explain::explain(&plan, "POST", "http://a/x", &[]).expect("explain");
     assert!(explained.contains("max body unlimited"), "{explained}");
 }
