@@ -246,6 +246,18 @@ pub enum GatewayError {
     ReloadFailed(String),
 }
 
+impl From<crate::body::BodyError> for GatewayError {
+    /// What the client is answered when its body fails this way.
+    fn from(e: crate::body::BodyError) -> Self {
+        use crate::body::BodyError;
+        match e {
+            BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
+            BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(idle),
+            other => GatewayError::ClientBody(other.to_string()),
+        }
+    }
+}
+
 impl GatewayError {
     /// The error's row in the table: status, code, side, retryability, metric.
     pub fn kind(&self) -> Kind {

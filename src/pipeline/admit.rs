@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 
 use super::ctx::{content_length, request_host, RequestCtx};
 use super::Exit;
+use crate::body::GatewayBody;
 use crate::config::plan::{Rewrite, Route, TemplatePart};
 use crate::config::Plan;
 use crate::error::GatewayError;
 use crate::policy::cors;
-use crate::proxy::body::GatewayBody;
 use crate::router::{normalize, normalize_host, Match};
 
 /// Checks, normalises and routes the request; the route it matched, or the answer.

@@ -11,7 +11,7 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::proxy::body::GatewayBody;
+use crate::body::GatewayBody;
 use crate::proxy::conn::ConnState;
 use crate::runtime::Runtime;
 

@@ -14,11 +14,11 @@ use http::{Request, Response};
 
 use super::ctx::RequestCtx;
 use super::Exit;
+use crate::body::{GatewayBody, RequestBody};
 use crate::config::plan::Route;
 use crate::error::GatewayError;
 use crate::policy::cache;
 use crate::policy::shadow;
-use crate::proxy::body::{GatewayBody, RequestBody};
 use crate::proxy::{retry, upgrade};
 use crate::upstream::Service;
 

@@ -13,9 +13,9 @@ use http::{Method, Response, Version};
 use super::conn::ConnCtx;
 use super::ctx::RequestCtx;
 use super::Exit;
+use crate::body::{GatewayBody, Guard};
 use crate::error::{Denial, GatewayError};
 use crate::policy::cache;
-use crate::proxy::body::GatewayBody;
 use crate::proxy::conn::ActiveRequest;
 use crate::proxy::grpc;
 use crate::proxy::headers::X_REQUEST_ID;
@@ -33,6 +33,12 @@ pub(super) fn run(
     let (conn, plan, route, grpc, version) = (cx.conn, cx.plan, cx.route, cx.grpc, cx.version);
     let request_id = std::mem::replace(&mut cx.request_id, HeaderValue::from_static(""));
     let (mut log, mut span, target) = (cx.log.take(), cx.span.take(), cx.target.take());
+    let mut end = RequestEnd {
+        measure: None,
+        finish: None,
+        span: None,
+        active: guard,
+    };
     let route_metrics = plan.metrics_enabled.then(|| match route {
         Some(i) => &plan.routes[i].metrics,
         None => &conn.runtime.metrics.unmatched,
@@ -66,7 +72,7 @@ pub(super) fn run(
             grpc_status,
         };
         record(m, conn, recorded);
-        resp.body_mut().set_measure(Measure {
+        end.measure = Some(Measure {
             route: Arc::clone(m),
             start: cx.start,
             request_bytes: cx.request_bytes,
@@ -77,16 +83,62 @@ pub(super) fn run(
         log.status = status;
         log.cache = cache_status;
         log.grpc_status = grpc_status;
-        resp.body_mut().set_finish(log);
+        end.finish = Some(log);
     }
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if let Some(mut s) = span {
         s.status = status;
-        resp.body_mut().set_span(s);
+        end.span = Some(s);
     }
-    resp.body_mut()
-        .set_active(guard, version <= Version::HTTP_11);
+    if version <= Version::HTTP_11 {
+        resp.body_mut().pace(end.active.pace());
+    }
+    resp.body_mut().guard(Box::new(end));
     resp
+}
+
+/// The request's part of its response body's end: metrics recorded, the access-log line
+/// written and the span ended with the bytes sent, and the request counted active on its
+/// connection until then.
+struct RequestEnd {
+    measure: Option<Measure>,
+    finish: Option<Box<Finish>>,
+    span: Option<Box<ServerSpan>>,
+    active: ActiveRequest,
+}
+
+impl Guard for RequestEnd {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        // gRPC reports its status in the trailers.
+        let Some(code) = grpc::status_of(trailers) else {
+            return;
+        };
+        if let Some(f) = &mut self.finish {
+            f.grpc_status = Some(code);
+        }
+        if let Some(m) = self.measure.as_ref().filter(|m| m.grpc) {
+            m.route.grpc(code);
+        }
+    }
+
+    fn end(self: Box<Self>, sent: u64, complete: bool) {
+        let RequestEnd {
+            measure,
+            finish,
+            span,
+            active,
+        } = *self;
+        if let Some(measure) = measure {
+            measure.finish(sent);
+        }
+        if let Some(finish) = finish {
+            finish.write(sent, complete);
+        }
+        if let Some(span) = span {
+            span.end(complete);
+        }
+        drop(active);
+    }
 }
 
 /// The response's status, cache result and gRPC status (trailers-only answers carry it in the

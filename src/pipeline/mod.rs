@@ -36,8 +36,8 @@ pub use admit::https_redirect;
 pub use conn::{ConnCtx, ProxyService};
 pub(crate) use ctx::RequestCtx;
 
+use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::proxy::body::GatewayBody;
 use crate::proxy::retry;
 
 /// How a phase ends a request early.

@@ -11,9 +11,9 @@ use http::Version;
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use crate::body::RequestBody;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
-use crate::proxy::body::RequestBody;
 use crate::proxy::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// Turns the client's request into the upstream's; the body to send.

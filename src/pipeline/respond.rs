@@ -5,10 +5,11 @@
 use http::{header, Response, StatusCode, Version};
 
 use super::ctx::RequestCtx;
+use crate::body::GatewayBody;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
-use crate::proxy::body::{Epilogue, GatewayBody};
 use crate::proxy::client::PooledSender;
+use crate::proxy::exchange::Exchange;
 use crate::proxy::{headers, retry};
 use crate::upstream::InFlight;
 use hyper::body::Incoming;
@@ -112,18 +113,17 @@ fn finish_body(
     if let Some(via) = &cx.plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let epilogue = Epilogue {
+    let exchange = Exchange {
         pooled,
         in_flight: Some(in_flight),
         held,
         service_slot: cx.service_slot.take(),
-        ..Epilogue::default()
     };
     let idle = cx.service.map_or(route.timeout, |s| s.timeouts.idle);
-    let body = match body {
-        Ok(rewritten) => GatewayBody::full_with(rewritten, epilogue),
-        Err(incoming) => GatewayBody::upstream(incoming, idle, epilogue),
-    };
+    let body = exchange.owed_by(match body {
+        Ok(rewritten) => GatewayBody::full(rewritten),
+        Err(incoming) => GatewayBody::upstream(incoming, idle),
+    });
     let resp = Response::from_parts(parts, body);
     match cx.cache.take() {
         Some(fill) => fill.respond(resp),

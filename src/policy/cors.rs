@@ -14,8 +14,8 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::proxy::body::GatewayBody;
 use crate::spec::units::Dur;
 use crate::spec::ConfigError;
 

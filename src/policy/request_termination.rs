@@ -16,7 +16,7 @@ use http::{Response, StatusCode};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::body::GatewayBody;
+use crate::body::GatewayBody;
 use crate::spec::ConfigError;
 
 /// The largest `body` accepted: a stub, not a file server.

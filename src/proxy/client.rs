@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
-use super::body::RequestBody;
+use crate::body::RequestBody;
 use crate::error::GatewayError;
 use crate::upstream::{Protocol, Service, Target};
 
@@ -356,12 +356,12 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(body) = s.downcast_ref::<super::body::BodyError>() {
+        if let Some(body) = s.downcast_ref::<crate::body::BodyError>() {
             return match body {
-                super::body::BodyError::TooLarge(limit) => {
+                crate::body::BodyError::TooLarge(limit) => {
                     GatewayError::PayloadTooLarge { limit: *limit }
                 }
-                super::body::BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(*idle),
+                crate::body::BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(*idle),
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }

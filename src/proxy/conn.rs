@@ -34,6 +34,21 @@ impl ActiveRequest {
     pub fn flow(&self) -> &WriteFlow {
         &self.0.flow
     }
+
+    /// The connection's write pacing, for a response body to hold.
+    pub fn pace(&self) -> Arc<dyn crate::body::Pace> {
+        Arc::clone(&self.0) as Arc<dyn crate::body::Pace>
+    }
+}
+
+impl crate::body::Pace for ConnState {
+    fn written(&self) -> u64 {
+        self.flow.written()
+    }
+
+    fn may_send(&self, base: u64, handed: u64, waker: &Waker) -> bool {
+        self.flow.may_send(base, handed, waker)
+    }
 }
 
 impl Drop for ActiveRequest {

@@ -8,7 +8,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Response;
 
-use super::body::GatewayBody;
+use crate::body::GatewayBody;
 use crate::error::GatewayError;
 
 /// `grpc-status`.

@@ -40,3 +40,13 @@ impl Recorder {
         done(buf.freeze());
     }
 }
+
+impl crate::body::Tap for Recorder {
+    fn data(&mut self, data: &Bytes) -> bool {
+        Recorder::data(self, data)
+    }
+
+    fn complete(self: Box<Self>) {
+        Recorder::complete(*self)
+    }
+}

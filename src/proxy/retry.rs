@@ -21,8 +21,8 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 
-use super::body::RequestBody;
 use super::client::{self, Sent};
+use crate::body::{BodyCompletion, RequestBody};
 use crate::error::Failure;
 use crate::error::GatewayError;
 use crate::telemetry::access_log::Finish;
@@ -200,7 +200,7 @@ pub(crate) async fn forward(
         let in_flight = InFlight::start(target);
         let sent_at = Instant::now();
         let mut result = client::send(service, target, req, route.timeout).await;
-        super::body::blame_client_if_unfinished(&mut result, completion.as_ref(), route.timeout);
+        blame_client_if_unfinished(&mut result, completion.as_ref(), route.timeout);
         let took = sent_at.elapsed();
         end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));
@@ -230,7 +230,7 @@ async fn forward_retrying(
     let body = if body.is_end_stream() {
         Bytes::new()
     } else {
-        super::body::read_whole(body, route.max_body_bytes).await?
+        crate::body::read_whole(body, route.max_body_bytes).await?
     };
     let replay_ok = idempotent(&parts.method);
     let started = tokio::time::Instant::now();
@@ -353,4 +353,19 @@ pub(crate) fn end_span(
 
 fn millis(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_millis() as u64)
+}
+
+/// A timeout of the exchange while the client had not finished its body is the client's: 408,
+/// and nothing held against the upstream. Rewrites `result` in place (it holds a response head,
+/// too large to move for nothing on every request).
+pub fn blame_client_if_unfinished<T>(
+    result: &mut Result<T, GatewayError>,
+    completion: Option<&BodyCompletion>,
+    timeout: Duration,
+) {
+    if matches!(result, Err(GatewayError::UpstreamTimeout(_)))
+        && completion.is_some_and(|c| !c.is_complete())
+    {
+        *result = Err(GatewayError::RequestBodyTimeout(timeout));
+    }
 }

@@ -8,8 +8,9 @@ use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Epilogue, GatewayBody, RequestBody};
+use super::exchange::Exchange;
 use super::{client, headers};
+use crate::body::{GatewayBody, RequestBody};
 use crate::error::GatewayError;
 use crate::upstream::{InFlight, Service, Target};
 
@@ -35,14 +36,11 @@ pub async fn proxy_upgrade(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, incoming) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        let body = GatewayBody::upstream(
-            incoming,
-            service.timeouts.idle,
-            Epilogue {
-                in_flight: Some(in_flight),
-                ..Epilogue::default()
-            },
-        );
+        let body = Exchange {
+            in_flight: Some(in_flight),
+            ..Exchange::default()
+        }
+        .owed_by(GatewayBody::upstream(incoming, service.timeouts.idle));
         return Ok(Response::from_parts(parts, body));
     }
     if !switched_to_offered(&req_upgrade, resp.headers()) {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The layers, lowest first: a module may name modules of its own layer (as long as no cycle
 /// forms) and of the layers below.
 const LAYERS: &[&[&str]] = &[
-    &["spec"],
+    &["spec", "body"],
     &["error", "router", "store"],
     &["tls", "telemetry"],
     &["upstream"],

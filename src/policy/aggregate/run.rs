@@ -14,9 +14,9 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{AggregatePolicy, Call, X_PORTICO_PARTIAL};
+use crate::body::{GatewayBody, RequestBody};
 use crate::error::GatewayError;
 use crate::policy::transform::{CallAnswer, Facts, RequestData};
-use crate::proxy::body::{GatewayBody, RequestBody};
 use crate::proxy::retry::{self, Forward, How};
 use crate::telemetry::trace::Trace;
 use crate::upstream::window::now_ns;

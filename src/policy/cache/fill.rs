@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::entry::Stored;
 use super::{rfc, CachePolicy, CacheStatus, Fill, Mode, Pending, CACHEABLE};
+use crate::body::GatewayBody;
 use crate::error::GatewayError;
-use crate::proxy::body::GatewayBody;
 use crate::proxy::record::Recorder;
 
 impl Fill {
@@ -38,7 +38,7 @@ impl Fill {
         self,
         service: Arc<crate::upstream::Service>,
         target: Arc<crate::upstream::Target>,
-        req: http::Request<crate::proxy::body::RequestBody>,
+        req: http::Request<crate::body::RequestBody>,
         timeout: Duration,
     ) {
         tokio::spawn(async move {
@@ -50,15 +50,12 @@ impl Fill {
             };
             let (mut parts, incoming) = sent.response.into_parts();
             crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, false);
-            let body = GatewayBody::upstream(
-                incoming,
-                service.timeouts.idle,
-                crate::proxy::body::Epilogue {
-                    pooled: sent.pooled,
-                    in_flight: Some(in_flight),
-                    ..Default::default()
-                },
-            );
+            let body = crate::proxy::exchange::Exchange {
+                pooled: sent.pooled,
+                in_flight: Some(in_flight),
+                ..Default::default()
+            }
+            .owed_by(GatewayBody::upstream(incoming, service.timeouts.idle));
             // Reading the body to its end stores it.
             let resp = self.respond(Response::from_parts(parts, body));
             let _ = resp.into_body().collect().await;
@@ -149,7 +146,7 @@ impl Fill {
         let storable = policy.storable(&resp, &p, now);
         policy.mark(&mut resp, CacheStatus::Miss);
         if let Some((stored, vary)) = storable {
-            resp.body_mut().record(Box::new(Recorder::new(
+            resp.body_mut().tap(Box::new(Recorder::new(
                 policy.max_entry,
                 Box::new(move |body: Bytes| {
                     let mut stored = Stored { body, ..stored };

@@ -29,8 +29,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::body::GatewayBody;
 use crate::policy::auth::Identity;
-use crate::proxy::body::GatewayBody;
 use crate::spec::ConfigError;
 use crate::store::redis::{RawRedis, RedisStore};
 use config::{RawCacheKeyPart, RawCachePolicy};

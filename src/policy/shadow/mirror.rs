@@ -13,8 +13,8 @@ use http::{Request, Version};
 use http_body_util::BodyExt as _;
 
 use super::{ShadowPolicy, ShadowSlot};
+use crate::body::RequestBody;
 use crate::error::GatewayError;
-use crate::proxy::body::RequestBody;
 use crate::proxy::{client, retry};
 use crate::upstream::Service;
 
@@ -50,7 +50,7 @@ pub(crate) async fn maybe_mirror(
     let Some(slot) = policy.sample() else {
         return Ok(body);
     };
-    let bytes = crate::proxy::body::read_whole(body, u64::MAX).await?;
+    let bytes = crate::body::read_whole(body, u64::MAX).await?;
     let mut req = Request::new(RequestBody::full(bytes.clone()));
     *req.method_mut() = copy.parts.method.clone();
     *req.headers_mut() = copy.parts.headers.clone();

@@ -22,8 +22,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
+use crate::body::{read_whole, RequestBody};
 use crate::error::GatewayError;
-use crate::proxy::body::{read_whole, RequestBody};
 use crate::spec::ConfigError;
 use config::{RawHeaderOps, RawQueryOps, RawTransformPolicy};
 use json::{JsonOps, OnOversize};

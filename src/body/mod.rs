@@ -1,28 +1,28 @@
-//! Body types on both sides of the proxy, streaming frame by frame.
+//! The body types on both sides of the gateway, streaming frame by frame, and nothing else: a
+//! leaf that names no other module of the crate.
 //!
-//! [`RequestBody`] carries the client's body upstream, enforcing the route's size limit while it
-//! streams. [`GatewayBody`] carries a response back: either the upstream's stream (with an idle
-//! timeout armed only when the upstream makes us wait) or a small gateway-made body. When a
-//! response body ends it hands its pooled upstream connection back and writes the access log line.
+//! [`RequestBody`] carries the client's body upstream, enforcing the route's size limit and the
+//! client's pauses while it streams. [`GatewayBody`] carries a response back: the upstream's
+//! stream (with an idle timeout armed only when the upstream makes us wait) or a small body
+//! the gateway made. What must happen when a response body ends (a pooled connection handed
+//! back, metrics, the access-log line, the span) is not known here: each layer that owes such
+//! work attaches a [`Guard`], ended in the order attached, once, with the bytes sent and
+//! whether the body completed. A [`Tap`] copies the body as it streams (the response cache);
+//! a [`Pace`] holds an upstream body back to the speed the client reads it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 use tokio::time::Sleep;
-
-use super::client::PooledSender;
-use super::conn::ActiveRequest;
-use super::record::Recorder;
-use crate::error::GatewayError;
-use crate::telemetry::access_log::Finish;
-use crate::upstream::InFlight;
 
 /// Errors raised by our own body wrappers (so the proxy can tell them apart from I/O errors).
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +39,6 @@ pub enum BodyError {
     /// The underlying stream failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
-}
-
-impl BodyError {
-    /// What the client is answered when its body fails this way.
-    pub fn into_gateway(self) -> GatewayError {
-        match self {
-            BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
-            BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(idle),
-            other => GatewayError::ClientBody(other.to_string()),
-        }
-    }
 }
 
 /// The request body sent upstream.
@@ -137,15 +126,15 @@ impl RequestBody {
 
 /// Reads `body` whole, refusing more than `cap` bytes (413); the client's pauses and breaks
 /// keep their meaning (408, 400).
-pub async fn read_whole(mut body: RequestBody, cap: u64) -> Result<Bytes, GatewayError> {
+pub async fn read_whole(mut body: RequestBody, cap: u64) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(BodyError::into_gateway)?;
+        let frame = frame?;
         if let Some(d) = frame.data_ref() {
             out.extend_from_slice(d);
             if out.len() as u64 > cap {
-                return Err(GatewayError::PayloadTooLarge { limit: cap });
+                return Err(BodyError::TooLarge(cap));
             }
         }
     }
@@ -159,21 +148,6 @@ impl BodyCompletion {
     /// True once the client's last body byte arrived.
     pub fn is_complete(&self) -> bool {
         self.0.load(Ordering::Acquire)
-    }
-}
-
-/// A timeout of the exchange while the client had not finished its body is the client's: 408,
-/// and nothing held against the upstream. Rewrites `result` in place (it holds a response head,
-/// too large to move for nothing on every request).
-pub fn blame_client_if_unfinished<T>(
-    result: &mut Result<T, GatewayError>,
-    completion: Option<&BodyCompletion>,
-    timeout: Duration,
-) {
-    if matches!(result, Err(GatewayError::UpstreamTimeout(_)))
-        && completion.is_some_and(|c| !c.is_complete())
-    {
-        *result = Err(GatewayError::RequestBodyTimeout(timeout));
     }
 }
 
@@ -248,25 +222,33 @@ impl Body for RequestBody {
     }
 }
 
-/// Everything a response body carries that must happen when it ends.
-#[derive(Default)]
-pub struct Epilogue {
-    /// The upstream connection to return to the pool once the body ended cleanly.
-    pub pooled: Option<PooledSender>,
-    /// Counts the request against its target until the body ends.
-    pub in_flight: Option<InFlight>,
-    /// The access log line to finish and write.
-    pub finish: Option<Box<Finish>>,
-    /// The request's server span (sampled requests with export on), ended with the body.
-    pub span: Option<Box<crate::telemetry::trace::ServerSpan>>,
-    /// Keeps the request counted as active on its client connection.
-    pub active: Option<ActiveRequest>,
-    /// Places held until the body ends (a `rate_limit` concurrency slot): released by drop.
-    pub held: Option<Box<dyn Send + Sync>>,
-    /// Holds the request's place under its service's `max_concurrent_requests`.
-    pub service_slot: Option<crate::upstream::breaker::ConcurrencyGuard>,
-    /// The request's metrics, recorded when the body ends.
-    pub measure: Option<crate::telemetry::metrics::Measure>,
+/// Work a response body owes when it ends, attached by whoever owes it.
+pub trait Guard: Send {
+    /// The body's trailers went by (gRPC reports its status there).
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
+
+    /// Called once, when the body is dropped: `complete` when it was read to its end without
+    /// an error, after `sent` data bytes.
+    fn end(self: Box<Self>, sent: u64, complete: bool);
+}
+
+/// A copy of a response body taken as it streams.
+pub trait Tap: Send {
+    /// A data frame went by; false to stop copying (over a cap).
+    fn data(&mut self, data: &Bytes) -> bool;
+
+    /// The body ended cleanly with every frame copied.
+    fn complete(self: Box<Self>);
+}
+
+/// How far the client has read its connection, for pacing an upstream body to it.
+pub trait Pace: Send + Sync {
+    /// Bytes written to the client's connection so far.
+    fn written(&self) -> u64;
+
+    /// Whether `handed` more bytes (of a body that started at `base` written bytes) may be
+    /// handed to the connection now; if not, `waker` is woken when they may.
+    fn may_send(&self, base: u64, handed: u64, waker: &Waker) -> bool;
 }
 
 enum Source {
@@ -283,11 +265,15 @@ pub struct GatewayBody {
     source: Source,
     sent: u64,
     ended: bool,
-    epilogue: Epilogue,
+    /// Set when the stream failed: the body did not complete, whatever is dropped after.
+    failed: bool,
+    /// Ended in this order when the body is dropped (a proxied response has two: the upstream
+    /// exchange's and the request's).
+    guards: SmallVec<[Box<dyn Guard>; 2]>,
     /// A copy for the response cache, taken as the body streams.
-    record: Option<Box<Recorder>>,
-    /// The connection's written count when this body began, when it is paced (HTTP/1).
-    pace_base: Option<u64>,
+    tap: Option<Box<dyn Tap>>,
+    /// The connection's written count when this body began and its pacing (HTTP/1).
+    pace: Option<(u64, Arc<dyn Pace>)>,
 }
 
 impl From<Bytes> for GatewayBody {
@@ -297,86 +283,52 @@ impl From<Bytes> for GatewayBody {
 }
 
 impl GatewayBody {
-    /// A complete body made by the gateway.
-    pub fn full(bytes: Bytes) -> Self {
+    fn from_source(source: Source) -> Self {
         Self {
-            source: Source::Full(Some(bytes)),
+            source,
             sent: 0,
             ended: false,
-            epilogue: Epilogue::default(),
-            record: None,
-            pace_base: None,
+            failed: false,
+            guards: SmallVec::new(),
+            tap: None,
+            pace: None,
         }
     }
 
-    /// A complete body read from the upstream and rewritten by a policy; `epilogue` holds what
-    /// the upstream exchange still owns (in-flight counts, concurrency slots).
-    pub fn full_with(bytes: Bytes, epilogue: Epilogue) -> Self {
-        Self {
-            source: Source::Full(Some(bytes)),
-            sent: 0,
-            ended: false,
-            epilogue,
-            record: None,
-            pace_base: None,
-        }
+    /// A complete body made by the gateway (or read from the upstream and rewritten).
+    pub fn full(bytes: Bytes) -> Self {
+        Self::from_source(Source::Full(Some(bytes)))
     }
 
     /// No body at all.
     pub fn empty() -> Self {
-        Self {
-            source: Source::Full(None),
-            sent: 0,
-            ended: false,
-            epilogue: Epilogue::default(),
-            record: None,
-            pace_base: None,
-        }
+        Self::from_source(Source::Full(None))
     }
 
     /// The upstream's body, failing if it pauses for longer than `idle`.
-    pub fn upstream(inner: Incoming, idle: Duration, epilogue: Epilogue) -> Self {
-        Self {
-            source: Source::Upstream {
-                inner,
-                idle,
-                sleep: None,
-            },
-            sent: 0,
-            ended: false,
-            epilogue,
-            record: None,
-            pace_base: None,
-        }
+    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        Self::from_source(Source::Upstream {
+            inner,
+            idle,
+            sleep: None,
+        })
     }
 
-    /// Keeps the request active on its connection until this body is dropped. With
-    /// `paced` (HTTP/1), an upstream body is read only as fast as the client takes it.
-    pub fn set_active(&mut self, active: ActiveRequest, paced: bool) {
-        if paced {
-            self.pace_base = Some(active.flow().written());
-        }
-        self.epilogue.active = Some(active);
+    /// Attaches work to do when the body ends (after the guards attached before it).
+    pub fn guard(&mut self, guard: Box<dyn Guard>) {
+        self.guards.push(guard);
     }
 
-    /// Records the body for the response cache, which gets it if the body ends cleanly.
-    pub fn record(&mut self, recorder: Box<Recorder>) {
-        self.record = Some(recorder);
+    /// Reads an upstream body only as fast as the client takes it (HTTP/1: hyper would
+    /// otherwise buffer what a slow client has not read).
+    pub fn pace(&mut self, pace: Arc<dyn Pace>) {
+        self.pace = Some((pace.written(), pace));
     }
 
-    /// Attaches the request's metrics, recorded when the body ends or is dropped.
-    pub fn set_measure(&mut self, measure: crate::telemetry::metrics::Measure) {
-        self.epilogue.measure = Some(measure);
-    }
-
-    /// Attaches the access log line, written when the body ends or is dropped.
-    pub fn set_finish(&mut self, finish: Box<Finish>) {
-        self.epilogue.finish = Some(finish);
-    }
-
-    /// Attaches the server span, ended when the body ends or is dropped.
-    pub fn set_span(&mut self, span: Box<crate::telemetry::trace::ServerSpan>) {
-        self.epilogue.span = Some(span);
+    /// Copies the body as it streams (for the response cache, which gets it if it ends
+    /// cleanly).
+    pub fn tap(&mut self, tap: Box<dyn Tap>) {
+        self.tap = Some(tap);
     }
 }
 
@@ -389,10 +341,8 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if let (Source::Upstream { .. }, Some(base), Some(active)) =
-            (&this.source, this.pace_base, &this.epilogue.active)
-        {
-            if !active.flow().may_send(base, this.sent, cx.waker()) {
+        if let (Source::Upstream { .. }, Some((base, pace))) = (&this.source, &this.pace) {
+            if !pace.may_send(*base, this.sent, cx.waker()) {
                 return Poll::Pending;
             }
         }
@@ -419,33 +369,27 @@ impl Body for GatewayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
-                    if let Some(r) = &mut this.record {
-                        if !r.data(d) {
-                            this.record = None;
+                    if let Some(t) = &mut this.tap {
+                        if !t.data(d) {
+                            this.tap = None;
                         }
                     }
                 } else if let Some(t) = frame.trailers_ref() {
-                    // gRPC reports its status in the trailers.
-                    if let Some(code) = super::grpc::status_of(t) {
-                        if let Some(f) = &mut this.epilogue.finish {
-                            f.grpc_status = Some(code);
-                        }
-                        if let Some(m) = this.epilogue.measure.as_ref().filter(|m| m.grpc) {
-                            m.route.grpc(code);
-                        }
+                    for g in &mut this.guards {
+                        g.trailers(t);
                     }
                 }
             }
             Poll::Ready(None) => {
                 this.ended = true;
-                if let Some(r) = this.record.take() {
-                    r.complete();
+                if let Some(t) = this.tap.take() {
+                    t.complete();
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 // A broken upstream connection must not go back to the pool.
-                this.epilogue.pooled = None;
-                this.record = None;
+                this.failed = true;
+                this.tap = None;
             }
             Poll::Pending => {}
         }
@@ -470,26 +414,15 @@ impl Body for GatewayBody {
 
 impl Drop for GatewayBody {
     fn drop(&mut self) {
-        let complete = self.ended || self.is_end_stream();
-        if let Some(r) = self.record.take() {
+        let complete = !self.failed && (self.ended || self.is_end_stream());
+        if let Some(t) = self.tap.take() {
             // A body that ended with its head (no data at all) is never polled to its end.
             if complete {
-                r.complete();
+                t.complete();
             }
         }
-        if let Some(pooled) = self.epilogue.pooled.take() {
-            if complete {
-                pooled.release();
-            }
-        }
-        if let Some(measure) = self.epilogue.measure.take() {
-            measure.finish(self.sent);
-        }
-        if let Some(finish) = self.epilogue.finish.take() {
-            finish.write(self.sent, complete);
-        }
-        if let Some(span) = self.epilogue.span.take() {
-            (*span).end(complete);
+        for guard in self.guards.drain(..) {
+            guard.end(self.sent, complete);
         }
     }
 }
