@@ -16,7 +16,8 @@
 //!   `kid`) is a 401, like any token the gateway cannot verify: a 5xx is never the answer to a
 //!   credential, and the JWKS outage is logged as a warning for the operator.
 //! - Tokens longer than [`MAX_TOKEN_BYTES`] are refused before any parsing.
-//! - Only verified tokens are cached, keyed by their SHA-256, until `exp` at the latest (and, for
+//! - Only verified tokens are cached, found by a keyed (randomly seeded) hash of the token and
+//!   confirmed by comparing the whole token, until `exp` at the latest (and, for
 //!   JWKS issuers, for at most one `jwks_refresh`, so a key withdrawn from the JWKS stops
 //!   working within one refresh period). Failures are not cached, so garbage cannot fill it.
 //! - The provider's JWKS state and cache survive a config reload when the provider's config
@@ -34,6 +35,8 @@ use jsonwebtoken::{Algorithm, Validation};
 use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::hash::BuildHasher as _;
+use subtle::ConstantTimeEq as _;
 
 use super::config::{RawJwtKey, RawJwtProvider, RawTokenSource};
 use super::jwks::{self, Key, RemoteJwks};
@@ -65,10 +68,15 @@ pub struct JwtProvider {
 /// State that outlives a config reload when the provider's config did not change.
 struct Shared {
     jwks: Option<Arc<RemoteJwks>>,
-    cache: Option<Cache<[u8; 32], Arc<Cached>, rustc_hash::FxBuildHasher>>,
+    /// Verified tokens by the keyed hash of the token (see `verify`).
+    cache: Option<Cache<u64, Arc<Cached>, rustc_hash::FxBuildHasher>>,
+    /// The cache's hash key, random per provider state.
+    seed: foldhash::quality::RandomState,
 }
 
 struct Cached {
+    /// The token itself: a hit must be this token, not one whose hash collides.
+    token: Box<str>,
     verified: Verified,
     /// The JWKS key that verified the token and the JWKS generation then; `None` for a key from
     /// the config, which only a reload (a new provider and cache) can remove.
@@ -80,10 +88,10 @@ struct Cached {
 
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Arc<Cached>> for UntilExp {
+impl moka::Expiry<u64, Arc<Cached>> for UntilExp {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &u64,
         value: &Arc<Cached>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -272,18 +280,27 @@ impl JwtProvider {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid("the token is too long"));
         }
-        let digest: [u8; 32] = match &self.shared.cache {
+        // A keyed hash finds the entry, the whole token confirms it: no cryptographic digest
+        // per request, and without the process's random seed nobody can aim a token at
+        // another's entry (which the comparison would refuse anyway).
+        let key = match &self.shared.cache {
             Some(cache) => {
-                let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-                if let Some(hit) = cache.get(&digest) {
-                    if hit.exp > jsonwebtoken::get_current_timestamp() && self.key_kept(&hit) {
+                let key = self.shared.seed.hash_one(token.as_bytes());
+                if let Some(hit) = cache.get(&key) {
+                    let same = bool::from(hit.token.as_bytes().ct_eq(token.as_bytes()));
+                    if same
+                        && hit.exp > jsonwebtoken::get_current_timestamp()
+                        && self.key_kept(&hit)
+                    {
                         return Ok(hit.verified.clone());
                     }
-                    cache.invalidate(&digest);
+                    if same {
+                        cache.invalidate(&key);
+                    }
                 }
-                digest
+                key
             }
-            None => [0; 32],
+            None => 0,
         };
         let (claims, remote_key) = self.verify_uncached(token).await?;
         let mut verified = self.claims.verified(&claims);
@@ -297,12 +314,13 @@ impl JwtProvider {
                     ttl = ttl.min(cap);
                 }
                 let entry = Cached {
+                    token: token.into(),
                     verified: verified.clone(),
                     remote_key,
                     exp,
                     ttl,
                 };
-                cache.insert(digest, Arc::new(entry));
+                cache.insert(key, Arc::new(entry));
             }
         }
         Ok(verified)
@@ -647,6 +665,7 @@ fn shared_state(
     let shared = Arc::new(Shared {
         jwks: jwks.map(Arc::new),
         cache,
+        seed: foldhash::quality::RandomState::default(),
     });
     registry.push((fingerprint, Arc::downgrade(&shared)));
     shared
@@ -744,5 +763,37 @@ mod tests {
             errors.iter().all(|e| !e.message.contains("s3cr3t")),
             "secrets are never quoted: {errors:?}"
         );
+    }
+
+    fn hs256(sub: &str) -> String {
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example",
+            "sub": sub,
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .expect("token")
+    }
+
+    #[tokio::test]
+    async fn a_cache_entry_answers_only_the_token_it_was_made_for() {
+        let p = provider(RawTokenSource::default());
+        let genuine = hs256("alice");
+        assert!(p.verify(&genuine).await.is_ok());
+        let cache = p.shared.cache.as_ref().expect("cache on by default");
+        let key = p.shared.seed.hash_one(genuine.as_bytes());
+        assert!(cache.get(&key).is_some(), "a verified token is cached");
+        // A forged token placed where the genuine one's entry is, as a hash collision would:
+        // the comparison of whole tokens refuses it, and the signature check then does.
+        let forged = format!("{}x", genuine);
+        let forged_key = p.shared.seed.hash_one(forged.as_bytes());
+        let entry = cache.get(&key).expect("entry");
+        cache.insert(forged_key, entry);
+        assert!(p.verify(&forged).await.is_err());
+        assert!(p.verify(&genuine).await.is_ok());
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use crate::error::GatewayError;
 use crate::policy::auth::Identity;
@@ -68,7 +69,8 @@ pub struct RateLimitPolicy {
     style: HeaderStyle,
     /// Precomputed `RateLimit-Policy` value.
     policy_header: Option<HeaderValue>,
-    names: Vec<String>,
+    /// Per limit, the start of its `RateLimit` value: `"name";r=`.
+    ietf_prefixes: Vec<Box<str>>,
     concurrency: Option<Concurrency>,
 }
 
@@ -273,7 +275,7 @@ impl RateLimitPolicy {
             missing: raw.missing_key,
             style: raw.headers,
             policy_header,
-            names,
+            ietf_prefixes: names.iter().map(|n| format!("\"{n}\";r=").into()).collect(),
             concurrency,
         })
     }
@@ -359,17 +361,16 @@ impl RateLimitPolicy {
             if let Some(p) = &self.policy_header {
                 out.push((RATELIMIT_POLICY, p.clone()));
             }
-            // Built by hand (no `core::fmt`): this header is on every admitted request.
-            let name = self.names[i].as_bytes();
-            let mut v = Vec::with_capacity(name.len() + 32);
+            // The limit's `"name";r=` is made once; the numbers go after it in a buffer on the
+            // stack, and the value is allocated once, at its size (no `core::fmt`).
             let mut n = itoa::Buffer::new();
-            v.push(b'"');
-            v.extend_from_slice(name);
-            v.extend_from_slice(b"\";r=");
+            let mut v: SmallVec<[u8; 96]> = SmallVec::new();
+            v.extend_from_slice(self.ietf_prefixes[i].as_bytes());
             v.extend_from_slice(n.format(status.remaining).as_bytes());
             v.extend_from_slice(b";t=");
             v.extend_from_slice(n.format(reset).as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+            let value = HeaderValue::from_bytes(&v);
+            if let Ok(v) = value {
                 out.push((RATELIMIT, v));
             }
         }
