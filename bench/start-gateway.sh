@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The ../shared/bench contract: start the gateway in the foreground on 127.0.0.1:$1, proxying every
-# path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing.
+# path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing: runs the `dist`
+# build (`cargo build --profile dist`, fat LTO) when there is one, else the `release` build.
 #   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain): plain, jwt, ratelimit,
 #                                ratelimit-redis, cache, resilience, transform, aggregate
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
@@ -18,4 +19,6 @@ sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@UPSTREAM_PORT@/$2/g" \
     -e "s/@REDIS_PORT@/${PORTICO_BENCH_REDIS_PORT:-6379}/g" \
     -e "s/@OTLP_PORT@/${PORTICO_BENCH_OTLP_PORT:-4318}/g" \
     "$here/$profile.yaml" > "$config"
-exec "${PORTICO_BENCH_BIN:-$here/../target/release/portico}" run --config "$config"
+bin="$here/../target/dist/portico"
+[ -x "$bin" ] || bin="$here/../target/release/portico"
+exec "${PORTICO_BENCH_BIN:-$bin}" run --config "$config"
