@@ -323,7 +323,9 @@ impl AuthPolicy {
                 continue;
             };
             presented = true;
-            match provider.introspect(&token).await {
+            // Boxed: an introspection call's future is large, and every authentication's
+            // future would carry its size.
+            match Box::pin(provider.introspect(&token)).await {
                 Ok(v) => return self.accept_token(v),
                 Err(AuthFailure::Invalid(why)) => failure = Some((why, true)),
                 Err(AuthFailure::Unavailable(why)) => {

@@ -495,7 +495,9 @@ impl CachePolicy {
         let slot = match self.memory.get(base) {
             Some(s) => s,
             None => {
-                let s = self.redis.as_ref()?.get(base).await?;
+                // Boxed: the Redis future is large, and every lookup's future would carry
+                // its size while only the Redis tier's misses need it.
+                let s = Box::pin(self.redis.as_ref()?.get(base)).await?;
                 self.memory.insert(base.into(), s.clone());
                 s
             }
@@ -507,7 +509,7 @@ impl CachePolicy {
                 match self.memory.get(variant.as_str()) {
                     Some(Slot::Response(s)) => Some(s),
                     Some(Slot::Vary(_)) => None,
-                    None => match self.redis.as_ref()?.get(&variant).await? {
+                    None => match Box::pin(self.redis.as_ref()?.get(&variant)).await? {
                         Slot::Response(s) => {
                             self.memory
                                 .insert(variant.into(), Slot::Response(Arc::clone(&s)));

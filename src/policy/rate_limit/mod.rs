@@ -324,7 +324,9 @@ impl RateLimitPolicy {
             if let Some(key) = req.key(&self.key, self.missing)? {
                 let decision = match &self.redis {
                     None => store.check(&key),
-                    Some(redis) => match redis.check(&key).await {
+                    // Boxed: the Redis future is large, and a local limit's check would carry
+                    // its size on every request.
+                    Some(redis) => match Box::pin(redis.check(&key)).await {
                         Ok(d) => d,
                         // The store logs its failures (once per interval).
                         Err(_) => match self.on_store_error {
