@@ -70,6 +70,9 @@ pub(crate) struct RequestCtx<'a> {
     pub permit: Option<Permit>,
     /// The request's place under its service's `max_concurrent_requests`.
     pub service_slot: Option<ConcurrencyGuard>,
+    /// What the upstream's response body owes its exchange when it ends, ended with the
+    /// request's own end work in `finish` (one guard, one allocation, per proxied request).
+    pub exchange: Option<crate::proxy::exchange::Exchange>,
     /// The route's path rewrite, worked out while the route's captures were at hand; the
     /// query is attached after authentication (which may remove an API key from it).
     pub rewritten: Option<BytesMut>,
@@ -150,6 +153,7 @@ impl<'a> RequestCtx<'a> {
             cache: None,
             permit: None,
             service_slot: None,
+            exchange: None,
             rewritten: None,
             upstream_target: None,
             captures: Vec::new(),

@@ -17,6 +17,7 @@ use crate::body::{GatewayBody, Guard};
 use crate::error::{Denial, GatewayError};
 use crate::policy::cache;
 use crate::proxy::conn::ActiveRequest;
+use crate::proxy::exchange::Exchange;
 use crate::proxy::grpc;
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::telemetry::access_log::{rfc3339, Finish};
@@ -34,6 +35,7 @@ pub(super) fn run(
     let request_id = std::mem::replace(&mut cx.request_id, HeaderValue::from_static(""));
     let (mut log, mut span, target) = (cx.log.take(), cx.span.take(), cx.target.take());
     let mut end = RequestEnd {
+        exchange: None,
         measure: None,
         finish: None,
         span: None,
@@ -45,7 +47,12 @@ pub(super) fn run(
     });
     let mut error_code = None;
     let mut resp = match result {
-        Ok(resp) | Err(Exit::Respond(resp)) => resp,
+        Ok(resp) => {
+            // The upstream's response (when it is one) owes its exchange: ended with the rest.
+            end.exchange = cx.exchange.take();
+            resp
+        }
+        Err(Exit::Respond(resp)) => resp,
         Err(Exit::Fail(e)) => {
             error_code = Some(e.kind().code);
             let (log, span) = (log.as_deref_mut(), span.as_deref_mut());
@@ -101,6 +108,7 @@ pub(super) fn run(
 /// written and the span ended with the bytes sent, and the request counted active on its
 /// connection until then.
 struct RequestEnd {
+    exchange: Option<Exchange>,
     measure: Option<Measure>,
     finish: Option<Box<Finish>>,
     span: Option<Box<ServerSpan>>,
@@ -123,11 +131,15 @@ impl Guard for RequestEnd {
 
     fn end(self: Box<Self>, sent: u64, complete: bool) {
         let RequestEnd {
+            exchange,
             measure,
             finish,
             span,
             active,
         } = *self;
+        if let Some(exchange) = exchange {
+            exchange.end(complete);
+        }
         if let Some(measure) = measure {
             measure.finish(sent);
         }

@@ -113,17 +113,17 @@ fn finish_body(
     if let Some(via) = &cx.plan.forwarding.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let exchange = Exchange {
+    cx.exchange = Some(Exchange {
         pooled,
         in_flight: Some(in_flight),
         held,
         service_slot: cx.service_slot.take(),
-    };
+    });
     let idle = cx.service.map_or(route.timeout, |s| s.timeouts.idle);
-    let body = exchange.owed_by(match body {
+    let body = match body {
         Ok(rewritten) => GatewayBody::full(rewritten),
         Err(incoming) => GatewayBody::upstream(incoming, idle),
-    });
+    };
     let resp = Response::from_parts(parts, body);
     match cx.cache.take() {
         Some(fill) => fill.respond(resp),

@@ -29,10 +29,18 @@ impl Exchange {
     }
 }
 
-impl Guard for Exchange {
-    fn end(self: Box<Self>, _sent: u64, complete: bool) {
+impl Exchange {
+    /// The body ended (`complete`: cleanly, read to its end): the connection goes back to its
+    /// pool only then; the counts and places are given back either way.
+    pub fn end(self, complete: bool) {
         if let (Some(pooled), true) = (self.pooled, complete) {
             pooled.release();
         }
+    }
+}
+
+impl Guard for Exchange {
+    fn end(self: Box<Self>, _sent: u64, complete: bool) {
+        Exchange::end(*self, complete);
     }
 }
