@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod openapi;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

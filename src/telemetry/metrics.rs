@@ -127,6 +127,7 @@ struct Families {
     cache: Family<Labels2, Counter>,
     grpc: Family<Labels2, Counter>,
     reloads: Family<Labels1, Counter>,
+    openapi_mismatch: Family<Labels2, Counter>,
 }
 
 /// The process's metrics: the registry, the families, and the recent-errors list.
@@ -223,6 +224,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result (applied, unchanged, rejected)",
             f.reloads.clone(),
+        );
+        r.register(
+            "openapi_response_mismatch",
+            "Upstream answers that do not follow the route's OpenAPI operation, by route and operation",
+            f.openapi_mismatch.clone(),
         );
         let unmatched = Arc::new(RouteMetrics::new(&families, UNMATCHED.into(), "".into()));
         Self {
@@ -493,6 +499,18 @@ impl RouteMetrics {
         };
         family
             .get_or_create(&[("route", Arc::clone(&self.route)), (label, value.into())])
+            .inc();
+    }
+
+    /// Counts an upstream answer that breaks the route's OpenAPI `operation` (rare: the series
+    /// is looked up on each).
+    pub fn openapi_mismatch(&self, operation: &Arc<str>) {
+        self.families
+            .openapi_mismatch
+            .get_or_create(&[
+                ("route", Arc::clone(&self.route)),
+                ("operation", Arc::clone(operation)),
+            ])
             .inc();
     }
 
