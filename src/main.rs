@@ -61,6 +61,26 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// OpenAPI tools.
+    #[command(subcommand)]
+    Openapi(OpenapiCommand),
+}
+
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// Print a config with one route per operation of an OpenAPI 3.0/3.1 spec (JSON or YAML),
+    /// its service and security schemes, and an `openapi` policy checking requests against it.
+    Import {
+        /// The spec file.
+        spec: PathBuf,
+        /// The service's name (default: from the spec's title), optionally with its upstream:
+        /// `users=http://127.0.0.1:9000` (default: the spec's first server).
+        #[arg(long)]
+        service: Option<String>,
+        /// A path prefix for every route, e.g. /api.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 /// A panic while loading a config is caught and reported as a config error (see
@@ -125,6 +145,27 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Openapi(OpenapiCommand::Import {
+            spec,
+            service,
+            prefix,
+        }) => {
+            let options = portico::openapi::import::Options { service, prefix };
+            match portico::openapi::import::import(&spec, &options) {
+                Ok(out) => {
+                    print!("{}", out.config);
+                    for line in &out.untranslated {
+                        eprintln!("not translated: {line}");
+                    }
+                    eprintln!("{} routes", out.routes);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Schema => {
             println!(
                 "{}",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 /// The most files one spec may pull in through `$ref`s.
-const MAX_FILES: usize = 64;
+const MAX_FILES: usize = 10_000;
 /// The largest spec file read.
 const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// The longest chain of `$ref`s to `$ref`s followed.
@@ -255,7 +255,8 @@ impl Spec {
             let shared = self.parameters(&item_at, map.get("parameters"))?;
             for method in METHODS {
                 let Some(op) = map.get(method) else { continue };
-                let at = child(&item_at, method);
+                // Not allowed by the spec, but common in split specs (and resolved by bundlers).
+                let (at, op) = self.deref(child(&item_at, method), op)?;
                 if !op.is_object() {
                     return Err(self.error(&at, "an operation must be a map"));
                 }
@@ -367,51 +368,49 @@ pub fn parse(text: &str) -> Result<Value, String> {
     if text.trim_start().starts_with('{') {
         return serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"));
     }
-    let yaml: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
-    yaml_to_json(yaml, 0)
+    let docs =
+        yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let doc = docs.into_iter().next().ok_or("an empty document")?;
+    yaml_to_json(doc, 0)
 }
 
-fn yaml_to_json(v: serde_yaml_ng::Value, depth: usize) -> Result<Value, String> {
-    use serde_yaml_ng::Value as Y;
+fn yaml_to_json(v: yaml_rust2::Yaml, depth: usize) -> Result<Value, String> {
+    use yaml_rust2::Yaml as Y;
     if depth > 256 {
         return Err("nested more than 256 levels deep".into());
     }
     Ok(match v {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                n.as_f64()
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or(Value::Null, Value::Number)
-            }
-        }
+        Y::Null | Y::BadValue => Value::Null,
+        Y::Boolean(b) => Value::Bool(b),
+        Y::Integer(i) => Value::from(i),
+        // Reals, and integers too large for 64 bits.
+        Y::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::String(r), Value::Number),
         Y::String(s) => Value::String(s),
-        Y::Sequence(items) => Value::Array(
+        Y::Array(items) => Value::Array(
             items
                 .into_iter()
                 .map(|i| yaml_to_json(i, depth + 1))
                 .collect::<Result<_, _>>()?,
         ),
-        Y::Mapping(m) => {
+        Y::Hash(m) => {
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m {
                 let key = match k {
-                    Y::String(s) => s,
-                    Y::Number(n) => n.to_string(),
-                    Y::Bool(b) => b.to_string(),
+                    Y::String(s) | Y::Real(s) => s,
+                    Y::Integer(n) => n.to_string(),
+                    Y::Boolean(b) => b.to_string(),
+                    Y::Null => "null".to_string(),
                     other => return Err(format!("a map key that is not a string: {other:?}")),
                 };
                 out.insert(key, yaml_to_json(v, depth + 1)?);
             }
             Value::Object(out)
         }
-        Y::Tagged(t) => yaml_to_json(t.value, depth + 1)?,
+        Y::Alias(_) => Value::Null,
     })
 }
 

@@ -138,6 +138,8 @@ impl Run<'_, '_> {
             let kat = super::child(at, k);
             let t = match v {
                 Value::Object(_) if is_schema_map(k) => {
+                    // Split specs write `properties: {$ref: attributes.yml#/x}` too.
+                    let (kat, v) = self.b.spec.deref(kat, v)?;
                     let mut m = Map::new();
                     for (name, s) in v.as_object().into_iter().flatten() {
                         m.insert(name.clone(), self.translate(&super::child(&kat, name), s)?);

@@ -170,6 +170,6 @@ policies! {
         = request_termination::RequestTermination::compile,
     /// Check requests (and optionally answers) against an OpenAPI operation, or answer from
     /// the spec's examples (`mock`).
-    openapi: OpenApi(openapi::RawOpenApi) => openapi::OpenApiPolicy
+    openapi: Openapi(openapi::RawOpenApi) => openapi::OpenApiPolicy
         = openapi::OpenApiPolicy::compile,
 }
