@@ -178,7 +178,7 @@ impl OpenApiPolicy {
         let Some(rest) = path.strip_prefix(self.prefix.as_str()) else {
             return Lookup::NoPath;
         };
-        if !self.prefix.is_empty() && !(rest.is_empty() || rest.starts_with('/')) {
+        if !(self.prefix.is_empty() || rest.is_empty() || rest.starts_with('/')) {
             return Lookup::NoPath;
         }
         self.table
@@ -339,7 +339,7 @@ impl OpenApiPolicy {
                             Ok(b) => b,
                             Err(incoming) => {
                                 let len = http_body::Body::size_hint(&incoming).exact();
-                                if !len.is_some_and(|l| l <= MAX_CHECKED_RESPONSE) {
+                                if len.is_none_or(|l| l > MAX_CHECKED_RESPONSE) {
                                     return Ok(Err(incoming));
                                 }
                                 match tokio::time::timeout(timeout, incoming.collect()).await {
