@@ -66,6 +66,9 @@ pub(super) fn run(
             grpc_status,
         };
         record(m, conn, recorded);
+        if let Some(op) = &cx.operation {
+            m.operation(&op.id, status);
+        }
         resp.body_mut().set_measure(Measure {
             route: Arc::clone(m),
             start: cx.start,

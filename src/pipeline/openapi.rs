@@ -43,6 +43,9 @@ pub(super) async fn run(
         _ => return Ok(body),
     };
     let op = &api.operations[index];
+    if let Some(log) = cx.log.as_deref_mut() {
+        log.operation_id = Some(op.id.clone());
+    }
     cx.operation = Some(OperationRef {
         index,
         id: op.id.clone(),

@@ -128,6 +128,7 @@ struct Families {
     grpc: Family<Labels2, Counter>,
     reloads: Family<Labels1, Counter>,
     openapi_mismatch: Family<Labels2, Counter>,
+    operation_requests: Family<[(&'static str, Arc<str>); 3], Counter>,
 }
 
 /// The process's metrics: the registry, the families, and the recent-errors list.
@@ -229,6 +230,11 @@ impl Metrics {
             "openapi_response_mismatch",
             "Upstream answers that do not follow the route's OpenAPI operation, by route and operation",
             f.openapi_mismatch.clone(),
+        );
+        r.register(
+            "operation_requests",
+            "Requests answered on routes with an openapi policy, by route, operation and status class",
+            f.operation_requests.clone(),
         );
         let unmatched = Arc::new(RouteMetrics::new(&families, UNMATCHED.into(), "".into()));
         Self {
@@ -510,6 +516,21 @@ impl RouteMetrics {
             .get_or_create(&[
                 ("route", Arc::clone(&self.route)),
                 ("operation", Arc::clone(operation)),
+            ])
+            .inc();
+    }
+
+    /// Counts a response to an OpenAPI `operation` by status class. Operations come from the
+    /// config's specs, so the series are bounded; the series is looked up on each call (a
+    /// read lock and a hash), paid only on routes with an `openapi` policy.
+    pub fn operation(&self, operation: &Arc<str>, status: u16) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.families
+            .operation_requests
+            .get_or_create(&[
+                ("route", Arc::clone(&self.route)),
+                ("operation", Arc::clone(operation)),
+                ("status_class", STATUS_CLASSES[class].into()),
             ])
             .inc();
     }

@@ -598,3 +598,53 @@ fn a_large_real_spec_imports_and_compiles() {
         .all(|r| std::sync::Arc::ptr_eq(r.policies.openapi.as_ref().unwrap(), api)));
     eprintln!("digitalocean: {routes} routes, config load with the spec compiled in {took:?} (debug build)");
 }
+
+#[tokio::test]
+async fn the_operation_is_in_the_access_log_and_on_the_operation_metrics() {
+    let up = upstream::http1("a").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {{enabled: true, format: json, path: {}}}\n{}",
+        quoted(&log.display().to_string()),
+        config(&up.url(), "petstore.yaml", "")
+    );
+    let gw = TestGateway::start(&yaml);
+    assert_eq!(get(&gw.url("/pets/1")).await.status, 200);
+    get(&gw.url("/pets?limit=x"))
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(get(&gw.url("/other")).await.status, 200);
+    let lines = crate::access_log::read_lines(&log, 3);
+    assert_eq!(lines[0]["operation_id"], "showPetById");
+    assert_eq!(lines[1]["operation_id"], "listPets");
+    assert!(lines[2].get("operation_id").is_none(), "{}", lines[2]);
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    for series in [
+        r#"portico_operation_requests_total{route="api",operation="showPetById",status_class="2xx"} 1"#,
+        r#"portico_operation_requests_total{route="api",operation="listPets",status_class="4xx"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in:\n{metrics}");
+    }
+}
+
+#[test]
+fn explain_names_the_operation() {
+    let yaml = crate::support::with_defaults(&config(
+        "http://127.0.0.1:9",
+        "petstore.yaml",
+        ", strict: true",
+    ));
+    let plan = portico::config::load_str(&yaml, "t.yaml", &portico::config::expand::ProcessEnv)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = portico::explain::explain(&plan, "GET", "http://x/pets/7", &[]).unwrap();
+    assert!(
+        out.contains("openapi operation `showPetById` (GET /pets/{petId} in "),
+        "{out}"
+    );
+    let out = portico::explain::explain(&plan, "DELETE", "http://x/pets", &[]).unwrap();
+    assert!(
+        out.contains("allows GET, POST on this path: answered 405"),
+        "{out}"
+    );
+}
