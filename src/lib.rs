@@ -283,7 +283,7 @@ async fn control_loop(
                 let pems = config::file_stamps(&runtime.active().plan.raw);
                 if pems != pem_stamps {
                     pem_stamps = pems;
-                    tracing::info!("certificate files changed: reloading");
+                    tracing::info!("certificate or OpenAPI spec files changed: reloading");
                     let result = runtime.reload();
                     log_reload(&result);
                     continue;

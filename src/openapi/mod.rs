@@ -10,6 +10,7 @@
 pub mod import;
 pub mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -73,6 +74,8 @@ pub struct Spec {
     pub files: Vec<File>,
     /// 3.0 or 3.1.
     pub version: Version,
+    /// For each file, the files its `$ref`s name, by the text they name them with.
+    links: Vec<HashMap<String, usize>>,
 }
 
 /// A place in a spec: a file (index into [`Spec::files`]) and a JSON pointer into it.
@@ -136,7 +139,9 @@ impl Spec {
                 value: root,
             }],
             version,
+            links: vec![HashMap::new()],
         };
+        let mut by_path: HashMap<PathBuf, usize> = HashMap::from([(path.to_path_buf(), 0)]);
         // Every file reachable through `$ref`s, read once, breadth first.
         let mut next = 0;
         while next < spec.files.len() {
@@ -144,11 +149,15 @@ impl Spec {
             collect_refs(&spec.files[next].value, &mut String::new(), &mut refs);
             for (pointer, reference) in refs {
                 let (file_part, _) = split_ref(&reference);
-                if file_part.is_empty() || is_remote(file_part) {
+                if file_part.is_empty()
+                    || is_remote(file_part)
+                    || spec.links[next].contains_key(file_part)
+                {
                     continue;
                 }
                 let target = resolve_path(&spec.files[next].path, file_part);
-                if spec.files.iter().any(|f| f.path == target) {
+                if let Some(&known) = by_path.get(&target) {
+                    spec.links[next].insert(file_part.to_string(), known);
                     continue;
                 }
                 if spec.files.len() >= MAX_FILES {
@@ -166,10 +175,14 @@ impl Spec {
                     );
                     e
                 })?;
+                let index = spec.files.len();
+                by_path.insert(target.clone(), index);
+                spec.links[next].insert(file_part.to_string(), index);
                 spec.files.push(File {
                     path: target,
                     value,
                 });
+                spec.links.push(HashMap::new());
             }
             next += 1;
         }
@@ -200,10 +213,8 @@ impl Spec {
         let file = if file_part.is_empty() {
             from
         } else {
-            let path = resolve_path(&self.files[from].path, file_part);
-            self.files
-                .iter()
-                .position(|f| f.path == path)
+            *self.links[from]
+                .get(file_part)
                 .ok_or_else(|| format!("file `{file_part}` was not read"))?
         };
         let pointer = percent_decode(fragment);

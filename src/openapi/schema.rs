@@ -248,6 +248,7 @@ mod tests {
                 value: doc,
             }],
             version,
+            links: vec![Default::default()],
         }
     }
 

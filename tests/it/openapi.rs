@@ -648,3 +648,31 @@ fn explain_names_the_operation() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_reads_a_changed_spec_although_the_config_is_the_same() {
+    let up = upstream::http1("a").spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.yaml");
+    let write = |max: u32| {
+        let text = format!(
+            "openapi: 3.1.0\ninfo: {{title: t, version: '1'}}\npaths:\n  /n:\n    get:\n      \
+             parameters: [{{name: n, in: query, schema: {{type: integer, maximum: {max}}}}}]\n      \
+             responses: {{'200': {{description: ok}}}}\n"
+        );
+        std::fs::write(&spec, text).unwrap();
+    };
+    write(10);
+    let yaml = Config::new()
+        .service(Service::new("a").target(up.url()))
+        .route(Route::new("api").service("a").policy(
+            "openapi",
+            format!("{{spec: {}}}", quoted(&spec.display().to_string())),
+        ))
+        .to_yaml();
+    let gw = TestGateway::start(&yaml);
+    assert_eq!(get(&gw.url("/n?n=5")).await.status, 200);
+    write(1);
+    gw.reload(&yaml).expect("reloaded");
+    assert_eq!(locations(&get(&gw.url("/n?n=5")).await), ["query.n"]);
+}
