@@ -189,6 +189,15 @@ impl Spec {
         Ok(spec)
     }
 
+    /// A spec of no files (for tests that build one by hand).
+    pub fn empty() -> Spec {
+        Spec {
+            files: Vec::new(),
+            version: Version::V31,
+            links: vec![HashMap::new()],
+        }
+    }
+
     /// The root document.
     pub fn root(&self) -> &Value {
         &self.files[0].value

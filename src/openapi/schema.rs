@@ -116,6 +116,7 @@ impl Run<'_, '_> {
         if self.b.spec.version == Version::V30 {
             translate_30(&mut out);
         }
+        format_ranges(&mut out);
         self.drop_required(at, &mut out);
         Ok(Value::Object(out))
     }
@@ -188,6 +189,27 @@ impl Run<'_, '_> {
         if let Some(Value::Array(req)) = out.get_mut("required") {
             req.retain(|r| !r.as_str().is_some_and(|r| hidden.iter().any(|h| h == r)));
         }
+    }
+}
+
+/// OpenAPI's `int32` and `int64` formats are ranges (the Data Types section of both 3.0 and
+/// 3.1); JSON Schema's `format` checks strings only, so they become `minimum`/`maximum`.
+fn format_ranges(out: &mut Map<String, Value>) {
+    let (lo, hi) = match out.get("format").and_then(Value::as_str) {
+        Some("int32") => (i64::from(i32::MIN), i64::from(i32::MAX)),
+        Some("int64") => (i64::MIN, i64::MAX),
+        _ => return,
+    };
+    let tighter = |v: Option<&Value>, bound: i64, low: bool| match v.and_then(Value::as_f64) {
+        Some(x) if low => x >= bound as f64,
+        Some(x) => x <= bound as f64,
+        None => false,
+    };
+    if !tighter(out.get("minimum"), lo, true) {
+        out.insert("minimum".into(), Value::from(lo));
+    }
+    if !tighter(out.get("maximum"), hi, false) {
+        out.insert("maximum".into(), Value::from(hi));
     }
 }
 

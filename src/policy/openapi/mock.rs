@@ -196,11 +196,37 @@ pub fn generate(spec: &Spec, at: &At, schema: &Value, depth: usize) -> Value {
             });
             Value::Array(vec![item; n.min(16)])
         }
-        "integer" => Value::from(num("minimum").map_or(0, |m| m.ceil() as i64)),
-        "number" => Value::from(num("minimum").unwrap_or(0.0)),
+        "integer" => Value::from(low(schema).map_or(0, |(m, exclusive)| {
+            m.floor() as i64 + i64::from(exclusive || m.fract() != 0.0)
+        })),
+        "number" => Value::from(low(schema).map_or(
+            0.0,
+            |(m, exclusive)| {
+                if exclusive {
+                    m + 1.0
+                } else {
+                    m
+                }
+            },
+        )),
         "boolean" => Value::Bool(false),
         "string" => Value::String(string_for(schema)),
         _ => Value::Null,
+    }
+}
+
+/// The schema's lower bound and whether it is exclusive (3.1's numeric `exclusiveMinimum`, or
+/// 3.0's boolean one beside `minimum`).
+fn low(schema: &Value) -> Option<(f64, bool)> {
+    let min = schema.get("minimum").and_then(Value::as_f64);
+    match schema.get("exclusiveMinimum") {
+        Some(Value::Bool(true)) => min.map(|m| (m, true)),
+        Some(v) => match (v.as_f64(), min) {
+            (Some(e), Some(m)) if m > e => Some((m, false)),
+            (Some(e), _) => Some((e, true)),
+            (None, _) => min.map(|m| (m, false)),
+        },
+        None => min.map(|m| (m, false)),
     }
 }
 
@@ -246,6 +272,36 @@ pub fn prefer(value: &str) -> (Option<u16>, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_numbers_respect_exclusive_minimums() {
+        let mut spec = Spec::empty();
+        spec.files.push(crate::openapi::File {
+            path: "t".into(),
+            value: Value::Null,
+        });
+        let at = At {
+            file: 0,
+            pointer: String::new(),
+        };
+        let gen = |s: Value| generate(&spec, &at, &s, 0);
+        assert_eq!(
+            gen(serde_json::json!({"type": "integer", "exclusiveMinimum": 0})),
+            1
+        );
+        assert_eq!(
+            gen(serde_json::json!({"type": "integer", "minimum": 0, "exclusiveMinimum": true})),
+            1
+        );
+        assert_eq!(
+            gen(serde_json::json!({"type": "number", "minimum": 2.5})),
+            2.5
+        );
+        assert_eq!(
+            gen(serde_json::json!({"type": "integer", "minimum": 2.5})),
+            3
+        );
+    }
 
     #[test]
     fn prefer_names_a_code_and_an_example() {

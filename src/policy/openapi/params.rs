@@ -90,8 +90,11 @@ impl Style {
 pub enum Prim {
     /// Kept as text.
     String,
-    /// `7`.
+    /// `7`; beyond 64 bits, a float (JSON Schema's integers have no size).
     Integer,
+    /// `7` with `format: int32` or `int64`: beyond 64 bits stays text, refused as such (as a
+    /// float it would round onto the format's bound and pass it).
+    Integer64,
     /// `7.5`.
     Number,
     /// `true`/`false`.
@@ -140,7 +143,9 @@ fn type_of(schema: &Value) -> Option<&str> {
 }
 
 fn prim_of(schema: &Value) -> Prim {
+    let format = schema.get("format").and_then(Value::as_str);
     match type_of(schema) {
+        Some("integer") if matches!(format, Some("int32" | "int64")) => Prim::Integer64,
         Some("integer") => Prim::Integer,
         Some("number") => Prim::Number,
         Some("boolean") => Prim::Boolean,
@@ -152,18 +157,33 @@ fn prim_of(schema: &Value) -> Prim {
 /// Text to JSON of type `p`; text that does not read as the type stays text, so the schema
 /// reports it ("is not of type integer").
 pub fn coerce(text: &str, p: Prim) -> Value {
-    let number = || {
-        text.parse::<i64>().map(Value::from).ok().or_else(|| {
-            text.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .and_then(serde_json::Number::from_f64)
-                .map(Value::Number)
-        })
+    // 64-bit integers exactly, other numbers as floats.
+    let float = || {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
     };
+    let number = || {
+        text.parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<u64>().map(Value::from))
+            .ok()
+            .or_else(float)
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let big_integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     match p {
         Prim::String => Value::String(text.to_string()),
-        Prim::Integer | Prim::Number => number().unwrap_or_else(|| Value::String(text.into())),
+        Prim::Integer64 if big_integer => text
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<u64>().map(Value::from))
+            .unwrap_or_else(|_| Value::String(text.into())),
+        Prim::Integer | Prim::Integer64 | Prim::Number => {
+            number().unwrap_or_else(|| Value::String(text.into()))
+        }
         Prim::Boolean => match text {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
@@ -447,6 +467,20 @@ mod tests {
             get("id=abc", Style::Form, true, &Shape::Scalar(Prim::Integer)),
             Some(json!("abc"))
         );
+    }
+
+    #[test]
+    fn integers_beyond_64_bits() {
+        assert_eq!(
+            coerce("18446744073709551615", Prim::Integer64),
+            json!(u64::MAX)
+        );
+        assert_eq!(
+            coerce("-9223372036854775809", Prim::Integer64),
+            json!("-9223372036854775809")
+        );
+        assert!(coerce("-9223372036854775809", Prim::Integer).is_f64());
+        assert_eq!(coerce("1.5", Prim::Integer64), json!(1.5));
     }
 
     #[test]
