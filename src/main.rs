@@ -205,11 +205,14 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         .build()?;
     let ports = backends_rt.block_on(portico::demo::start_backends())?;
     let key = portico::demo::DemoKey::generate().context("cannot make the demo signing key")?;
+    let spec =
+        portico::demo::write_openapi_spec().context("cannot write the demo's OpenAPI spec")?;
     let env = portico::demo::DemoEnv(
         &ports,
         listen.to_string(),
         key.public_x().to_string(),
         admin_listen.to_string(),
+        spec.display().to_string(),
     );
     let cert = match tls_listen {
         Some(_) => Some(
@@ -222,7 +225,10 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         yaml.push_str(&cert.yaml(addr));
     }
     let plan = portico::config::load_str(&yaml, "examples/demo.yaml", &env)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"));
+    // Read at load; the demo's config is never reloaded from disk.
+    let _ = std::fs::remove_file(&spec);
+    let plan = plan?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
         format!(
             "cannot start the demo gateway on {listen} with its admin API on {admin_listen} \
