@@ -68,6 +68,24 @@ fn request_check(c: &mut Criterion) {
             api.check_buffered(&api.operations[i], &parts, &vars, &body)
         })
     });
+    // What the `openapi` peers profile pays per request: GET /small, its two optional
+    // parameters absent.
+    let small = http::Request::get("/small")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    g.bench_function("lookup_and_absent_params", |b| {
+        b.iter(|| match api.find(&Method::GET, "/small") {
+            Lookup::Found(i, _) => api.check_params(&api.operations[i], &small, &[]),
+            other => panic!("{other:?}"),
+        })
+    });
+    // The operation's request counter, looked up per request in its family.
+    let metrics = portico::telemetry::metrics::Metrics::new();
+    let route = metrics.route(&"all".into(), &"origin".into());
+    let op = api.operations[i].id.clone();
+    g.bench_function("operation_metric", |b| b.iter(|| route.operation(&op, 200)));
     g.finish();
 }
 

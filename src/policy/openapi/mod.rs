@@ -295,27 +295,29 @@ impl OpenApiPolicy {
                     params::query_value(c, &p.name, p.style, p.explode, &p.shape)
                 }
             };
-            let location = format!("{}.{}", p.place.as_str(), p.name);
-            let pointer = format!("/{}/{}", p.place.as_str(), crate::openapi::escape(&p.name));
+            // Named only when there is a problem (no formatting on the passing path).
+            let location = || format!("{}.{}", p.place.as_str(), p.name);
+            let pointer = || format!("/{}/{}", p.place.as_str(), crate::openapi::escape(&p.name));
             match value {
                 Err(message) => problems.push(Problem {
-                    pointer,
-                    location,
+                    pointer: pointer(),
+                    location: location(),
                     message,
                 }),
                 Ok(None) if p.required => problems.push(Problem {
-                    pointer,
-                    location,
+                    pointer: pointer(),
+                    location: location(),
                     message: "is required".into(),
                 }),
                 Ok(None) => {}
                 Ok(Some(v)) => {
-                    if let Some(validator) = &p.validator {
+                    // `is_valid` first: it stops at the first failure and builds no error.
+                    if let Some(validator) = p.validator.as_ref().filter(|x| !x.is_valid(&v)) {
                         for e in validator.iter_errors(&v).take(MAX_PROBLEMS) {
                             let at = e.instance_path().to_string();
                             problems.push(Problem {
-                                pointer: format!("{pointer}{at}"),
-                                location: format!("{location}{at}"),
+                                pointer: format!("{}{at}", pointer()),
+                                location: format!("{}{at}", location()),
                                 message: short(e.to_string()),
                             });
                         }
@@ -570,6 +572,9 @@ fn check_json(
             return;
         }
     };
+    if validator.is_valid(&value) {
+        return;
+    }
     for e in validator.iter_errors(&value).take(MAX_PROBLEMS + 1) {
         let at = e.instance_path().to_string();
         problems.push(Problem {

@@ -65,15 +65,15 @@ impl Table {
         t
     }
 
-    /// Looks `method path` up.
+    /// Looks `method path` up. Allocates only for the variables' values.
     pub fn find<'a>(&'a self, method: &Method, path: &str) -> Lookup<'a> {
-        let parts: Vec<&str> = path.split('/').skip(1).collect();
-        let Some(group) = self.by_len.get(parts.len()) else {
+        let n = path.split('/').count() - 1;
+        let Some(group) = self.by_len.get(n) else {
             return Lookup::NoPath;
         };
         let mut best: Option<(&Template, u64)> = None;
         for tpl in group {
-            let Some(score) = score(&tpl.segs, &parts) else {
+            let Some(score) = score(&tpl.segs, path) else {
                 continue;
             };
             if best.is_none_or(|(_, s)| score > s) {
@@ -94,7 +94,7 @@ impl Table {
             return Lookup::NoMethod(allow.join(", "));
         };
         let mut vars = Vec::new();
-        for (seg, part) in tpl.segs.iter().zip(&parts) {
+        for (seg, part) in tpl.segs.iter().zip(path.split('/').skip(1)) {
             if let Seg::Var {
                 prefix,
                 name,
@@ -139,11 +139,11 @@ fn same(a: &[Seg], b: &[Seg]) -> bool {
     })
 }
 
-/// `None` when the template does not match; else a score where literal segments earlier in the
-/// path weigh more.
-fn score(segs: &[Seg], parts: &[&str]) -> Option<u64> {
+/// `None` when the template does not match `path`; else a score where literal segments earlier
+/// in the path weigh more.
+fn score(segs: &[Seg], path: &str) -> Option<u64> {
     let mut score = 0u64;
-    for (i, (seg, part)) in segs.iter().zip(parts).enumerate() {
+    for (i, (seg, part)) in segs.iter().zip(path.split('/').skip(1)).enumerate() {
         let bit = 1u64 << (63 - i.min(63));
         match seg {
             Seg::Lit(l) => {
