@@ -67,7 +67,7 @@ pub(super) fn run(
         };
         record(m, conn, recorded);
         if let Some(op) = &cx.operation {
-            m.operation(&op.id, status);
+            m.operation(op.index, op.of, &op.id, status);
         }
         resp.body_mut().set_measure(Measure {
             route: Arc::clone(m),

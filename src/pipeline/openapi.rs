@@ -48,6 +48,7 @@ pub(super) async fn run(
     }
     cx.operation = Some(OperationRef {
         index,
+        of: api.operations.len(),
         id: op.id.clone(),
     });
     let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (*n, v.as_str())).collect();

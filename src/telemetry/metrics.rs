@@ -425,7 +425,13 @@ pub struct RouteMetrics {
     response_bytes: Counter,
     cache: [OnceLock<Counter>; CACHE_RESULTS.len()],
     grpc: [OnceLock<Counter>; 17],
+    /// Per OpenAPI operation (by its index in the route's spec): its id and counters by status
+    /// class. Sized on first use.
+    operations: OnceLock<Box<[OperationCells]>>,
 }
+
+/// An operation's request counters, resolved on first use.
+type OperationCells = OnceLock<(Arc<str>, [OnceLock<Counter>; 5])>;
 
 impl RouteMetrics {
     fn new(families: &Arc<Families>, route: Arc<str>, service: Arc<str>) -> Self {
@@ -440,6 +446,7 @@ impl RouteMetrics {
             requests: Default::default(),
             cache: Default::default(),
             grpc: Default::default(),
+            operations: OnceLock::new(),
         }
     }
 
@@ -520,19 +527,35 @@ impl RouteMetrics {
             .inc();
     }
 
-    /// Counts a response to an OpenAPI `operation` by status class. Operations come from the
-    /// config's specs, so the series are bounded; the series is looked up on each call (a
-    /// read lock and a hash), paid only on routes with an `openapi` policy.
-    pub fn operation(&self, operation: &Arc<str>, status: u16) {
+    /// Counts a response to an OpenAPI operation (number `index` of `count` in the route's
+    /// spec) by status class. Operations come from the config's specs, so the series are
+    /// bounded; after the first request a count is an index and an atomic add. A spec changed
+    /// by a reload (another operation at that index) is counted through the family.
+    pub fn operation(&self, index: usize, count: usize, id: &Arc<str>, status: u16) {
         let class = (usize::from(status / 100)).clamp(1, 5) - 1;
-        self.families
-            .operation_requests
-            .get_or_create(&[
+        let series = |class: usize| {
+            self.families.operation_requests.get_or_create_owned(&[
                 ("route", Arc::clone(&self.route)),
-                ("operation", Arc::clone(operation)),
+                ("operation", Arc::clone(id)),
                 ("status_class", STATUS_CLASSES[class].into()),
             ])
-            .inc();
+        };
+        let cells = self
+            .operations
+            .get_or_init(|| (0..count).map(|_| OnceLock::new()).collect());
+        match cells.get(index) {
+            Some(cell) => {
+                let (known, counters) = cell.get_or_init(|| (Arc::clone(id), Default::default()));
+                if **known == **id {
+                    counters[class].get_or_init(|| series(class)).inc();
+                    return;
+                }
+                series(class).inc();
+            }
+            None => {
+                series(class).inc();
+            }
+        }
     }
 
     /// Records a finished response: its duration and bytes.

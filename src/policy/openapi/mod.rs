@@ -89,6 +89,8 @@ pub struct Operation {
 pub struct OperationRef {
     /// Index into [`OpenApiPolicy::operations`].
     pub index: usize,
+    /// How many operations the spec has.
+    pub of: usize,
     /// The operation's id.
     pub id: Arc<str>,
 }
