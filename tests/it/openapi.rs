@@ -432,7 +432,8 @@ fn a_broken_spec_is_a_config_error_naming_its_file_and_pointer() {
     assert!(err.contains("nope.yaml: cannot read the file"), "{err}");
 }
 
-fn import(spec: &str, args: &[&str]) -> (String, String) {
+/// `portico openapi import SPEC ARGS`, run as the CLI: (stdout, stderr).
+fn import_cli(spec: &str, args: &[&str]) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["openapi", "import", spec])
         .args(args)
@@ -449,27 +450,35 @@ fn import(spec: &str, args: &[&str]) -> (String, String) {
     )
 }
 
-fn validate(yaml: &str) -> String {
+/// The same through the library (what the CLI prints: the config, and the untranslated lines
+/// joined as on stderr).
+fn import(spec: &str, service: Option<&str>, prefix: Option<&str>) -> (String, String) {
+    let options = portico::openapi::import::Options {
+        service: service.map(str::to_string),
+        prefix: prefix.map(str::to_string),
+    };
+    let out = portico::openapi::import::import(std::path::Path::new(spec), &options)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stderr: String = out
+        .untranslated
+        .iter()
+        .map(|l| format!("not translated: {l}\n"))
+        .collect();
+    stderr.push_str(&format!("{} routes\n", out.routes));
+    (out.config, stderr)
+}
+
+/// What `portico validate` does with `yaml` in a file: the plan, or the errors as printed.
+fn validate(yaml: &str) -> portico::config::Plan {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("imported.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["validate"])
-        .arg(&path)
-        .output()
-        .expect("run portico");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    portico::config::load_file(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn import_of_the_petstore_writes_one_route_per_operation_that_validates() {
-    let (yaml, stderr) = import(&fixture("petstore.yaml"), &[]);
+    let (yaml, stderr) = import_cli(&fixture("petstore.yaml"), &[]);
     assert!(yaml.contains("name: \"listPets\""), "{yaml}");
     assert!(yaml.contains("path: \"/pets/{petId}\""), "{yaml}");
     assert!(
@@ -479,7 +488,20 @@ fn import_of_the_petstore_writes_one_route_per_operation_that_validates() {
     // The server's base path goes upstream.
     assert!(yaml.contains("path: \"/v1/pets/{petId}\""), "{yaml}");
     assert!(stderr.contains("3 routes"), "{stderr}");
-    assert!(validate(&yaml).contains("ok (3 routes, 1 services)"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imported.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("run portico");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (3 routes, 1 services)"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -488,7 +510,8 @@ async fn an_imported_config_serves_and_checks_requests() {
     let target = format!("petstore={}", up.url());
     let (yaml, _) = import(
         &fixture("petstore-expanded.yaml"),
-        &["--service", &target, "--prefix", "/api"],
+        Some(&target),
+        Some("/api"),
     );
     let gw = TestGateway::start(&yaml);
     let r = get(&gw.url("/api/pets?limit=3")).await;
@@ -535,7 +558,7 @@ webhooks:
 "#,
     )
     .unwrap();
-    let (yaml, stderr) = import(spec.to_str().unwrap(), &[]);
+    let (yaml, stderr) = import(spec.to_str().unwrap(), None, None);
     assert!(yaml.contains("header: \"X-Key\""), "{yaml}");
     assert!(yaml.contains("- auth: {api_key: true}"), "{yaml}");
     assert!(
@@ -576,13 +599,11 @@ fn digitalocean() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn a_large_real_spec_imports_and_compiles() {
     let (_dir, spec) = digitalocean();
-    let (yaml, stderr) = import(spec.to_str().unwrap(), &[]);
+    let (yaml, stderr) = import(spec.to_str().unwrap(), None, None);
     let routes = yaml.matches("\n  - name: ").count();
     assert!(routes >= 600, "{routes} routes; {stderr}");
     let start = Instant::now();
-    let plan =
-        portico::config::load_str(&yaml, "imported.yaml", &portico::config::expand::ProcessEnv)
-            .unwrap_or_else(|e| panic!("{e}"));
+    let plan = validate(&yaml);
     let took = start.elapsed();
     assert_eq!(plan.routes.len(), routes);
     let api = plan.routes[0]
