@@ -153,9 +153,11 @@ fn score(segs: &[Seg], path: &str) -> Option<u64> {
                 score |= bit;
             }
             Seg::Var { prefix, suffix, .. } => {
+                // Most variables fill their segment: no comparison for an empty prefix or
+                // suffix (a `memcmp` call each, most of the lookup's time in the profile).
                 if part.len() < prefix.len() + suffix.len() + 1
-                    || !part.starts_with(prefix.as_str())
-                    || !part.ends_with(suffix.as_str())
+                    || (!prefix.is_empty() && !part.starts_with(prefix.as_str()))
+                    || (!suffix.is_empty() && !part.ends_with(suffix.as_str()))
                 {
                     return None;
                 }
