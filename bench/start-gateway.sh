@@ -3,7 +3,7 @@
 # path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing: runs the `dist`
 # build (`cargo build --profile dist`, fat LTO) when there is one, else the `release` build.
 #   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain): plain, jwt, ratelimit,
-#                                ratelimit-redis, cache, resilience, transform, aggregate
+#                                ratelimit-redis, cache, resilience, transform, aggregate, openapi
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
 #   PORTICO_BENCH_BIN=PATH       run another build (A/B comparisons)
 #   PORTICO_BENCH_REDIS_PORT=N   the redis-server of the ratelimit-redis profile (default 6379)
@@ -18,6 +18,7 @@ sed -e "s/@LISTEN_PORT@/$1/g" -e "s/@UPSTREAM_PORT@/$2/g" \
     -e "s/@WORKERS@/${GWBENCH_WORKERS:-1}/g" -e "s/@ACCESS_LOG@/$access_log/g" \
     -e "s/@REDIS_PORT@/${PORTICO_BENCH_REDIS_PORT:-6379}/g" \
     -e "s/@OTLP_PORT@/${PORTICO_BENCH_OTLP_PORT:-4318}/g" \
+    -e "s|@BENCH_DIR@|$here|g" \
     "$here/$profile.yaml" > "$config"
 bin="$here/../target/dist/portico"
 [ -x "$bin" ] || bin="$here/../target/release/portico"

@@ -10,6 +10,18 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 /// The request id header: every answer carries one, error answers in their body as well.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// One way a request breaks its OpenAPI operation, as listed in a 400's `errors`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// A JSON pointer into the request seen as a document: `/query/limit`,
+    /// `/body/items/0/price`.
+    pub pointer: String,
+    /// Where, for people: `query.limit`, `header.x-trace`, `body/items/0/price`.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// Which side of the gateway a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -221,6 +233,26 @@ pub enum GatewayError {
         /// response as `errors`.
         errors: Vec<String>,
     },
+    /// The request does not follow the route's OpenAPI operation (parameters or body).
+    #[error("{message}")]
+    RequestInvalid {
+        /// What is wrong, in one line.
+        message: String,
+        /// Each problem (capped); listed in the response as `errors`.
+        errors: Vec<Problem>,
+    },
+    /// The route's OpenAPI spec (`strict: true`) has no operation at this path.
+    #[error("no operation of the API matches {method} {path}")]
+    UnknownOperation {
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+    },
+    /// The upstream's answer does not follow the route's OpenAPI operation
+    /// (`validate_responses: enforce`).
+    #[error("the upstream's answer does not follow the API's description: {0}")]
+    ResponseInvalid(String),
     /// The service's `max_concurrent_requests` is reached: shed rather than queue.
     #[error("service {0} has too many requests in flight")]
     ServiceOverloaded(std::sync::Arc<str>),
@@ -303,6 +335,13 @@ impl GatewayError {
             InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope", Client),
             RateLimited { status, .. } => (*status, "rate_limited", Client),
             InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body", Client),
+            RequestInvalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request", Client),
+            UnknownOperation { .. } => (StatusCode::NOT_FOUND, "unknown_operation", Client),
+            ResponseInvalid(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_contract_violation",
+                Upstream,
+            ),
             AuthUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -391,6 +430,9 @@ impl GatewayError {
         let message = self.to_string();
         let body = match self {
             GatewayError::InvalidBody { message, errors } => serde_json::json!(
+                {"error": kind.code, "message": message, "errors": errors, "request_id": id}
+            ),
+            GatewayError::RequestInvalid { message, errors } => serde_json::json!(
                 {"error": kind.code, "message": message, "errors": errors, "request_id": id}
             ),
             GatewayError::ConfigRejected { file, errors } => serde_json::json!(

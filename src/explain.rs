@@ -25,6 +25,32 @@ pub enum ExplainError {
     Path(&'static str),
 }
 
+/// The OpenAPI operation a request is on a route with an `openapi` policy.
+fn describe_operation(
+    api: &crate::policy::openapi::OpenApiPolicy,
+    method: &Method,
+    path: &str,
+) -> String {
+    use crate::policy::openapi::Lookup;
+    let spec = &api.spec_file;
+    match api.find(method, path) {
+        Lookup::Found(i, _) => {
+            let op = &api.operations[i];
+            format!(
+                "  openapi operation `{}` ({} {} in {spec})",
+                op.id, op.method, op.path
+            )
+        }
+        Lookup::NoPath if api.strict || api.mock => {
+            format!("  openapi: no operation of {spec} has this path: answered 404")
+        }
+        Lookup::NoMethod(allow) if api.strict || api.mock => {
+            format!("  openapi: {spec} allows {allow} on this path: answered 405")
+        }
+        _ => format!("  openapi: no operation of {spec} matches: passed on unchecked"),
+    }
+}
+
 /// Describes, in plain text, how `plan` would handle `METHOD url` with `headers`.
 pub fn explain(
     loaded: &crate::config::Loaded,
@@ -110,6 +136,9 @@ pub fn explain(
                 ),
             };
             let _ = writeln!(out, "  rewrite: {rewrite}");
+            if let Some(api) = &route.policies.openapi {
+                let _ = writeln!(out, "{}", describe_operation(api, &method, path));
+            }
             let _ = writeln!(
                 out,
                 "service `{}` (load balancing: {})",

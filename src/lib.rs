@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod openapi;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
@@ -283,7 +284,7 @@ async fn control_loop(
                 let pems = config::file_stamps(&runtime.active().raw);
                 if pems != pem_stamps {
                     pem_stamps = pems;
-                    tracing::info!("certificate files changed: reloading");
+                    tracing::info!("certificate or OpenAPI spec files changed: reloading");
                     let result = runtime.reload();
                     log_reload(&result);
                     continue;

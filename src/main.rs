@@ -61,6 +61,26 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// OpenAPI tools.
+    #[command(subcommand)]
+    Openapi(OpenapiCommand),
+}
+
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// Print a config with one route per operation of an OpenAPI 3.0/3.1 spec (JSON or YAML),
+    /// its service and security schemes, and an `openapi` policy checking requests against it.
+    Import {
+        /// The spec file.
+        spec: PathBuf,
+        /// The service's name (default: from the spec's title), optionally with its upstream:
+        /// `users=http://127.0.0.1:9000` (default: the spec's first server).
+        #[arg(long)]
+        service: Option<String>,
+        /// A path prefix for every route, e.g. /api.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 /// A panic while loading a config is caught and reported as a config error (see
@@ -125,6 +145,27 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Openapi(OpenapiCommand::Import {
+            spec,
+            service,
+            prefix,
+        }) => {
+            let options = portico::openapi::import::Options { service, prefix };
+            match portico::openapi::import::import(&spec, &options) {
+                Ok(out) => {
+                    print!("{}", out.config);
+                    for line in &out.untranslated {
+                        eprintln!("not translated: {line}");
+                    }
+                    eprintln!("{} routes", out.routes);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -164,11 +205,14 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         .build()?;
     let ports = backends_rt.block_on(portico::demo::start_backends())?;
     let key = portico::demo::DemoKey::generate().context("cannot make the demo signing key")?;
+    let spec =
+        portico::demo::write_openapi_spec().context("cannot write the demo's OpenAPI spec")?;
     let env = portico::demo::DemoEnv(
         &ports,
         listen.to_string(),
         key.public_x().to_string(),
         admin_listen.to_string(),
+        spec.display().to_string(),
     );
     let cert = match tls_listen {
         Some(_) => Some(
@@ -181,7 +225,10 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         yaml.push_str(&cert.yaml(addr));
     }
     let plan = portico::config::load_str(&yaml, "examples/demo.yaml", &env)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"));
+    // Read at load; the demo's config is never reloaded from disk.
+    let _ = std::fs::remove_file(&spec);
+    let plan = plan?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
         format!(
             "cannot start the demo gateway on {listen} with its admin API on {admin_listen} \

@@ -221,6 +221,8 @@ async fn answer(
             | "/openapi.json" | "/metrics" | "/errors",
         ) => return Err(not_allowed("GET")),
         (_, p) if dashboard::is_asset(p) => return Err(not_allowed("GET")),
+        (Method::GET, p) if p.starts_with("/openapi/") => route_spec(runtime, &p[9..])?,
+        (_, p) if p.starts_with("/openapi/") => return Err(not_allowed("GET")),
         (_, "/reload" | "/cache/purge") => return Err(not_allowed("POST")),
         _ => {
             return Err(GatewayError::NotFound(
@@ -312,10 +314,32 @@ fn routes(runtime: &Runtime) -> Value {
                 "methods": raw.matcher.methods,
                 "timeout_ms": route.timeout.as_millis() as u64,
                 "policies": policies,
+                "openapi": route.policies.openapi.as_ref().map(|_| format!("/openapi/{}", route.name)),
             })
         })
         .collect();
     json!({"routes": list})
+}
+
+/// The OpenAPI document of route `name`'s `openapi` policy (for Swagger UI or a portal).
+fn route_spec(runtime: &Runtime, name: &str) -> Result<Response<Full<Bytes>>, GatewayError> {
+    let active = runtime.active();
+    let name = crate::openapi::percent_decode(name);
+    let spec = active
+        .plan
+        .routes
+        .iter()
+        .find(|r| *r.name == *name)
+        .and_then(|r| r.policies.openapi.as_ref())
+        .ok_or(GatewayError::NotFound(
+            "no route of that name has an `openapi` policy; see /routes",
+        ))?;
+    let mut resp = Response::new(Full::new(spec.document.clone()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
 fn services(runtime: &Runtime) -> Value {

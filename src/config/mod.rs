@@ -615,7 +615,8 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schema).unwrap_or_default()
 }
 
-/// The PEM files a config refers to (listener and upstream), for the reload fingerprint.
+/// The PEM files a config refers to (listener and upstream), and the OpenAPI specs its
+/// `openapi` policies name (their root files), for the reload fingerprint.
 pub fn referenced_files(raw: &RawConfig) -> Vec<&str> {
     let mut files = Vec::new();
     if let Some(tls) = &raw.tls {
@@ -635,6 +636,13 @@ pub fn referenced_files(raw: &RawConfig) -> Vec<&str> {
                     .flatten()
                     .map(String::as_str),
             );
+        }
+    }
+    let levels = raw.services.values().map(|s| &s.policies);
+    let levels = levels.chain(raw.routes.iter().map(|r| &r.policies));
+    for policy in levels.flatten().chain(&raw.policies) {
+        if let crate::policy::RawPolicy::Openapi(o) = policy {
+            files.push(o.spec.as_str());
         }
     }
     files

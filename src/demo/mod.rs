@@ -187,9 +187,28 @@ async fn respond(
     Ok(resp)
 }
 
+/// The OpenAPI description of the demo's users and products services.
+pub const DEMO_OPENAPI: &str = include_str!("../../examples/openapi/demo.yaml");
+
+/// Writes [`DEMO_OPENAPI`] to a file of this process in the temp directory (the `openapi`
+/// policy reads its spec from a file; the demo runs from any directory): its path.
+pub fn write_openapi_spec() -> std::io::Result<std::path::PathBuf> {
+    let path =
+        std::env::temp_dir().join(format!("portico-demo-{}.openapi.yaml", std::process::id()));
+    std::fs::write(&path, DEMO_OPENAPI)?;
+    Ok(path)
+}
+
 /// Expansion source for the demo config: the backend ports, the listen address, the demo
-/// key's public JWK `x` and the admin listen address, then the real environment.
-pub struct DemoEnv<'a>(pub &'a DemoPorts, pub String, pub String, pub String);
+/// key's public JWK `x`, the admin listen address and the OpenAPI spec's path, then the real
+/// environment.
+pub struct DemoEnv<'a>(
+    pub &'a DemoPorts,
+    pub String,
+    pub String,
+    pub String,
+    pub String,
+);
 
 impl crate::spec::expand::Source for DemoEnv<'_> {
     fn var(&self, name: &str) -> Option<String> {
@@ -202,6 +221,7 @@ impl crate::spec::expand::Source for DemoEnv<'_> {
             "DEMO_LISTEN" => Some(self.1.clone()),
             "DEMO_JWT_X" => Some(self.2.clone()),
             "DEMO_ADMIN_LISTEN" => Some(self.3.clone()),
+            "DEMO_OPENAPI_SPEC" => Some(self.4.clone()),
             other => crate::spec::expand::ProcessEnv.var(other),
         }
     }
@@ -284,6 +304,8 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("Aggregation: one call answers with the user, their orders (a second call that uses the user's id from the first answer) and the products in them (a third call using the orders' product ids)".into(), format!("curl -s {base}/api/profile/1")),
         ("API versioning by path: v1 of the catalog is deprecated (-i shows Deprecation and Sunset headers); v2 comes from another backend, with prices in a currency".into(), format!("curl -si {base}/v1/catalog/2")),
         ("The same product from v2 (no Deprecation header)".into(), format!("curl -si {base}/v2/catalog/2")),
+        ("OpenAPI: a user that breaks the users API's description is refused with 400 and the list of problems".into(), format!("curl -s -X POST -H 'content-type: application/json' -d '{{\"name\":\"\",\"email\":\"not-an-email\"}}' {base}/checked/users")),
+        ("OpenAPI mock: the reviews API exists only in the description; the gateway answers from its examples (a Prefer header picks another answer: example=none, or code= a documented status)".into(), format!("curl -s -H 'prefer: example=two' {base}/mock/products/2/reviews")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }

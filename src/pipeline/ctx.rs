@@ -90,6 +90,8 @@ pub(crate) struct RequestCtx<'a> {
     pub version_headers: &'a [(HeaderName, HeaderValue)],
     /// Response headers rendered by a transform from request facts.
     pub response_headers: Option<RenderedHeaders>,
+    /// The OpenAPI operation the request is (routes with an `openapi` policy).
+    pub operation: Option<crate::policy::openapi::OperationRef>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -162,6 +164,7 @@ impl<'a> RequestCtx<'a> {
             cors_origin: None,
             version_headers: &[],
             response_headers: None,
+            operation: None,
         }
     }
 

@@ -79,6 +79,9 @@ pub(super) fn run(
             grpc_status,
         };
         record(m, conn, recorded);
+        if let Some(op) = &cx.operation {
+            m.operation(op.index, op.of, &op.id, status);
+        }
         end.measure = Some(Measure {
             route: Arc::clone(m),
             start: cx.start,

@@ -18,6 +18,7 @@ pub mod conn;
 mod ctx;
 mod dispatch;
 mod finish;
+mod openapi;
 mod prepare;
 mod protect;
 mod rate_limit;
@@ -37,6 +38,7 @@ pub use conn::{ConnCtx, ProxyService};
 pub(crate) use ctx::RequestCtx;
 
 use crate::body::GatewayBody;
+use crate::body::RequestBody;
 use crate::error::GatewayError;
 use crate::proxy::retry;
 
@@ -90,6 +92,8 @@ async fn run(
     if let Some(answer) = termination.and_then(|t| t.answer(&parts)) {
         return Ok(answer);
     }
+    let body = RequestBody::streaming(body, route.max_body_bytes, cx.plan.request_body_idle);
+    let body = openapi::run(cx, route, &parts, body).await?;
     cache::run(cx, route, &mut parts).await?;
     protect::run(cx, route)?;
     let body = prepare::run(cx, route, &mut parts, body).await?;

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::Version;
-use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
 use crate::body::RequestBody;
@@ -21,9 +20,8 @@ pub(super) async fn run(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     parts: &mut Parts,
-    body: Incoming,
+    body: RequestBody,
 ) -> Result<RequestBody, GatewayError> {
-    let plan = cx.plan;
     let upgrade = parts.version == Version::HTTP_11
         && headers::wants_upgrade(&parts.headers)
         && headers::allow_upgrades(&mut parts.headers, &route.upgrades);
@@ -53,7 +51,6 @@ pub(super) async fn run(
     if let Some(identity) = &cx.identity {
         identity.apply(h);
     }
-    let body = RequestBody::streaming(body, route.max_body_bytes, plan.request_body_idle);
     let Some(transform) = &route.policies.transform else {
         return Ok(body);
     };

@@ -41,6 +41,11 @@ pub(super) fn transforms_body(route: &Route) -> bool {
         .transform
         .as_ref()
         .is_some_and(|t| t.has_response_body())
+        || route
+            .policies
+            .openapi
+            .as_ref()
+            .is_some_and(|o| o.checks_responses())
 }
 
 /// Like [`run`], reading the upstream's body whole for the route's response body transform.
@@ -58,6 +63,14 @@ pub(super) async fn run_transforming(
                 .await?
         }
         None => Err(incoming),
+    };
+    let body = match (&route.policies.openapi, &cx.operation) {
+        (Some(api), Some(op)) if api.checks_responses() => {
+            let mismatch = || route.metrics.openapi_mismatch(&op.id);
+            api.check_response(op, &route.name, &parts, body, route.timeout, mismatch)
+                .await?
+        }
+        _ => body,
     };
     Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
 }

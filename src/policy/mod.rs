@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cache;
 pub mod cors;
 pub mod ip_filter;
+pub mod openapi;
 pub mod rate_limit;
 pub mod request_termination;
 pub mod shadow;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub rate_limits: HashMap<String, Option<Arc<rate_limit::RateLimitPolicy>>>,
     /// Caches.
     pub caches: HashMap<String, Option<Arc<cache::CachePolicy>>>,
+    /// OpenAPI specs (one compile for the hundreds of routes an import writes).
+    pub openapi: HashMap<String, Option<Arc<openapi::OpenApiPolicy>>>,
 }
 
 /// Declares the policies a route can have: the YAML enum of a `policies:` entry
@@ -165,4 +168,8 @@ policies! {
     request_termination: RequestTermination(request_termination::RawRequestTermination)
         => request_termination::RequestTermination
         = request_termination::RequestTermination::compile,
+    /// Check requests (and optionally answers) against an OpenAPI operation, or answer from
+    /// the spec's examples (`mock`).
+    openapi: Openapi(openapi::RawOpenApi) => openapi::OpenApiPolicy
+        = openapi::OpenApiPolicy::compile,
 }

@@ -86,6 +86,8 @@ pub struct Finish {
     pub retries: u32,
     /// The rate-limit decision (`allowed`, `rejected`) on routes with a `rate_limit` policy.
     pub rate_limit: Option<&'static str>,
+    /// The OpenAPI operation (`operationId`), on routes with an `openapi` policy.
+    pub operation_id: Option<Arc<str>>,
     /// The W3C trace id (the caller's or a new one), raw: hex is written by the log thread.
     pub trace_id: [u8; 16],
     /// The gateway's server span id in that trace.
@@ -244,6 +246,7 @@ impl Finish {
             grpc_status: None,
             retries: 0,
             rate_limit: None,
+            operation_id: None,
             trace_id: *trace.0,
             span_id: *trace.1,
         })
@@ -379,6 +382,11 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
             Some(v) => json_str(buf, v.as_bytes()),
             None => buf.extend_from_slice(b"null"),
         }
+    }
+    // Only requests matched to an OpenAPI operation carry the key.
+    if let Some(op) = &f.operation_id {
+        buf.extend_from_slice(b",\"operation_id\":");
+        json_str(buf, op.as_bytes());
     }
     // Numbers without `core::fmt`: with it, formatting took most of the writer thread's time
     // (floats and IP addresses especially).
@@ -588,6 +596,7 @@ mod tests {
             cache: None,
             retries: 2,
             rate_limit: Some("allowed"),
+            operation_id: None,
             trace_id: [0xab; 16],
             span_id: [0x01; 8],
         });

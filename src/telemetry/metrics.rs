@@ -127,6 +127,8 @@ struct Families {
     cache: Family<Labels2, Counter>,
     grpc: Family<Labels2, Counter>,
     reloads: Family<Labels1, Counter>,
+    openapi_mismatch: Family<Labels2, Counter>,
+    operation_requests: Family<[(&'static str, Arc<str>); 3], Counter>,
 }
 
 /// The process's metrics: the registry, the families, and the recent-errors list.
@@ -224,6 +226,16 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result (applied, unchanged, rejected)",
             f.reloads.clone(),
+        );
+        r.register(
+            "openapi_response_mismatch",
+            "Upstream answers that do not follow the route's OpenAPI operation, by route and operation",
+            f.openapi_mismatch.clone(),
+        );
+        r.register(
+            "operation_requests",
+            "Requests answered on routes with an openapi policy, by route, operation and status class",
+            f.operation_requests.clone(),
         );
         let unmatched = Arc::new(RouteMetrics::new(&families, UNMATCHED.into(), "".into()));
         Self {
@@ -417,7 +429,13 @@ pub struct RouteMetrics {
     response_bytes: Counter,
     cache: [OnceLock<Counter>; CACHE_RESULTS.len()],
     grpc: [OnceLock<Counter>; 17],
+    /// Per OpenAPI operation (by its index in the route's spec): its id and counters by status
+    /// class. Sized on first use.
+    operations: OnceLock<Box<[OperationCells]>>,
 }
+
+/// An operation's request counters, resolved on first use.
+type OperationCells = OnceLock<(Arc<str>, [OnceLock<Counter>; 5])>;
 
 impl RouteMetrics {
     fn new(families: &Arc<Families>, route: Arc<str>, service: Arc<str>) -> Self {
@@ -432,6 +450,7 @@ impl RouteMetrics {
             requests: Default::default(),
             cache: Default::default(),
             grpc: Default::default(),
+            operations: OnceLock::new(),
         }
     }
 
@@ -498,6 +517,49 @@ impl RouteMetrics {
         family
             .get_or_create(&[("route", Arc::clone(&self.route)), (label, value.into())])
             .inc();
+    }
+
+    /// Counts an upstream answer that breaks the route's OpenAPI `operation` (rare: the series
+    /// is looked up on each).
+    pub fn openapi_mismatch(&self, operation: &Arc<str>) {
+        self.families
+            .openapi_mismatch
+            .get_or_create(&[
+                ("route", Arc::clone(&self.route)),
+                ("operation", Arc::clone(operation)),
+            ])
+            .inc();
+    }
+
+    /// Counts a response to an OpenAPI operation (number `index` of `count` in the route's
+    /// spec) by status class. Operations come from the config's specs, so the series are
+    /// bounded; after the first request a count is an index and an atomic add. A spec changed
+    /// by a reload (another operation at that index) is counted through the family.
+    pub fn operation(&self, index: usize, count: usize, id: &Arc<str>, status: u16) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        let series = |class: usize| {
+            self.families.operation_requests.get_or_create_owned(&[
+                ("route", Arc::clone(&self.route)),
+                ("operation", Arc::clone(id)),
+                ("status_class", STATUS_CLASSES[class].into()),
+            ])
+        };
+        let cells = self
+            .operations
+            .get_or_init(|| (0..count).map(|_| OnceLock::new()).collect());
+        match cells.get(index) {
+            Some(cell) => {
+                let (known, counters) = cell.get_or_init(|| (Arc::clone(id), Default::default()));
+                if **known == **id {
+                    counters[class].get_or_init(|| series(class)).inc();
+                    return;
+                }
+                series(class).inc();
+            }
+            None => {
+                series(class).inc();
+            }
+        }
     }
 
     /// Records a finished response: its duration and bytes.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::{send, upstream, TestGateway};
 
 /// Waits (bounded) until the log file holds `n` lines; the writer flushes after each burst.
-fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+pub(crate) fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

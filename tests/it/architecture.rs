@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// forms) and of the layers below.
 const LAYERS: &[&[&str]] = &[
     &["spec", "body"],
-    &["error", "router", "store"],
+    &["error", "router", "store", "openapi"],
     &["tls", "telemetry"],
     &["upstream"],
     &["proxy"],

@@ -416,6 +416,8 @@ const DEMO_ENV: &[(&str, &str)] = &[
     ("DEMO_PRODUCTS_V2_PORT", "7005"),
     // The public half of the demo's Ed25519 key (here: tests/fixtures/jwt/ed25519.pub.pem).
     ("DEMO_JWT_X", "YqWIBd7Ih5BEncXAthphjFNnkGR0PGtJT5eLIGw84kY"),
+    // The demo writes its spec to a temp file; the tests run from the crate's directory.
+    ("DEMO_OPENAPI_SPEC", "examples/openapi/demo.yaml"),
 ];
 
 #[test]

@@ -237,6 +237,8 @@ fn every_printed_curl_command_works_as_printed() {
         }
         let expected = if comment.contains("405") {
             405
+        } else if comment.contains("400") {
+            400
         } else if comment.contains("404") {
             404
         } else if comment.contains("401") {

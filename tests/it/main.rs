@@ -32,6 +32,7 @@ mod http2;
 mod ip_filter;
 mod load_balancing;
 mod metrics;
+mod openapi;
 mod operations;
 mod outlier;
 mod protocols;
