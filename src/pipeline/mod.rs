@@ -93,7 +93,12 @@ async fn run(
         return Ok(answer);
     }
     let body = RequestBody::streaming(body, route.max_body_bytes, cx.plan.request_body_idle);
-    let body = openapi::run(cx, route, &parts, body).await?;
+    // Boxed, and only on routes with the policy: its future (a body read whole) would
+    // otherwise be carried, and copied, by every request's.
+    let body = match route.policies.openapi {
+        Some(_) => Box::pin(openapi::run(cx, route, &parts, body)).await?,
+        None => body,
+    };
     cache::run(cx, route, &mut parts).await?;
     protect::run(cx, route)?;
     let body = prepare::run(cx, route, &mut parts, body).await?;
