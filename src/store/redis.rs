@@ -301,6 +301,87 @@ impl RedisStore {
         result
     }
 
+    /// Runs one command (or pipeline) within `timeout`, marking Redis down on failure like
+    /// [`eval`](Self::eval). For callers off the request path (the consumer store), which may
+    /// need longer than the per-request `timeout` (a bulk read).
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        if self.now() < self.down_until.load(Ordering::Relaxed) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Down);
+        }
+        let call = async {
+            let mut conn = self.connection().await?;
+            query(&mut conn, cmd).await
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        };
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    /// Runs a Lua script over several `keys` (`EVALSHA`, then `EVAL` on `NOSCRIPT`) within
+    /// `timeout`.
+    pub async fn eval_keys<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        source: &str,
+        keys: &[String],
+        args: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let mut sha = redis::cmd("EVALSHA");
+        sha.arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        match self.query(&sha, timeout).await {
+            Err(StoreError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                // Not a failure of Redis: forget the down mark the first attempt set.
+                self.down_until.store(0, Ordering::Relaxed);
+                let mut full = redis::cmd("EVAL");
+                full.arg(source).arg(keys.len()).arg(keys).arg(args);
+                self.query(&full, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    /// A connection subscribed to `channel` (pub/sub needs a connection of its own). With
+    /// Redis Cluster it is made to the first seed node: `PUBLISH` reaches every node.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<redis::aio::PubSub, StoreError> {
+        let call = async {
+            let client = match &self.source {
+                Source::Single(client) => client.clone(),
+                Source::Cluster(_) => Client::open(self.raw.cluster[0].as_str())?,
+                Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+            };
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+
     /// A `PING` within the timeout (readiness). Not counted as a failure of the policies.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let call = async {

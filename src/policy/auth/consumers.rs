@@ -22,6 +22,23 @@ pub struct Consumer {
     pub groups: Vec<Arc<str>>,
     /// `X-Consumer-Groups` value, precomputed.
     pub groups_header: Option<HeaderValue>,
+    /// The plan whose `rate_limit` applies to this consumer.
+    pub plan: Option<Arc<str>>,
+}
+
+impl Consumer {
+    /// A consumer named `name` (groups header and all derived here).
+    pub fn new(name: &str, id: Option<&str>, groups: &[String], plan: Option<&str>) -> Self {
+        Consumer {
+            name: name.into(),
+            id: id.map(Into::into),
+            groups_header: (!groups.is_empty())
+                .then(|| HeaderValue::from_str(&groups.join(", ")).ok())
+                .flatten(),
+            groups: groups.iter().map(|g| g.as_str().into()).collect(),
+            plan: plan.map(Into::into),
+        }
+    }
 }
 
 /// All consumers, indexed for the request path.
@@ -108,15 +125,12 @@ impl ConsumerRegistry {
             ));
             return;
         }
-        let groups: Vec<Arc<str>> = raw.groups.iter().map(|g| g.as_str().into()).collect();
-        let consumer = Arc::new(Consumer {
-            name: raw.name.as_str().into(),
-            id: raw.id.as_deref().map(Into::into),
-            groups_header: (!groups.is_empty())
-                .then(|| HeaderValue::from_str(&raw.groups.join(", ")).ok())
-                .flatten(),
-            groups,
-        });
+        let consumer = Arc::new(Consumer::new(
+            &raw.name,
+            raw.id.as_deref(),
+            &raw.groups,
+            raw.plan.as_deref(),
+        ));
         for (i, key) in raw.api_keys.iter().enumerate() {
             let digest = match key {
                 RawApiKey::Plain(k) if k.len() < 8 => {
@@ -242,6 +256,11 @@ impl ConsumerRegistry {
         self.basic.values().map(|(h, _)| h.as_str())
     }
 
+    /// Every consumer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Consumer>> {
+        self.by_name.values()
+    }
+
     /// Number of consumers.
     pub fn len(&self) -> usize {
         self.by_name.len()
@@ -284,6 +303,7 @@ mod tests {
             basic: None,
             jwt_subjects: vec![format!("{name}@example.com")],
             mtls_subjects: vec![],
+            plan: None,
         }
     }
 
