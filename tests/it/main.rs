@@ -23,6 +23,7 @@ mod cache;
 mod cache_redis;
 mod circuit_breaker;
 mod config;
+mod consumers_store;
 mod cors;
 mod dashboard;
 mod demo;
