@@ -9,6 +9,7 @@
 //!
 //! `GET /` is the live dashboard ([`dashboard`]): static files that poll this API from the browser.
 
+pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod dashboard;

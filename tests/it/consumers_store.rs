@@ -592,3 +592,68 @@ async fn each_change_writes_one_audit_line_without_the_secret() {
         "{text}"
     );
 }
+
+/// `portico consumers ARGS` against `gw`'s admin API: (success, stdout, stderr).
+fn cli(gw: &TestGateway, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let admin = gw.admin_url("");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("consumers")
+        .args(args)
+        .env("PORTICO_ADMIN", admin)
+        .env("PORTICO_ADMIN_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run portico consumers");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_wraps_the_admin_api() {
+    let redis = RedisServer::start();
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&redis.url(), &up.url(), "", &admin_with_token()));
+    let (ok, out, err) = cli(
+        &gw,
+        &["create", "acme", "--plan", "free", "--group", "partners"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = cli(&gw, &["add-key", "acme", "--label", "ci"], "");
+    assert!(ok, "{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    let key = added["key"].as_str().unwrap().to_string();
+    assert_eq!(with_key(&gw, &key).await, 200);
+    let (ok, out, _) = cli(&gw, &["keys", "acme"], "");
+    assert!(ok && out.contains("\"ci\"") && !out.contains(&key), "{out}");
+    let (ok, _, err) = cli(&gw, &["add-basic", &id, "acme-user"], "a long password\n");
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&gw, &["update", "acme", "--plan", "gold"], "");
+    assert!(
+        !ok && err.contains("400") && err.contains("plan: unknown plan"),
+        "{err}"
+    );
+    let key_id = added["id"].as_str().unwrap();
+    let (ok, _, err) = cli(&gw, &["revoke-key", "acme", key_id], "");
+    assert!(ok, "{err}");
+    assert_eq!(with_key(&gw, &key).await, 401);
+    let (ok, out, _) = cli(&gw, &["list"], "");
+    assert!(ok && out.contains("acme-user"), "{out}");
+}
