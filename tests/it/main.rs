@@ -27,6 +27,7 @@ mod consumers_store;
 mod cors;
 mod dashboard;
 mod demo;
+mod fleet;
 mod grpc;
 mod health_checks;
 mod http2;
