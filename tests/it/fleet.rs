@@ -242,45 +242,70 @@ async fn a_node_cut_off_from_redis_keeps_serving_follows_on_store_error_and_conv
     );
 }
 
-/// Sends requests with `key` round-robin to every node until `stop`; counts answers.
-fn load(
-    nodes: &Nodes,
-    key: &str,
-    stop: &Arc<AtomicBool>,
-) -> (
-    Arc<AtomicUsize>,
-    Arc<Mutex<Vec<String>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for worker in 0..4 {
-        let urls: Vec<String> = (0..NODES).map(|i| nodes.url(i)).collect();
-        let (key, stop, ok, failures) = (
-            key.to_string(),
-            Arc::clone(stop),
-            Arc::clone(&ok),
-            Arc::clone(&failures),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut n = worker;
-            while !stop.load(Ordering::SeqCst) {
-                let url = &urls[n % urls.len()];
-                n += 1;
-                let r = send("GET", url, &[("x-api-key", &key)], "").await;
-                if r.status == 200 {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{url}: {} {}", r.status, r.text()));
+/// Requests with one key sent round-robin to every node until `stop`, counted.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(nodes: &Nodes, key: &str, stop: &Arc<AtomicBool>) -> Load {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for worker in 0..4 {
+            let urls: Vec<String> = (0..NODES).map(|i| nodes.url(i)).collect();
+            let (key, stop, ok, failures) = (
+                key.to_string(),
+                Arc::clone(stop),
+                Arc::clone(&ok),
+                Arc::clone(&failures),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut n = worker;
+                while !stop.load(Ordering::SeqCst) {
+                    let url = &urls[n % urls.len()];
+                    n += 1;
+                    let r = send("GET", url, &[("x-api-key", &key)], "").await;
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        let failure = format!("{url}: {} {}", r.status, r.text());
+                        failures.lock().unwrap().push(failure);
+                    }
                 }
-            }
-        }));
+            }));
+        }
+        Load {
+            ok,
+            failures,
+            tasks,
+        }
     }
-    (ok, failures, tasks)
+
+    /// Waits for `n` more successful requests.
+    async fn more(&self, n: usize) {
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        while self.ok.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops (after `stop` was set) and asserts that no request failed; the count served.
+    async fn finish(self) -> usize {
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        self.ok.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,17 +319,8 @@ async fn a_redis_restart_and_a_flush_fail_no_request_and_the_set_comes_back() {
             .is_some());
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failures, tasks) = load(&nodes, &key, &stop);
-    let wait_ok = |n: usize| {
-        let ok = Arc::clone(&ok);
-        async move {
-            let target = ok.load(Ordering::SeqCst) + n;
-            while ok.load(Ordering::SeqCst) < target {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    wait_ok(50).await;
+    let load = Load::start(&nodes, &key, &stop);
+    load.more(50).await;
     let records = "portico:{consumers}:records";
     nodes.fleet.start_redis(); // kills and starts it again, empty
     let restarted = Instant::now();
@@ -321,7 +337,7 @@ async fn a_redis_restart_and_a_flush_fail_no_request_and_the_set_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after_restart = restarted.elapsed();
-    wait_ok(50).await;
+    load.more(50).await;
     nodes.fleet.redis_cmd(&["FLUSHALL"]);
     let flushed = Instant::now();
     while !back(&nodes.fleet) {
@@ -332,18 +348,9 @@ async fn a_redis_restart_and_a_flush_fail_no_request_and_the_set_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after_flush = flushed.elapsed();
-    wait_ok(100).await;
+    load.more(100).await;
     stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let served = load.finish().await;
     // Writes work again and reach every node.
     let (_, fresh) = nodes.key(1, &id).await;
     for node in 0..NODES {
@@ -356,7 +363,7 @@ async fn a_redis_restart_and_a_flush_fail_no_request_and_the_set_comes_back() {
         "redis restart: set written back after {:.0} ms; flush: after {:.0} ms; {} requests, none failed",
         ms(after_restart),
         ms(after_flush),
-        ok.load(Ordering::SeqCst)
+        served
     );
 }
 
@@ -426,14 +433,11 @@ async fn a_rolling_restart_by_sigusr2_under_load_fails_no_request() {
             .is_some());
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failures, tasks) = load(&nodes, &key, &stop);
+    let load = Load::start(&nodes, &key, &stop);
     let procs = std::mem::take(&mut nodes.procs);
     let mut took = Vec::new();
     for mut old in procs {
-        let before = ok.load(Ordering::SeqCst);
-        while ok.load(Ordering::SeqCst) < before + 30 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        load.more(30).await;
         let t = Instant::now();
         old.signal("USR2");
         let line = old.wait_for_line("SIGUSR2: started a successor", Duration::from_secs(10));
@@ -452,24 +456,157 @@ async fn a_rolling_restart_by_sigusr2_under_load_fails_no_request() {
         assert_eq!(code, Some(0), "the old process drained and exited");
         took.push(t.elapsed());
     }
-    let before = ok.load(Ordering::SeqCst);
-    while ok.load(Ordering::SeqCst) < before + 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    load.more(100).await;
     stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let served = load.finish().await;
     println!(
         "rolling restart: 3 nodes, each handed over in {:?} ms; {} requests, none failed",
         took.iter().map(|d| ms(*d).round()).collect::<Vec<_>>(),
-        ok.load(Ordering::SeqCst)
+        served
+    );
+}
+
+/// A TCP relay on `listen` to `to` that holds every chunk for `one_way` in each direction (this
+/// kernel has no netem qdisc): a round trip through it takes two `one_way` more.
+async fn delaying_relay(
+    listen: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    one_way: Duration,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut into: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((at, chunk)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if into.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = into.shutdown().await;
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("bind relay");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pipe(cr, sw, one_way));
+            tokio::spawn(pipe(sr, cw, one_way));
+        }
+    });
+    addr
+}
+
+/// The `q` quantile of `samples` (sorted here).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_20ms_away_a_rate_limited_request_costs_at_most_one_round_trip_more() {
+    let rtt = Duration::from_millis(20);
+    let Some(mut nodes) = start(None) else { return };
+    let relay = delaying_relay(
+        (nodes.fleet.store_side_ip(), 0).into(),
+        (nodes.fleet.redis_ip(), 6379).into(),
+        rtt / 2,
+    )
+    .await;
+    // Node A again, its Redis behind the relay.
+    let a = nodes.procs.remove(0);
+    drop(a);
+    let yaml = node_yaml(&nodes.fleet, 0, &format!("redis://{relay}"));
+    let ns = nodes.fleet.ns(0);
+    // Blocking (it waits for the log lines) while the relay runs on this runtime: off it.
+    let a = tokio::task::spawn_blocking(move || GatewayProcess::spawn_in(Some(&ns), &yaml, &[]))
+        .await
+        .unwrap();
+    nodes.procs.insert(0, a);
+    let (_, _, limited) = nodes.consumer(0, "limited", Some("roomy")).await;
+    let (_, _, free) = nodes.consumer(0, "free", None).await;
+    let times = |key: String| {
+        let url = nodes.url(0);
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..200 {
+                let t = Instant::now();
+                let r = send("GET", &url, &[("x-api-key", &key)], "").await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                out.push(t.elapsed());
+            }
+            out
+        }
+    };
+    // One round trip to Redis through the relay, measured as a PING from here.
+    let mut pings = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(relay).await.unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16];
+        for _ in 0..100 {
+            let t = Instant::now();
+            conn.write_all(b"PING\r\n").await.unwrap();
+            let n = conn.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"+PONG\r\n");
+            out.push(t.elapsed());
+        }
+        out
+    };
+    let round_trip = quantile(&mut pings, 0.99);
+    let mut with_limit = times(limited).await;
+    let mut without = times(free).await;
+    let (p50_l, p99_l) = (
+        quantile(&mut with_limit, 0.5),
+        quantile(&mut with_limit, 0.99),
+    );
+    let (p50_f, p99_f) = (quantile(&mut without, 0.5), quantile(&mut without, 0.99));
+    let added_p99 = p99_l.saturating_sub(p99_f);
+    let added_p50 = p50_l.saturating_sub(p50_f);
+    println!(
+        "redis {rtt:?} away (PING through the relay: p50 {:.1} ms, p99 {:.1} ms): rate-limited p50 {:.1} ms, p99 {:.1} ms; not limited p50 {:.1} ms, p99 {:.1} ms; added p50 {:.1} ms, p99 {:.1} ms",
+        ms(quantile(&mut pings, 0.5)),
+        ms(round_trip),
+        ms(p50_l), ms(p99_l), ms(p50_f), ms(p99_f), ms(added_p50), ms(added_p99)
+    );
+    // The relay is in the path (the check pays the round trip)...
+    assert!(
+        added_p50 >= rtt * 9 / 10,
+        "the check did not cross the relay: {added_p50:?}"
+    );
+    // ...once: not two round trips (two would add over 45 ms; the slack is the debug build's own
+    // work and this 2-core machine's noise), and the stored consumer costs none (no
+    // per-request lookup).
+    assert!(
+        added_p99 <= round_trip + Duration::from_millis(10),
+        "p99 added {added_p99:?}, a round trip {round_trip:?}"
+    );
+    assert!(
+        p50_f < rtt,
+        "a request without a rate limit waited for redis: {p50_f:?}"
     );
 }
