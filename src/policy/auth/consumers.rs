@@ -236,9 +236,13 @@ impl ConsumerRegistry {
     /// The consumer owning API key `key`. The key is hashed, looked up by digest, and the
     /// digests are compared in constant time.
     pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
-        let digest = sha256(key);
-        let (stored, consumer) = self.api_keys.get_key_value(&digest)?;
-        bool::from(stored.ct_eq(&digest)).then_some(consumer)
+        self.by_key_digest(&sha256(key))
+    }
+
+    /// The consumer owning the API key whose SHA-256 is `digest` (compared in constant time).
+    pub fn by_key_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Consumer>> {
+        let (stored, consumer) = self.api_keys.get_key_value(digest)?;
+        bool::from(stored.ct_eq(digest)).then_some(consumer)
     }
 
     /// The consumer whose `jwt_subjects` lists `subject`.

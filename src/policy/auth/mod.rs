@@ -417,11 +417,13 @@ impl AuthPolicy {
 
     /// The consumer owning API key `key`: a file-defined one, else a stored one.
     fn by_api_key(&self, key: &[u8]) -> Option<Arc<Consumer>> {
-        if let Some(c) = self.consumers.by_api_key(key) {
+        // Hashed once for both tables.
+        let digest = consumers::sha256(key);
+        if let Some(c) = self.consumers.by_key_digest(&digest) {
             return Some(Arc::clone(c));
         }
         let store = self.stored.as_ref()?;
-        store.snapshot().by_api_key(key).cloned()
+        store.snapshot().by_key_digest(&digest).cloned()
     }
 
     /// The consumer bound to token subject `subject`: a file-defined one, else a stored one.

@@ -139,12 +139,13 @@ impl Snapshot {
     /// The consumer owning API key `key`, unless the key expired. Hashed, looked up by digest,
     /// digests compared in constant time.
     pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        let digest = sha256(key);
-        let (stored, k) = self.keys.get_key_value(&digest)?;
-        if !bool::from(stored.ct_eq(&digest)) {
+        self.by_key_digest(&sha256(key))
+    }
+
+    /// The consumer owning the unexpired API key whose SHA-256 is `digest`.
+    pub fn by_key_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Consumer>> {
+        let (stored, k) = self.keys.get_key_value(digest)?;
+        if !bool::from(stored.ct_eq(digest)) {
             return None;
         }
         match k.expires_at {
