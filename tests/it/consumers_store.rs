@@ -657,3 +657,71 @@ async fn the_cli_wraps_the_admin_api() {
     let (ok, out, _) = cli(&gw, &["list"], "");
     assert!(ok && out.contains("acme-user"), "{out}");
 }
+
+#[tokio::test]
+async fn a_bound_token_subject_names_the_stored_consumer_until_the_binding_is_deleted() {
+    use crate::support::jwt::{claims, sign, AUD, ISS, SECRET};
+    let redis = RedisServer::start();
+    let up = upstream::http1("a").spawn().await;
+    let yaml = Config::new()
+        .set("redis", format!("{{url: \"{}\", timeout: 2s}}", redis.url()))
+        .set("consumers", "{store: redis}")
+        .set("admin", admin_with_token())
+        .set(
+            "auth",
+            format!("{{jwt: {{main: {{issuer: \"{ISS}\", audiences: [{AUD}], algorithms: [HS256], keys: [{{secret: \"{SECRET}\"}}]}}}}}}"),
+        )
+        .service(Service::new("a").target(up.url()))
+        .route(
+            Route::new("r")
+                .path("/")
+                .service("a")
+                .policy("auth", "{jwt: [main], require_consumer: true}"),
+        )
+        .to_yaml();
+    let gw = TestGateway::start(&yaml);
+    let token = sign(
+        jsonwebtoken::Algorithm::HS256,
+        SECRET,
+        None,
+        &claims(json!({"sub": "partner-7"})),
+    );
+    let bearer = format!("Bearer {token}");
+    let url = gw.url("/");
+    let headers = [("authorization", bearer.as_str())];
+    let call = || send("GET", &url, &headers, "");
+    call().await.assert_error(401, "unauthorized");
+    let c = admin(
+        &gw,
+        "POST",
+        "/consumers",
+        json!({"name": "partner", "id": "p-7"}),
+    )
+    .await;
+    assert_eq!(c.status, 201);
+    let s = admin(
+        &gw,
+        "POST",
+        "/consumers/p-7/jwt_subjects",
+        json!({"subject": "partner-7"}),
+    )
+    .await;
+    assert_eq!(s.status, 201, "{}", s.text());
+    let echo = call().await;
+    assert_eq!(echo.status, 200, "{}", echo.text());
+    assert_eq!(
+        crate::support::seen(&echo.json(), "x-consumer-name"),
+        ["partner"]
+    );
+    // The verified token stays cached; the binding's removal still applies at once.
+    let sid = s.json()["id"].as_str().unwrap().to_string();
+    let r = admin(
+        &gw,
+        "DELETE",
+        &format!("/consumers/p-7/jwt_subjects/{sid}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    call().await.assert_error(401, "unauthorized");
+}
