@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 use crate::error::GatewayError;
 use crate::policy::auth::stored::record::{
-    self, BasicInput, BasicRecord, ConsumerInput, KeyChange, KeyInput, KeyRecord, Record,
-    SubjectInput, SubjectRecord,
+    self, BasicInput, BasicRecord, ConsumerInput, KeyInput, KeyRecord, Record, SubjectInput,
+    SubjectRecord,
 };
 use crate::policy::auth::stored::{ConsumerStore, WriteError};
 use crate::runtime::{Active, Runtime};
@@ -124,6 +124,22 @@ struct Op<'a> {
 }
 
 impl Op<'_> {
+    /// Applies `edit` to consumer `id` (404 when absent) and writes it; the edit's answer.
+    async fn edit<T>(
+        &self,
+        id: &str,
+        mut edit: impl FnMut(&mut Record) -> Result<T, WriteError>,
+    ) -> Result<T, GatewayError> {
+        self.store
+            .change(id, |old| {
+                let mut r = old.ok_or_else(|| not_found(id))?;
+                let answer = edit(&mut r)?;
+                Ok((Some(r), answer))
+            })
+            .await
+            .map_err(write_error)
+    }
+
     fn list(&self, query: Option<&str>) -> Response<Full<Bytes>> {
         let (mut limit, mut offset) = (1000usize, 0usize);
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -248,9 +264,7 @@ impl Op<'_> {
         self.check(&input, false)?;
         let id = self.store.resolve(id);
         let view = self
-            .store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
+            .edit(&id, |r| {
                 if let Some(n) = &input.name {
                     r.name = n.clone();
                 }
@@ -263,11 +277,9 @@ impl Op<'_> {
                 if let Some(p) = &input.plan {
                     r.plan = p.clone();
                 }
-                let view = r.view();
-                Ok((Some(r), view))
+                Ok(r.view())
             })
-            .await
-            .map_err(write_error)?;
+            .await?;
         self.audit("consumer.updated", &id, None);
         Ok(super::ok(view))
     }
@@ -286,13 +298,7 @@ impl Op<'_> {
     }
 
     async fn add_key(&self, id: &str, body: &[u8]) -> Result<Response<Full<Bytes>>, GatewayError> {
-        let input: KeyInput = parse(body)?;
-        let mut errors = Vec::new();
-        if let Some(l) = &input.label {
-            record::check_text("label", l, &mut errors);
-        }
-        let expires_at = record::expiry(input.expires_in.as_deref(), input.expires_at, &mut errors);
-        invalid(errors)?;
+        let (input, expires_at) = key_input(body)?;
         let id = self.store.resolve(id);
         let key = record::new_key();
         let entry = KeyRecord {
@@ -303,14 +309,11 @@ impl Op<'_> {
             expires_at,
             created_at: record::now(),
         };
-        self.store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
-                r.keys.push(entry.clone());
-                Ok((Some(r), ()))
-            })
-            .await
-            .map_err(write_error)?;
+        self.edit(&id, |r| {
+            r.keys.push(entry.clone());
+            Ok(())
+        })
+        .await?;
         self.audit("key.created", &id, Some(&entry.id));
         let mut view = entry.view();
         view["key"] = json!(key);
@@ -325,18 +328,10 @@ impl Op<'_> {
         key_id: &str,
         body: &[u8],
     ) -> Result<Response<Full<Bytes>>, GatewayError> {
-        let input: KeyChange = parse(body)?;
-        let mut errors = Vec::new();
-        if let Some(l) = &input.label {
-            record::check_text("label", l, &mut errors);
-        }
-        let expires_at = record::expiry(input.expires_in.as_deref(), input.expires_at, &mut errors);
-        invalid(errors)?;
+        let (input, expires_at) = key_input(body)?;
         let id = self.store.resolve(id);
         let view = self
-            .store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
+            .edit(&id, |r| {
                 let k = r
                     .keys
                     .iter_mut()
@@ -348,11 +343,9 @@ impl Op<'_> {
                 if input.label.is_some() {
                     k.label = input.label.clone();
                 }
-                let view = k.view();
-                Ok((Some(r), view))
+                Ok(k.view())
             })
-            .await
-            .map_err(write_error)?;
+            .await?;
         self.audit("key.updated", &id, Some(key_id));
         Ok(super::ok(view))
     }
@@ -415,14 +408,11 @@ impl Op<'_> {
             password_hash: hash,
             created_at: record::now(),
         };
-        self.store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
-                r.basic.push(entry.clone());
-                Ok((Some(r), ()))
-            })
-            .await
-            .map_err(write_error)?;
+        self.edit(&id, |r| {
+            r.basic.push(entry.clone());
+            Ok(())
+        })
+        .await?;
         self.audit("basic.created", &id, Some(&entry.id));
         Ok(created(entry.view()))
     }
@@ -453,14 +443,11 @@ impl Op<'_> {
             subject: input.subject.clone().unwrap_or_default(),
             created_at: record::now(),
         };
-        self.store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
-                r.jwt_subjects.push(entry.clone());
-                Ok((Some(r), ()))
-            })
-            .await
-            .map_err(write_error)?;
+        self.edit(&id, |r| {
+            r.jwt_subjects.push(entry.clone());
+            Ok(())
+        })
+        .await?;
         self.audit("jwt_subject.created", &id, Some(&entry.id));
         Ok(created(json!(entry)))
     }
@@ -472,24 +459,21 @@ impl Op<'_> {
         cred: &str,
     ) -> Result<Response<Full<Bytes>>, GatewayError> {
         let id = self.store.resolve(id);
-        self.store
-            .change(&id, |old| {
-                let mut r = old.ok_or_else(|| not_found(&id))?;
-                let before = r.keys.len() + r.basic.len() + r.jwt_subjects.len();
-                match kind {
-                    Kind::Keys => r.keys.retain(|k| k.id != cred),
-                    Kind::Basic => r.basic.retain(|b| b.id != cred),
-                    Kind::Subjects => r.jwt_subjects.retain(|s| s.id != cred),
-                }
-                if r.keys.len() + r.basic.len() + r.jwt_subjects.len() == before {
-                    return Err(WriteError::NotFound(format!(
-                        "consumer `{id}` has no credential `{cred}`"
-                    )));
-                }
-                Ok((Some(r), ()))
-            })
-            .await
-            .map_err(write_error)?;
+        self.edit(&id, |r| {
+            let before = r.keys.len() + r.basic.len() + r.jwt_subjects.len();
+            match kind {
+                Kind::Keys => r.keys.retain(|k| k.id != cred),
+                Kind::Basic => r.basic.retain(|b| b.id != cred),
+                Kind::Subjects => r.jwt_subjects.retain(|s| s.id != cred),
+            }
+            if r.keys.len() + r.basic.len() + r.jwt_subjects.len() == before {
+                return Err(WriteError::NotFound(format!(
+                    "consumer `{id}` has no credential `{cred}`"
+                )));
+            }
+            Ok(())
+        })
+        .await?;
         let event = match kind {
             Kind::Keys => "key.revoked",
             Kind::Basic => "basic.deleted",
@@ -528,6 +512,18 @@ impl Op<'_> {
 
 fn parse<T: for<'de> serde::Deserialize<'de> + Default>(body: &[u8]) -> Result<T, GatewayError> {
     record::parse(body).map_err(fields)
+}
+
+/// A key's settings from `body`, checked, with the expiry they give.
+fn key_input(body: &[u8]) -> Result<(KeyInput, Option<u64>), GatewayError> {
+    let input: KeyInput = parse(body)?;
+    let mut errors = Vec::new();
+    if let Some(l) = &input.label {
+        record::check_text("label", l, &mut errors);
+    }
+    let expires_at = record::expiry(input.expires_in.as_deref(), input.expires_at, &mut errors);
+    invalid(errors)?;
+    Ok((input, expires_at))
 }
 
 fn invalid(errors: Vec<ConfigError>) -> Result<(), GatewayError> {

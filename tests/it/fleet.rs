@@ -133,6 +133,14 @@ impl Nodes {
             .as_u16()
     }
 
+    /// Asserts that `key` works on every node within a second.
+    async fn usable_everywhere(&self, key: &str) {
+        for node in 0..NODES {
+            let t = self.until(node, key, 200, Duration::from_secs(1)).await;
+            assert!(t.is_some(), "the key does not work on node {node}");
+        }
+    }
+
     /// How long until `GET /` with `key` answers `want` on node `i` (polling every 5 ms).
     async fn until(&self, i: usize, key: &str, want: u16, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
@@ -193,12 +201,7 @@ async fn a_node_cut_off_from_redis_keeps_serving_follows_on_store_error_and_conv
     let Some(nodes) = start(None) else { return };
     let (_, _, plain) = nodes.consumer(0, "plain", None).await;
     let (_, _, metered) = nodes.consumer(0, "metered", Some("metered")).await;
-    for node in 0..NODES {
-        assert!(nodes
-            .until(node, &metered, 200, Duration::from_secs(1))
-            .await
-            .is_some());
-    }
+    nodes.usable_everywhere(&metered).await;
     nodes.fleet.cut(2);
     let cut = Instant::now();
     // C keeps its last copy: the key made before the cut works...
@@ -308,57 +311,41 @@ impl Load {
     }
 }
 
+/// How long until consumer `id` is back in Redis (a node wrote its copy back) after the `what`.
+async fn written_back(fleet: &Fleet, id: &str, what: &str) -> Duration {
+    let start = Instant::now();
+    while !fleet
+        .redis_cmd(&["HGET", "portico:{consumers}:records", id])
+        .is_some_and(|r| r.contains("steady"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the set was not written back after the {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_and_a_flush_fail_no_request_and_the_set_comes_back() {
     let Some(mut nodes) = start(None) else { return };
     let (id, _, key) = nodes.consumer(0, "steady", Some("roomy")).await;
-    for node in 0..NODES {
-        assert!(nodes
-            .until(node, &key, 200, Duration::from_secs(1))
-            .await
-            .is_some());
-    }
+    nodes.usable_everywhere(&key).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = Load::start(&nodes, &key, &stop);
     load.more(50).await;
-    let records = "portico:{consumers}:records";
     nodes.fleet.start_redis(); // kills and starts it again, empty
-    let restarted = Instant::now();
-    let back = |fleet: &Fleet| {
-        fleet
-            .redis_cmd(&["HGET", records, &id])
-            .is_some_and(|r| r.contains("steady"))
-    };
-    while !back(&nodes.fleet) {
-        assert!(
-            restarted.elapsed() < Duration::from_secs(5),
-            "the set was not written back after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let after_restart = restarted.elapsed();
+    let after_restart = written_back(&nodes.fleet, &id, "restart").await;
     load.more(50).await;
     nodes.fleet.redis_cmd(&["FLUSHALL"]);
-    let flushed = Instant::now();
-    while !back(&nodes.fleet) {
-        assert!(
-            flushed.elapsed() < Duration::from_secs(5),
-            "the set was not written back after the flush"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let after_flush = flushed.elapsed();
+    let after_flush = written_back(&nodes.fleet, &id, "flush").await;
     load.more(100).await;
     stop.store(true, Ordering::SeqCst);
     let served = load.finish().await;
     // Writes work again and reach every node.
     let (_, fresh) = nodes.key(1, &id).await;
-    for node in 0..NODES {
-        assert!(nodes
-            .until(node, &fresh, 200, Duration::from_secs(1))
-            .await
-            .is_some());
-    }
+    nodes.usable_everywhere(&fresh).await;
     println!(
         "redis restart: set written back after {:.0} ms; flush: after {:.0} ms; {} requests, none failed",
         ms(after_restart),
@@ -426,12 +413,7 @@ async fn five_hundred_requests_over_three_nodes_let_exactly_the_plans_hundred_th
 async fn a_rolling_restart_by_sigusr2_under_load_fails_no_request() {
     let Some(mut nodes) = start(None) else { return };
     let (_, _, key) = nodes.consumer(0, "steady", None).await;
-    for node in 0..NODES {
-        assert!(nodes
-            .until(node, &key, 200, Duration::from_secs(1))
-            .await
-            .is_some());
-    }
+    nodes.usable_everywhere(&key).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = Load::start(&nodes, &key, &stop);
     let procs = std::mem::take(&mut nodes.procs);
@@ -548,38 +530,30 @@ async fn with_redis_20ms_away_a_rate_limited_request_costs_at_most_one_round_tri
     nodes.procs.insert(0, a);
     let (_, _, limited) = nodes.consumer(0, "limited", Some("roomy")).await;
     let (_, _, free) = nodes.consumer(0, "free", None).await;
-    let times = |key: String| {
-        let url = nodes.url(0);
-        async move {
-            let mut out = Vec::new();
-            for _ in 0..200 {
-                let t = Instant::now();
-                let r = send("GET", &url, &[("x-api-key", &key)], "").await;
-                assert_eq!(r.status, 200, "{}", r.text());
-                out.push(t.elapsed());
-            }
-            out
-        }
-    };
-    // One round trip to Redis through the relay, measured as a PING from here.
-    let mut pings = {
+    // Interleaved, so the machine's noise falls on the three alike: a PING through the relay
+    // (one round trip to Redis, the reference), a rate-limited request, one without a limit.
+    let (mut pings, mut with_limit, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut conn = tokio::net::TcpStream::connect(relay).await.unwrap();
         conn.set_nodelay(true).unwrap();
-        let mut out = Vec::new();
         let mut buf = [0u8; 16];
-        for _ in 0..100 {
+        let url = nodes.url(0);
+        for _ in 0..200 {
             let t = Instant::now();
             conn.write_all(b"PING\r\n").await.unwrap();
             let n = conn.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"+PONG\r\n");
-            out.push(t.elapsed());
+            pings.push(t.elapsed());
+            for (key, out) in [(&limited, &mut with_limit), (&free, &mut without)] {
+                let t = Instant::now();
+                let r = send("GET", &url, &[("x-api-key", key)], "").await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                out.push(t.elapsed());
+            }
         }
-        out
-    };
+    }
     let round_trip = quantile(&mut pings, 0.99);
-    let mut with_limit = times(limited).await;
-    let mut without = times(free).await;
     let (p50_l, p99_l) = (
         quantile(&mut with_limit, 0.5),
         quantile(&mut with_limit, 0.99),

@@ -6,8 +6,7 @@
 //! `store` bridge, where the Redis host is. Cutting a node's store link partitions it from
 //! Redis while the test can still reach it. Everything is removed on drop.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -170,29 +169,7 @@ impl Fleet {
 
     /// One command to Redis; the reply's first line, or a bulk string's contents.
     pub fn redis_cmd(&self, args: &[&str]) -> Option<String> {
-        let addr = SocketAddr::from((self.redis_ip(), 6379));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let line = line.trim_end().to_string();
-        if let Some(len) = line.strip_prefix('$') {
-            let len: i64 = len.parse().ok()?;
-            if len < 0 {
-                return Some(String::new());
-            }
-            let mut buf = vec![0; len as usize + 2];
-            std::io::Read::read_exact(&mut r, &mut buf).ok()?;
-            buf.truncate(len as usize);
-            return String::from_utf8(buf).ok();
-        }
-        Some(line)
+        super::redis::command((self.redis_ip(), 6379).into(), args)
     }
 }
 

@@ -199,27 +199,15 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// A new API key's settings.
+/// A new API key's settings, or a change to a key (rotation: give the old one an expiry).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyInput {
     /// A label.
     pub label: Option<String>,
-    /// Lifetime, e.g. `90d`.
+    /// Lifetime from now, e.g. `90d` (or `1h` for a key being rotated out).
     pub expires_in: Option<String>,
-    /// Unix seconds.
-    pub expires_at: Option<u64>,
-}
-
-/// A change to a key (rotation: give the old one an expiry).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyChange {
-    /// A label.
-    pub label: Option<String>,
-    /// Expire this long from now, e.g. `1h`.
-    pub expires_in: Option<String>,
-    /// Expire at (Unix seconds).
+    /// Expiry, Unix seconds.
     pub expires_at: Option<u64>,
 }
 
