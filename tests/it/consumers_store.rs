@@ -725,3 +725,54 @@ async fn a_bound_token_subject_names_the_stored_consumer_until_the_binding_is_de
     assert_eq!(r.status, 204);
     call().await.assert_error(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn the_store_and_plans_are_checked_when_the_config_loads() {
+    let up = upstream::http1("a").spawn().await;
+    let base = |consumers: &str, plans: &str| {
+        let mut c = Config::new();
+        if consumers.contains("check_interval") {
+            c = c.set("redis", "{url: \"redis://127.0.0.1:1\"}");
+        }
+        c.set("consumers", consumers)
+            .set("plans", plans)
+            .service(Service::new("a").target(up.url()))
+            .route(Route::new("r").path("/").service("a"))
+            .to_yaml()
+    };
+    let e = TestGateway::try_start(&base("{store: redis}", "{}"))
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("consumers.store") && e.contains("needs the top-level `redis:`"),
+        "{e}"
+    );
+    let e = TestGateway::try_start(&base("{store: redis, check_interval: 1ms}", "{}"))
+        .err()
+        .unwrap();
+    assert!(e.contains("consumers.check_interval"), "{e}");
+    let e = TestGateway::try_start(&base(
+        "[{name: a, plan: gold}]",
+        "{free: {rate_limit: {limits: [{requests: 1, per: 1m}]}}}",
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("consumers.a.plan") && e.contains("unknown plan `gold`"),
+        "{e}"
+    );
+    let e = TestGateway::try_start(&base(
+        "[]",
+        "{free: {rate_limit: {limits: [{requests: 0, per: 1m}]}}}",
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("plans.free.rate_limit.limits[0].requests"),
+        "{e}"
+    );
+    let e = TestGateway::try_start(&base("{store: redis, lits: []}", "{}"))
+        .err()
+        .unwrap();
+    assert!(e.contains("unknown field `lits`"), "{e}");
+}
