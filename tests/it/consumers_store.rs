@@ -776,3 +776,29 @@ async fn the_store_and_plans_are_checked_when_the_config_loads() {
         .unwrap();
     assert!(e.contains("unknown field `lits`"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_stored_consumers_serving() {
+    let redis = RedisServer::start();
+    let up = upstream::http1("a").spawn().await;
+    let yaml = config(&redis.url(), &up.url(), "", &admin_with_token());
+    let gw = TestGateway::start(&yaml);
+    let (_, _, key) = consumer_with_key(&gw, "acme").await;
+    // Unchanged store settings: the same copy carries on.
+    let other = yaml.replace("requests: 5,", "requests: 6,");
+    assert_ne!(other, yaml);
+    gw.reload(&other).unwrap();
+    assert_eq!(with_key(&gw, &key).await, 200);
+    // Changed store settings: a new store, loaded before the new config serves.
+    gw.reload(&config(
+        &redis.url(),
+        &up.url(),
+        ", required: true",
+        &admin_with_token(),
+    ))
+    .unwrap();
+    assert_eq!(with_key(&gw, &key).await, 200);
+    let s = admin(&gw, "GET", "/status", Value::Null).await.json();
+    assert_eq!(s["consumers"]["store"]["required"], true, "{s}");
+    assert_eq!(s["consumers"]["store"]["consumers"], 1, "{s}");
+}
