@@ -802,3 +802,29 @@ async fn a_reload_keeps_the_stored_consumers_serving() {
     assert_eq!(s["consumers"]["store"]["required"], true, "{s}");
     assert_eq!(s["consumers"]["store"]["consumers"], 1, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_redis_that_lost_the_set_writes_the_set_back_first() {
+    let mut redis = RedisServer::start();
+    let up = upstream::http1("a").spawn().await;
+    // A version check too rare to notice the loss first: the write has to.
+    let yaml = config(&redis.url(), &up.url(), "", &admin_with_token())
+        .replace("check_interval: 1s", "check_interval: 1h");
+    let gw = TestGateway::start(&yaml);
+    let (old_id, _, old_key) = consumer_with_key(&gw, "acme").await;
+    redis.restart();
+    let created = within(Duration::from_secs(5), || async {
+        admin(&gw, "POST", "/consumers", json!({"name": "beta"}))
+            .await
+            .status
+            == 201
+    })
+    .await;
+    assert!(created.is_some(), "no write succeeded after the restart");
+    assert!(redis
+        .cmd(&["HGET", "portico:{consumers}:records", &old_id])
+        .contains("acme"));
+    assert_eq!(with_key(&gw, &old_key).await, 200);
+    let list = admin(&gw, "GET", "/consumers", Value::Null).await.json();
+    assert_eq!(list["total"], 2, "{list}");
+}

@@ -223,7 +223,7 @@ impl ConsumerStore {
 
     /// Writes `copy` back into a Redis that has no set (flushed, or restarted empty). Only one
     /// node's write lands: the script checks again that the set is absent.
-    async fn restore(&self, copy: &Snapshot) -> Result<(), String> {
+    pub(super) async fn restore(&self, copy: &Snapshot) -> Result<(), String> {
         let mut args = vec![
             self.channel.clone().into_bytes(),
             copy.version.to_string().into_bytes(),

@@ -31,10 +31,12 @@ pub enum WriteError {
 
 /// Writes (or, with an empty document, deletes) one consumer.
 /// KEYS: records, names, keys, basic, subjects, version. ARGV: channel, id, expected rev ("" =
-/// absent), document ("" = delete).
+/// absent), document ("" = delete), the version of the writer's copy: a copy ahead of a Redis
+/// without a version means Redis lost the set (`lost`: write it back first, then this).
 const PUT: &str = r#"
 local rec, names, keyidx, basic, subj, ver = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local chan, id, expect, doc = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if tonumber(ARGV[5]) > 0 and redis.call('EXISTS', ver) == 0 then return {'lost'} end
 local function claims(r)
   local out = {{names, r.name}}
   if type(r.keys) == 'table' then for _, k in ipairs(r.keys) do out[#out + 1] = {keyidx, k.sha256} end end
@@ -150,6 +152,7 @@ impl ConsumerStore {
                 id.as_bytes().to_vec(),
                 expected.into_bytes(),
                 doc.clone().into_bytes(),
+                self.copy_version().to_string().into_bytes(),
             ];
             let reply: Vec<RValue> = self
                 .redis
@@ -172,6 +175,11 @@ impl ConsumerStore {
                     return Ok(answer);
                 }
                 "stale" => continue,
+                "lost" => {
+                    let copy = self.snapshot.load_full();
+                    self.restore(&copy).await.map_err(WriteError::Unavailable)?;
+                    continue;
+                }
                 "missing" => return Err(WriteError::NotFound(format!("no consumer `{id}`"))),
                 "taken" => {
                     let what = match text(1).rsplit(':').next().unwrap_or("") {
@@ -196,6 +204,15 @@ impl ConsumerStore {
         Err(WriteError::Conflict(format!(
             "consumer `{id}` kept changing under this request; try again"
         )))
+    }
+
+    /// The version of this node's copy, once loaded (0 before: it knows nothing to write back).
+    fn copy_version(&self) -> u64 {
+        if self.loaded.load(Ordering::Relaxed) {
+            self.snapshot.load().version
+        } else {
+            0
+        }
     }
 
     /// Applies this node's own write at once when its copy is at the version just before;
