@@ -150,16 +150,17 @@ impl Op<'_> {
             }
         }
         let snap = self.store.snapshot();
-        let records = snap.records();
-        let page: Vec<Value> = records
+        let names = snap.names();
+        let page: Vec<Value> = names
             .iter()
             .skip(offset)
             .take(limit)
+            .filter_map(|(_, id)| snap.record(id))
             .map(|r| r.view())
             .collect();
         super::ok(json!({
             "consumers": page,
-            "total": records.len(),
+            "total": names.len(),
             "version": snap.version,
         }))
     }

@@ -2,6 +2,10 @@
 //! registry: O(1) by API-key digest, user name and subject. A copy is never changed: a change
 //! makes a new copy (only the changed consumers are rebuilt) that is published whole, so a
 //! request sees one version of the set.
+//!
+//! Each consumer is kept as its JSON document (parsed again only for the admin API's reads and
+//! when it changes) beside what requests need: its [`Consumer`] and the index entries. A parsed
+//! `Record` kept per consumer cost about twice the memory.
 
 use std::sync::Arc;
 
@@ -26,7 +30,7 @@ pub struct Snapshot {
 
 #[derive(Clone)]
 struct Entry {
-    record: Arc<Record>,
+    doc: Arc<str>,
     consumer: Arc<Consumer>,
 }
 
@@ -37,32 +41,40 @@ struct Key {
 }
 
 impl Snapshot {
-    /// A copy holding `records`.
-    pub fn build(records: impl IntoIterator<Item = Record>, version: u64) -> Self {
+    /// A copy holding the consumers of `docs` (JSON documents; an unreadable one is skipped
+    /// with a warning).
+    pub fn build(docs: impl IntoIterator<Item = String>, version: u64) -> Self {
         let mut s = Snapshot {
             version,
             ..Snapshot::default()
         };
-        for r in records {
-            s.insert(r);
+        for d in docs {
+            s.insert(d);
         }
         s
     }
 
     /// This copy with `changes` applied (`None`: the consumer was deleted), at `version`.
-    pub fn with(&self, changes: Vec<(String, Option<Record>)>, version: u64) -> Self {
+    pub fn with(&self, changes: Vec<(String, Option<String>)>, version: u64) -> Self {
         let mut s = self.clone();
-        for (id, record) in changes {
+        for (id, doc) in changes {
             s.remove(&id);
-            if let Some(r) = record {
-                s.insert(r);
+            if let Some(d) = doc {
+                s.insert(d);
             }
         }
         s.version = version;
         s
     }
 
-    fn insert(&mut self, r: Record) {
+    fn insert(&mut self, doc: String) {
+        let r: Record = match serde_json::from_str(&doc) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("consumer store: unreadable record skipped: {e}");
+                return;
+            }
+        };
         // Written only through the store's script, which keeps these unique; a copy that
         // somehow holds a clash keeps the first holder rather than failing.
         self.remove(&r.id);
@@ -95,7 +107,7 @@ impl Snapshot {
         self.records.insert(
             id,
             Entry {
-                record: Arc::new(r),
+                doc: doc.into(),
                 consumer,
             },
         );
@@ -105,15 +117,18 @@ impl Snapshot {
         let Some(old) = self.records.remove(id) else {
             return;
         };
+        let Ok(record) = serde_json::from_str::<Record>(&old.doc) else {
+            return;
+        };
         let mine = |c: &Arc<Consumer>| Arc::ptr_eq(c, &old.consumer);
-        for k in &old.record.keys {
+        for k in &record.keys {
             if let Some(d) = parse_hex32(&k.sha256) {
                 if self.keys.get(&d).is_some_and(|k| mine(&k.consumer)) {
                     self.keys.remove(&d);
                 }
             }
         }
-        for b in &old.record.basic {
+        for b in &record.basic {
             if self
                 .basic
                 .get(b.username.as_str())
@@ -122,17 +137,17 @@ impl Snapshot {
                 self.basic.remove(b.username.as_str());
             }
         }
-        for s in &old.record.jwt_subjects {
+        for s in &record.jwt_subjects {
             if self.subjects.get(s.subject.as_str()).is_some_and(mine) {
                 self.subjects.remove(s.subject.as_str());
             }
         }
         if self
             .names
-            .get(old.record.name.as_str())
+            .get(record.name.as_str())
             .is_some_and(|i| **i == *id)
         {
-            self.names.remove(old.record.name.as_str());
+            self.names.remove(record.name.as_str());
         }
     }
 
@@ -170,9 +185,11 @@ impl Snapshot {
     }
 
     /// The record with id `id`, else the one named `id`.
-    pub fn record(&self, id: &str) -> Option<&Arc<Record>> {
+    pub fn record(&self, id: &str) -> Option<Record> {
         let id = self.names.get(id).map_or(id, |i| &**i);
-        self.records.get(id).map(|e| &e.record)
+        self.records
+            .get(id)
+            .and_then(|e| serde_json::from_str(&e.doc).ok())
     }
 
     /// The id of the consumer named `name`.
@@ -180,16 +197,16 @@ impl Snapshot {
         self.names.get(name).map(|i| &**i)
     }
 
-    /// Every record, by name.
-    pub fn records(&self) -> Vec<&Arc<Record>> {
-        let mut out: Vec<&Arc<Record>> = self.records.values().map(|e| &e.record).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+    /// The consumers' names, sorted, with their ids (for listing a page of records).
+    pub fn names(&self) -> Vec<(&str, &str)> {
+        let mut out: Vec<(&str, &str)> = self.names.iter().map(|(n, i)| (&**n, &**i)).collect();
+        out.sort_unstable();
         out
     }
 
-    /// Every record, in no order (to write them back after Redis lost them).
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Record>> {
-        self.records.values().map(|e| &e.record)
+    /// Every document, in no order (to write them back after Redis lost them).
+    pub fn docs(&self) -> impl Iterator<Item = &str> {
+        self.records.values().map(|e| &*e.doc)
     }
 
     /// Number of consumers.
@@ -220,8 +237,8 @@ mod tests {
     use super::super::record::{hex, KeyRecord, SubjectRecord};
     use super::*;
 
-    fn record(id: &str, name: &str, key: &str, expires_at: Option<u64>) -> Record {
-        Record {
+    fn record(id: &str, name: &str, key: &str, expires_at: Option<u64>) -> String {
+        let r = Record {
             id: id.into(),
             name: name.into(),
             groups: vec!["g".into()],
@@ -244,7 +261,8 @@ mod tests {
             rev: 1,
             created_at: 0,
             updated_at: 0,
-        }
+        };
+        serde_json::to_string(&r).unwrap()
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::{FutureExt as _, StreamExt as _};
 use rustc_hash::FxHashMap;
 
-use super::record::Record;
 use super::write::{RESTORE, RESTORE_SCRIPT};
 use super::{ConsumerStore, Snapshot};
 
@@ -98,7 +97,8 @@ impl ConsumerStore {
             self.restore(&current).await?;
             version = self.version().await?;
         }
-        let mut records: FxHashMap<String, Record> = FxHashMap::default();
+        // By id: a scan may return an entry twice.
+        let mut docs: FxHashMap<String, String> = FxHashMap::default();
         let mut cursor = "0".to_string();
         loop {
             let mut cmd = redis::cmd("HSCAN");
@@ -108,24 +108,16 @@ impl ConsumerStore {
                 .query(&cmd, CALL_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
-            for pair in items.chunks(2) {
-                if let [id, doc] = pair {
-                    match serde_json::from_str::<Record>(doc) {
-                        Ok(r) => {
-                            records.insert(id.clone(), r);
-                        }
-                        Err(e) => {
-                            tracing::warn!(id, "consumer store: unreadable record skipped: {e}")
-                        }
-                    }
-                }
+            let mut items = items.into_iter();
+            while let (Some(id), Some(doc)) = (items.next(), items.next()) {
+                docs.insert(id, doc);
             }
             if next == "0" {
                 break;
             }
             cursor = next;
         }
-        let snapshot = Snapshot::build(records.into_values(), version.unwrap_or(0));
+        let snapshot = Snapshot::build(docs.into_values(), version.unwrap_or(0));
         self.replace(|_| Some(snapshot));
         self.loaded.store(true, Ordering::Relaxed);
         self.synced();
@@ -187,11 +179,7 @@ impl ConsumerStore {
             .query(&cmd, CALL_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let records: FxHashMap<&str, Option<Record>> = ids
-            .iter()
-            .zip(docs)
-            .map(|(id, doc)| (*id, doc.and_then(|d| serde_json::from_str(&d).ok())))
-            .collect();
+        let docs: FxHashMap<&str, Option<String>> = ids.iter().copied().zip(docs).collect();
         let mut gap = false;
         self.replace(|snap| {
             let pending: Vec<&(u64, String)> =
@@ -210,7 +198,7 @@ impl ConsumerStore {
             let last = pending.last().map_or(snap.version, |(v, _)| *v);
             let batch = pending
                 .iter()
-                .map(|(_, id)| (id.clone(), records.get(id.as_str()).cloned().flatten()))
+                .map(|(_, id)| (id.clone(), docs.get(id.as_str()).cloned().flatten()))
                 .collect();
             Some(snap.with(batch, last))
         });
@@ -228,9 +216,7 @@ impl ConsumerStore {
             self.channel.clone().into_bytes(),
             copy.version.to_string().into_bytes(),
         ];
-        for r in copy.all() {
-            args.push(serde_json::to_vec(&**r).map_err(|e| e.to_string())?);
-        }
+        args.extend(copy.docs().map(|d| d.as_bytes().to_vec()));
         let wrote: i64 = self
             .redis
             .eval_keys(

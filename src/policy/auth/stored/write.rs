@@ -168,10 +168,8 @@ impl ConsumerStore {
             match text(0).as_str() {
                 "ok" => {
                     let version: u64 = text(1).parse().unwrap_or(0);
-                    let record = (!doc.is_empty())
-                        .then(|| serde_json::from_str::<Record>(&doc).ok())
-                        .flatten();
-                    self.applied_here(id, record, version).await;
+                    self.applied_here(id, (!doc.is_empty()).then_some(doc), version)
+                        .await;
                     return Ok(answer);
                 }
                 "stale" => continue,
@@ -217,10 +215,10 @@ impl ConsumerStore {
 
     /// Applies this node's own write at once when its copy is at the version just before;
     /// otherwise waits (up to 1s) for the sync thread to bring it there.
-    async fn applied_here(&self, id: &str, record: Option<Record>, version: u64) {
+    async fn applied_here(&self, id: &str, doc: Option<String>, version: u64) {
         let applied = self.replace(|snap: &Snapshot| {
             (snap.version + 1 == version && self.loaded.load(Ordering::Relaxed))
-                .then(|| snap.with(vec![(id.to_string(), record)], version))
+                .then(|| snap.with(vec![(id.to_string(), doc)], version))
         });
         if applied {
             self.synced();
