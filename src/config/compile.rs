@@ -65,7 +65,7 @@ pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<Con
     });
     let authenticators = Authenticators::build(
         &raw.auth,
-        raw.consumers.list(),
+        &raw.consumers,
         consumer_store.clone(),
         &mut errors,
     );

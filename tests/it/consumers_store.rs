@@ -740,13 +740,17 @@ async fn the_store_and_plans_are_checked_when_the_config_loads() {
             .route(Route::new("r").path("/").service("a"))
             .to_yaml()
     };
-    let e = TestGateway::try_start(&base("{store: redis}", "{}"))
-        .err()
-        .unwrap();
+    let e = TestGateway::try_start(&base(
+        "{store: redis, list: [{name: a, api_keys: [short]}]}",
+        "{}",
+    ))
+    .err()
+    .unwrap();
     assert!(
         e.contains("consumers.store") && e.contains("needs the top-level `redis:`"),
         "{e}"
     );
+    assert!(e.contains("consumers.list[0].api_keys[0]"), "{e}");
     let e = TestGateway::try_start(&base("{store: redis, check_interval: 1ms}", "{}"))
         .err()
         .unwrap();

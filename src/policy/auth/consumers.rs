@@ -66,9 +66,20 @@ pub const MAX_CONSUMERS_FILE_BYTES: u64 = 16 * 1024 * 1024;
 impl ConsumerRegistry {
     /// Builds the registry from the inline consumers and the `auth.consumers_files`.
     pub fn build(inline: &[RawConsumer], files: &[String], errors: &mut Vec<ConfigError>) -> Self {
+        Self::build_at(inline, "consumers", files, errors)
+    }
+
+    /// Like [`build`](Self::build), with the inline consumers' config path (`consumers.list`
+    /// beside a consumer store).
+    pub fn build_at(
+        inline: &[RawConsumer],
+        inline_path: &str,
+        files: &[String],
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
         let mut registry = ConsumerRegistry::default();
         for (i, c) in inline.iter().enumerate() {
-            registry.add(c, &format!("consumers[{i}]"), errors);
+            registry.add(c, &format!("{inline_path}[{i}]"), errors);
         }
         for (f, path) in files.iter().enumerate() {
             let at = format!("auth.consumers_files[{f}]");

@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::GatewayError;
 use crate::spec::ConfigError;
-use config::{RawAuth, RawAuthPolicy, RawConsumer};
+use config::{RawAuth, RawAuthPolicy, RawConsumers};
 pub use consumers::{Consumer, ConsumerRegistry};
 
 /// `X-Consumer-Name`.
@@ -108,11 +108,16 @@ impl Authenticators {
     /// Builds providers and the consumer registry, reporting problems at their config paths.
     pub fn build(
         raw: &RawAuth,
-        consumers: &[RawConsumer],
+        consumers: &RawConsumers,
         stored: Option<Arc<stored::ConsumerStore>>,
         errors: &mut Vec<ConfigError>,
     ) -> Self {
-        let registry = ConsumerRegistry::build(consumers, &raw.consumers_files, errors);
+        let inline_path = match consumers.store() {
+            Some(_) => "consumers.list",
+            None => "consumers",
+        };
+        let registry =
+            ConsumerRegistry::build_at(consumers.list(), inline_path, &raw.consumers_files, errors);
         let mut identity_headers = vec![
             X_CONSUMER_NAME,
             X_CONSUMER_ID,
