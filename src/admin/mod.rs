@@ -7,6 +7,9 @@
 //! path nothing. With `admin.token` set, every endpoint but `/healthz` and the dashboard's static
 //! files needs `Authorization: Bearer <token>` (compared in constant time).
 //!
+//! `/consumers` is the consumer store's write API (`consumers.rs`), which needs `admin.token` set
+//! even on loopback; `portico consumers` (`cli.rs`) calls it.
+//!
 //! `GET /` is the live dashboard ([`dashboard`]): static files that poll this API from the browser.
 
 pub mod cli;
