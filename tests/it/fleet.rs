@@ -45,7 +45,7 @@ fn node_yaml(fleet: &Fleet, i: usize, redis_url: &str) -> String {
 workers: 1
 admin: {{listen: "{ip}:9901", token: {TOKEN}}}
 access_log: {{enabled: false}}
-redis: {{url: "{redis_url}", timeout: 300ms, retry_interval: 200ms}}
+redis: {{url: "{redis_url}", timeout: 1s, retry_interval: 200ms}}
 consumers: {{store: redis, check_interval: 500ms}}
 plans:
   metered: {{rate_limit: {{limits: [{{requests: 100, per: 1m}}], key: consumer, store: redis, on_store_error: deny}}}}
@@ -572,11 +572,11 @@ async fn with_redis_20ms_away_a_rate_limited_request_costs_at_most_one_round_tri
         added_p50 >= rtt * 9 / 10,
         "the check did not cross the relay: {added_p50:?}"
     );
-    // ...once: not two round trips (two would add over 45 ms; the slack is the debug build's own
-    // work and this 2-core machine's noise), and the stored consumer costs none (no
-    // per-request lookup).
+    // ...once: not two round trips (two would add over 45 ms; the slack, half a round trip and
+    // at least 10 ms, is the debug build's own work and this 2-core machine's noise), and the
+    // stored consumer costs none (no per-request lookup).
     assert!(
-        added_p99 <= round_trip + Duration::from_millis(10),
+        added_p99 <= round_trip + (round_trip / 2).max(Duration::from_millis(10)),
         "p99 added {added_p99:?}, a round trip {round_trip:?}"
     );
     assert!(
