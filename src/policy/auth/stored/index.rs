@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use subtle::ConstantTimeEq;
 
 use super::record::{now, Record};
+use super::sharded::Sharded;
 use crate::policy::auth::consumers::sha256;
 use crate::policy::auth::Consumer;
 
@@ -21,11 +21,11 @@ use crate::policy::auth::Consumer;
 pub struct Snapshot {
     /// The store's version this copy reflects.
     pub version: u64,
-    records: FxHashMap<Arc<str>, Entry>,
-    names: FxHashMap<Arc<str>, Arc<str>>,
-    keys: FxHashMap<[u8; 32], Key>,
-    basic: FxHashMap<Box<str>, (Arc<str>, Arc<Consumer>)>,
-    subjects: FxHashMap<Box<str>, Arc<Consumer>>,
+    records: Sharded<Arc<str>, Entry>,
+    names: Sharded<Arc<str>, Arc<str>>,
+    keys: Sharded<[u8; 32], Key>,
+    basic: Sharded<Box<str>, (Arc<str>, Arc<Consumer>)>,
+    subjects: Sharded<Box<str>, Arc<Consumer>>,
 }
 
 #[derive(Clone)]
@@ -86,21 +86,20 @@ impl Snapshot {
         ));
         for k in &r.keys {
             if let Some(digest) = parse_hex32(&k.sha256) {
-                self.keys.entry(digest).or_insert_with(|| Key {
+                self.keys.insert_new(digest, || Key {
                     expires_at: k.expires_at,
                     consumer: Arc::clone(&consumer),
                 });
             }
         }
         for b in &r.basic {
-            self.basic
-                .entry(b.username.as_str().into())
-                .or_insert_with(|| (b.password_hash.as_str().into(), Arc::clone(&consumer)));
+            self.basic.insert_new(b.username.as_str().into(), || {
+                (b.password_hash.as_str().into(), Arc::clone(&consumer))
+            });
         }
         for s in &r.jwt_subjects {
             self.subjects
-                .entry(s.subject.as_str().into())
-                .or_insert_with(|| Arc::clone(&consumer));
+                .insert_new(s.subject.as_str().into(), || Arc::clone(&consumer));
         }
         let id: Arc<str> = r.id.as_str().into();
         self.names.insert(r.name.as_str().into(), Arc::clone(&id));

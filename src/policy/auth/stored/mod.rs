@@ -27,6 +27,7 @@
 
 pub mod index;
 pub mod record;
+mod sharded;
 mod sync;
 mod write;
 
