@@ -3,10 +3,12 @@
 # path to 127.0.0.1:$2, with GWBENCH_WORKERS workers (default 1). Builds nothing: runs the `dist`
 # build (`cargo build --profile dist`, fat LTO) when there is one, else the `release` build.
 #   PORTICO_BENCH_PROFILE=NAME   use bench/NAME.yaml (default: plain): plain, jwt, ratelimit,
-#                                ratelimit-redis, cache, resilience, transform, aggregate, openapi
+#                                ratelimit-redis, cache, resilience, transform, aggregate, openapi,
+#                                apikey, consumers-redis
 #   PORTICO_BENCH_ACCESS_LOG=1   turn the access log on (to /tmp/portico-bench-access.log)
 #   PORTICO_BENCH_BIN=PATH       run another build (A/B comparisons)
-#   PORTICO_BENCH_REDIS_PORT=N   the redis-server of the ratelimit-redis profile (default 6379)
+#   PORTICO_BENCH_REDIS_PORT=N   the redis-server of the ratelimit-redis and consumers-redis
+#                                profiles (default 6379)
 #   PORTICO_BENCH_OTLP_PORT=N    the OTLP/HTTP collector of the tracing profile (default 4318)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -276,6 +276,26 @@ pub enum GatewayError {
     /// A reload failed for another reason than the config (e.g. the access log destination).
     #[error("{0}")]
     ReloadFailed(String),
+    /// An admin request body with invalid fields; `errors` lists `{path, message}` like a
+    /// rejected config.
+    #[error("the request is invalid")]
+    InvalidFields {
+        /// Each problem, `{"path": ..., "message": ...}`.
+        errors: Vec<serde_json::Value>,
+    },
+    /// An admin write that would take what belongs to another (a consumer name, a user name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The admin API has nothing by that name.
+    #[error("{0}")]
+    Missing(String),
+    /// A shared store (the consumer store in Redis) is unreachable, so a write was not made.
+    #[error("{0}")]
+    StoreUnavailable(String),
+    /// The endpoint changes credentials, which the admin API only allows with `admin.token`
+    /// set (even on loopback).
+    #[error("{0}")]
+    AdminTokenRequired(&'static str),
 }
 
 impl From<crate::body::BodyError> for GatewayError {
@@ -367,6 +387,15 @@ impl GatewayError {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Client),
             ConfigRejected { .. } => (StatusCode::BAD_REQUEST, "config_invalid", Client),
             ReloadFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", Gateway),
+            InvalidFields { .. } => (StatusCode::BAD_REQUEST, "invalid_request", Client),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", Client),
+            Missing(_) => (StatusCode::NOT_FOUND, "not_found", Client),
+            StoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                Gateway,
+            ),
+            AdminTokenRequired(_) => (StatusCode::FORBIDDEN, "admin_token_required", Client),
         };
         let retryable = match self {
             UpstreamConnect(_) | UpstreamConnectTimeout => Some(Failure::Connect),
@@ -435,6 +464,9 @@ impl GatewayError {
             GatewayError::RequestInvalid { message, errors } => serde_json::json!(
                 {"error": kind.code, "message": message, "errors": errors, "request_id": id}
             ),
+            GatewayError::InvalidFields { errors } => serde_json::json!(
+                {"error": kind.code, "message": message, "request_id": id, "errors": errors}
+            ),
             GatewayError::ConfigRejected { file, errors } => serde_json::json!(
                 {"error": kind.code, "message": message, "request_id": id, "file": file, "errors": errors}
             ),
@@ -479,7 +511,9 @@ impl GatewayError {
                     h.insert(k.clone(), v.clone());
                 }
             }
-            GatewayError::RateLimitUnavailable | GatewayError::TooManyConnections => {
+            GatewayError::RateLimitUnavailable
+            | GatewayError::TooManyConnections
+            | GatewayError::StoreUnavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::CircuitOpen { retry_after, .. } => {

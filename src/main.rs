@@ -48,6 +48,8 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (for editor validation and completion).
     Schema,
+    /// Manage the consumer store (`consumers: {store: redis}`) through a node's admin API.
+    Consumers(portico::admin::cli::ConsumersArgs),
     /// Show which route a request would match and why, without sending it.
     Explain {
         /// The config file.
@@ -166,6 +168,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Consumers(args) => Ok(if portico::admin::cli::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Schema => {
             println!(
                 "{}",

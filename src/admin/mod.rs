@@ -7,9 +7,14 @@
 //! path nothing. With `admin.token` set, every endpoint but `/healthz` and the dashboard's static
 //! files needs `Authorization: Bearer <token>` (compared in constant time).
 //!
+//! `/consumers` is the consumer store's write API (`consumers.rs`), which needs `admin.token` set
+//! even on loopback; `portico consumers` (`cli.rs`) calls it.
+//!
 //! `GET /` is the live dashboard ([`dashboard`]): static files that poll this API from the browser.
 
+pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod dashboard;
 mod scrape;
 
@@ -106,7 +111,7 @@ async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(_) => {
                     // Out of file descriptors or similar: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,10 +120,13 @@ async fn serve(runtime: Arc<Runtime>, listener: std::net::TcpListener) {
             },
             _ = shutdown.wait_for(|down| *down) => return,
         };
+        let (stream, peer) = stream;
         let runtime = Arc::clone(&runtime);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let runtime = Arc::clone(&runtime);
+                // For the consumer audit log: who changed what, from where.
+                req.extensions_mut().insert(peer);
                 async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -142,7 +150,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
         .filter(|v| valid_request_id(v))
         .cloned()
         .unwrap_or_else(new_request_id);
-    let mut resp = match answer(runtime, req).await {
+    let mut resp = match answer(runtime, req, &id).await {
         Ok(resp) => resp,
         Err(e) => e.render(Some(&id)).map(Full::new),
     };
@@ -153,6 +161,7 @@ async fn handle(runtime: &Runtime, req: Request<Incoming>) -> Response<Full<Byte
 async fn answer(
     runtime: &Runtime,
     req: Request<Incoming>,
+    id: &HeaderValue,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -166,6 +175,17 @@ async fn answer(
             presented: req.headers().contains_key(header::AUTHORIZATION),
         });
     }
+    let caller = consumers::Caller {
+        remote: req.extensions().get::<SocketAddr>().copied(),
+        actor: req
+            .headers()
+            .get("x-portico-actor")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 100)
+            .map_or_else(|| "admin-token".to_string(), |v| format!("admin-token:{v}")),
+        request_id: id.to_str().unwrap_or("").to_string(),
+    };
+    let query = req.uri().query().map(str::to_string);
     // Read (bounded) even when unused, so keep-alive works.
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -182,6 +202,9 @@ async fn answer(
         if let Some(resp) = dashboard::asset(&path) {
             return Ok(resp);
         }
+    }
+    if consumers::allowed(&path).is_some() {
+        return consumers::answer(runtime, &method, &path, query.as_deref(), &body, &caller).await;
     }
     let not_allowed = |allow: &str| GatewayError::MethodNotAllowed {
         method: method.clone(),
@@ -269,6 +292,23 @@ async fn readyz(runtime: &Runtime) -> Response<Full<Bytes>> {
             json!({"ok": reachable || !required, "reachable": reachable, "required": required}),
         );
     }
+    if let Some(store) = &active.plan.consumer_store {
+        let s = store.status();
+        // Ready once the stored set was loaded; a node that lost Redis later keeps serving
+        // its last copy and stays ready.
+        let ok = s.loaded || !s.required;
+        ready &= ok;
+        checks.insert(
+            "consumers".into(),
+            json!({
+                "ok": ok,
+                "loaded": s.loaded,
+                "required": s.required,
+                "stored": s.consumers,
+                "note": (!s.loaded).then_some("serving the file-defined consumers only: the consumer store has not been loaded from redis"),
+            }),
+        );
+    }
     let body = json!({"status": if ready { "ready" } else { "unready" }, "checks": checks});
     let mut resp = ok(body);
     if !ready {
@@ -293,6 +333,10 @@ fn status(runtime: &Runtime) -> Value {
         "routes": plan.routes.len(),
         "services": plan.services.len(),
         "shutting_down": runtime.shutting_down(),
+        "consumers": {
+            "file": plan.file_consumers.len(),
+            "store": plan.consumer_store.as_ref().map(|s| s.status()),
+        },
     })
 }
 

@@ -60,5 +60,9 @@ fn state_now(runtime: &Runtime) -> StateNow {
         targets,
         spans: active.tracer.as_ref().map(|t| t.stats()),
         breakers,
+        consumer_store: plan.consumer_store.as_ref().map(|s| {
+            let s = s.status();
+            (s.consumers, s.age_seconds.unwrap_or(-1.0), s.in_sync)
+        }),
     }
 }

@@ -13,7 +13,9 @@ use super::raw::{PathType, RawConfig, RawHeaderMatch, RawLoadBalancing, RawRoute
 use super::validate::{parse_cidr, parse_target_url};
 use super::ConfigError;
 use crate::policy;
+use crate::policy::auth::stored::ConsumerStore;
 use crate::policy::auth::Authenticators;
+use crate::policy::rate_limit::plans::Plans;
 use crate::policy::{RawPolicy, RoutePolicies};
 use crate::router::{HeaderCond, PathSpec, RouteSpec, Router};
 use crate::store::redis::RedisStore;
@@ -57,11 +59,32 @@ pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<Con
         .tls
         .as_ref()
         .and_then(|t| crate::tls::ListenerTls::build(t, &mut errors));
-    let authenticators = Authenticators::build(&raw.auth, &raw.consumers, &mut errors);
+    let consumer_store = raw.consumers.store().and_then(|s| {
+        let previous = previous.and_then(|p| p.consumer_store.as_ref());
+        ConsumerStore::build(s, raw.redis.as_ref(), previous, &mut errors)
+    });
+    let authenticators = Authenticators::build(
+        &raw.auth,
+        &raw.consumers,
+        consumer_store.clone(),
+        &mut errors,
+    );
     let redis = raw
         .redis
         .as_ref()
         .and_then(|r| RedisStore::build(r, &mut errors));
+    let mut plans = Plans::build(&raw.plans, redis.as_ref(), &mut errors);
+    if let Some(previous) = previous {
+        plans.carry_over(&previous.plans);
+    }
+    for c in authenticators.registry().iter() {
+        if let Some(plan) = c.plan.as_deref().filter(|p| !plans.contains(p)) {
+            errors.push(ConfigError::new(
+                format!("consumers.{}.plan", c.name),
+                format!("unknown plan `{plan}` (declare it under `plans:`)"),
+            ));
+        }
+    }
     // A service or global rate_limit policy has one set of counters, shared by every route that
     // inherits it: compiled once per config path.
     let mut shared = policy::Shared::default();
@@ -218,6 +241,9 @@ pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<Con
         services,
         identity_headers: authenticators.identity_headers.clone(),
         redis,
+        consumer_store,
+        file_consumers: Arc::clone(authenticators.registry()),
+        plans,
         tls,
         metrics_enabled: raw.metrics.enabled,
         registry,

@@ -54,6 +54,13 @@ pub struct Plan {
     pub identity_headers: Vec<http::HeaderName>,
     /// The shared Redis (`redis:`), when configured.
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
+    /// Consumers managed at run time (`consumers: {store: redis}`): runtime-owned state a
+    /// reload with the same settings inherits, started by the runtime.
+    pub consumer_store: Option<Arc<crate::policy::auth::stored::ConsumerStore>>,
+    /// The consumers defined in the config (the admin API keeps stored ones from clashing).
+    pub file_consumers: Arc<crate::policy::auth::ConsumerRegistry>,
+    /// Named plans: a consumer's plan picks the rate limit that applies to it.
+    pub plans: crate::policy::rate_limit::plans::Plans,
     /// The HTTPS listeners' TLS (`tls:`), when configured.
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// Whether requests are counted in Prometheus metrics (`metrics.enabled`).

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, Dur};
-use crate::policy::auth::config::{RawAuth, RawConsumer};
+use crate::policy::auth::config::{RawAuth, RawConsumers};
 use crate::policy::RawPolicy;
 use crate::upstream::config::{
     RawCircuitBreaker, RawFallback, RawHealthCheck, RawOutlierDetection, RawRetry, WhenAllUnhealthy,
@@ -62,8 +62,12 @@ pub struct RawConfig {
     #[serde(default)]
     pub log_format: crate::telemetry::app_log::LogFormat,
     /// Consumers: the identities that credentials (API keys, basic auth, token subjects) map to.
+    /// A list, or `{store: redis, list: [...]}` for consumers managed at run time.
     #[serde(default)]
-    pub consumers: Vec<RawConsumer>,
+    pub consumers: RawConsumers,
+    /// Named plans (tiers): a consumer's `plan` picks the `rate_limit` that applies to it.
+    #[serde(default)]
+    pub plans: std::collections::BTreeMap<String, crate::policy::rate_limit::plans::RawPlan>,
     /// Named authentication providers (JWT issuers, introspection endpoints) and credential
     /// settings that `auth` policies refer to.
     #[serde(default)]

@@ -14,7 +14,14 @@ pub(super) async fn run(
     route: &Route,
     parts: &Parts,
 ) -> Result<(), GatewayError> {
-    let Some(policy) = &route.policies.rate_limit else {
+    // A consumer's plan, when it names a declared one, replaces the route's own policy.
+    let plan = cx
+        .identity
+        .as_ref()
+        .and_then(|i| i.consumer.as_ref())
+        .and_then(|c| c.plan.as_deref())
+        .and_then(|p| cx.plan.plans.get(p));
+    let Some(policy) = plan.or(route.policies.rate_limit.as_ref()) else {
         return Ok(());
     };
     let admitted = policy

@@ -110,6 +110,7 @@ impl Runtime {
         let tracer = start_tracer(&raw, None)?;
         let health = crate::upstream::health::Checker::default();
         health.watch(&plan.services);
+        start_consumer_store(&plan);
         retire_old_series(&plan);
         let metrics = Arc::clone(&plan.registry);
         let (shutdown, _) = watch::channel(false);
@@ -184,6 +185,7 @@ impl Runtime {
         let tracer = start_tracer(&raw, current.tracer.as_ref())?;
         // Last before publishing: a plan refused above must not have touched the probes.
         self.health.watch(&plan.services);
+        start_consumer_store(&plan);
         retire_old_series(&plan);
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.active.store(Arc::new(Active {
@@ -292,6 +294,15 @@ impl StartupSettings {
             keys.push("limits.max_uri_bytes (raised)");
         }
         keys
+    }
+}
+
+/// Starts the plan's consumer store following Redis (a store inherited from the previous plan
+/// is running already), waiting a little for its first load so the stored consumers are
+/// served from the first request.
+fn start_consumer_store(plan: &Plan) {
+    if let Some(store) = &plan.consumer_store {
+        store.start(std::time::Duration::from_secs(5));
     }
 }
 

@@ -272,33 +272,90 @@ impl RedisStore {
         key: &[u8],
         args: impl ToRedisArgs,
     ) -> Result<T, StoreError> {
+        self.bounded(self.timeout, async {
+            let mut conn = self.connection().await?;
+            run_script(&mut conn, script, source, &[key], &args).await
+        })
+        .await
+    }
+
+    /// Runs one command (or pipeline) within `timeout`, marking Redis down on failure like
+    /// [`eval`](Self::eval). For callers off the request path (the consumer store), which may
+    /// need longer than the per-request `timeout` (a bulk read).
+    pub async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        self.bounded(timeout, async {
+            let mut conn = self.connection().await?;
+            query(&mut conn, cmd).await
+        })
+        .await
+    }
+
+    /// Runs a Lua script over several `keys` within `timeout` (see [`eval`](Self::eval)).
+    pub async fn eval_keys<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        source: &str,
+        keys: &[String],
+        args: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        self.bounded(timeout, async {
+            let mut conn = self.connection().await?;
+            run_script(&mut conn, script, source, &keys, &args).await
+        })
+        .await
+    }
+
+    /// `call` within `timeout`, failing at once while Redis is marked down, and marking it down
+    /// (or up again) by the outcome.
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         if self.now() < self.down_until.load(Ordering::Relaxed) {
             self.failures.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Down);
         }
-        let call = async {
-            let mut conn = self.connection().await?;
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(script.get_hash()).arg(1).arg(key).arg(&args);
-            match query(&mut conn, &cmd).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(source).arg(1).arg(key).arg(&args);
-                    query(&mut conn, &cmd).await
-                }
-                other => other,
-            }
-        };
-        let result = match tokio::time::timeout(self.timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
         };
         match &result {
             Ok(_) => self.succeeded(),
             Err(e) => self.failed(e),
         }
         result
+    }
+
+    /// A connection subscribed to `channel` (pub/sub needs a connection of its own). With
+    /// Redis Cluster it is made to the first seed node: `PUBLISH` reaches every node.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<redis::aio::PubSub, StoreError> {
+        let call = async {
+            let client = match &self.source {
+                Source::Single(client) => client.clone(),
+                Source::Cluster(_) => Client::open(self.raw.cluster[0].as_str())?,
+                Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+            };
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
     }
 
     /// A `PING` within the timeout (readiness). Not counted as a failure of the policies.
@@ -385,6 +442,29 @@ impl RedisStore {
                 "redis store unavailable; policies follow their on_store_error setting"
             );
         }
+    }
+}
+
+/// `EVALSHA`, then `EVAL` with the source when the server does not know the script.
+async fn run_script<T: FromRedisValue>(
+    conn: &mut Conn,
+    script: &redis::Script,
+    source: &str,
+    keys: &[&[u8]],
+    args: &impl ToRedisArgs,
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
+    match query(conn, &cmd).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
+            query(conn, &cmd).await
+        }
+        other => other,
     }
 }
 

@@ -706,6 +706,9 @@ pub struct StateNow {
     pub spans: Option<crate::telemetry::trace::export::ExportStats>,
     /// (breaker name, state: `closed`, `open`, `half_open`)
     pub breakers: Vec<(Arc<str>, &'static str)>,
+    /// The consumer store: (stored consumers, seconds since its copy last matched Redis (-1:
+    /// never), whether the last check agreed), when there is one.
+    pub consumer_store: Option<(usize, f64, bool)>,
 }
 
 impl prometheus_client::collector::Collector for StateNow {
@@ -725,6 +728,26 @@ impl prometheus_client::collector::Collector for StateNow {
             "Revision of the config serving (1 at startup, +1 per applied reload)",
             [(NO_LABELS, self.revision as f64)],
         )?;
+        if let Some((consumers, age, in_sync)) = self.consumer_store {
+            gauge_family(
+                e,
+                "consumer_store_consumers",
+                "Consumers in this node's copy of the consumer store",
+                [(NO_LABELS, consumers as f64)],
+            )?;
+            gauge_family(
+                e,
+                "consumer_store_age_seconds",
+                "Seconds since this node's copy of the consumer store last matched Redis (-1: never loaded)",
+                [(NO_LABELS, age)],
+            )?;
+            gauge_family(
+                e,
+                "consumer_store_in_sync",
+                "1 when the last check of the consumer store's version agreed with Redis",
+                [(NO_LABELS, f64::from(u8::from(in_sync)))],
+            )?;
+        }
         gauge_family(
             e,
             "connections_active",

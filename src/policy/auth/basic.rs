@@ -86,23 +86,26 @@ impl BasicAuth {
     /// Checks `password` against the consumer's hash (off the event loop), using the cache.
     pub async fn verify(
         &self,
-        registry: &ConsumerRegistry,
+        registry: &impl UserTable,
         user: &str,
         password: &str,
     ) -> Result<Arc<Consumer>, AuthFailure> {
         let key = cache_key(user, password);
+        let found = registry.basic_user(user);
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {
-            if hit.until > Instant::now() {
+            // Only while the user still belongs to the same consumer record: a credential
+            // revoked or changed in the consumer store stops working at once, not at the TTL.
+            let current = found.is_some_and(|(_, c)| Arc::ptr_eq(c, &hit.consumer));
+            if current && hit.until > Instant::now() {
                 return Ok(hit.consumer);
             }
         }
-        let found = registry.basic(user);
         let (hash, consumer) = match found {
             Some((hash, consumer)) => (Some(hash.to_string()), Some(Arc::clone(consumer))),
             None => (None, None),
         };
         // No basic user at all: there is nothing to enumerate and nothing to imitate.
-        let representative = match (&hash, registry.basic_hashes().min()) {
+        let representative = match (&hash, registry.any_hash()) {
             (Some(_), _) => None,
             (None, Some(like)) => Some(like.to_string()),
             (None, None) => return Err(AuthFailure::Invalid(BAD_CREDENTIALS.into())),
@@ -159,6 +162,44 @@ impl BasicAuth {
     /// How many password hashes this verifier has computed (cache hits do not count).
     pub fn hash_verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
+    }
+}
+
+/// Where basic-auth users are looked up: the file registry, or it and the consumer store.
+pub trait UserTable {
+    /// The password hash and consumer of user `user`.
+    fn basic_user(&self, user: &str) -> Option<(&str, &Arc<Consumer>)>;
+    /// One password hash of the table (to imitate its cost for unknown users).
+    fn any_hash(&self) -> Option<&str>;
+}
+
+impl UserTable for ConsumerRegistry {
+    fn basic_user(&self, user: &str) -> Option<(&str, &Arc<Consumer>)> {
+        self.basic(user)
+    }
+    fn any_hash(&self) -> Option<&str> {
+        self.basic_hashes().min()
+    }
+}
+
+/// The file registry, then the consumer store's copy.
+pub struct Users<'a> {
+    /// File-defined consumers.
+    pub file: &'a ConsumerRegistry,
+    /// The store's copy, when there is a store.
+    pub stored: Option<&'a super::stored::Snapshot>,
+}
+
+impl UserTable for Users<'_> {
+    fn basic_user(&self, user: &str) -> Option<(&str, &Arc<Consumer>)> {
+        self.file
+            .basic(user)
+            .or_else(|| self.stored.and_then(|s| s.basic(user)))
+    }
+    fn any_hash(&self) -> Option<&str> {
+        self.file
+            .any_hash()
+            .or_else(|| self.stored.and_then(|s| s.any_basic_hash()))
     }
 }
 
@@ -342,6 +383,7 @@ mod tests {
                 }),
                 jwt_subjects: vec![],
                 mtls_subjects: vec![],
+                plan: None,
             })
             .collect();
         let mut errors = Vec::new();

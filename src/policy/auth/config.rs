@@ -33,6 +33,125 @@ pub struct RawConsumer {
     /// a whole subject (`CN=a,O=b`) or a SAN (`spiffe://...`, `DNS:...`).
     #[serde(default)]
     pub mtls_subjects: Vec<String>,
+    /// The consumer's plan: a name under the top-level `plans:`, whose `rate_limit` applies to
+    /// this consumer instead of a route's own.
+    #[serde(default)]
+    pub plan: Option<String>,
+}
+
+/// The top-level `consumers:` section: a list of consumers, or `{store: redis, ...}` for
+/// consumers managed at run time through the admin API (with a `list` of file-defined ones
+/// beside them).
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawConsumers {
+    /// Consumers defined in the file.
+    List(Vec<RawConsumer>),
+    /// A consumer store, plus file-defined consumers.
+    Store(RawConsumerStore),
+}
+
+impl Default for RawConsumers {
+    fn default() -> Self {
+        RawConsumers::List(Vec::new())
+    }
+}
+
+impl RawConsumers {
+    /// The consumers defined in the file.
+    pub fn list(&self) -> &[RawConsumer] {
+        match self {
+            RawConsumers::List(l) => l,
+            RawConsumers::Store(s) => &s.list,
+        }
+    }
+
+    /// The store settings, with `{store: ...}`.
+    pub fn store(&self) -> Option<&RawConsumerStore> {
+        match self {
+            RawConsumers::List(_) => None,
+            RawConsumers::Store(s) => Some(s),
+        }
+    }
+
+    /// The config path of file-defined consumer `i`.
+    pub fn path_of(&self, i: usize) -> String {
+        match self {
+            RawConsumers::List(_) => format!("consumers[{i}]"),
+            RawConsumers::Store(_) => format!("consumers.list[{i}]"),
+        }
+    }
+}
+
+// A list or a map, each deserialized by its own type so its errors keep their positions
+// (an untagged enum would only say "data did not match any variant").
+impl<'de> Deserialize<'de> for RawConsumers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawConsumers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of consumers, or {store: redis, ...}")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RawConsumers, E> {
+                Ok(RawConsumers::default())
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<RawConsumers, E> {
+                Ok(RawConsumers::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<RawConsumers, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(a))
+                    .map(RawConsumers::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<RawConsumers, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(a))
+                    .map(RawConsumers::Store)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where run-time managed consumers live.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerStoreKind {
+    /// The top-level `redis:` (required).
+    Redis,
+}
+
+/// `consumers: {store: redis, ...}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumerStore {
+    /// `redis`: consumers and their credentials are kept in the shared Redis, managed through
+    /// the admin API (`/consumers`), and every node serves them from memory.
+    pub store: ConsumerStoreKind,
+    /// `/readyz` answers 503 until this node has loaded the stored consumers at least once (a
+    /// node started while Redis is down serves the file-defined consumers only).
+    #[serde(default)]
+    pub required: bool,
+    /// How often each node compares its copy's version with Redis's, to catch a missed change
+    /// message or a partition that healed. Default 5s.
+    #[serde(default = "default_check_interval")]
+    pub check_interval: Dur,
+    /// A file that receives the audit log (one JSON line per change) besides the application
+    /// log.
+    #[serde(default)]
+    pub audit_log: Option<String>,
+    /// File-defined consumers, served beside the stored ones.
+    #[serde(default)]
+    pub list: Vec<RawConsumer>,
+}
+
+fn default_check_interval() -> Dur {
+    Dur::from_secs(5)
 }
 
 /// An API key as stored in config.

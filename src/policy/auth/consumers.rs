@@ -22,6 +22,23 @@ pub struct Consumer {
     pub groups: Vec<Arc<str>>,
     /// `X-Consumer-Groups` value, precomputed.
     pub groups_header: Option<HeaderValue>,
+    /// The plan whose `rate_limit` applies to this consumer.
+    pub plan: Option<Arc<str>>,
+}
+
+impl Consumer {
+    /// A consumer named `name` (groups header and all derived here).
+    pub fn new(name: &str, id: Option<&str>, groups: &[String], plan: Option<&str>) -> Self {
+        Consumer {
+            name: name.into(),
+            id: id.map(Into::into),
+            groups_header: (!groups.is_empty())
+                .then(|| HeaderValue::from_str(&groups.join(", ")).ok())
+                .flatten(),
+            groups: groups.iter().map(|g| g.as_str().into()).collect(),
+            plan: plan.map(Into::into),
+        }
+    }
 }
 
 /// All consumers, indexed for the request path.
@@ -49,9 +66,20 @@ pub const MAX_CONSUMERS_FILE_BYTES: u64 = 16 * 1024 * 1024;
 impl ConsumerRegistry {
     /// Builds the registry from the inline consumers and the `auth.consumers_files`.
     pub fn build(inline: &[RawConsumer], files: &[String], errors: &mut Vec<ConfigError>) -> Self {
+        Self::build_at(inline, "consumers", files, errors)
+    }
+
+    /// Like [`build`](Self::build), with the inline consumers' config path (`consumers.list`
+    /// beside a consumer store).
+    pub fn build_at(
+        inline: &[RawConsumer],
+        inline_path: &str,
+        files: &[String],
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
         let mut registry = ConsumerRegistry::default();
         for (i, c) in inline.iter().enumerate() {
-            registry.add(c, &format!("consumers[{i}]"), errors);
+            registry.add(c, &format!("{inline_path}[{i}]"), errors);
         }
         for (f, path) in files.iter().enumerate() {
             let at = format!("auth.consumers_files[{f}]");
@@ -108,15 +136,12 @@ impl ConsumerRegistry {
             ));
             return;
         }
-        let groups: Vec<Arc<str>> = raw.groups.iter().map(|g| g.as_str().into()).collect();
-        let consumer = Arc::new(Consumer {
-            name: raw.name.as_str().into(),
-            id: raw.id.as_deref().map(Into::into),
-            groups_header: (!groups.is_empty())
-                .then(|| HeaderValue::from_str(&raw.groups.join(", ")).ok())
-                .flatten(),
-            groups,
-        });
+        let consumer = Arc::new(Consumer::new(
+            &raw.name,
+            raw.id.as_deref(),
+            &raw.groups,
+            raw.plan.as_deref(),
+        ));
         for (i, key) in raw.api_keys.iter().enumerate() {
             let digest = match key {
                 RawApiKey::Plain(k) if k.len() < 8 => {
@@ -222,9 +247,13 @@ impl ConsumerRegistry {
     /// The consumer owning API key `key`. The key is hashed, looked up by digest, and the
     /// digests are compared in constant time.
     pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
-        let digest = sha256(key);
-        let (stored, consumer) = self.api_keys.get_key_value(&digest)?;
-        bool::from(stored.ct_eq(&digest)).then_some(consumer)
+        self.by_key_digest(&sha256(key))
+    }
+
+    /// The consumer owning the API key whose SHA-256 is `digest` (compared in constant time).
+    pub fn by_key_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Consumer>> {
+        let (stored, consumer) = self.api_keys.get_key_value(digest)?;
+        bool::from(stored.ct_eq(digest)).then_some(consumer)
     }
 
     /// The consumer whose `jwt_subjects` lists `subject`.
@@ -240,6 +269,11 @@ impl ConsumerRegistry {
     /// Every basic-auth password hash (to imitate their cost for unknown users).
     pub fn basic_hashes(&self) -> impl Iterator<Item = &str> {
         self.basic.values().map(|(h, _)| h.as_str())
+    }
+
+    /// Every consumer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Consumer>> {
+        self.by_name.values()
     }
 
     /// Number of consumers.
@@ -284,6 +318,7 @@ mod tests {
             basic: None,
             jwt_subjects: vec![format!("{name}@example.com")],
             mtls_subjects: vec![],
+            plan: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 mod jwt_claims;
+pub mod stored;
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::GatewayError;
 use crate::spec::ConfigError;
-use config::{RawAuth, RawAuthPolicy, RawConsumer};
+use config::{RawAuth, RawAuthPolicy, RawConsumers};
 pub use consumers::{Consumer, ConsumerRegistry};
 
 /// `X-Consumer-Name`.
@@ -97,14 +98,26 @@ pub struct Authenticators {
     api_key: Arc<api_key::ApiKeyAuth>,
     basic: Arc<basic::BasicAuth>,
     consumers: Arc<ConsumerRegistry>,
+    /// Consumers managed at run time (`consumers: {store: redis}`).
+    stored: Option<Arc<stored::ConsumerStore>>,
     /// Headers that only the gateway may set; removed from every client request.
     pub identity_headers: Vec<HeaderName>,
 }
 
 impl Authenticators {
     /// Builds providers and the consumer registry, reporting problems at their config paths.
-    pub fn build(raw: &RawAuth, consumers: &[RawConsumer], errors: &mut Vec<ConfigError>) -> Self {
-        let registry = ConsumerRegistry::build(consumers, &raw.consumers_files, errors);
+    pub fn build(
+        raw: &RawAuth,
+        consumers: &RawConsumers,
+        stored: Option<Arc<stored::ConsumerStore>>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
+        let inline_path = match consumers.store() {
+            Some(_) => "consumers.list",
+            None => "consumers",
+        };
+        let registry =
+            ConsumerRegistry::build_at(consumers.list(), inline_path, &raw.consumers_files, errors);
         let mut identity_headers = vec![
             X_CONSUMER_NAME,
             X_CONSUMER_ID,
@@ -145,8 +158,14 @@ impl Authenticators {
             )),
             basic: Arc::new(basic::BasicAuth::build(&raw.basic)),
             consumers: Arc::new(registry),
+            stored,
             identity_headers,
         }
+    }
+
+    /// The file-defined consumers.
+    pub fn registry(&self) -> &Arc<ConsumerRegistry> {
+        &self.consumers
     }
 
     /// Compiles a route's `auth` policy; `path` is its config path for errors.
@@ -198,7 +217,8 @@ impl Authenticators {
         }
         for (list, field) in [(&raw.allow, "allow"), (&raw.deny, "deny")] {
             for (i, c) in list.consumers.iter().enumerate() {
-                if self.consumers.by_name(c).is_none() {
+                // A stored consumer may be created later: only file names are checked.
+                if self.consumers.by_name(c).is_none() && self.stored.is_none() {
                     errors.push(ConfigError::new(
                         format!("{path}.{field}.consumers[{i}]"),
                         format!("unknown consumer `{c}`"),
@@ -225,6 +245,7 @@ impl Authenticators {
             basic: raw.basic.then(|| Arc::clone(&self.basic)),
             mtls: raw.mtls,
             consumers: Arc::clone(&self.consumers),
+            stored: self.stored.clone(),
             anonymous: raw.anonymous,
             require_consumer: raw.require_consumer,
             allow: raw.allow.clone(),
@@ -242,6 +263,7 @@ pub struct AuthPolicy {
     basic: Option<Arc<basic::BasicAuth>>,
     mtls: bool,
     consumers: Arc<ConsumerRegistry>,
+    stored: Option<Arc<stored::ConsumerStore>>,
     anonymous: bool,
     require_consumer: bool,
     allow: config::RawAcl,
@@ -339,7 +361,12 @@ impl AuthPolicy {
                 presented = true;
                 match creds {
                     Ok((user, password)) => {
-                        match basic.verify(&self.consumers, &user, &password).await {
+                        let snapshot = self.stored.as_ref().map(|s| s.snapshot());
+                        let users = basic::Users {
+                            file: &self.consumers,
+                            stored: snapshot.as_deref().map(|s| &**s),
+                        };
+                        match basic.verify(&users, &user, &password).await {
                             Ok(consumer) => {
                                 // The password has done its job: the upstream gets the
                                 // consumer headers, not the credential.
@@ -362,10 +389,8 @@ impl AuthPolicy {
         if let Some(api_key) = &self.api_key {
             if let Some(key) = api_key.take(parts) {
                 presented = true;
-                match self.consumers.by_api_key(key.as_bytes()) {
-                    Some(consumer) => {
-                        return self.accept_consumer(Arc::clone(consumer), Vec::new(), None)
-                    }
+                match self.by_api_key(key.as_bytes()) {
+                    Some(consumer) => return self.accept_consumer(consumer, Vec::new(), None),
                     None => failure = Some(("invalid API key".to_string(), false)),
                 }
             }
@@ -380,11 +405,7 @@ impl AuthPolicy {
     }
 
     fn accept_token(&self, v: Verified) -> Result<Identity, GatewayError> {
-        let consumer = v
-            .subject
-            .as_deref()
-            .and_then(|s| self.consumers.by_subject(s))
-            .cloned();
+        let consumer = v.subject.as_deref().and_then(|s| self.by_subject(s));
         match consumer {
             Some(c) => self.accept_consumer(c, v.headers, v.claims),
             None if self.require_consumer => Err(self.unauthorized(Some((
@@ -399,6 +420,26 @@ impl AuthPolicy {
                 claims: v.claims,
             }),
         }
+    }
+
+    /// The consumer owning API key `key`: a file-defined one, else a stored one.
+    fn by_api_key(&self, key: &[u8]) -> Option<Arc<Consumer>> {
+        // Hashed once for both tables.
+        let digest = consumers::sha256(key);
+        if let Some(c) = self.consumers.by_key_digest(&digest) {
+            return Some(Arc::clone(c));
+        }
+        let store = self.stored.as_ref()?;
+        store.snapshot().by_key_digest(&digest).cloned()
+    }
+
+    /// The consumer bound to token subject `subject`: a file-defined one, else a stored one.
+    fn by_subject(&self, subject: &str) -> Option<Arc<Consumer>> {
+        if let Some(c) = self.consumers.by_subject(subject) {
+            return Some(Arc::clone(c));
+        }
+        let store = self.stored.as_ref()?;
+        store.snapshot().by_subject(subject).cloned()
     }
 
     fn accept_consumer(

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod local;
+pub mod plans;
 pub mod redis;
 
 use std::net::IpAddr;

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod jwt;
+pub mod netns;
 pub mod otlp;
 pub mod redis;
 pub mod tls;
@@ -353,10 +354,24 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `portico run --config <yaml>` and waits for its "listening on" line.
     pub fn spawn(yaml: &str, extra_args: &[&str]) -> Self {
+        Self::spawn_in(None, yaml, extra_args)
+    }
+
+    /// Like `spawn`, inside network namespace `netns` (`ip netns exec`, which execs the
+    /// binary itself: the child is the gateway).
+    pub fn spawn_in(netns: Option<&str>, yaml: &str, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("portico.yaml");
         std::fs::write(&config, with_defaults(yaml)).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_portico")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_portico")),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&config)

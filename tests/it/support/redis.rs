@@ -193,28 +193,7 @@ impl RedisServer {
     }
 
     fn try_cmd(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let line = line.trim_end().to_string();
-        if let Some(len) = line.strip_prefix('$') {
-            let len: i64 = len.parse().ok()?;
-            if len < 0 {
-                return Some(String::new());
-            }
-            let mut buf = vec![0; len as usize + 2];
-            r.read_exact(&mut buf).ok()?;
-            buf.truncate(len as usize);
-            return String::from_utf8(buf).ok();
-        }
-        Some(line)
+        command(([127, 0, 0, 1], self.port).into(), args)
     }
 
     /// Calls of `command` served since start (from `INFO commandstats`).
@@ -245,4 +224,31 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends one command to the Redis at `addr`; the reply's first line (`+PONG`, `:42`, `$5`...),
+/// or for a bulk string its contents. `None` when it does not answer.
+pub fn command(addr: std::net::SocketAddr, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let line = line.trim_end().to_string();
+    if let Some(len) = line.strip_prefix('$') {
+        let len: i64 = len.parse().ok()?;
+        if len < 0 {
+            return Some(String::new());
+        }
+        let mut buf = vec![0; len as usize + 2];
+        r.read_exact(&mut buf).ok()?;
+        buf.truncate(len as usize);
+        return String::from_utf8(buf).ok();
+    }
+    Some(line)
 }
