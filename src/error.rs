@@ -276,6 +276,10 @@ pub enum GatewayError {
     /// A reload failed for another reason than the config (e.g. the access log destination).
     #[error("{0}")]
     ReloadFailed(String),
+    /// An admin operation failed inside the gateway (not because of the request): for example
+    /// hashing a new password.
+    #[error("{0}")]
+    Internal(String),
     /// An admin request body with invalid fields; `errors` lists `{path, message}` like a
     /// rejected config.
     #[error("the request is invalid")]
@@ -387,6 +391,7 @@ impl GatewayError {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Client),
             ConfigRejected { .. } => (StatusCode::BAD_REQUEST, "config_invalid", Client),
             ReloadFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", Gateway),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", Gateway),
             InvalidFields { .. } => (StatusCode::BAD_REQUEST, "invalid_request", Client),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", Client),
             Missing(_) => (StatusCode::NOT_FOUND, "not_found", Client),

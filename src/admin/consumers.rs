@@ -396,11 +396,17 @@ impl Op<'_> {
                 // Hashing costs milliseconds by design: off this thread's event loop.
                 tokio::task::spawn_blocking(move || record::hash_password(&p))
                     .await
-                    .map_err(|e| GatewayError::ReloadFailed(e.to_string()))?
-                    .map_err(GatewayError::ReloadFailed)?
+                    .map_err(|e| GatewayError::Internal(format!("hashing the password: {e}")))?
+                    .map_err(|e| GatewayError::Internal(format!("hashing the password: {e}")))?
             }
             (None, Some(h)) => h.clone(),
-            (None, None) => unreachable!("checked above"),
+            // Refused by the field checks above; answered the same way should they change.
+            (None, None) => {
+                return Err(fields(vec![ConfigError::new(
+                    "password",
+                    "give `password` or `password_hash` (exactly one)",
+                )]))
+            }
         };
         let id = self.store.resolve(id);
         let entry = BasicRecord {
