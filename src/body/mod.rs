@@ -24,6 +24,8 @@ use hyper::body::Incoming;
 use smallvec::SmallVec;
 use tokio::time::Sleep;
 
+pub mod inbound;
+
 /// Errors raised by our own body wrappers (so the proxy can tell them apart from I/O errors).
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -39,11 +41,65 @@ pub enum BodyError {
     /// The underlying stream failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The client's body, read by the gateway's own HTTP/1.1 connection, broke off.
+    #[error(transparent)]
+    Inbound(#[from] inbound::InboundError),
+}
+
+/// A client's request body as the connection that read its head delivers it: hyper's (HTTP/2,
+/// TLS, handed-over connections) or the gateway's own HTTP/1.1 engine's.
+pub enum ClientBody {
+    /// No body at all (the own engine's body-less requests).
+    Empty,
+    /// hyper's.
+    Hyper(Incoming),
+    /// The own HTTP/1.1 engine's.
+    Native(inbound::Receiver),
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(b: Incoming) -> Self {
+        ClientBody::Hyper(b)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::from))),
+            ClientBody::Native(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Native(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Native(b) => b.size_hint(),
+        }
+    }
 }
 
 /// The request body sent upstream.
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     limit: u64,
     seen: u64,
     /// A body buffered for retries (sent as one frame).
@@ -67,7 +123,7 @@ struct ClientPace {
 impl RequestBody {
     /// Streams `inner`, failing once more than `limit` bytes went through or when the client
     /// sends nothing for `idle`.
-    pub fn streaming(inner: Incoming, limit: u64, idle: Duration) -> Self {
+    pub fn streaming(inner: ClientBody, limit: u64, idle: Duration) -> Self {
         let watch = (!inner.is_end_stream()).then(|| {
             Box::new(ClientPace {
                 idle,
@@ -200,7 +256,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
             None => {
                 this.finished();
                 Poll::Ready(None)

@@ -96,6 +96,29 @@ pub struct RawConfig {
     /// HTTP/2 limits for client connections (abuse resistance).
     #[serde(default)]
     pub http2: super::http2::RawHttp2,
+    /// Which engine serves HTTP/1.1 client connections (read at startup).
+    #[serde(default)]
+    pub http1: RawHttp1,
+}
+
+/// HTTP/1.1 client connections.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp1 {
+    /// `portico` (the gateway's own engine; upgrades and CONNECT are handed to hyper) or
+    /// `hyper`. Plain-text listeners only; TLS listeners use hyper.
+    pub engine: Http1Engine,
+}
+
+/// An HTTP/1.1 server engine.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Engine {
+    /// The gateway's own.
+    #[default]
+    Portico,
+    /// hyper's.
+    Hyper,
 }
 
 fn default_listen() -> Vec<String> {

@@ -4,10 +4,10 @@
 
 use std::borrow::Cow;
 
+use crate::body::ClientBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use super::ctx::{content_length, request_host, RequestCtx};
 use super::Exit;
@@ -21,7 +21,7 @@ use crate::router::{normalize, normalize_host, Match};
 /// Checks, normalises and routes the request; the route it matched, or the answer.
 pub(super) fn run<'a>(
     cx: &mut RequestCtx<'a>,
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
 ) -> Result<&'a Route, Exit> {
     let plan = cx.plan;
     check_request(plan, req)?;
@@ -75,7 +75,7 @@ fn find<'r, 'k>(
     plan: &'r Plan,
     host: &str,
     path: &'k str,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Match<'r, 'k> {
     let found = plan.router.find(host, path, req.method(), req.headers());
     if let Match::MethodNotAllowed(_) = found {
@@ -91,7 +91,7 @@ fn find<'r, 'k>(
 }
 
 /// The matched route's own gates, before anything is spent on the request.
-fn gates(cx: &mut RequestCtx<'_>, route: &Route, req: &Request<Incoming>) -> Result<(), Exit> {
+fn gates(cx: &mut RequestCtx<'_>, route: &Route, req: &Request<ClientBody>) -> Result<(), Exit> {
     if route.escaped_slashes == normalize::EscapedSlashes::Reject
         && normalize::has_escaped_slash(req.uri().path())
     {
@@ -152,7 +152,7 @@ pub fn https_redirect<B>(
 }
 
 /// Rejects what a gateway must never pass on, before any routing.
-fn check_request(plan: &Plan, req: &Request<Incoming>) -> Result<(), GatewayError> {
+fn check_request(plan: &Plan, req: &Request<ClientBody>) -> Result<(), GatewayError> {
     use hyper::body::Body as _;
     let limits = &plan.limits;
     if req.method() == Method::CONNECT {
@@ -202,7 +202,7 @@ fn check_request(plan: &Plan, req: &Request<Incoming>) -> Result<(), GatewayErro
 /// `:authority` and `Host` name the same thing (RFC 9113 §8.3.1). Anything else is a 400:
 /// routing on one of two hosts, or forwarding a malformed one, lets a client pick what the
 /// gateway and the upstream each believe.
-fn check_host(req: &Request<Incoming>) -> Result<(), GatewayError> {
+fn check_host(req: &Request<ClientBody>) -> Result<(), GatewayError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {

@@ -11,7 +11,7 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::GatewayBody;
+use crate::body::{ClientBody, GatewayBody};
 use crate::proxy::conn::ConnState;
 use crate::runtime::Runtime;
 
@@ -32,6 +32,10 @@ pub struct ConnCtx {
     pub tls: Option<Box<crate::tls::TlsConn>>,
     /// Shutdown began: HTTP/1.1 responses say `Connection: close` (set by the server's drain).
     pub draining: std::sync::atomic::AtomicBool,
+    /// HTTP/1 responses are paced to the client's reading ([`crate::body::Pace`]): hyper
+    /// queues what it is handed. The gateway's own engine writes each piece before taking the
+    /// next, and clears this.
+    pub paced: std::sync::atomic::AtomicBool,
 }
 
 impl ConnCtx {
@@ -47,6 +51,7 @@ impl ConnCtx {
             kill: tokio::sync::Notify::new(),
             tls: None,
             draining: std::sync::atomic::AtomicBool::new(false),
+            paced: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -63,6 +68,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // `handle` is boxed directly (no wrapping async block): each layer of async nesting costs
         // a memcpy of the whole future state when it is created.
-        Box::pin(super::handle(Arc::clone(&self.0), req))
+        Box::pin(super::handle(
+            Arc::clone(&self.0),
+            req.map(ClientBody::Hyper),
+        ))
     }
 }

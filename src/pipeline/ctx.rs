@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::ClientBody;
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Version};
-use hyper::body::Incoming;
 
 use super::conn::ConnCtx;
 use crate::config::Plan;
@@ -96,7 +96,7 @@ pub(crate) struct RequestCtx<'a> {
 
 impl<'a> RequestCtx<'a> {
     /// The facts known on arrival, before any check.
-    pub fn new(conn: &'a ConnCtx, active: &'a Active, req: &Request<Incoming>) -> Self {
+    pub fn new(conn: &'a ConnCtx, active: &'a Active, req: &Request<ClientBody>) -> Self {
         let start = Instant::now();
         let plan = &active.plan;
         let request_id = match req.headers().get(headers::X_REQUEST_ID) {

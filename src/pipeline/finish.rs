@@ -100,7 +100,7 @@ pub(super) fn run(
         s.status = status;
         end.span = Some(s);
     }
-    if version <= Version::HTTP_11 {
+    if version <= Version::HTTP_11 && conn.paced.load(Ordering::Relaxed) {
         resp.body_mut().pace(end.active.pace());
     }
     resp.body_mut().guard(Box::new(end));

@@ -29,8 +29,8 @@ pub mod unparsed;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::body::ClientBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 pub use crate::proxy::conn::{ActiveRequest, WriteFlow};
 pub use admit::https_redirect;
@@ -68,7 +68,7 @@ impl From<Result<Response<GatewayBody>, GatewayError>> for Exit {
 /// Serves one request: never fails (errors become answers in `finish`).
 pub(crate) async fn handle(
     conn: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     // The context borrows the connection; the guard goes with the response body.
     let guard = ActiveRequest::start(Arc::clone(&conn.state));
@@ -81,7 +81,7 @@ pub(crate) async fn handle(
 /// The phase list, in lifecycle order.
 async fn run(
     cx: &mut RequestCtx<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Result<Response<GatewayBody>, Exit> {
     let route = admit::run(cx, &mut req)?;
     let (mut parts, body) = req.into_parts();

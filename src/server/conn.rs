@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,6 +35,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Builders {
     pub(super) h1: http1::Builder,
     pub(super) h2: http2::Builder<TokioExecutor>,
+    /// Plain HTTP/1.1 goes to the gateway's own engine (`server::h1`).
+    pub(super) native_h1: bool,
 }
 
 impl Builders {
@@ -62,7 +65,8 @@ impl Builders {
             .max_header_list_size(plan.limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         active.raw.http2.apply(&mut h2);
-        Self { h1, h2 }
+        let native_h1 = active.raw.http1.engine == crate::config::raw::Http1Engine::Portico;
+        Self { h1, h2, native_h1 }
     }
 }
 
@@ -94,39 +98,52 @@ pub async fn serve(
         }
     };
     let draining = *shutdown.borrow_and_update();
-    let is_h2 = prefix.starts_with(H2_PREFACE);
-    let io = TokioIo::new(ConnIo {
-        prefix,
-        at: 0,
-        stream,
-        refusals: (!is_h2).then(|| Refusals::new(Arc::clone(&ctx))),
-    });
-    let service = ProxyService(Arc::clone(&ctx));
-    // The hyper connection is boxed: the task spawned per connection then stays small, and
-    // tokio moves (memcpy) a task's future several times while spawning it.
-    if is_h2 {
+    if prefix.starts_with(H2_PREFACE) {
+        let io = TokioIo::new(ConnIo {
+            prefix,
+            stream,
+            refusals: None,
+        });
+        let service = ProxyService(Arc::clone(&ctx));
+        // The hyper connection is boxed: the task spawned per connection then stays small, and
+        // tokio moves (memcpy) a task's future several times while spawning it.
         let conn = Box::pin(builders.h2.serve_connection(io, service));
         drive(conn, &ctx, &mut shutdown, draining, None, |c| {
             c.as_mut().graceful_shutdown()
         })
         .await;
+    } else if builders.native_h1 {
+        super::h1::serve(ctx, stream, prefix, builders, &mut shutdown, draining).await;
     } else {
-        let conn = Box::pin(
-            builders
-                .h1(draining)
-                .serve_connection(io, service)
-                .with_upgrades(),
-        );
-        drive(
-            conn,
-            &ctx,
-            &mut shutdown,
-            false,
-            Some(H1_CLOSE_WINDOW),
-            |c| c.as_mut().graceful_shutdown(),
-        )
-        .await;
+        serve_hyper_h1(ctx, stream, prefix, builders, &mut shutdown, draining).await;
     }
+}
+
+/// Serves HTTP/1 with hyper on `stream`, whose first bytes (not yet parsed) are `prefix`.
+pub(super) async fn serve_hyper_h1(
+    ctx: Arc<ConnCtx>,
+    stream: TcpStream,
+    prefix: BytesMut,
+    builders: &Builders,
+    shutdown: &mut watch::Receiver<bool>,
+    draining: bool,
+) {
+    let io = TokioIo::new(ConnIo {
+        prefix,
+        stream,
+        refusals: Some(Refusals::new(Arc::clone(&ctx))),
+    });
+    let service = ProxyService(Arc::clone(&ctx));
+    let conn = Box::pin(
+        builders
+            .h1(draining)
+            .serve_connection(io, service)
+            .with_upgrades(),
+    );
+    drive(conn, &ctx, shutdown, false, Some(H1_CLOSE_WINDOW), |c| {
+        c.as_mut().graceful_shutdown()
+    })
+    .await;
 }
 
 /// Serves `conn` until it ends, the watchdog cuts it, or shutdown asks it to finish. With
@@ -188,8 +205,8 @@ pub(super) async fn drive<C, E>(
 /// Reads the first bytes: enough to tell HTTP/2's preface from HTTP/1, and usually the whole
 /// first request head, which hyper then takes from the buffer without another read.
 /// `None` when the client closed without sending anything.
-async fn read_prefix(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut prefix = Vec::new();
+async fn read_prefix(stream: &TcpStream) -> io::Result<Option<BytesMut>> {
+    let mut prefix = BytesMut::new();
     loop {
         stream.readable().await?;
         match try_read_chunk(stream, &mut prefix) {
@@ -208,7 +225,7 @@ async fn read_prefix(stream: &TcpStream) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// One non-blocking read appended to `into`, into its spare capacity (nothing is zeroed first).
-fn try_read_chunk(stream: &TcpStream, into: &mut Vec<u8>) -> io::Result<usize> {
+fn try_read_chunk(stream: &TcpStream, into: &mut BytesMut) -> io::Result<usize> {
     into.reserve(4096);
     stream.try_read_buf(into)
 }
@@ -217,8 +234,7 @@ fn try_read_chunk(stream: &TcpStream, into: &mut Vec<u8>) -> io::Result<usize> {
 /// the socket is closed when dropped, and a `shutdown(2)` first would be one more system call
 /// per connection for no benefit to the peer.
 pub(super) struct ConnIo<S = TcpStream> {
-    prefix: Vec<u8>,
-    at: usize,
+    prefix: BytesMut,
     stream: S,
     /// HTTP/1 only: turns hyper's bare answers to unparsable requests into the gateway's.
     refusals: Option<Refusals>,
@@ -240,10 +256,40 @@ struct Refusals {
     /// The gateway's answer still to be written, and how much of it was.
     pending: Vec<u8>,
     written: usize,
-    /// Closes the connection when the client takes no byte for `timeouts.send_idle`; armed
-    /// at the first write the socket refuses, reset (not reallocated) after progress.
-    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    send_stalled: bool,
+    send_idle: SendIdle,
+}
+
+/// Fails a connection whose client takes no byte for `timeouts.send_idle`: armed at the first
+/// write the socket refuses, reset (not reallocated) after progress.
+#[derive(Default)]
+pub(super) struct SendIdle {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
+}
+
+impl SendIdle {
+    /// The socket took bytes.
+    pub(super) fn progressed(&mut self) {
+        self.stalled = false;
+    }
+
+    /// The socket took nothing: ready with the error once it has taken nothing for the limit.
+    pub(super) fn poll_stalled(&mut self, cx: &mut Context<'_>, ctx: &ConnCtx) -> Poll<io::Error> {
+        let idle = ctx.runtime.active().plan.send_idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if !self.stalled {
+            self.stalled = true;
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        std::task::ready!(std::future::Future::poll(timer.as_mut(), cx));
+        tracing::debug!(peer = %ctx.peer, "client took no response byte for {idle:?}: closing");
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for timeouts.send_idle",
+        ))
+    }
 }
 
 impl Refusals {
@@ -254,8 +300,7 @@ impl Refusals {
             line_starts_head: true,
             pending: Vec::new(),
             written: 0,
-            send_timer: None,
-            send_stalled: false,
+            send_idle: SendIdle::default(),
         }
     }
 
@@ -270,30 +315,14 @@ impl Refusals {
         match &result {
             Poll::Ready(Ok(n)) => {
                 self.ctx.state.flow.wrote(*n);
-                self.send_stalled = false;
+                self.send_idle.progressed();
                 result
             }
             Poll::Ready(Err(_)) => result,
-            Poll::Pending => {
-                let idle = self.ctx.runtime.active().plan.send_idle;
-                let timer = self
-                    .send_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if !self.send_stalled {
-                    self.send_stalled = true;
-                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
-                match std::future::Future::poll(timer.as_mut(), cx) {
-                    Poll::Ready(()) => {
-                        tracing::debug!(peer = %self.ctx.peer, "client took no response byte for {idle:?}: closing");
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client read nothing for timeouts.send_idle",
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => match self.send_idle.poll_stalled(cx, &self.ctx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -352,8 +381,7 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
     /// whose unparsable requests get the gateway's answer.
     pub(super) fn http1(stream: S, ctx: &Arc<ConnCtx>) -> Self {
         Self {
-            prefix: Vec::new(),
-            at: 0,
+            prefix: BytesMut::new(),
             stream,
             refusals: Some(Refusals::new(Arc::clone(ctx))),
         }
@@ -390,13 +418,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            if this.prefix.is_empty() {
+                this.prefix = BytesMut::new();
             }
         } else {
             std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;

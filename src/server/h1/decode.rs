@@ -1,0 +1,206 @@
+//! Request bodies off the read buffer: Content-Length counted down, chunked decoded (RFC 9112
+//! §7.1). Pieces are split off the buffer without copying; the decoder only ever looks at what
+//! is already read and says when it needs more.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::body::inbound::InboundError;
+
+/// The longest chunk-size line (with extensions) and trailer section accepted: a client may
+/// not make the gateway buffer unbounded framing.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// What a decoding step came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A piece of the body.
+    Data(Bytes),
+    /// The buffer holds no more of the body: read.
+    NeedMore,
+    /// The body ended; what follows in the buffer is the next request.
+    End,
+}
+
+/// A body's decoder.
+#[derive(Debug)]
+pub enum Decoder {
+    /// Bytes still to come.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+}
+
+/// Where in the chunked framing the decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading the trailer section, this many bytes of it so far.
+    Trailers(usize),
+    /// Finished.
+    Done,
+}
+
+impl Decoder {
+    /// Whether the body has ended.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Decoder::Length(0) | Decoder::Chunked(Chunk::Done))
+    }
+
+    /// Takes the next piece of the body from `buf`.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, InboundError> {
+        match self {
+            Decoder::Length(0) => Ok(Step::End),
+            Decoder::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                Ok(Step::Data(buf.split_to(n).freeze()))
+            }
+            Decoder::Chunked(state) => chunked(state, buf),
+        }
+    }
+}
+
+fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> {
+    loop {
+        match *state {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    let _ = buf.split_to(used);
+                    *state = if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+                    return Ok(Step::NeedMore)
+                }
+                _ => return Err(InboundError::Framing),
+            },
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = left.min(buf.len() as u64) as usize;
+                *state = if n as u64 == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n as u64)
+                };
+                return Ok(Step::Data(buf.split_to(n).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(InboundError::Framing);
+                }
+                let _ = buf.split_to(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers(seen) => {
+                // Trailer fields are read and dropped: the request was routed, authenticated
+                // and forwarded on its head, so fields arriving after the body cannot be
+                // checked and are not passed on.
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if seen + buf.len() > MAX_TRAILERS {
+                        return Err(InboundError::Framing);
+                    }
+                    return Ok(Step::NeedMore);
+                };
+                let line = buf.split_to(end + 1);
+                let content = line.strip_suffix(b"\r\n").ok_or(InboundError::Framing)?;
+                if content.is_empty() {
+                    *state = Chunk::Done;
+                    return Ok(Step::End);
+                }
+                if seen + line.len() > MAX_TRAILERS || !content.contains(&b':') {
+                    return Err(InboundError::Framing);
+                }
+                *state = Chunk::Trailers(seen + line.len());
+            }
+            Chunk::Done => return Ok(Step::End),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes all of `input`, fed in pieces of `feed` bytes; the body, or the error.
+    fn decode(input: &[u8], feed: usize) -> Result<(Vec<u8>, Vec<u8>), InboundError> {
+        let mut d = Decoder::Chunked(Chunk::Size);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match d.step(&mut buf)? {
+                Step::Data(b) => body.extend_from_slice(&b),
+                Step::End => return Ok((body, buf.to_vec())),
+                Step::NeedMore => {
+                    if fed == input.len() {
+                        return Err(InboundError::Closed);
+                    }
+                    let n = feed.min(input.len() - fed);
+                    buf.extend_from_slice(&input[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_decode_whatever_the_read_sizes_and_leave_the_next_request() {
+        let input = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nGET /";
+        for feed in [1, 2, 3, 7, 64] {
+            let (body, rest) = decode(input, feed).expect("valid");
+            assert_eq!(body, b"hello0123456789", "feed {feed}");
+            // What was fed past the end stays for the next request.
+            assert!(b"GET /".starts_with(&rest), "feed {feed}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn bad_framing_is_refused() {
+        for bad in [
+            &b"x\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"-1\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"0\r\nno colon here\r\n\r\n",
+            b"0\r\n\n",
+        ] {
+            assert_eq!(
+                decode(bad, 64),
+                Err(InboundError::Framing),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert_eq!(decode(long.as_bytes(), 64), Err(InboundError::Framing));
+    }
+
+    #[test]
+    fn content_length_takes_only_its_bytes() {
+        let mut d = Decoder::Length(5);
+        let mut buf = BytesMut::from(&b"helGET"[..]);
+        assert_eq!(
+            d.step(&mut buf),
+            Ok(Step::Data(Bytes::from_static(b"helGE")))
+        );
+        assert!(d.is_done());
+        assert_eq!(&buf[..], b"T");
+    }
+}
