@@ -46,6 +46,7 @@ mod request_termination;
 mod restart;
 mod retries;
 mod shadow;
+mod smuggling;
 mod streaming;
 mod tls;
 mod tls_mtls;
