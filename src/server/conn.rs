@@ -206,7 +206,7 @@ pub(super) async fn drive<C, E>(
 /// first request head, which hyper then takes from the buffer without another read.
 /// `None` when the client closed without sending anything.
 async fn read_prefix(stream: &TcpStream) -> io::Result<Option<BytesMut>> {
-    let mut prefix = BytesMut::new();
+    let mut prefix = super::h1::take_buffer();
     loop {
         stream.readable().await?;
         match try_read_chunk(stream, &mut prefix) {

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::runtime::Runtime;
 
 mod conn;
-mod h1;
+pub mod h1;
 pub mod handoff;
 mod tls;
 

@@ -233,3 +233,36 @@ async fn an_upstream_answer_with_ambiguous_framing_is_a_502_not_passed_on() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_still_uploading_after_an_early_413_can_finish_and_read_it() {
+    // The gateway answers 413 from the head; a client that writes its whole body before
+    // reading (as most upload tools do) must neither fail its writes nor lose the answer to a
+    // reset: the gateway reads and drops the rest before closing.
+    let (_up, seen, gw) = setup("portico").await;
+    // More than the socket buffers on both sides can take without the gateway reading.
+    let body_len = 32 * 1024 * 1024;
+    let wire = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: {body_len}\r\n\r\n"
+        )
+        .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for i in 0..body_len / chunk.len() {
+            s.write_all(&chunk)
+                .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        drop(gw);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap();
+    Reply::parse(&wire).assert_error(413, "payload_too_large");
+    assert!(seen.lock().unwrap().is_empty());
+}

@@ -83,11 +83,16 @@ pub(super) async fn serve(
         let next = poll_fn(|cx| conn.poll_head(cx, kill.as_mut(), &mut drain)).await;
         let head = match next {
             Next::Head(head) => head,
-            Next::Close => return,
+            Next::Close => {
+                give_buffer(conn.buf);
+                return;
+            }
             Next::Refuse(refusal) => {
                 let answer = unparsed::answer(&ctx, refusal);
                 conn.out.extend_from_slice(&answer);
-                let _ = poll_fn(|cx| conn.poll_flush(cx)).await;
+                if poll_fn(|cx| conn.poll_flush(cx)).await.is_ok() {
+                    conn.linger().await;
+                }
                 return;
             }
             Next::HandOver => {
@@ -112,9 +117,61 @@ pub(super) async fn serve(
             }
         };
         match conn.exchange(*head, &mut drain).await {
-            Ok(true) => continue,
-            Ok(false) | Err(_) => return,
+            Ok(After::KeepAlive) => continue,
+            Ok(After::Linger) => {
+                conn.linger().await;
+                return;
+            }
+            Ok(After::Close) | Err(_) => {
+                give_buffer(conn.buf);
+                return;
+            }
         }
+    }
+}
+
+/// What a connection does after an answer.
+enum After {
+    /// Reads the next request.
+    KeepAlive,
+    /// Closes.
+    Close,
+    /// Closes, but the client may still be sending what was not read (a body answered before
+    /// its end): see [`Conn::linger`].
+    Linger,
+}
+
+/// How long, and how much, a closing connection reads and drops of what its client still
+/// sends (nginx's `lingering_time` is 30 s; a client still uploading after 5 s is cut).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Read buffers kept per worker for new connections, and the size a new one starts at.
+const POOLED_BUFFERS: usize = 32;
+const FIRST_READ: usize = 4096;
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer for a new connection: one its worker kept, or a new one.
+pub(super) fn take_buffer() -> BytesMut {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(FIRST_READ))
+}
+
+/// Keeps a closed connection's buffer for the next one, unless the worker has enough or the
+/// buffer grew large (a big head) or shrank below a first read.
+fn give_buffer(mut buf: BytesMut) {
+    buf.clear();
+    if (FIRST_READ..=4 * READ_CHUNK).contains(&buf.capacity()) {
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < POOLED_BUFFERS {
+                b.push(buf);
+            }
+        });
     }
 }
 
@@ -237,12 +294,11 @@ impl Conn {
     }
 
     /// Serves one request: the pipeline's answer, written while the request body is fed.
-    /// `Ok(true)` when the connection may carry another request.
     async fn exchange(
         &mut self,
         head: parse::Head,
         drain: &mut Drain<impl std::ops::DerefMut<Target: Future>>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<After> {
         let parse::Head {
             method,
             uri,
@@ -292,7 +348,36 @@ impl Conn {
         // The body's guards (access log, metrics, pooled upstream connection) end here.
         drop(body);
         let complete = complete?;
-        Ok(keep && complete && self.body_read_whole(pump.as_mut()))
+        if !self.body_read_whole(pump.as_mut()) {
+            return Ok(After::Linger);
+        }
+        Ok(if keep && complete {
+            After::KeepAlive
+        } else {
+            After::Close
+        })
+    }
+
+    /// Closes after an answer sent while the client may still be sending: the write side is
+    /// shut (the answer is complete), then what arrives is read and dropped for a while, so the
+    /// kernel does not answer unread bytes with a reset that could destroy the answer before
+    /// the client has read it.
+    async fn linger(mut self) {
+        use tokio::io::AsyncWriteExt as _;
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut dropped = 0;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while dropped < LINGER_BYTES {
+                self.buf.clear();
+                match poll_fn(|cx| self.poll_fill(cx)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => dropped += n,
+                }
+            }
+        })
+        .await;
     }
 
     fn pump(

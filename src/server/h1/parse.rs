@@ -69,6 +69,8 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     let mut req = httparse::Request::new(&mut []);
     let base = buf.as_ptr() as usize;
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        // A head over the limit is refused even when one read brought all of it (as hyper does).
+        Ok(httparse::Status::Complete(n)) if n > limit => return Err(overflow(buf, max_uri)),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() < limit {
