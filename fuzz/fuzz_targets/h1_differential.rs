@@ -1,5 +1,5 @@
 //! The gateway's own HTTP/1.1 request parsing (`server::h1::parse` for heads,
-//! `server::h1::decode` for bodies) against hyper's server, on the same bytes.
+//! `body::framing` for bodies) against hyper's server, on the same bytes.
 //!
 //! Input: the bytes a client sends on a fresh connection (a request head, then body bytes),
 //! after which it closes its side. hyper serves them over an in-memory pipe with the same head
@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use portico::server::h1::decode::{Chunk, Decoder, Step};
+use portico::body::framing::{Chunk, Decoder, Step};
 use portico::server::h1::parse::{self, Framing, Parsed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

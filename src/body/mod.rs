@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use smallvec::SmallVec;
 use tokio::time::Sleep;
 
+pub mod framing;
 pub mod inbound;
 
 /// Errors raised by our own body wrappers (so the proxy can tell them apart from I/O errors).
@@ -41,29 +42,39 @@ pub enum BodyError {
     /// The underlying stream failed.
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// The upstream's answer, read by the gateway's own HTTP/1.1 client, broke off.
+    #[error("{0}")]
+    Upstream(&'static str),
     /// The client's body, read by the gateway's own HTTP/1.1 connection, broke off.
     #[error(transparent)]
     Inbound(#[from] inbound::InboundError),
 }
 
-/// A client's request body as the connection that read its head delivers it: hyper's (HTTP/2,
-/// TLS, handed-over connections) or the gateway's own HTTP/1.1 engine's.
-pub enum ClientBody {
-    /// No body at all (the own engine's body-less requests).
+/// A body read by hyper or by one of the gateway's own HTTP/1.1 engines.
+pub enum HyperOrOwn<T> {
+    /// No body at all.
     Empty,
-    /// hyper's.
+    /// hyper's (HTTP/2, TLS, upgrades, `http1.engine: hyper`).
     Hyper(Incoming),
-    /// The own HTTP/1.1 engine's.
-    Native(inbound::Receiver),
+    /// The own engine's.
+    Own(T),
 }
 
-impl From<Incoming> for ClientBody {
+/// A client's request body as the connection that read its head delivers it; the own
+/// engine's (`server::h1`) is fed by the connection as it is asked for.
+pub type ClientBody = HyperOrOwn<inbound::Receiver>;
+
+/// An upstream's response body; the own client's (`proxy::h1`) reads its connection directly
+/// and is boxed: the connection travels with it.
+pub type UpstreamBody = HyperOrOwn<Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>>;
+
+impl<T> From<Incoming> for HyperOrOwn<T> {
     fn from(b: Incoming) -> Self {
-        ClientBody::Hyper(b)
+        HyperOrOwn::Hyper(b)
     }
 }
 
-impl Body for ClientBody {
+impl<T: Body<Data = Bytes, Error = BodyError> + Unpin> Body for HyperOrOwn<T> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -72,27 +83,27 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Hyper(b) => Pin::new(b)
+            HyperOrOwn::Empty => Poll::Ready(None),
+            HyperOrOwn::Hyper(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BodyError::from))),
-            ClientBody::Native(b) => Pin::new(b).poll_frame(cx),
+            HyperOrOwn::Own(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Empty => true,
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::Native(b) => b.is_end_stream(),
+            HyperOrOwn::Empty => true,
+            HyperOrOwn::Hyper(b) => b.is_end_stream(),
+            HyperOrOwn::Own(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::Native(b) => b.size_hint(),
+            HyperOrOwn::Empty => SizeHint::with_exact(0),
+            HyperOrOwn::Hyper(b) => b.size_hint(),
+            HyperOrOwn::Own(b) => b.size_hint(),
         }
     }
 }
@@ -310,7 +321,7 @@ pub trait Pace: Send + Sync {
 enum Source {
     Full(Option<Bytes>),
     Upstream {
-        inner: Incoming,
+        inner: UpstreamBody,
         idle: Duration,
         sleep: Option<Pin<Box<Sleep>>>,
     },
@@ -362,7 +373,7 @@ impl GatewayBody {
     }
 
     /// The upstream's body, failing if it pauses for longer than `idle`.
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    pub fn upstream(inner: UpstreamBody, idle: Duration) -> Self {
         Self::from_source(Source::Upstream {
             inner,
             idle,
@@ -407,7 +418,7 @@ impl Body for GatewayBody {
             Source::Upstream { inner, idle, sleep } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(r) => {
                     *sleep = None;
-                    Poll::Ready(r.map(|r| r.map_err(BodyError::from)))
+                    Poll::Ready(r)
                 }
                 Poll::Pending => {
                     // The timer is armed only when the upstream makes us wait, so bodies that

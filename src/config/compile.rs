@@ -48,6 +48,7 @@ pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<Con
         .map(|(name, svc)| {
             let mut service = build_service(name, svc, &mut errors);
             service.metrics = registry.service(&service.name);
+            service.own_http1 = raw.http1.engine == super::raw::Http1Engine::Portico;
             if let Some(previous) = previous {
                 upstream::inherit(&mut service, &previous.services);
             }
@@ -499,6 +500,7 @@ fn build_service(name: &str, svc: &RawService, errors: &mut Vec<ConfigError>) ->
             idle: svc.timeouts.idle.0,
         },
         max_idle_per_target: svc.max_idle_per_target,
+        own_http1: false,
         health_check: svc.health_check.as_ref().map(HealthCheck::compile),
         outlier,
         when_all_unhealthy: svc.when_all_unhealthy,

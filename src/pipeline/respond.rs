@@ -6,13 +6,13 @@ use http::{header, Response, StatusCode, Version};
 
 use super::ctx::RequestCtx;
 use crate::body::GatewayBody;
+use crate::body::UpstreamBody;
 use crate::config::plan::Route;
 use crate::error::GatewayError;
 use crate::proxy::client::PooledSender;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::{headers, retry};
 use crate::upstream::InFlight;
-use hyper::body::Incoming;
 
 /// The client's response from the upstream's answer. Synchronous: a response body transform
 /// (the one step that awaits) goes through [`run_transforming`] instead.
@@ -110,7 +110,7 @@ fn finish_body(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     mut parts: http::response::Parts,
-    body: Result<bytes::Bytes, Incoming>,
+    body: Result<bytes::Bytes, UpstreamBody>,
     pooled: Option<PooledSender>,
     in_flight: InFlight,
 ) -> Response<GatewayBody> {

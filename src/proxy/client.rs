@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::upstream::{Protocol, Service, Target};
 
@@ -69,7 +69,7 @@ impl PooledSender {
 /// The upstream's answer, with the connection to return when its body ends.
 pub struct Sent {
     /// Response head and streaming body.
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// The HTTP/1.1 connection to hand back, if pooled.
     pub pooled: Option<PooledSender>,
 }
@@ -83,6 +83,9 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Sent, GatewayError> {
     match target.protocol {
+        Protocol::Http1 if service.own_http1 && target.tls.is_none() => {
+            super::h1::send(service, target, req, timeout).await
+        }
         Protocol::Http1 => send_http1(service, target, req, timeout).await,
         Protocol::H2c => Box::pin(send_h2(service, target, req, timeout)).await,
     }
@@ -142,7 +145,7 @@ async fn send_http1(
             Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
             Ok(Ok(response)) => {
                 return Ok(Sent {
-                    response,
+                    response: response.map(UpstreamBody::Hyper),
                     pooled: Some(PooledSender {
                         sender,
                         target: target.id,
@@ -260,7 +263,7 @@ async fn send_h2(
         .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
         .map_err(upstream_error)?;
     Ok(Sent {
-        response,
+        response: response.map(UpstreamBody::Hyper),
         pooled: None,
     })
 }
@@ -309,10 +312,10 @@ where
 }
 
 /// Counts an open upstream connection on its target until the connection's task ends.
-struct OpenConnection(Arc<crate::upstream::state::TargetState>);
+pub(super) struct OpenConnection(Arc<crate::upstream::state::TargetState>);
 
 impl OpenConnection {
-    fn new(target: &Target) -> Self {
+    pub(super) fn new(target: &Target) -> Self {
         target.state.connections.fetch_add(1, Ordering::Relaxed);
         Self(Arc::clone(&target.state))
     }
@@ -324,7 +327,7 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn connect(service: &Service, target: &Target) -> Result<TcpStream, GatewayError> {
+pub(super) async fn connect(service: &Service, target: &Target) -> Result<TcpStream, GatewayError> {
     let attempt = async {
         let addrs = target
             .resolve()

@@ -54,6 +54,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !connection && present == 0 {
         return;
     }
+    if present & (1 << 3) != 0 {
+        // The body was framed by Transfer-Encoding on the hop it came in on (RFC 9112 §6.3:
+        // it wins over Content-Length), and is re-framed on the next: a Content-Length beside
+        // it (which hyper's client leaves in an answer's head) would lie about the body there.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if connection {
         // `Connection: keep-alive` / `close` name nothing else: skip the parse for them.
         let plain = headers
@@ -247,6 +253,15 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_beside_transfer_encoding_goes_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("100"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
 
     #[test]
     fn strips_connection_named_and_standard_hop_headers() {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod conn;
 pub mod exchange;
 pub mod grpc;
+pub mod h1;
 pub mod headers;
 pub mod record;
 pub mod retry;

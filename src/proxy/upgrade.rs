@@ -40,7 +40,10 @@ pub async fn proxy_upgrade(
             in_flight: Some(in_flight),
             ..Exchange::default()
         }
-        .owed_by(GatewayBody::upstream(incoming, service.timeouts.idle));
+        .owed_by(GatewayBody::upstream(
+            incoming.into(),
+            service.timeouts.idle,
+        ));
         return Ok(Response::from_parts(parts, body));
     }
     if !switched_to_offered(&req_upgrade, resp.headers()) {

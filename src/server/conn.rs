@@ -562,5 +562,6 @@ pub async fn watchdog(runtime: Arc<Runtime>) {
             }
         });
         crate::proxy::client::prune_idle();
+        crate::proxy::h1::prune_idle();
     }
 }

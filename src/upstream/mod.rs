@@ -133,6 +133,9 @@ pub struct Service {
     pub timeouts: UpstreamTimeouts,
     /// Idle connections kept per target and worker.
     pub max_idle_per_target: usize,
+    /// Plain HTTP/1.1 targets are called with the gateway's own client (`proxy::h1`), not
+    /// hyper's (`http1.engine`).
+    pub own_http1: bool,
     /// Active health check, run by `health::Checker`.
     pub health_check: Option<health::HealthCheck>,
     /// Passive health: ejection of failing targets.

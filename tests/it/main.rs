@@ -57,3 +57,4 @@ mod transform;
 mod transform_body;
 mod transform_xml;
 mod upstream_faults;
+mod upstream_h1;

@@ -337,10 +337,10 @@ impl OpenApiPolicy {
         op: &OperationRef,
         route: &str,
         parts: &http::response::Parts,
-        body: Result<Bytes, hyper::body::Incoming>,
+        body: Result<Bytes, crate::body::UpstreamBody>,
         timeout: std::time::Duration,
         mismatch: impl FnOnce(),
-    ) -> Result<Result<Bytes, hyper::body::Incoming>, GatewayError> {
+    ) -> Result<Result<Bytes, crate::body::UpstreamBody>, GatewayError> {
         use http_body_util::BodyExt as _;
         let Some(operation) = self.operations.get(op.index) else {
             return Ok(body);

@@ -14,13 +14,13 @@ pub mod json;
 pub mod template;
 pub mod xml;
 
+use crate::body::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use crate::body::{read_whole, RequestBody};
 use crate::error::GatewayError;
@@ -363,9 +363,9 @@ impl TransformPolicy {
     pub async fn response_body(
         &self,
         headers: &mut HeaderMap,
-        incoming: Incoming,
+        incoming: UpstreamBody,
         timeout: std::time::Duration,
-    ) -> Result<Result<Bytes, Incoming>, GatewayError> {
+    ) -> Result<Result<Bytes, UpstreamBody>, GatewayError> {
         if self.from_xml && xml::is_xml(headers) {
             return self.xml_response(headers, incoming, timeout).await.map(Ok);
         }
@@ -428,7 +428,7 @@ impl TransformPolicy {
     async fn xml_response(
         &self,
         headers: &mut HeaderMap,
-        incoming: Incoming,
+        incoming: UpstreamBody,
         timeout: std::time::Duration,
     ) -> Result<Bytes, GatewayError> {
         let cap = self

@@ -102,23 +102,6 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A chunk's size line.
-pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The last chunk and the trailer section.
 pub fn chunked_end(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
@@ -225,13 +208,5 @@ mod tests {
             encode(resp, Method::GET, Version::HTTP_11, Some(0)).1,
             Out::None
         );
-    }
-
-    #[test]
-    fn chunk_sizes_are_lowercase_hex() {
-        let mut out = Vec::new();
-        chunk_start(&mut out, 0x1a2f);
-        chunk_start(&mut out, 0);
-        assert_eq!(out, b"1a2f\r\n0\r\n");
     }
 }

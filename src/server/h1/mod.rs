@@ -12,7 +12,6 @@
 //! here. Every head it refuses gets the gateway's JSON error answer and an access-log line
 //! (`pipeline::unparsed`), then the connection closes.
 
-pub mod decode;
 pub mod encode;
 pub mod parse;
 
@@ -21,7 +20,7 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::Request;
@@ -31,11 +30,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
+use crate::body::framing::{Chunk, Decoder, Step};
 use crate::body::inbound::{self, InboundError, Want};
 use crate::body::{ClientBody, GatewayBody};
 use crate::pipeline::unparsed;
 use crate::pipeline::ConnCtx;
-use decode::{Chunk, Decoder, Step};
 use encode::{Asked, Out};
 use parse::{Framing, Parsed};
 
@@ -281,16 +280,7 @@ impl Conn {
 
     /// Reads what the socket has into the buffer's spare room (growing it when nearly full).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        crate::proxy::h1::poll_read_into(&self.stream, &mut self.buf, READ_CHUNK, cx)
     }
 
     /// Serves one request: the pipeline's answer, written while the request body is fed.
@@ -393,7 +383,7 @@ impl Conn {
             continue_owed: expect_continue,
             stopped: false,
         };
-        (ClientBody::Native(rx), Some(pump))
+        (ClientBody::Own(rx), Some(pump))
     }
 
     /// Feeds the request body for as long as it is asked for and the socket has bytes.
@@ -521,7 +511,7 @@ impl Conn {
                                     declared -= d.len() as u64;
                                 }
                                 if framing == Out::Chunked {
-                                    encode::chunk_start(&mut self.out, d.len());
+                                    crate::body::framing::chunk_start(&mut self.out, d.len());
                                     self.after_data = b"\r\n";
                                 }
                                 self.data = Some(d);

@@ -1,15 +1,33 @@
-//! Request bodies off the read buffer: Content-Length counted down, chunked decoded (RFC 9112
-//! §7.1). Pieces are split off the buffer without copying; the decoder only ever looks at what
-//! is already read and says when it needs more.
+//! HTTP/1.1 bodies off a connection's read buffer (requests read by `server::h1`, responses
+//! read by `proxy::h1`): Content-Length counted down, chunked decoded (RFC 9112 §7.1), or
+//! everything until the connection closes. Pieces are split off the buffer without copying;
+//! the decoder only ever looks at what is already read and says when it needs more.
 
 use bytes::{Bytes, BytesMut};
 
-use crate::body::inbound::InboundError;
+use super::inbound::InboundError;
 
 /// The longest chunk-size line (with extensions) and trailer section accepted: a client may
 /// not make the gateway buffer unbounded framing.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Appends a chunk's size line (lowercase hex, CRLF) for `len` data bytes.
+pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// What a decoding step came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,6 +47,9 @@ pub enum Decoder {
     Length(u64),
     /// Chunked, in this state.
     Chunked(Chunk),
+    /// Whatever comes until the peer closes (a response without framing); the caller ends it
+    /// at the close.
+    UntilClose,
 }
 
 /// Where in the chunked framing the decoder is.
@@ -65,6 +86,8 @@ impl Decoder {
                 Ok(Step::Data(buf.split_to(n).freeze()))
             }
             Decoder::Chunked(state) => chunked(state, buf),
+            Decoder::UntilClose if buf.is_empty() => Ok(Step::NeedMore),
+            Decoder::UntilClose => Ok(Step::Data(buf.split().freeze())),
         }
     }
 }
@@ -190,6 +213,14 @@ mod tests {
         }
         let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
         assert_eq!(decode(long.as_bytes(), 64), Err(InboundError::Framing));
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        let mut out = Vec::new();
+        chunk_start(&mut out, 0x1a2f);
+        chunk_start(&mut out, 0);
+        assert_eq!(out, b"1a2f\r\n0\r\n");
     }
 
     #[test]

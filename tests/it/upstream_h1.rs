@@ -1,0 +1,195 @@
+//! The upstream side of HTTP/1.1 on both client engines (`http1.engine: portico`, the
+//! gateway's own client, and `hyper`), against upstreams written byte by byte: response
+//! framing (1xx, until-close bodies, Content-Length with Transfer-Encoding, oversized heads),
+//! connection reuse, and a pooled connection that dies under a request.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::upstream::{self, read_head, RawUpstream};
+use crate::support::{send, TestGateway};
+
+const ENGINES: [&str; 2] = ["portico", "hyper"];
+
+fn gateway(engine: &str, up: &RawUpstream) -> TestGateway {
+    TestGateway::start(&format!(
+        "http1: {{engine: {engine}}}\nservices:\n  up: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - {{name: all, service: up}}\n",
+        up.url()
+    ))
+}
+
+/// An upstream answering each request on a connection with `answer` (for the request's head),
+/// keeping the connection open until the gateway closes it.
+async fn answering(answer: fn(&str) -> String) -> RawUpstream {
+    upstream::raw_tcp(move |mut s, _| async move {
+        while let Some(head) = read_head(&mut s).await {
+            if s.write_all(answer(&head).as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn informational_answers_are_skipped_and_the_final_one_forwarded() {
+    let up = answering(|_| {
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = gateway(engine, &up);
+        let r = send("GET", &gw.url("/x"), &[], "").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "ok"),
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_without_framing_is_read_until_the_close_and_the_connection_not_reused() {
+    let up = upstream::raw_tcp(|mut s, n| async move {
+        if read_head(&mut s).await.is_some() {
+            let body = format!("until-close-{n}");
+            let _ = s
+                .write_all(format!("HTTP/1.1 200 OK\r\n\r\n{body}").as_bytes())
+                .await;
+        }
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = gateway(engine, &up);
+        let before = up.connections();
+        for i in 0..2 {
+            let r = send("GET", &gw.url("/x"), &[], "").await;
+            assert_eq!(r.status, 200, "{engine}");
+            assert_eq!(r.text(), format!("until-close-{}", before + i), "{engine}");
+        }
+        assert_eq!(
+            up.connections(),
+            before + 2,
+            "{engine}: a closed connection was reused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_answers_reuse_one_connection_and_close_answers_do_not() {
+    let keep = answering(|_| "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nk".into()).await;
+    let close = upstream::raw_tcp(|mut s, _| async move {
+        if read_head(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nc")
+                .await;
+            // Keeps the socket open: the gateway must not reuse it on the header alone.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        }
+    })
+    .await;
+    for engine in ENGINES {
+        for (up, reused) in [(&keep, true), (&close, false)] {
+            let gw = gateway(engine, up);
+            let before = up.connections();
+            for _ in 0..3 {
+                assert_eq!(send("GET", &gw.url("/x"), &[], "").await.status, 200);
+            }
+            let opened = up.connections() - before;
+            assert_eq!(
+                opened,
+                if reused { 1 } else { 3 },
+                "{engine}, reuse {reused}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chunked_answer_with_a_content_length_is_framed_by_chunked() {
+    let up = answering(|_| {
+        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into()
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = gateway(engine, &up);
+        let r = send("GET", &gw.url("/x"), &[], "").await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "hello"),
+            "{engine}"
+        );
+        assert!(
+            r.headers.get("content-length").is_none_or(|v| v == "5"),
+            "{engine}: {:?}",
+            r.headers
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_answer_head_is_a_502() {
+    let up = answering(|_| {
+        format!(
+            "HTTP/1.1 200 OK\r\nx-fill: {}\r\ncontent-length: 0\r\n\r\n",
+            "v".repeat(64 * 1024)
+        )
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = gateway(engine, &up);
+        send("GET", &gw.url("/x"), &[], "")
+            .await
+            .assert_error(502, "upstream_error");
+    }
+}
+
+/// An upstream whose first connection answers one request, then reads the next request's head
+/// and closes without a word (as an upstream closing an idle connection just as the gateway
+/// reuses it); later connections answer normally.
+async fn dies_under_second_request() -> RawUpstream {
+    upstream::raw_tcp(|mut s, n| async move {
+        let mut served = 0;
+        while let Some(_head) = read_head(&mut s).await {
+            if n == 0 && served == 1 {
+                return;
+            }
+            served += 1;
+            let body = format!("conn-{n}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_get_whose_pooled_connection_dies_under_it_is_sent_again_on_a_new_one() {
+    // The own client only: hyper's cannot send a request again once it went out.
+    let up = dies_under_second_request().await;
+    let gw = gateway("portico", &up);
+    assert_eq!(send("GET", &gw.url("/a"), &[], "").await.text(), "conn-0");
+    let r = send("GET", &gw.url("/b"), &[], "").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "conn-1"));
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_post_whose_pooled_connection_dies_under_it_is_not_sent_again() {
+    for engine in ENGINES {
+        let up = dies_under_second_request().await;
+        let gw = gateway(engine, &up);
+        assert_eq!(send("GET", &gw.url("/a"), &[], "").await.text(), "conn-0");
+        send("POST", &gw.url("/b"), &[], "payload")
+            .await
+            .assert_error(502, "upstream_error");
+        assert_eq!(up.connections(), 1, "{engine}: the POST was sent twice");
+    }
+}
