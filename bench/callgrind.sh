@@ -4,6 +4,8 @@
 # keep-alive `GET /small` requests against the shared bench's C origin, and prints
 # (instructions(N2) - instructions(N1)) / (N2 - N1), so start-up and shutdown cancel out.
 #   bench/callgrind.sh [profile...]      (default: plain)
+# Waits up to CALLGRIND_WAIT_TENTHS (default 1200: 2 min, for a loaded machine) tenths of a
+# second for the gateway under valgrind to answer.
 # Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
 # `cargo build --release`. Profiles that need Redis need it running (see bench/README.md). The
 # `tracing` profile starts examples/otlp_sink (release or debug build: `cargo build --example
@@ -47,7 +49,7 @@ count() { # PROFILE N: total instructions of a gateway run serving N requests
   local auth=""
   # Profiles with JWT authentication get the committed long-lived bench token.
   case "$1" in jwt|full) auth="Bearer $(cat "$here/jwt-token.txt")" ;; esac
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 "${CALLGRIND_WAIT_TENTHS:-1200}"); do
     curl -s -o /dev/null -H "Authorization: $auth" "http://127.0.0.1:$gport/small" 2>/dev/null && break; sleep 0.1
   done
   requests "$2" "$auth"
