@@ -12,6 +12,20 @@ use super::inbound::InboundError;
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// Where `s`, a slice a parser (`httparse`) took from a read buffer starting at address `base`
+/// and `len` bytes long, sits in it, so the bytes can be shared rather than copied once the
+/// buffer is frozen. An empty slice is `(0, 0)` wherever the parser made it; one outside the
+/// buffer is `None`, never sliced.
+pub fn offset(base: usize, len: usize, s: &[u8]) -> Option<(usize, usize)> {
+    if s.is_empty() {
+        return Some((0, 0));
+    }
+    let at = (s.as_ptr() as usize)
+        .checked_sub(base)
+        .filter(|at| at + s.len() <= len)?;
+    Some((at, s.len()))
+}
+
 /// Appends a chunk's size line (lowercase hex, CRLF) for `len` data bytes.
 pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
     let mut digits = [0u8; 16];

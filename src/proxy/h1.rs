@@ -331,7 +331,7 @@ impl Answer {
                 if reusable {
                     home.release(conn);
                 }
-                UpstreamBody::Own(Box::pin(OwnBody::done()))
+                UpstreamBody::Empty
             }
             Some(decoder) => UpstreamBody::Own(Box::pin(OwnBody {
                 conn: Some(conn),
@@ -488,7 +488,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
         } else {
             Version::HTTP_11
         };
-        let range = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        let buf_len = buf.len();
+        let range = |s: &[u8]| {
+            framing::offset(base, buf_len, s)
+                .ok_or_else(|| protocol("a header outside the answer's head"))
+        };
         let mut fields: smallvec::SmallVec<[(HeaderName, (usize, usize)); 24]> =
             smallvec::SmallVec::new();
         let (mut length, mut chunked, mut te, mut close, mut keep) =
@@ -518,7 +522,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
                     keep |= t.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
-            fields.push((name, range(h.value)));
+            fields.push((name, range(h.value)?));
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields.len());
@@ -577,16 +581,6 @@ struct OwnBody {
     decoder: Decoder,
     /// Where the connection goes once the body is read whole (`None`: it closes).
     home: Option<Home>,
-}
-
-impl OwnBody {
-    fn done() -> Self {
-        Self {
-            conn: None,
-            decoder: Decoder::Length(0),
-            home: None,
-        }
-    }
 }
 
 impl Body for OwnBody {

@@ -41,6 +41,7 @@ pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked)
     out.extend_from_slice(b"\r\n");
     let mut keep_alive = asked.keep_alive;
     let mut has_date = false;
+    let mut says_close = false;
     let mut length = None;
     for (name, value) in &parts.headers {
         if *name == header::CONTENT_LENGTH {
@@ -51,6 +52,7 @@ pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked)
         } else if *name == header::CONNECTION {
             if has_token(value.as_bytes(), b"close") {
                 keep_alive = false;
+                says_close = true;
             }
         } else if *name == header::DATE {
             has_date = true;
@@ -83,10 +85,6 @@ pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked)
         DATE.with(|d| out.extend_from_slice(d.borrow_mut().now()));
         out.extend_from_slice(b"\r\n");
     }
-    let says_close = parts
-        .headers
-        .get(header::CONNECTION)
-        .is_some_and(|v| has_token(v.as_bytes(), b"close"));
     if !keep_alive && !says_close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if keep_alive && asked.version == Version::HTTP_10 {

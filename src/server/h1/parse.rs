@@ -50,6 +50,8 @@ pub struct Head {
 }
 
 /// What reading a head from the buffer came to.
+// Not boxed: the head is moved once, and a box would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// Not all of the head is in the buffer yet.
     Partial,
@@ -57,7 +59,7 @@ pub enum Parsed {
     /// from the buffer.
     HandOver,
     /// A head, taken from the buffer.
-    Head(Box<Head>),
+    Head(Head),
 }
 
 /// Reads a head from the front of `buf`; `limit` is the most bytes a head may take, and
@@ -91,14 +93,15 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     if method == Method::CONNECT {
         return Ok(Parsed::HandOver);
     }
-    let range = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let path = range(req.path.unwrap_or("").as_bytes());
+    let range =
+        |s: &[u8]| crate::body::framing::offset(base, buf.len(), s).ok_or(Refusal::Malformed);
+    let path = range(req.path.unwrap_or("").as_bytes())?;
     let mut fields: SmallVec<[(HeaderName, (usize, usize)); 24]> = SmallVec::new();
     let mut facts = Facts::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
         facts.see(&name, h.value)?;
-        fields.push((name, range(h.value)));
+        fields.push((name, range(h.value)?));
     }
     if facts.upgrade {
         return Ok(Parsed::HandOver);
@@ -120,7 +123,7 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
         Version::HTTP_11 => !facts.close,
         _ => facts.keep_alive,
     } && !(facts.chunked && facts.length.is_some());
-    Ok(Parsed::Head(Box::new(Head {
+    Ok(Parsed::Head(Head {
         method,
         uri,
         version,
@@ -128,7 +131,7 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
         framing,
         keep_alive,
         expect_continue: facts.expect_continue && version == Version::HTTP_11,
-    })))
+    }))
 }
 
 fn shared_value(head: &Bytes, at: usize, n: usize) -> Result<HeaderValue, Refusal> {
@@ -234,7 +237,7 @@ mod tests {
         head(&mut BytesMut::from(text), 8192, 1024)
     }
 
-    fn parsed(text: &[u8]) -> Box<Head> {
+    fn parsed(text: &[u8]) -> Head {
         match parse(text) {
             Ok(Parsed::Head(h)) => h,
             Ok(Parsed::Partial) => panic!("partial: {:?}", String::from_utf8_lossy(text)),
