@@ -10,6 +10,10 @@
 //! target, version, header fields (in order) and body bytes are the same, and a body that
 //! breaks off (truncated Content-Length, broken chunked framing) breaks off in both.
 //!
+//! hyper runs with `half_close(true)` (the gateway's hyper serves with the default, `false`):
+//! the client here closes its sending side after its bytes, and without half-close hyper drops
+//! the service call it has just started, which would hide every request from the comparison.
+//!
 //! Explained differences, not reported (see fuzz/README.md):
 //! - requests the engine hands to hyper itself (`Upgrade`, CONNECT) are skipped;
 //! - chunked trailer fields: hyper passes them on as a trailers frame, the engine reads and
@@ -89,7 +93,9 @@ fn hyper_sees(input: &[u8]) -> Seen {
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(LIMIT);
+            // The client closes its side after sending: without half-close, hyper would drop
+            // the service call it had just started.
+            builder.max_buf_size(LIMIT).half_close(true);
             let conn = builder.serve_connection(TokioIo::new(server), service);
             let served = tokio::spawn(conn);
             let _ = client.write_all(&input).await;

@@ -218,7 +218,7 @@ fn check(policy: &RateLimitPolicy, r: &Built) -> Outcome {
     match result {
         Ok(_) => Outcome::Admitted,
         Err(GatewayError::RateLimited { .. }) => Outcome::Limited,
-        Err(GatewayError::Forbidden(_)) => Outcome::Forbidden,
+        Err(GatewayError::Forbidden { .. }) => Outcome::Forbidden,
         Err(e) => panic!("unexpected rate-limit error: {e:?}"),
     }
 }

@@ -58,6 +58,7 @@ fn plan() -> &'static Plan {
     PLAN.get_or_init(|| {
         portico::config::load_str(CONFIG, "router.yaml", &NoEnv)
             .unwrap_or_else(|e| panic!("the fixed router config is invalid: {e}"))
+            .plan
     })
 }
 

@@ -109,8 +109,8 @@ impl Decoder {
 fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> {
     loop {
         match *state {
-            Chunk::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
+            Chunk::Size => match chunk_size_line(buf)? {
+                Some((used, size)) => {
                     let _ = buf.split_to(used);
                     *state = if size == 0 {
                         Chunk::Trailers(0)
@@ -118,10 +118,8 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> 
                         Chunk::Data(size)
                     };
                 }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
-                    return Ok(Step::NeedMore)
-                }
-                _ => return Err(InboundError::Framing),
+                None if buf.len() < MAX_CHUNK_LINE => return Ok(Step::NeedMore),
+                None => return Err(InboundError::Framing),
             },
             Chunk::Data(left) => {
                 if buf.is_empty() {
@@ -161,7 +159,7 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> 
                     *state = Chunk::Done;
                     return Ok(Step::End);
                 }
-                if seen + line.len() > MAX_TRAILERS || !content.contains(&b':') {
+                if seen + line.len() > MAX_TRAILERS || !is_field_line(content) {
                     return Err(InboundError::Framing);
                 }
                 *state = Chunk::Trailers(seen + line.len());
@@ -169,6 +167,67 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> 
             Chunk::Done => return Ok(Step::End),
         }
     }
+}
+
+/// Reads a chunk-size line (RFC 9112 §7.1): one or more hex digits, optional spaces or tabs,
+/// optional `;` extensions (ignored), CRLF. `Some((line length, size))`, or `None` while the
+/// line is incomplete. Stricter than `httparse::parse_chunk_size`, which takes an empty size
+/// as 0 and a bare LF inside an extension: either lets a peer that reads the line otherwise
+/// see a different body, the stuff of request smuggling.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, InboundError> {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    let mut i = 0;
+    while let Some(&b) = buf.get(i) {
+        let Some(d) = (b as char).to_digit(16) else {
+            break;
+        };
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or(InboundError::Framing)?;
+        digits += 1;
+        i += 1;
+    }
+    if digits == 0 && i < buf.len() {
+        return Err(InboundError::Framing);
+    }
+    while let Some(&b) = buf.get(i) {
+        match b {
+            b' ' | b'\t' => i += 1,
+            _ => break,
+        }
+    }
+    if buf.get(i) == Some(&b';') {
+        match buf[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
+            Some(at) if buf[i + at] == b'\r' => i += at,
+            Some(_) => return Err(InboundError::Framing),
+            None => return Ok(None),
+        }
+    }
+    match (buf.get(i), buf.get(i + 1)) {
+        (None, _) | (Some(b'\r'), None) => Ok(None),
+        (Some(b'\r'), Some(b'\n')) => Ok(Some((i + 2, size))),
+        _ => Err(InboundError::Framing),
+    }
+}
+
+/// A header or trailer field line as RFC 9112 §5 has it: a token name, the colon right after
+/// it, and a value of visible characters, spaces, tabs and obs-text; no control characters.
+/// Trailers are dropped, but one that is malformed makes the body malformed, as hyper has it:
+/// a gateway must not pass on a message its peers would read differently.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -199,7 +258,7 @@ mod tests {
 
     #[test]
     fn chunks_decode_whatever_the_read_sizes_and_leave_the_next_request() {
-        let input = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nGET /";
+        let input = b"5\r\nhello\r\nA \t;ext=1\r\n0123456789\r\n0\r\nX-T: 1\t\xe9\r\n\r\nGET /";
         for feed in [1, 2, 3, 7, 64] {
             let (body, rest) = decode(input, feed).expect("valid");
             assert_eq!(body, b"hello0123456789", "feed {feed}");
@@ -216,6 +275,17 @@ mod tests {
             b"-1\r\n",
             b"ffffffffffffffffff\r\n",
             b"0\r\nno colon here\r\n\r\n",
+            b"0\r\n\xff\xffT: 1\r\n\r\n",
+            b"0;a\nb\r\n\r\n",
+            b";5\r\n\r\n",
+            b"\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nX : 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nX: a\x01b\r\n\r\n",
             b"0\r\n\n",
         ] {
             assert_eq!(

@@ -168,12 +168,12 @@ struct Facts {
 impl Facts {
     fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Refusal> {
         if *name == header::CONTENT_LENGTH {
-            for part in value.split(|&b| b == b',') {
-                let n = digits(trim(part)).ok_or(Refusal::Malformed)?;
-                match self.length {
-                    Some(seen) if seen != n => return Err(Refusal::Malformed),
-                    _ => self.length = Some(n),
-                }
+            // One decimal number per field; repeated fields must agree. A list in one field
+            // ("5, 5") is refused, as hyper does (RFC 9110 §8.6 allows either).
+            let n = digits(trim(value)).ok_or(Refusal::Malformed)?;
+            match self.length {
+                Some(seen) if seen != n => return Err(Refusal::Malformed),
+                _ => self.length = Some(n),
             }
         } else if *name == header::TRANSFER_ENCODING {
             // Only the final coding of the last field decides (RFC 9112 §6.3 item 4).
@@ -257,10 +257,18 @@ mod tests {
     }
 
     #[test]
-    fn content_length_lists_must_agree_and_be_plain_digits() {
-        let h = parsed(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+    fn repeated_content_lengths_must_agree_and_each_be_plain_digits() {
+        let h = parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5));
-        for bad in ["5, 6", "+5", "-1", "0x5", "", "99999999999999999999999"] {
+        for bad in [
+            "5, 5",
+            "5, 6",
+            "+5",
+            "-1",
+            "0x5",
+            "",
+            "99999999999999999999999",
+        ] {
             let text = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
             assert!(
                 matches!(parse(text.as_bytes()), Err(Refusal::Malformed)),
