@@ -9,7 +9,11 @@ use super::inbound::InboundError;
 
 /// The longest chunk-size line (with extensions) and trailer section accepted: a client may
 /// not make the gateway buffer unbounded framing.
+/// The chunk-size line's limit applies to what precedes its extensions; the extensions of a
+/// whole body share `MAX_EXTENSIONS` (hyper's limit). The trailer section has `MAX_TRAILERS`
+/// (hyper's too, so both engines refuse the same sections).
 const MAX_CHUNK_LINE: usize = 4096;
+const MAX_EXTENSIONS: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where `s`, a slice a parser (`httparse`) took from a read buffer starting at address `base`
@@ -59,8 +63,13 @@ pub enum Step {
 pub enum Decoder {
     /// Bytes still to come.
     Length(u64),
-    /// Chunked, in this state.
-    Chunked(Chunk),
+    /// Chunked.
+    Chunked {
+        /// Where in the framing the decoder is.
+        state: Chunk,
+        /// Chunk-extension bytes read so far (bounded per body).
+        extensions: usize,
+    },
     /// Whatever comes until the peer closes (a response without framing); the caller ends it
     /// at the close.
     UntilClose,
@@ -75,16 +84,32 @@ pub enum Chunk {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// Reading the trailer section, this many bytes of it so far.
+    /// Reading the trailer section (kept in the buffer until it ends); this many bytes of it
+    /// were scanned without finding its end.
     Trailers(usize),
     /// Finished.
     Done,
 }
 
 impl Decoder {
+    /// A chunked body's decoder, before its first chunk.
+    pub fn chunked() -> Decoder {
+        Decoder::Chunked {
+            state: Chunk::Size,
+            extensions: 0,
+        }
+    }
+
     /// Whether the body has ended.
     pub fn is_done(&self) -> bool {
-        matches!(self, Decoder::Length(0) | Decoder::Chunked(Chunk::Done))
+        matches!(
+            self,
+            Decoder::Length(0)
+                | Decoder::Chunked {
+                    state: Chunk::Done,
+                    ..
+                }
+        )
     }
 
     /// Takes the next piece of the body from `buf`.
@@ -99,27 +124,45 @@ impl Decoder {
                 *left -= n as u64;
                 Ok(Step::Data(buf.split_to(n).freeze()))
             }
-            Decoder::Chunked(state) => chunked(state, buf),
+            Decoder::Chunked { state, extensions } => chunked(state, extensions, buf),
             Decoder::UntilClose if buf.is_empty() => Ok(Step::NeedMore),
             Decoder::UntilClose => Ok(Step::Data(buf.split().freeze())),
         }
     }
 }
 
-fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> {
+fn chunked(
+    state: &mut Chunk,
+    extensions: &mut usize,
+    buf: &mut BytesMut,
+) -> Result<Step, InboundError> {
     loop {
         match *state {
             Chunk::Size => match chunk_size_line(buf)? {
-                Some((used, size)) => {
-                    let _ = buf.split_to(used);
+                SizeLine::Complete {
+                    len,
+                    size,
+                    extension,
+                } => {
+                    *extensions += extension;
+                    if *extensions >= MAX_EXTENSIONS || len - extension > MAX_CHUNK_LINE {
+                        return Err(InboundError::Framing);
+                    }
+                    let _ = buf.split_to(len);
                     *state = if size == 0 {
                         Chunk::Trailers(0)
                     } else {
                         Chunk::Data(size)
                     };
                 }
-                None if buf.len() < MAX_CHUNK_LINE => return Ok(Step::NeedMore),
-                None => return Err(InboundError::Framing),
+                SizeLine::Partial { extension } => {
+                    if *extensions + extension >= MAX_EXTENSIONS
+                        || buf.len() - extension > MAX_CHUNK_LINE
+                    {
+                        return Err(InboundError::Framing);
+                    }
+                    return Ok(Step::NeedMore);
+                }
             },
             Chunk::Data(left) => {
                 if buf.is_empty() {
@@ -143,91 +186,139 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, InboundError> 
                 let _ = buf.split_to(2);
                 *state = Chunk::Size;
             }
-            Chunk::Trailers(seen) => {
+            Chunk::Trailers(scanned) => {
                 // Trailer fields are read and dropped: the request was routed, authenticated
                 // and forwarded on its head, so fields arriving after the body cannot be
-                // checked and are not passed on.
-                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                    if seen + buf.len() > MAX_TRAILERS {
-                        return Err(InboundError::Framing);
+                // checked and are not passed on. The section stays in the buffer until its
+                // end is found (it is bounded), then is checked whole.
+                match trailer_section_end(buf, scanned)? {
+                    Some(end) => {
+                        if end >= MAX_TRAILERS || !is_field_section(&buf[..end]) {
+                            return Err(InboundError::Framing);
+                        }
+                        let _ = buf.split_to(end);
+                        *state = Chunk::Done;
+                        return Ok(Step::End);
                     }
-                    return Ok(Step::NeedMore);
-                };
-                let line = buf.split_to(end + 1);
-                let content = line.strip_suffix(b"\r\n").ok_or(InboundError::Framing)?;
-                if content.is_empty() {
-                    *state = Chunk::Done;
-                    return Ok(Step::End);
+                    None if buf.len() >= MAX_TRAILERS => return Err(InboundError::Framing),
+                    None => {
+                        *state = Chunk::Trailers(buf.len());
+                        return Ok(Step::NeedMore);
+                    }
                 }
-                if seen + line.len() > MAX_TRAILERS || !is_field_line(content) {
-                    return Err(InboundError::Framing);
-                }
-                *state = Chunk::Trailers(seen + line.len());
             }
             Chunk::Done => return Ok(Step::End),
         }
     }
 }
 
+/// A chunk-size line as read so far.
+enum SizeLine {
+    /// The whole line: its length with the CRLF, the chunk's size, and how many bytes its
+    /// extensions took.
+    Complete {
+        len: usize,
+        size: u64,
+        extension: usize,
+    },
+    /// Not all of it yet; its extensions took this many bytes so far.
+    Partial { extension: usize },
+}
+
 /// Reads a chunk-size line (RFC 9112 §7.1): one or more hex digits, optional spaces or tabs,
-/// optional `;` extensions (ignored), CRLF. `Some((line length, size))`, or `None` while the
-/// line is incomplete. Stricter than `httparse::parse_chunk_size`, which takes an empty size
-/// as 0 and a bare LF inside an extension: either lets a peer that reads the line otherwise
-/// see a different body, the stuff of request smuggling.
-fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, InboundError> {
+/// optional `;` extensions (ignored), CRLF. Stricter than `httparse::parse_chunk_size`, which
+/// takes an empty size as 0 and a bare LF inside an extension: either lets a peer that reads
+/// the line otherwise see a different body, the stuff of request smuggling.
+fn chunk_size_line(buf: &[u8]) -> Result<SizeLine, InboundError> {
     let mut size: u64 = 0;
-    let mut digits = 0;
     let mut i = 0;
-    while let Some(&b) = buf.get(i) {
-        let Some(d) = (b as char).to_digit(16) else {
-            break;
-        };
+    while let Some(d) = buf.get(i).and_then(|&b| (b as char).to_digit(16)) {
         size = size
             .checked_mul(16)
             .and_then(|s| s.checked_add(u64::from(d)))
             .ok_or(InboundError::Framing)?;
-        digits += 1;
         i += 1;
     }
-    if digits == 0 && i < buf.len() {
+    if i == 0 && !buf.is_empty() {
         return Err(InboundError::Framing);
     }
-    while let Some(&b) = buf.get(i) {
-        match b {
-            b' ' | b'\t' => i += 1,
-            _ => break,
-        }
+    while matches!(buf.get(i), Some(b' ' | b'\t')) {
+        i += 1;
     }
+    let mut extension = 0;
     if buf.get(i) == Some(&b';') {
-        match buf[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
-            Some(at) if buf[i + at] == b'\r' => i += at,
+        let rest = &buf[i + 1..];
+        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            Some(at) if rest[at] == b'\r' => {
+                extension = at;
+                i += 1 + at;
+            }
             Some(_) => return Err(InboundError::Framing),
-            None => return Ok(None),
+            None => {
+                return Ok(SizeLine::Partial {
+                    extension: rest.len(),
+                })
+            }
         }
     }
     match (buf.get(i), buf.get(i + 1)) {
-        (None, _) | (Some(b'\r'), None) => Ok(None),
-        (Some(b'\r'), Some(b'\n')) => Ok(Some((i + 2, size))),
+        (None, _) | (Some(b'\r'), None) => Ok(SizeLine::Partial { extension }),
+        (Some(b'\r'), Some(b'\n')) => Ok(SizeLine::Complete {
+            len: i + 2,
+            size,
+            extension,
+        }),
         _ => Err(InboundError::Framing),
     }
 }
 
-/// A header or trailer field line as RFC 9112 §5 has it: a token name, the colon right after
-/// it, and a value of visible characters, spaces, tabs and obs-text; no control characters.
-/// Trailers are dropped, but one that is malformed makes the body malformed, as hyper has it:
-/// a gateway must not pass on a message its peers would read differently.
-fn is_field_line(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
+/// Where the trailer section at the start of `buf` ends (just after its empty line), found
+/// as hyper finds it: lines end at CRLF, a CR anywhere else is an error, and the section ends
+/// at the first empty line (at once when `buf` starts with CRLF). `scanned` bytes were
+/// looked at before without finding the end.
+fn trailer_section_end(buf: &[u8], scanned: usize) -> Result<Option<usize>, InboundError> {
+    if buf.starts_with(b"\r\n") {
+        return Ok(Some(2));
+    }
+    // Back up over a CRLFCR that the last read may have cut short.
+    let mut i = scanned.saturating_sub(3);
+    while let Some(at) = buf[i..].iter().position(|&b| b == b'\r') {
+        let cr = i + at;
+        match buf.get(cr + 1) {
+            None => return Ok(None),
+            Some(b'\n') => {}
+            Some(_) => return Err(InboundError::Framing),
+        }
+        match (buf.get(cr + 2), buf.get(cr + 3)) {
+            (Some(b'\r'), Some(b'\n')) => return Ok(Some(cr + 4)),
+            (Some(b'\r'), Some(_)) => return Err(InboundError::Framing),
+            _ => i = cr + 2,
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a whole trailer section (CRLF-ended lines, then an empty line) is well formed as a
+/// field section: each field a token name, the colon right after it, a value without control
+/// characters. It is read by `httparse` as hyper reads it (a bare LF may end a line, RFC 9112
+/// §2.2), so the engine refuses exactly the sections hyper refuses. Trailers are dropped, but a
+/// malformed one makes the message malformed: a gateway must not pass on what its peers would
+/// read differently.
+fn is_field_section(section: &[u8]) -> bool {
+    if section == b"\r\n" {
+        return true;
+    }
+    // hyper sizes its header array by the CRLF-ended lines (at most its 100 fields); more
+    // fields than that (split by bare LFs) is an error there too.
+    let lines = section.windows(2).filter(|w| w == b"\r\n").count() - 1;
+    if lines > 100 {
         return false;
-    };
-    let (name, value) = (&line[..colon], &line[colon + 1..]);
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        && value
-            .iter()
-            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+    }
+    let mut fields = vec![httparse::EMPTY_HEADER; lines];
+    matches!(
+        httparse::parse_headers(section, &mut fields),
+        Ok(httparse::Status::Complete(_))
+    )
 }
 
 #[cfg(test)]
@@ -236,7 +327,7 @@ mod tests {
 
     /// Decodes all of `input`, fed in pieces of `feed` bytes; the body, or the error.
     fn decode(input: &[u8], feed: usize) -> Result<(Vec<u8>, Vec<u8>), InboundError> {
-        let mut d = Decoder::Chunked(Chunk::Size);
+        let mut d = Decoder::chunked();
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut fed = 0;
@@ -286,7 +377,6 @@ mod tests {
             b"0\r\nX : 1\r\n\r\n",
             b"0\r\n: 1\r\n\r\n",
             b"0\r\nX: a\x01b\r\n\r\n",
-            b"0\r\n\n",
         ] {
             assert_eq!(
                 decode(bad, 64),
@@ -295,8 +385,46 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        let long = format!("1;{}\r\n", "e".repeat(MAX_EXTENSIONS));
         assert_eq!(decode(long.as_bytes(), 64), Err(InboundError::Framing));
+    }
+
+    #[test]
+    fn trailer_sections_are_read_as_hyper_reads_them() {
+        // A bare LF may end the field lines (RFC 9112 §2.2), as httparse reads them; the section
+        // ends at an empty CRLF line all the same, and what follows is the next request.
+        for section in [&b"\n0\r\nX-T: 1\r\n\r\n"[..], b"X: 1\r\n\r\n"] {
+            let input = [&b"0\r\n"[..], section, b"GET /"].concat();
+            for feed in [1, 2, 3, 64] {
+                let (body, rest) = decode(&input, feed).expect("valid");
+                assert!(body.is_empty());
+                assert!(b"GET /".starts_with(&rest), "feed {feed}: {rest:?}");
+            }
+        }
+        for bad in [
+            // More fields than CRLF-ended lines: hyper's array of fields is too short for them.
+            &b"0\r\nX: 1\nY: 2\r\n\r\n"[..],
+            b"0\r\nX: 1\rY: 2\r\n\r\n",
+            b"0\r\nX: 1\r\n\rZ",
+            b"0\r\nX: 1\r\n Y: 2\r\n\r\n",
+        ] {
+            assert_eq!(decode(bad, 64), Err(InboundError::Framing), "{bad:?}");
+        }
+        let big = format!("0\r\nX: {}\r\n\r\n", "v".repeat(MAX_TRAILERS));
+        assert_eq!(decode(big.as_bytes(), 1024), Err(InboundError::Framing));
+    }
+
+    #[test]
+    fn chunk_extensions_share_one_budget_per_body() {
+        let ext = "e".repeat(MAX_EXTENSIONS / 4);
+        let chunk = format!("1;{ext}\r\nx\r\n");
+        let under = format!("{}0\r\n\r\n", chunk.repeat(3));
+        assert_eq!(decode(under.as_bytes(), 512).expect("valid").0, b"xxx");
+        let over = format!("{}0\r\n\r\n", chunk.repeat(4));
+        assert_eq!(decode(over.as_bytes(), 512), Err(InboundError::Framing));
+        // Padding before the extensions has the line's own bound.
+        let padded = format!("1{}\r\nx\r\n0\r\n\r\n", " ".repeat(MAX_CHUNK_LINE + 1));
+        assert_eq!(decode(padded.as_bytes(), 512), Err(InboundError::Framing));
     }
 
     #[test]

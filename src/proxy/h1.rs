@@ -31,7 +31,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::client::{OpenConnection, Sent};
-use crate::body::framing::{self, Chunk, Decoder, Step};
+use crate::body::framing::{self, Decoder, Step};
 use crate::body::{BodyError, RequestBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::upstream::{Service, Target};
@@ -542,7 +542,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
             (None, true)
         } else if te {
             if chunked {
-                (Some(Decoder::Chunked(Chunk::Size)), true)
+                (Some(Decoder::chunked()), true)
             } else {
                 (Some(Decoder::UntilClose), false)
             }

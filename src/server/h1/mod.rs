@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use crate::body::framing::{Chunk, Decoder, Step};
+use crate::body::framing::{Decoder, Step};
 use crate::body::inbound::{self, InboundError, Want};
 use crate::body::{ClientBody, GatewayBody};
 use crate::pipeline::unparsed;
@@ -303,7 +303,7 @@ impl Conn {
         let (body, mut pump) = match framing {
             Framing::Empty => (ClientBody::Empty, None),
             Framing::Length(n) => self.pump(Some(n), Decoder::Length(n), expect_continue),
-            Framing::Chunked => self.pump(None, Decoder::Chunked(Chunk::Size), expect_continue),
+            Framing::Chunked => self.pump(None, Decoder::chunked(), expect_continue),
         };
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();

@@ -100,8 +100,9 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     let mut facts = Facts::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
-        facts.see(&name, h.value)?;
-        fields.push((name, range(h.value)?));
+        if facts.see(&name, h.value)? {
+            fields.push((name, range(h.value)?));
+        }
     }
     if facts.upgrade {
         return Ok(Parsed::HandOver);
@@ -119,10 +120,12 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
         let value = shared_value(&head, at, n)?;
         headers.append(name, value);
     }
+    // HTTP/1.0 keeps the connection only when asked to, and a `close` anywhere wins over a
+    // `keep-alive` anywhere; a message framed both ways closes the connection after it.
     let keep_alive = match version {
         Version::HTTP_11 => !facts.close,
-        _ => facts.keep_alive,
-    } && !(facts.chunked && facts.length.is_some());
+        _ => facts.keep_alive && !facts.close,
+    } && !(facts.transfer_encoding && facts.content_length_field);
     Ok(Parsed::Head(Head {
         method,
         uri,
@@ -157,6 +160,7 @@ fn overflow(buf: &[u8], max_uri: usize) -> Refusal {
 #[derive(Default)]
 struct Facts {
     length: Option<u64>,
+    content_length_field: bool,
     transfer_encoding: bool,
     chunked: bool,
     close: bool,
@@ -166,21 +170,32 @@ struct Facts {
 }
 
 impl Facts {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Refusal> {
+    /// Takes in one field; whether it is kept (a repeated Content-Length is not: it agrees with
+    /// the first, which is passed on alone, as hyper passes it).
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Refusal> {
         if *name == header::CONTENT_LENGTH {
+            self.content_length_field = true;
+            // After Transfer-Encoding, the body is chunked (or refused): the length is neither
+            // read nor passed on, as hyper has it.
+            if self.transfer_encoding {
+                return Ok(false);
+            }
             // One decimal number per field; repeated fields must agree. A list in one field
             // ("5, 5") is refused, as hyper does (RFC 9110 §8.6 allows either).
             let n = digits(trim(value)).ok_or(Refusal::Malformed)?;
             match self.length {
                 Some(seen) if seen != n => return Err(Refusal::Malformed),
-                _ => self.length = Some(n),
+                Some(_) => return Ok(false),
+                None => self.length = Some(n),
             }
         } else if *name == header::TRANSFER_ENCODING {
-            // Only the final coding of the last field decides (RFC 9112 §6.3 item 4).
+            // Only the final coding of the last field decides (RFC 9112 §6.3 item 4); a
+            // value with obs-text names no coding Portico knows, so it is not chunked.
             self.transfer_encoding = true;
             let last = value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            self.chunked = trim(last).eq_ignore_ascii_case(b"chunked");
-        } else if *name == header::CONNECTION {
+            self.chunked = value.is_ascii() && trim(last).eq_ignore_ascii_case(b"chunked");
+        } else if *name == header::CONNECTION && value.is_ascii() {
+            // A value with obs-text is a list of no known tokens, as hyper reads it.
             for token in value.split(|&b| b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
@@ -193,7 +208,7 @@ impl Facts {
         } else if *name == header::EXPECT {
             self.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
         }
-        Ok(())
+        Ok(true)
     }
 
     fn framing(&self, version: Version) -> Result<Framing, Refusal> {
@@ -260,6 +275,7 @@ mod tests {
     fn repeated_content_lengths_must_agree_and_each_be_plain_digits() {
         let h = parsed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.headers.get_all("content-length").iter().count(), 1);
         for bad in [
             "5, 5",
             "5, 6",
@@ -284,6 +300,21 @@ mod tests {
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.keep_alive);
         assert!(h.headers.get("content-length").is_none());
+        // A Content-Length after the Transfer-Encoding is not even read (hyper skips it).
+        let h =
+            parsed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.keep_alive);
+        assert!(h.headers.get("content-length").is_none());
+    }
+
+    #[test]
+    fn http10_keeps_the_connection_only_when_asked_and_never_after_close() {
+        let h = parsed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(h.keep_alive);
+        let h = parsed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n");
+        assert!(!h.keep_alive);
+        assert!(!parsed(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
     }
 
     #[test]
@@ -294,6 +325,7 @@ mod tests {
             "",
             "\"chunked\"",
             "chunked;q=1",
+            "\u{e9}, chunked",
         ] {
             let text = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
             assert!(
