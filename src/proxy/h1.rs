@@ -556,7 +556,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
         let keep_alive = framed
             && match version {
                 Version::HTTP_11 => !close,
-                _ => keep,
+                // An HTTP/1.0 answer keeps the connection only when it asks to, and a `close`
+                // anywhere wins.
+                _ => keep && !close,
             };
         let mut response = Response::new(());
         *response.status_mut() = status;

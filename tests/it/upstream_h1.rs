@@ -79,19 +79,26 @@ async fn an_answer_without_framing_is_read_until_the_close_and_the_connection_no
 #[tokio::test]
 async fn keep_alive_answers_reuse_one_connection_and_close_answers_do_not() {
     let keep = answering(|_| "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nk".into()).await;
-    let close = upstream::raw_tcp(|mut s, _| async move {
-        if read_head(&mut s).await.is_some() {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nc")
-                .await;
-            // Keeps the socket open: the gateway must not reuse it on the header alone.
-            let mut rest = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-        }
-    })
+    let closing = |answer: &'static [u8]| {
+        upstream::raw_tcp(move |mut s, _| async move {
+            if read_head(&mut s).await.is_some() {
+                let _ = s.write_all(answer).await;
+                // Keeps the socket open: the gateway must not reuse it on the header alone.
+                let mut rest = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+            }
+        })
+    };
+    let close =
+        closing(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nc").await;
+    // HTTP/1.0 asking for both: `close` wins.
+    let both = closing(
+        b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\nconnection: close\r\n\r\nc",
+    )
     .await;
     for engine in ENGINES {
-        for (up, reused) in [(&keep, true), (&close, false)] {
+        for (up, reused) in [(&keep, true), (&close, false), (&both, false)] {
             let gw = gateway(engine, up);
             let before = up.connections();
             for _ in 0..3 {
