@@ -6,6 +6,8 @@
 #   bench/callgrind.sh [profile...]      (default: plain)
 # Waits up to CALLGRIND_WAIT_TENTHS (default 1200: 2 min, for a loaded machine) tenths of a
 # second for the gateway under valgrind to answer.
+# CALLGRIND_KEEP=DIR keeps both profiles as DIR/PROFILE-N.out, for bench/callgrind-diff.py (which
+# functions the extra requests cost).
 # Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
 # `cargo build --release`. Profiles that need Redis need it running (see bench/README.md). The
 # `tracing` profile starts examples/otlp_sink (release or debug build: `cargo build --example
@@ -57,6 +59,7 @@ count() { # PROFILE N: total instructions of a gateway run serving N requests
   kill -TERM "$gw" 2>/dev/null || true
   wait "$gw" || true
   grep -o "Collected : [0-9]*" "$out.log" | awk '{print $3}'
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP"; cp "$out" "$CALLGRIND_KEEP/$1-$2.out"; fi
   rm -f "$out" "$out.log"
 }
 

@@ -145,13 +145,19 @@ impl Conn {
     }
 }
 
-/// Reads what `stream` has into `buf`'s spare room, growing it by `grow` when nearly full.
-///
-/// A read that leaves room in the buffer took everything the kernel had, so the socket's
-/// readiness is cleared then, without another system call: the next wait for bytes (or for the
-/// peer's close) goes to the reactor instead of starting with a read that finds nothing. Bytes
-/// or a close arriving later raise a new readiness event; a close already seen stays seen
-/// (tokio keeps the closed state through a clear).
+/// Clears a socket's read readiness after a read that left room in its buffer: that read took
+/// everything the kernel had, so the next wait for bytes (or for the peer's close) goes to the
+/// reactor instead of starting with a read that finds nothing, and no system call is made to
+/// learn it. Bytes or a close arriving later raise a new readiness event; a close already seen
+/// stays seen (tokio keeps the closed state through a clear).
+pub(crate) fn assume_drained(stream: &TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+}
+
+/// Reads what `stream` has into `buf`'s spare room, growing it by `grow` when nearly full;
+/// a read that drained the socket clears its readiness (`assume_drained`).
 pub(crate) fn poll_read_into(
     stream: &TcpStream,
     buf: &mut BytesMut,
@@ -167,9 +173,7 @@ pub(crate) fn poll_read_into(
         match stream.try_read_buf(buf) {
             Ok(n) => {
                 if n > 0 && n < room {
-                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+                    assume_drained(stream);
                 }
                 return Poll::Ready(Ok(n));
             }
@@ -525,7 +529,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
             fields.push((name, range(h.value)?));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for what the gateway adds to answers (request id, policies' headers): a map
+        // that grows rehashes every field.
+        let mut headers = HeaderMap::with_capacity(fields.len() + 4);
         for (name, (at, n)) in fields {
             if te && name == header::CONTENT_LENGTH {
                 continue;

@@ -225,9 +225,17 @@ async fn read_prefix(stream: &TcpStream) -> io::Result<Option<BytesMut>> {
 }
 
 /// One non-blocking read appended to `into`, into its spare capacity (nothing is zeroed first).
+/// A read that left room in the buffer drained the socket: its readiness is cleared then, so
+/// the next wait for bytes (or for the client's close while the request is served) waits for
+/// the driver instead of trying a read that would fail with `WouldBlock`.
 fn try_read_chunk(stream: &TcpStream, into: &mut BytesMut) -> io::Result<usize> {
     into.reserve(4096);
-    stream.try_read_buf(into)
+    let room = into.capacity() - into.len();
+    let n = stream.try_read_buf(into)?;
+    if n > 0 && n < room {
+        crate::proxy::h1::assume_drained(stream);
+    }
+    Ok(n)
 }
 
 /// The client socket with the already-read prefix in front of it. `poll_shutdown` only flushes:

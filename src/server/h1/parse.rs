@@ -111,7 +111,9 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| Refusal::Malformed)?;
     let framing = facts.framing(version)?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for what the gateway adds on the way (forwarding headers, request id,
+    // traceparent): a map that grows while the request passes rehashes every field.
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_ON_THE_WAY);
     for (name, (at, n)) in fields {
         // Content-Length beside Transfer-Encoding is not passed on: the body is chunked.
         if facts.chunked && name == header::CONTENT_LENGTH {
@@ -136,6 +138,10 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
         expect_continue: facts.expect_continue && version == Version::HTTP_11,
     }))
 }
+
+/// Fields the gateway may add to a request before it goes upstream (`X-Forwarded-*`,
+/// `Forwarded`, `Via`, the request id, `traceparent`, a policy's few).
+const ADDED_ON_THE_WAY: usize = 8;
 
 fn shared_value(head: &Bytes, at: usize, n: usize) -> Result<HeaderValue, Refusal> {
     HeaderValue::from_maybe_shared(head.slice(at..at + n)).map_err(|_| Refusal::Malformed)
