@@ -437,8 +437,15 @@ fn json_str(buf: &mut Vec<u8>, bytes: &[u8]) {
 /// Escapes valid UTF-8 for a JSON string, copying the runs that need no escape whole: multi-byte
 /// characters never contain bytes below 0x80, so only `"`, `\` and controls are looked at.
 fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
+    // Most of a line needs no escape: eight bytes at a time are checked for one that does, and
+    // the byte loop below starts at the first word that has one.
+    let clean = text
+        .chunks_exact(8)
+        .take_while(|w| !needs_escape(u64::from_le_bytes((*w).try_into().unwrap_or([0; 8]))))
+        .count()
+        * 8;
     let mut start = 0;
-    for (i, &b) in text.iter().enumerate() {
+    for (i, &b) in text.iter().enumerate().skip(clean) {
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -457,6 +464,20 @@ fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
         start = i + 1;
     }
     buf.extend_from_slice(&text[start..]);
+}
+
+/// Whether any of a word's eight bytes is `"`, `\` or a control character (below 0x20), by the
+/// classic "has a zero byte" / "has a byte less than n" bit tricks: bytes of 0x80 and above
+/// never set the mark, as UTF-8's multi-byte characters need no escape.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (zero_byte(word ^ (ONES * u64::from(b'"')))
+        | zero_byte(word ^ (ONES * u64::from(b'\\')))
+        | below_space)
+        != 0
 }
 
 fn format_common(line: &Line, buf: &mut Vec<u8>) {
@@ -563,6 +584,29 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_text_reads_back_as_json_wherever_the_special_byte_falls() {
+        let specials = [
+            "\"", "\\", "\n", "\r", "\t", "\u{1}", "\u{1f}", "é", "\u{7f}", " ",
+        ];
+        for len in 0..20 {
+            for at in 0..=len {
+                for special in specials {
+                    let text = format!("{}{special}{}", "a".repeat(at), "b".repeat(len - at));
+                    let mut buf = Vec::new();
+                    json_escape(&mut buf, text.as_bytes());
+                    let expected = serde_json::to_string(&text).unwrap();
+                    let got = format!("\"{}\"", String::from_utf8(buf).unwrap());
+                    assert_eq!(
+                        serde_json::from_str::<String>(&got).unwrap(),
+                        text,
+                        "{got} against {expected}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn json_lines_are_valid_json_whatever_the_client_sent() {
