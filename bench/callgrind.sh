@@ -6,6 +6,7 @@
 #   bench/callgrind.sh [profile...]      (default: plain)
 # Waits up to CALLGRIND_WAIT_TENTHS (default 1200: 2 min, for a loaded machine) tenths of a
 # second for the gateway under valgrind to answer.
+# CALLGRIND_NEWCONN=1 sends each request on a new connection (`Connection: close`).
 # CALLGRIND_KEEP=DIR keeps both profiles as DIR/PROFILE-N.out, for bench/callgrind-diff.py (which
 # functions the extra requests cost).
 # Needs: valgrind, python3, ../shared/bench/setup.sh done once (the origin binary), and
@@ -30,15 +31,22 @@ if [[ " ${*:-plain} " == *" tracing "* ]]; then
   "$sink_bin" "127.0.0.1:$tport" 2>/tmp/portico-callgrind-sink.log & sink=$!
 fi
 
-requests() { # N [AUTH]: N keep-alive requests over one connection, with an Authorization header
-  python3 - "$gport" "$1" "${2:-}" <<'PY'
+requests() { # N [AUTH]: N keep-alive requests over one connection (each on a new connection with
+  # CALLGRIND_NEWCONN=1), with an Authorization header
+  python3 - "$gport" "$1" "${2:-}" "${CALLGRIND_NEWCONN:-0}" <<'PY'
 import http.client, sys
-port, n, auth = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port, n, auth, newconn = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 headers = {"Authorization": auth} if auth else {}
+if newconn:
+    headers["Connection"] = "close"
 c = http.client.HTTPConnection("127.0.0.1", port)
 for _ in range(n):
+    if newconn:
+        c = http.client.HTTPConnection("127.0.0.1", port)
     c.request("GET", "/small", headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    if newconn:
+        c.close()
 PY
 }
 

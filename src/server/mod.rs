@@ -277,10 +277,16 @@ async fn accept_loop(
         let runtime = Arc::clone(&runtime);
         let builders = Arc::clone(&builders);
         let shutdown = shutdown.clone();
+        // The connection's future is boxed: it holds the HTTP/1 engine with a request's
+        // pipeline pinned in it (kilobytes), and tokio moves a spawned future several times
+        // (into the task, through its stages) where a box moves as a pointer. One allocation
+        // per connection instead of about 6,000 instructions of copying.
         tokio::spawn(async move {
             let _guard = guard;
             match kind {
-                Kind::Plain => conn::serve(runtime, stream, peer, &builders, shutdown).await,
+                Kind::Plain => {
+                    Box::pin(conn::serve(runtime, stream, peer, &builders, shutdown)).await
+                }
                 Kind::Tls => {
                     Box::pin(tls::serve_tls(runtime, stream, peer, &builders, shutdown)).await
                 }
