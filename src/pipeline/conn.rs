@@ -41,7 +41,11 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// Context for a connection from `peer`.
     pub fn new(runtime: Arc<Runtime>, peer: SocketAddr) -> Self {
-        let peer_header = HeaderValue::from_str(&peer.ip().to_string())
+        // Made once per connection, for `X-Forwarded-For` and `Forwarded`: one allocation,
+        // no `core::fmt`.
+        let mut text = Vec::with_capacity(39);
+        crate::telemetry::access_log::write_ip(&mut text, peer.ip());
+        let peer_header = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
             .unwrap_or(HeaderValue::from_static("unknown"));
         Self {
             runtime,

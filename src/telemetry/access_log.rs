@@ -515,7 +515,9 @@ fn write_millis(buf: &mut Vec<u8>, d: Duration) {
 }
 
 /// The IP in its usual text form; IPv4 (nearly every line) without `core::fmt`.
-fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+/// Appends an address as text; IPv4 without `core::fmt` (its formatting machinery costs more
+/// than the digits).
+pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let mut n = itoa::Buffer::new();
