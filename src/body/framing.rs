@@ -78,8 +78,9 @@ pub enum Decoder {
 /// Where in the chunked framing the decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
+    /// Expecting a chunk-size line, of which this many bytes were looked at before without
+    /// finding its end.
+    Size(usize),
     /// Inside a chunk's data, with this much to come.
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
@@ -95,7 +96,7 @@ impl Decoder {
     /// A chunked body's decoder, before its first chunk.
     pub fn chunked() -> Decoder {
         Decoder::Chunked {
-            state: Chunk::Size,
+            state: Chunk::Size(0),
             extensions: 0,
         }
     }
@@ -138,7 +139,18 @@ fn chunked(
 ) -> Result<Step, InboundError> {
     loop {
         match *state {
-            Chunk::Size => match chunk_size_line(buf)? {
+            // Bytes of a size line arriving a few at a time are not parsed again from the
+            // line's start each time (quadratic in its length): only once a CR or LF came.
+            Chunk::Size(seen)
+                if seen > 0 && !buf[seen - 1..].iter().any(|&b| b == b'\r' || b == b'\n') =>
+            {
+                if buf.len() > MAX_CHUNK_LINE + MAX_EXTENSIONS - *extensions {
+                    return Err(InboundError::Framing);
+                }
+                *state = Chunk::Size(buf.len());
+                return Ok(Step::NeedMore);
+            }
+            Chunk::Size(_) => match chunk_size_line(buf)? {
                 SizeLine::Complete {
                     len,
                     size,
@@ -161,6 +173,7 @@ fn chunked(
                     {
                         return Err(InboundError::Framing);
                     }
+                    *state = Chunk::Size(buf.len());
                     return Ok(Step::NeedMore);
                 }
             },
@@ -184,7 +197,7 @@ fn chunked(
                     return Err(InboundError::Framing);
                 }
                 let _ = buf.split_to(2);
-                *state = Chunk::Size;
+                *state = Chunk::Size(0);
             }
             Chunk::Trailers(scanned) => {
                 // Trailer fields are read and dropped: the request was routed, authenticated
@@ -378,15 +391,25 @@ mod tests {
             b"0\r\n: 1\r\n\r\n",
             b"0\r\nX: a\x01b\r\n\r\n",
         ] {
-            assert_eq!(
-                decode(bad, 64),
-                Err(InboundError::Framing),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            for feed in [1, 64] {
+                assert_eq!(
+                    decode(bad, feed),
+                    Err(InboundError::Framing),
+                    "feed {feed}: {:?}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
         }
-        let long = format!("1;{}\r\n", "e".repeat(MAX_EXTENSIONS));
-        assert_eq!(decode(long.as_bytes(), 64), Err(InboundError::Framing));
+        // Over the bounds, whether the line comes whole or a byte at a time (the second is
+        // not parsed again per byte, and is still refused).
+        for long in [
+            format!("1;{}\r\n", "e".repeat(MAX_EXTENSIONS)),
+            format!("1{}", " ".repeat(MAX_CHUNK_LINE + MAX_EXTENSIONS + 1)),
+        ] {
+            for feed in [1, 64] {
+                assert_eq!(decode(long.as_bytes(), feed), Err(InboundError::Framing));
+            }
+        }
     }
 
     #[test]
