@@ -7,11 +7,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::inbound::InboundError;
 
-/// The longest chunk-size line (with extensions) and trailer section accepted: a client may
-/// not make the gateway buffer unbounded framing.
-/// The chunk-size line's limit applies to what precedes its extensions; the extensions of a
-/// whole body share `MAX_EXTENSIONS` (hyper's limit). The trailer section has `MAX_TRAILERS`
-/// (hyper's too, so both engines refuse the same sections).
+/// Bounds on framing a peer could otherwise make the gateway buffer without end: a chunk-size
+/// line without its extensions (`MAX_CHUNK_LINE`), the extensions of a whole body together
+/// (`MAX_EXTENSIONS`, hyper's limit) and the trailer section (`MAX_TRAILERS`, hyper's too), so
+/// both engines refuse the same messages.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_EXTENSIONS: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -142,7 +141,10 @@ fn chunked(
             // Bytes of a size line arriving a few at a time are not parsed again from the
             // line's start each time (quadratic in its length): only once a CR or LF came.
             Chunk::Size(seen)
-                if seen > 0 && !buf[seen - 1..].iter().any(|&b| b == b'\r' || b == b'\n') =>
+                if seen > 0
+                    && buf
+                        .get(seen - 1..)
+                        .is_some_and(|new| !new.iter().any(|&b| b == b'\r' || b == b'\n')) =>
             {
                 if buf.len() > MAX_CHUNK_LINE + MAX_EXTENSIONS - *extensions {
                     return Err(InboundError::Framing);
@@ -294,7 +296,7 @@ fn trailer_section_end(buf: &[u8], scanned: usize) -> Result<Option<usize>, Inbo
         return Ok(Some(2));
     }
     // Back up over a CRLFCR that the last read may have cut short.
-    let mut i = scanned.saturating_sub(3);
+    let mut i = scanned.saturating_sub(3).min(buf.len());
     while let Some(at) = buf[i..].iter().position(|&b| b == b'\r') {
         let cr = i + at;
         match buf.get(cr + 1) {

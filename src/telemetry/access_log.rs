@@ -514,9 +514,9 @@ fn write_millis(buf: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
-/// The IP in its usual text form; IPv4 (nearly every line) without `core::fmt`.
-/// Appends an address as text; IPv4 without `core::fmt` (its formatting machinery costs more
-/// than the digits).
+/// Appends an address in its usual text form; IPv4 (nearly every client) without `core::fmt`,
+/// whose machinery costs more than the digits. Also makes the connection's
+/// `X-Forwarded-For` value (`pipeline::conn`).
 pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
