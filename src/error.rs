@@ -300,6 +300,32 @@ pub enum GatewayError {
     /// set (even on loopback).
     #[error("{0}")]
     AdminTokenRequired(&'static str),
+    /// A wasm filter answered the request itself, giving no body: the common JSON body with
+    /// the filter's status, message (its details) and headers.
+    #[error("{message}")]
+    PluginReply {
+        /// The filter's status.
+        status: StatusCode,
+        /// The filter's details, or a message naming it.
+        message: String,
+        /// Headers the filter added to its answer.
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
+    /// A wasm filter failed (trapped, ran past its deadline or memory cap, closed the
+    /// request) and the filter is `fail_closed`.
+    #[error("wasm filter {plugin} failed: {message}")]
+    PluginFailed {
+        /// The filter's name.
+        plugin: std::sync::Arc<str>,
+        /// What happened (no request data).
+        message: String,
+    },
+    /// The upstream's body is larger than a filter that asked to see it whole may buffer.
+    #[error("the upstream's response body exceeds the {limit} bytes a filter may buffer")]
+    ResponseTooLarge {
+        /// The filter's `max_body_bytes`.
+        limit: u64,
+    },
 }
 
 impl From<crate::body::BodyError> for GatewayError {
@@ -401,6 +427,12 @@ impl GatewayError {
                 Gateway,
             ),
             AdminTokenRequired(_) => (StatusCode::FORBIDDEN, "admin_token_required", Client),
+            PluginReply { status, .. } if status.is_client_error() => {
+                (*status, "refused_by_plugin", Client)
+            }
+            PluginReply { status, .. } => (*status, "plugin_reply", Gateway),
+            PluginFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed", Gateway),
+            ResponseTooLarge { .. } => (StatusCode::BAD_GATEWAY, "response_too_large", Upstream),
         };
         let retryable = match self {
             UpstreamConnect(_) | UpstreamConnectTimeout => Some(Failure::Connect),
@@ -530,6 +562,11 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {
                     h.insert(header::ALLOW, v);
+                }
+            }
+            GatewayError::PluginReply { headers, .. } => {
+                for (k, v) in headers {
+                    h.append(k.clone(), v.clone());
                 }
             }
             _ => {}

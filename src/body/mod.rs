@@ -172,6 +172,12 @@ impl RequestBody {
         }
     }
 
+    /// Puts bytes read from the front of this body back, to be sent before the rest (a
+    /// filter saw them, and perhaps rewrote them).
+    pub fn put_back(&mut self, prefix: Bytes) {
+        self.full = (!prefix.is_empty()).then_some(prefix);
+    }
+
     /// The most bytes this body may carry.
     pub fn limit(&self) -> u64 {
         self.limit
@@ -280,12 +286,14 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if let Some(b) = &self.full {
-            return SizeHint::with_exact(b.len() as u64);
-        }
-        self.inner
+        let rest = self
+            .inner
             .as_ref()
-            .map_or(SizeHint::with_exact(0), Body::size_hint)
+            .map_or(SizeHint::with_exact(0), Body::size_hint);
+        match &self.full {
+            Some(b) => add_hint(b.len() as u64, rest),
+            None => rest,
+        }
     }
 }
 
@@ -318,9 +326,21 @@ pub trait Pace: Send + Sync {
     fn may_send(&self, base: u64, handed: u64, waker: &Waker) -> bool;
 }
 
+/// `rest`'s size hint with `prefix` more bytes in front.
+fn add_hint(prefix: u64, rest: SizeHint) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + prefix);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + prefix);
+    }
+    hint
+}
+
 enum Source {
     Full(Option<Bytes>),
     Upstream {
+        /// Bytes read from the front of the upstream's body (by a filter), sent first.
+        prefix: Option<Bytes>,
         inner: UpstreamBody,
         idle: Duration,
         sleep: Option<Pin<Box<Sleep>>>,
@@ -375,6 +395,17 @@ impl GatewayBody {
     /// The upstream's body, failing if it pauses for longer than `idle`.
     pub fn upstream(inner: UpstreamBody, idle: Duration) -> Self {
         Self::from_source(Source::Upstream {
+            prefix: None,
+            inner,
+            idle,
+            sleep: None,
+        })
+    }
+
+    /// `prefix` (read from the front of the upstream's body), then the rest of the body.
+    pub fn upstream_after(prefix: Bytes, inner: UpstreamBody, idle: Duration) -> Self {
+        Self::from_source(Source::Upstream {
+            prefix: (!prefix.is_empty()).then_some(prefix),
             inner,
             idle,
             sleep: None,
@@ -415,7 +446,13 @@ impl Body for GatewayBody {
         }
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Upstream { inner, idle, sleep } => match Pin::new(inner).poll_frame(cx) {
+            Source::Upstream {
+                prefix: prefix @ Some(_),
+                ..
+            } => Poll::Ready(prefix.take().map(|b| Ok(Frame::data(b)))),
+            Source::Upstream {
+                inner, idle, sleep, ..
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(r) => {
                     *sleep = None;
                     Poll::Ready(r)
@@ -466,7 +503,7 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Full(b) => b.is_none(),
-            Source::Upstream { inner, .. } => inner.is_end_stream(),
+            Source::Upstream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -474,6 +511,11 @@ impl Body for GatewayBody {
         match &self.source {
             Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Source::Full(None) => SizeHint::with_exact(0),
+            Source::Upstream {
+                prefix: Some(p),
+                inner,
+                ..
+            } => add_hint(p.len() as u64, inner.size_hint()),
             Source::Upstream { inner, .. } => inner.size_hint(),
         }
     }

@@ -92,6 +92,9 @@ pub(crate) struct RequestCtx<'a> {
     pub response_headers: Option<RenderedHeaders>,
     /// The OpenAPI operation the request is (routes with an `openapi` policy).
     pub operation: Option<crate::policy::openapi::OperationRef>,
+    /// The request's context in the route's wasm filter (ended with the request).
+    #[cfg(feature = "wasm")]
+    pub plugin: Option<crate::policy::wasm::stream::Stream>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -165,6 +168,8 @@ impl<'a> RequestCtx<'a> {
             version_headers: &[],
             response_headers: None,
             operation: None,
+            #[cfg(feature = "wasm")]
+            plugin: None,
         }
     }
 

@@ -67,6 +67,10 @@ pub(super) fn run(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let (status, cache_status, grpc_status) = outcome(&resp, grpc);
+    #[cfg(feature = "wasm")]
+    if let Some(p) = &cx.plugin {
+        p.answered(status);
+    }
     if let Some(m) = route_metrics {
         let recorded = Recorded {
             request_id: &request_id,

@@ -19,6 +19,8 @@ mod ctx;
 mod dispatch;
 mod finish;
 mod openapi;
+#[cfg(feature = "wasm")]
+mod plugin;
 mod prepare;
 mod protect;
 mod rate_limit;
@@ -93,6 +95,11 @@ async fn run(
         return Ok(answer);
     }
     let body = RequestBody::streaming(body, route.max_body_bytes, cx.plan.request_body_idle);
+    #[cfg(feature = "wasm")]
+    let body = match route.policies.wasm {
+        Some(_) => Box::pin(plugin::request(cx, route, &mut parts, body)).await?,
+        None => body,
+    };
     // Boxed, and only on routes with the policy: its future (a body read whole) would
     // otherwise be carried, and copied, by every request's.
     let body = match route.policies.openapi {
@@ -120,6 +127,10 @@ async fn run(
     };
     let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
     let answer = dispatch::settle(cx, result)?;
+    #[cfg(feature = "wasm")]
+    if route.policies.wasm.is_some() {
+        return Box::pin(respond::run_plugin(cx, route, answer)).await;
+    }
     if respond::transforms_body(route) {
         return Ok(Box::pin(respond::run_transforming(cx, route, answer)).await?);
     }

@@ -28,10 +28,18 @@ pub(super) fn run(
         cx,
         route,
         parts,
-        Err(incoming),
+        Outgoing::Stream(None, incoming),
         sent.pooled,
         in_flight,
     ))
+}
+
+/// What goes to the client as the response body.
+enum Outgoing {
+    /// Made (or rewritten) whole at the gateway.
+    Full(bytes::Bytes),
+    /// The upstream's body, behind the bytes a filter read from its front.
+    Stream(Option<bytes::Bytes>, UpstreamBody),
 }
 
 /// Whether the route rewrites response bodies (and so must await the upstream's whole body).
@@ -57,6 +65,17 @@ pub(super) async fn run_transforming(
     let retry::Answer { sent, in_flight } = answer;
     let (mut parts, incoming) = sent.response.into_parts();
     head(cx, route, &mut parts)?;
+    let body = rewrite_body(cx, route, &mut parts, incoming).await?;
+    Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
+}
+
+/// The route's response body transform and OpenAPI check, on the upstream's whole body.
+async fn rewrite_body(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    parts: &mut http::response::Parts,
+    incoming: UpstreamBody,
+) -> Result<Outgoing, GatewayError> {
     let body = match &route.policies.transform {
         Some(t) => {
             t.response_body(&mut parts.headers, incoming, route.timeout)
@@ -67,10 +86,44 @@ pub(super) async fn run_transforming(
     let body = match (&route.policies.openapi, &cx.operation) {
         (Some(api), Some(op)) if api.checks_responses() => {
             let mismatch = || route.metrics.openapi_mismatch(&op.id);
-            api.check_response(op, &route.name, &parts, body, route.timeout, mismatch)
+            api.check_response(op, &route.name, parts, body, route.timeout, mismatch)
                 .await?
         }
         _ => body,
+    };
+    Ok(match body {
+        Ok(bytes) => Outgoing::Full(bytes),
+        Err(incoming) => Outgoing::Stream(None, incoming),
+    })
+}
+
+/// Like [`run`], with the route's wasm filter on the response head and (unless the route
+/// rewrites response bodies itself) its body.
+#[cfg(feature = "wasm")]
+pub(super) async fn run_plugin(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    answer: retry::Answer,
+) -> Result<Response<GatewayBody>, super::Exit> {
+    use super::plugin::{self, Answered};
+    use crate::policy::wasm::stream::Passed;
+    let retry::Answer { sent, in_flight } = answer;
+    let (mut parts, incoming) = sent.response.into_parts();
+    head(cx, route, &mut parts)?;
+    let upstream = Some(in_flight.target().authority.clone());
+    let rewrites = transforms_body(route);
+    let passed = match plugin::response(cx, route, &mut parts, incoming, upstream, !rewrites).await
+    {
+        Answered::Body(passed) => passed,
+        Answered::Replaced(exit) => return Err(exit),
+    };
+    let body = match passed {
+        Passed::Untouched(incoming) if rewrites => {
+            rewrite_body(cx, route, &mut parts, incoming).await?
+        }
+        Passed::Untouched(incoming) => Outgoing::Stream(None, incoming),
+        Passed::Whole(bytes) => Outgoing::Full(bytes),
+        Passed::Prefixed(prefix, rest) => Outgoing::Stream(Some(prefix), rest),
     };
     Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
 }
@@ -110,7 +163,7 @@ fn finish_body(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     mut parts: http::response::Parts,
-    body: Result<bytes::Bytes, UpstreamBody>,
+    body: Outgoing,
     pooled: Option<PooledSender>,
     in_flight: InFlight,
 ) -> Response<GatewayBody> {
@@ -134,8 +187,11 @@ fn finish_body(
     });
     let idle = cx.service.map_or(route.timeout, |s| s.timeouts.idle);
     let body = match body {
-        Ok(rewritten) => GatewayBody::full(rewritten),
-        Err(incoming) => GatewayBody::upstream(incoming, idle),
+        Outgoing::Full(rewritten) => GatewayBody::full(rewritten),
+        Outgoing::Stream(None, incoming) => GatewayBody::upstream(incoming, idle),
+        Outgoing::Stream(Some(prefix), incoming) => {
+            GatewayBody::upstream_after(prefix, incoming, idle)
+        }
     };
     let resp = Response::from_parts(parts, body);
     match cx.cache.take() {

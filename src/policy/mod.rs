@@ -22,6 +22,7 @@ pub mod request_termination;
 pub mod shadow;
 pub mod traffic;
 pub mod transform;
+pub mod wasm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -172,4 +173,6 @@ policies! {
     /// the spec's examples (`mock`).
     openapi: Openapi(openapi::RawOpenApi) => openapi::OpenApiPolicy
         = openapi::OpenApiPolicy::compile,
+    /// Run a proxy-wasm filter (ABI 0.2.1) on the request and its response.
+    wasm: Wasm(wasm::RawWasm) => wasm::WasmPolicy = wasm::WasmPolicy::compile,
 }

@@ -668,6 +668,7 @@ pub fn encode_scrape(metrics: &Metrics, state: StateNow) -> String {
     // Writing to a String cannot fail.
     let _ = metrics.encode(&mut out);
     let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+    crate::policy::wasm::encode_metrics(&mut out);
     let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
 }

@@ -214,6 +214,11 @@ pub fn inherit_breaker(
 pub struct InFlight(Arc<Target>);
 
 impl InFlight {
+    /// The target the request went to.
+    pub fn target(&self) -> &Arc<Target> {
+        &self.0
+    }
+
     /// Counts a request on `target` until the guard is dropped.
     pub fn start(target: &Arc<Target>) -> Self {
         target.in_flight.fetch_add(1, Ordering::Relaxed);

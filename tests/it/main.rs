@@ -58,3 +58,4 @@ mod transform_body;
 mod transform_xml;
 mod upstream_faults;
 mod upstream_h1;
+mod wasm;

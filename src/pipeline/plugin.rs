@@ -1,0 +1,253 @@
+//! The route's wasm filter: on the request after rate limiting (so a refused request costs no
+//! filter work, and the filter sees the consumer), and on the upstream's response before the
+//! response work decided on the way in. Only routes with a `wasm` policy come here; the
+//! futures are boxed by the caller so other requests do not carry them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{response, Response, StatusCode};
+use http_body::Body as _;
+use tokio::time::Instant;
+
+use super::ctx::RequestCtx;
+use super::Exit;
+use crate::body::{GatewayBody, RequestBody, UpstreamBody};
+use crate::config::plan::Route;
+use crate::error::GatewayError;
+use crate::policy::wasm::stream::{BodyStop, Passed, Stream, Verdict};
+use crate::policy::wasm::vm::{self, Facts, LocalReply};
+use crate::policy::wasm::{OnError, WasmPolicy};
+
+/// Runs the filter's request phases: headers, then the body when the filter has a body
+/// callback. The stream stays in the context for the response and the request's end.
+pub(super) async fn request(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    parts: &mut Parts,
+    body: RequestBody,
+) -> Result<RequestBody, Exit> {
+    let Some(policy) = &route.policies.wasm else {
+        return Ok(body);
+    };
+    let stream = match open(cx, route, policy, parts) {
+        Ok(s) => s,
+        Err(message) => return failed(policy, message).map(|()| body),
+    };
+    let deadline = Instant::now() + route.timeout;
+    let before = parts.uri.path_and_query().cloned();
+    let verdict = stream
+        .request_headers(parts, body.is_end_stream(), deadline)
+        .await;
+    match verdict {
+        Verdict::Continue => {}
+        Verdict::Reply(reply) => return Err(answer(cx, policy, stream, reply)),
+        Verdict::Fail(message) => return failed(policy, message).map(|()| body),
+    }
+    if parts.uri.path_and_query() != before.as_ref() {
+        // The filter rewrote `:path`: that is what goes upstream (the route stays chosen).
+        cx.upstream_target = parts.uri.path_and_query().cloned();
+    }
+    let body = match stream
+        .body(body, false, policy.spec.max_body, deadline)
+        .await
+    {
+        Ok(Passed::Untouched(body)) => body,
+        Ok(Passed::Whole(bytes)) => {
+            // Framed from the body as the filter left it.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            RequestBody::full(bytes)
+        }
+        Ok(Passed::Prefixed(prefix, mut rest)) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            rest.put_back(prefix);
+            rest
+        }
+        Err(BodyStop::TooLarge(limit)) => {
+            return Err(GatewayError::PayloadTooLarge { limit }.into())
+        }
+        Err(BodyStop::Broken(e)) => return Err(GatewayError::from(e).into()),
+        Err(BodyStop::Verdict(Verdict::Reply(reply))) => {
+            return Err(answer(cx, policy, stream, reply))
+        }
+        Err(BodyStop::Verdict(Verdict::Fail(message))) => {
+            // Fail-open after part of the body was read: nothing can be sent in its place.
+            return Err(GatewayError::PluginFailed {
+                plugin: Arc::clone(&policy.name),
+                message,
+            }
+            .into());
+        }
+        Err(BodyStop::Verdict(Verdict::Continue)) => RequestBody::empty(),
+    };
+    cx.plugin = Some(stream);
+    Ok(body)
+}
+
+/// What the filter made of the upstream's response.
+pub(super) enum Answered {
+    /// The response goes on with this body.
+    Body(Passed<UpstreamBody>),
+    /// The filter answered instead.
+    Replaced(Exit),
+}
+
+/// Runs the filter's response phases on the upstream's response head and body.
+pub(super) async fn response(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    parts: &mut response::Parts,
+    body: UpstreamBody,
+    upstream: Option<HeaderValue>,
+    with_body: bool,
+) -> Answered {
+    let (Some(policy), Some(stream)) = (&route.policies.wasm, cx.plugin.take()) else {
+        return Answered::Body(Passed::Untouched(body));
+    };
+    let deadline = Instant::now() + route.timeout;
+    let verdict = stream
+        .response_headers(parts, body.is_end_stream(), upstream, deadline)
+        .await;
+    match verdict {
+        Verdict::Continue => {}
+        Verdict::Reply(reply) => return Answered::Replaced(answer(cx, policy, stream, reply)),
+        Verdict::Fail(message) => {
+            return match failed(policy, message) {
+                Ok(()) => Answered::Body(Passed::Untouched(body)),
+                Err(e) => Answered::Replaced(e),
+            }
+        }
+    }
+    if !with_body {
+        cx.plugin = Some(stream);
+        return Answered::Body(Passed::Untouched(body));
+    }
+    let passed = match stream
+        .body(body, true, policy.spec.max_body, deadline)
+        .await
+    {
+        Ok(p) => p,
+        Err(BodyStop::TooLarge(limit)) => {
+            return Answered::Replaced(GatewayError::ResponseTooLarge { limit }.into())
+        }
+        Err(BodyStop::Broken(e)) => {
+            return Answered::Replaced(
+                GatewayError::UpstreamProtocol(format!("the response body broke off: {e}")).into(),
+            )
+        }
+        Err(BodyStop::Verdict(Verdict::Reply(reply))) => {
+            return Answered::Replaced(answer(cx, policy, stream, reply))
+        }
+        Err(BodyStop::Verdict(Verdict::Fail(message))) => {
+            return Answered::Replaced(
+                GatewayError::PluginFailed {
+                    plugin: Arc::clone(&policy.name),
+                    message,
+                }
+                .into(),
+            )
+        }
+        Err(BodyStop::Verdict(Verdict::Continue)) => Passed::Whole(Bytes::new()),
+    };
+    if !matches!(passed, Passed::Untouched(_)) {
+        // Framed from the body as the filter left it.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    cx.plugin = Some(stream);
+    Answered::Body(passed)
+}
+
+/// The facts and context of a request in the worker's instance of the filter.
+fn open(
+    cx: &RequestCtx<'_>,
+    route: &Route,
+    policy: &WasmPolicy,
+    parts: &Parts,
+) -> Result<Stream, String> {
+    let cell = vm::instance(&policy.spec, &policy.alive).map_err(|f| f.0)?;
+    let hex = cx.trace.trace_id_hex();
+    let host = parts
+        .uri
+        .host()
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let facts = Arc::new(Facts {
+        route: Arc::clone(&route.name),
+        service: cx.service.map(|s| Arc::clone(&s.name)),
+        source: cx.conn.peer,
+        client_ip: cx.client_ip,
+        destination: None,
+        request_id: cx.request_id.clone(),
+        consumer: cx
+            .identity
+            .as_ref()
+            .and_then(|i| i.name.as_deref())
+            .map(str::to_owned),
+        trace_id: String::from_utf8_lossy(&hex).into_owned(),
+        protocol: match parts.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        },
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+        method: parts.method.as_str().to_owned(),
+        host: host.to_owned(),
+        scheme: if cx.conn.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+    });
+    Stream::open(cell, facts, &cx.plan.services).map_err(|f| f.0)
+}
+
+/// A failed filter: `fail_open` goes on without it (logged with the failure), `fail_closed`
+/// answers 500.
+fn failed(policy: &WasmPolicy, message: String) -> Result<(), Exit> {
+    match policy.on_error {
+        OnError::FailOpen => Ok(()),
+        OnError::FailClosed => Err(GatewayError::PluginFailed {
+            plugin: Arc::clone(&policy.name),
+            message,
+        }
+        .into()),
+    }
+}
+
+/// The filter's own answer: its body and headers as given, or (without a body) the common
+/// JSON error body with its status.
+fn answer(cx: &mut RequestCtx<'_>, policy: &WasmPolicy, stream: Stream, reply: LocalReply) -> Exit {
+    stream.answered(reply.status);
+    cx.plugin = Some(stream);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if reply.body.is_empty() {
+        let message = if reply.details.is_empty() {
+            format!("refused by the {} filter", policy.name)
+        } else {
+            reply.details
+        };
+        return GatewayError::PluginReply {
+            status,
+            message,
+            headers: reply.headers,
+        }
+        .into();
+    }
+    let mut resp = Response::new(GatewayBody::full(reply.body));
+    *resp.status_mut() = status;
+    for (k, v) in reply.headers {
+        resp.headers_mut().append(k, v);
+    }
+    Exit::Respond(resp)
+}

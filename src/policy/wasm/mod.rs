@@ -1,0 +1,243 @@
+//! The `wasm` policy: proxy-wasm (ABI 0.2.1) filters running on wasmtime, so users extend
+//! the gateway without forking it. Filters written for Envoy with the Rust, Go (TinyGo), C++
+//! or AssemblyScript SDKs run unchanged, within the gaps `docs/plugins.md` lists.
+//!
+//! Config load compiles the module once (and starts one probe instance, so a filter that
+//! refuses its configuration or lacks an export is a config error with its position); each
+//! worker then makes its own instance on first use and keeps it across requests. A reload that
+//! leaves a filter's module and settings unchanged keeps the same compiled filter, and so its
+//! instances and their state.
+//!
+//! The runtime is behind the default-on cargo feature `wasm`; without it the key still parses
+//! (so a config stays readable) and loading one is an error saying so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::units::{ByteSize, Dur};
+use crate::spec::ConfigError;
+
+#[cfg(feature = "wasm")]
+pub(crate) mod abi;
+#[cfg(feature = "wasm")]
+mod host;
+#[cfg(feature = "wasm")]
+pub(crate) mod shared;
+#[cfg(feature = "wasm")]
+pub(crate) mod stream;
+#[cfg(feature = "wasm")]
+pub(crate) mod vm;
+
+/// `- wasm: {module: plugins/tenant-gate.wasm, configuration: '{"header": "x-tenant"}'}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWasm {
+    /// The compiled filter (`.wasm`, proxy-wasm ABI 0.2.1 or 0.2.0), relative to the working
+    /// directory like every file the config names.
+    pub module: String,
+    /// The filter's name: its `plugin` label on `/metrics`, its log field, and the scope of
+    /// its shared data and queues. Default: the module's file name without `.wasm`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Handed to the filter's `on_configure`: a string as it is, any other YAML value as JSON.
+    #[serde(default)]
+    pub configuration: Option<serde_json::Value>,
+    /// When the filter fails (trap, deadline, memory cap): `fail_closed` answers 500 with the
+    /// JSON error (default); `fail_open` lets the request go on without the filter.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Linear memory cap per instance. Default 16MiB; at least 64KiB (one page).
+    #[serde(default = "default_memory")]
+    pub max_memory: ByteSize,
+    /// Deadline per callback (wasmtime epoch interruption, 5 ms resolution). Default 100ms.
+    #[serde(default = "default_cpu")]
+    pub max_cpu: Dur,
+    /// Most body bytes buffered while the filter asks to see a body: beyond it, 413 for a
+    /// request body, 502 for a response body. Default 1MiB.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: ByteSize,
+    /// The services the filter may call with `dispatch_http_call` (by service name, through
+    /// their pools, breaker and retries). Default: none.
+    #[serde(default)]
+    pub http_calls: Vec<String>,
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+
+fn default_cpu() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+fn default_body() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+
+/// `on_error`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Answer 500 (`plugin_failed`).
+    #[default]
+    FailClosed,
+    /// Skip the filter for that request.
+    FailOpen,
+}
+
+/// A compiled `wasm` policy.
+pub struct WasmPolicy {
+    /// The filter's name.
+    pub name: Arc<str>,
+    /// What a failure does.
+    pub on_error: OnError,
+    #[cfg(feature = "wasm")]
+    pub(crate) spec: Arc<vm::FilterSpec>,
+    /// Lives as long as a config uses the filter: the workers' instances go with it.
+    #[cfg(feature = "wasm")]
+    pub(crate) alive: Arc<()>,
+}
+
+impl WasmPolicy {
+    /// Compiles the policy written at `b.path`.
+    pub fn compile(raw: &RawWasm, b: &mut super::Build<'_>) -> Option<Arc<Self>> {
+        let errors_before = b.errors.len();
+        for (i, service) in raw.http_calls.iter().enumerate() {
+            if !b.services.contains(&service) {
+                b.errors.push(ConfigError::new(
+                    format!("{}.http_calls[{i}]", b.path),
+                    format!("no service is named `{service}`"),
+                ));
+            }
+        }
+        if raw.max_memory.0 < 64 * 1024 {
+            b.errors.push(ConfigError::new(
+                format!("{}.max_memory", b.path),
+                "at least 64KiB (one WebAssembly page)",
+            ));
+        }
+        if raw.max_cpu.0 < Duration::from_millis(1) || raw.max_cpu.0 > Duration::from_secs(10) {
+            b.errors.push(ConfigError::new(
+                format!("{}.max_cpu", b.path),
+                "between 1ms and 10s",
+            ));
+        }
+        if b.errors.len() > errors_before {
+            return None;
+        }
+        match load(raw) {
+            Ok(policy) => Some(policy),
+            Err(message) => {
+                b.errors
+                    .push(ConfigError::new(format!("{}.module", b.path), message));
+                None
+            }
+        }
+    }
+}
+
+/// The filter's name: configured, or the module's file name without `.wasm`.
+fn name_of(raw: &RawWasm) -> String {
+    raw.name.clone().unwrap_or_else(|| {
+        let file = std::path::Path::new(&raw.module)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("wasm");
+        file.to_owned()
+    })
+}
+
+fn configuration_of(raw: &RawWasm) -> Vec<u8> {
+    match &raw.configuration {
+        None => Vec::new(),
+        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+#[cfg(not(feature = "wasm"))]
+fn load(_raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
+    Err("this build of Portico has no wasm support (built without the `wasm` feature)".into())
+}
+
+#[cfg(feature = "wasm")]
+fn load(raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
+    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+
+    let bytes =
+        std::fs::read(&raw.module).map_err(|e| format!("cannot read {}: {e}", raw.module))?;
+    let name: Arc<str> = name_of(raw).into();
+    let configuration = configuration_of(raw);
+    // A filter whose module and settings a reload left alone is the same filter: its
+    // instances, and the state they keep, carry on.
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    hasher.update(serde_json::to_vec(&(raw, &configuration)).unwrap_or_default());
+    let key: [u8; 32] = hasher.finalize().into();
+    static LOADED: OnceLock<Mutex<HashMap<[u8; 32], Weak<WasmPolicy>>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some(existing) = loaded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .and_then(Weak::upgrade)
+    {
+        return Ok(existing);
+    }
+
+    let engine = vm::engine()?;
+    let module = wasmtime::Module::from_binary(engine, &bytes)
+        .map_err(|e| format!("{} is not a valid WebAssembly module: {e:#}", raw.module))?;
+    let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    if !abi::ABI_MARKERS.iter().any(|m| exports.contains(m)) {
+        return Err(format!(
+            "{} is not a proxy-wasm filter of a supported ABI: it exports neither {}",
+            raw.module,
+            abi::ABI_MARKERS.join(" nor ")
+        ));
+    }
+    let pre = vm::linker()?.instantiate_pre(&module).map_err(|e| {
+        format!(
+            "{} imports what Portico does not provide: {e:#}",
+            raw.module
+        )
+    })?;
+    let spec = Arc::new(vm::FilterSpec::new(
+        Arc::clone(&name),
+        configuration.into(),
+        raw.max_memory.0 as usize,
+        raw.max_cpu.0,
+        raw.max_body_bytes.0 as usize,
+        raw.http_calls
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect(),
+        pre,
+    ));
+    // One instance now, so a filter that traps on start or refuses its configuration is
+    // refused with the config, not on the first request.
+    vm::Vm::start(&spec).map_err(|vm::Failure(message)| format!("filter `{name}`: {message}"))?;
+    let policy = Arc::new(WasmPolicy {
+        name,
+        on_error: raw.on_error,
+        spec,
+        alive: Arc::new(()),
+    });
+    let mut map = loaded.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, w| w.strong_count() > 0);
+    map.insert(key, Arc::downgrade(&policy));
+    Ok(policy)
+}
+
+/// Appends the metrics filters defined (and their failure counts) to a `/metrics` answer.
+pub fn encode_metrics(out: &mut String) {
+    #[cfg(feature = "wasm")]
+    shared::encode_metrics(out);
+    #[cfg(not(feature = "wasm"))]
+    let _ = out;
+}
