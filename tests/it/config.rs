@@ -1029,3 +1029,66 @@ fn a_misspelled_service_reference_suggests_the_defined_one() {
         "unknown service `user` (did you mean `users`?) (defined: users)",
     );
 }
+
+#[test]
+fn a_broken_wasm_filter_is_reported_at_its_policy_with_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write module");
+        p.display().to_string()
+    };
+    let no_abi = write("no_abi.wat", r#"(module (memory (export "memory") 1))"#);
+    let unknown_import = write(
+        "unknown_import.wat",
+        r#"(module (import "env" "proxy_teleport" (func (param i32) (result i32)))
+             (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 8)))"#,
+    );
+    let refuses = write(
+        "refuses.wat",
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+             (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 8))
+             (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0)))"#,
+    );
+    let text = format!(
+        r#"{SERVICES}routes:
+  - name: a
+    service: users
+    policies:
+      - wasm: {{module: "{no_abi}"}}
+  - name: b
+    service: users
+    policies:
+      - wasm: {{module: "{unknown_import}"}}
+  - name: c
+    service: users
+    policies:
+      - wasm: {{module: "{refuses}", configuration: {{strict: true}}}}
+  - name: d
+    service: users
+    policies:
+      - wasm: {{module: "{refuses}", http_calls: [users, nowhere]}}
+"#
+    );
+    let f = write_config(&text);
+    let run = validate(&f.path, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = error_lines(&f.path, &run.stderr);
+    let e = find(&errors, "routes[0].policies[0].wasm.module");
+    assert_at(
+        e,
+        pos_of(&text, &format!("\"{no_abi}\"")),
+        "proxy_abi_version_0_2_1",
+    );
+    let e = find(&errors, "routes[1].policies[0].wasm.module");
+    assert_at(
+        e,
+        pos_of(&text, &format!("\"{unknown_import}\"")),
+        "proxy_teleport",
+    );
+    let e = find(&errors, "routes[2].policies[0].wasm.module");
+    assert!(e.message.contains("on_configure returned false"), "{e:?}");
+    let e = find(&errors, "routes[3].policies[0].wasm.http_calls[1]");
+    assert!(e.message.contains("nowhere"), "{e:?}");
+}
