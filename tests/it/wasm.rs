@@ -47,3 +47,32 @@ async fn smoke() {
     assert_eq!(seen(&echo, "x-path"), ["/hello?x=1"], "{echo}");
     assert_eq!(r.header("x-smoke"), "yes");
 }
+
+/// The filter built with a real SDK (AssemblyScript, `tests/plugins/assemblyscript/`).
+fn tenant_gate() -> String {
+    format!(
+        "{}/tests/plugins/assemblyscript/tenant-gate.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn a_filter_built_with_the_assemblyscript_sdk_refuses_and_adds_headers() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &tenant_gate(),
+        ", configuration: '{\"header\": \"x-tenant-id\"}'",
+    ));
+    let r = get(&gw.url("/orders")).await;
+    let body = r.assert_error(403, "refused_by_plugin");
+    assert!(
+        body["message"].as_str().unwrap().contains("tenant"),
+        "{body}"
+    );
+    assert_eq!(up.hits(), 0);
+    let r = send("GET", &gw.url("/orders"), &[("x-tenant-id", "acme")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(seen(&r.json(), "x-tenant"), ["acme"]);
+    assert_eq!(r.header("x-plugin"), "tenant-gate");
+}

@@ -1048,15 +1048,17 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    add_wasi(linker)
+    // Older toolchains (AssemblyScript's WASI shim among them) link the same calls under the
+    // snapshot's earlier name.
+    add_wasi(linker, "wasi_snapshot_preview1")?;
+    add_wasi(linker, "wasi_unstable")
 }
 
 /// The WASI calls SDK runtimes link (Rust's and TinyGo's standard libraries): output goes to
 /// the log, no arguments or environment, no files.
-fn add_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    const WASI: &str = "wasi_snapshot_preview1";
+fn add_wasi(linker: &mut Linker<HostState>, wasi: &str) -> wasmtime::Result<()> {
     linker.func_wrap(
-        WASI,
+        wasi,
         "fd_write",
         |mut c: C, fd: i32, iovs: i32, count: i32, ret: i32| {
             let level = match fd {
@@ -1084,7 +1086,7 @@ fn add_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "clock_time_get",
         |mut c: C, clock: i32, _precision: i64, ret: i32| {
             let now = match clock {
@@ -1107,7 +1109,7 @@ fn add_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap(WASI, "random_get", |mut c: C, ptr: i32, len: i32| {
+    linker.func_wrap(wasi, "random_get", |mut c: C, ptr: i32, len: i32| {
         if len as u32 > 64 * 1024 {
             return errno::INVAL;
         }
@@ -1122,7 +1124,7 @@ fn add_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
     for name in ["environ_sizes_get", "args_sizes_get"] {
         linker.func_wrap(
-            WASI,
+            wasi,
             name,
             |mut c: C, ret_count: i32, ret_size: i32| match write_u32(&mut c, ret_count, 0)
                 .and_then(|()| write_u32(&mut c, ret_size, 0))
@@ -1133,32 +1135,32 @@ fn add_wasi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         )?;
     }
     for name in ["environ_get", "args_get"] {
-        linker.func_wrap(WASI, name, |_: C, _: i32, _: i32| errno::SUCCESS)?;
+        linker.func_wrap(wasi, name, |_: C, _: i32, _: i32| errno::SUCCESS)?;
     }
     linker.func_wrap(
-        WASI,
+        wasi,
         "proc_exit",
         |_: C, code: i32| -> wasmtime::Result<()> {
             Err(wasmtime::Error::msg(format!("proc_exit({code}) called")))
         },
     )?;
-    linker.func_wrap(WASI, "sched_yield", |_: C| errno::SUCCESS)?;
-    linker.func_wrap(WASI, "fd_close", |_: C, _: i32| errno::BADF)?;
-    linker.func_wrap(WASI, "fd_fdstat_get", |_: C, _: i32, _: i32| errno::BADF)?;
-    linker.func_wrap(WASI, "fd_prestat_get", |_: C, _: i32, _: i32| errno::BADF)?;
+    linker.func_wrap(wasi, "sched_yield", |_: C| errno::SUCCESS)?;
+    linker.func_wrap(wasi, "fd_close", |_: C, _: i32| errno::BADF)?;
+    linker.func_wrap(wasi, "fd_fdstat_get", |_: C, _: i32, _: i32| errno::BADF)?;
+    linker.func_wrap(wasi, "fd_prestat_get", |_: C, _: i32, _: i32| errno::BADF)?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "fd_prestat_dir_name",
         |_: C, _: i32, _: i32, _: i32| errno::BADF,
     )?;
-    linker.func_wrap(WASI, "fd_read", |_: C, _: i32, _: i32, _: i32, _: i32| {
+    linker.func_wrap(wasi, "fd_read", |_: C, _: i32, _: i32, _: i32, _: i32| {
         errno::BADF
     })?;
-    linker.func_wrap(WASI, "fd_seek", |_: C, _: i32, _: i64, _: i32, _: i32| {
+    linker.func_wrap(wasi, "fd_seek", |_: C, _: i32, _: i64, _: i32, _: i32| {
         errno::BADF
     })?;
     linker.func_wrap(
-        WASI,
+        wasi,
         "poll_oneoff",
         |_: C, _: i32, _: i32, _: i32, _: i32| errno::NOTSUP,
     )?;
