@@ -36,6 +36,485 @@ fn config(up: &str, module: &str, settings: &str) -> String {
         .to_yaml()
 }
 
+/// An upstream answering `/secret` with a header the filter removes, and echoing the rest.
+async fn upstream_with_secret() -> upstream::Upstream {
+    upstream::http1("a")
+        .route(
+            "/secret",
+            upstream::handler(|_req| async {
+                http::Response::builder()
+                    .header("x-upstream-secret", "s3cret")
+                    .header("x-kept", "1")
+                    .body(upstream::full("hidden"))
+                    .unwrap()
+            }),
+        )
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn a_filter_reads_adds_replaces_and_removes_request_and_response_headers() {
+    let up = upstream_with_secret().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("headers"), ""));
+    let r = send(
+        "GET",
+        &gw.url("/echo?q=1"),
+        &[
+            ("x-in", "hello"),
+            ("x-remove-me", "bye"),
+            ("x-filter", "client"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(seen(&echo, "x-seen"), ["hello"], "{echo}");
+    assert_eq!(seen(&echo, "x-filter"), ["headers"], "{echo}");
+    assert!(seen(&echo, "x-remove-me").is_empty(), "{echo}");
+    assert_eq!(seen(&echo, "x-path"), ["/echo?q=1"], "{echo}");
+    assert_eq!(r.header("x-response-filter"), "1");
+    assert_eq!(r.header("x-status-seen"), "200");
+    let r = get(&gw.url("/secret")).await;
+    assert_eq!(r.text(), "hidden");
+    assert_eq!(r.header("x-upstream-secret"), "");
+    assert_eq!(r.header("x-kept"), "1");
+}
+
+#[tokio::test]
+async fn a_filter_replaces_a_whole_header_map_and_the_status() {
+    let up = upstream_with_secret().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("set_pairs"), ""));
+    let r = get(&gw.url("/secret")).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-only"), "yes");
+    assert_eq!(r.header("x-kept"), "");
+    assert_eq!(r.text(), "hidden");
+}
+
+#[tokio::test]
+async fn local_replies_carry_the_filters_body_or_the_json_error_shape() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("local_reply"), ""));
+    let r = get(&gw.url("/teapot")).await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.text(), "short and stout");
+    assert_eq!(r.header("content-type"), "text/plain");
+    assert!(!r.header("x-request-id").is_empty());
+    let body = get(&gw.url("/orders"))
+        .await
+        .assert_error(403, "refused_by_plugin");
+    assert_eq!(body["message"], "no tenant");
+    assert_eq!(up.hits(), 0);
+    let r = send("GET", &gw.url("/orders"), &[("x-demo-tenant", "acme")], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(seen(&r.json(), "x-tenant-checked"), ["yes"]);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn properties_and_configuration_reach_the_filter() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &module("config_props"),
+        ", configuration: {mode: strict}",
+    ));
+    let r = send(
+        "POST",
+        &gw.url("/p/q?x=1"),
+        &[("x-request-id", "req-42")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    let one = |name: &str| seen(&echo, name).join(",");
+    assert_eq!(one("x-config"), r#"{"mode":"strict"}"#);
+    assert_eq!(one("x-prop-path"), "/p/q?x=1");
+    assert_eq!(one("x-prop-path-nul"), "/p/q?x=1");
+    assert_eq!(one("x-prop-method"), "POST");
+    assert!(one("x-prop-source").starts_with("127.0.0.1:"), "{echo}");
+    assert_eq!(one("x-prop-route"), "r");
+    assert_eq!(one("x-prop-request-id"), "req-42");
+    assert_eq!(one("x-prop-consumer"), "none");
+    assert_eq!(one("x-set-property-status"), "0");
+    assert_eq!(r.header("x-prop-status"), "200");
+    assert_eq!(r.header("x-prop-upstream"), up.addr.to_string());
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_count_exactly_through_shared_data() {
+    let up = upstream::http1("a").spawn().await;
+    // Two workers: two instances of the filter share the counter.
+    let yaml = format!(
+        "workers: 2\n{}",
+        config(&up.url(), &module("shared"), ", name: shared-count")
+    );
+    let gw = TestGateway::start(&yaml);
+    let url = gw.url("/count");
+    let requests = (0..200).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url).await })
+    });
+    let mut counts = Vec::new();
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        counts.push(seen(&r.json(), "x-count")[0].parse::<u32>().unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=200).collect::<Vec<_>>(),
+        "every increment seen once"
+    );
+    let r = get(&gw.url("/read")).await;
+    assert_eq!(r.text(), "200");
+}
+
+#[tokio::test]
+async fn queued_items_reach_the_instance_that_registered_the_queue() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("queue"), ", name: queue-test"));
+    assert_eq!(get(&gw.url("/some/path")).await.status, 200);
+    // Delivery is a task of its own: poll until it has run (bounded).
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = get(&gw.url("/last")).await.text();
+        if last == "/some/path" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(last, "/some/path");
+}
+
+/// Two routes on service `a`: `/slow` with the filter, `/plain` without.
+fn two_routes(up: &str, module: &str, settings: &str) -> String {
+    let policy = format!("{{module: {module:?}{settings}}}");
+    Config::new()
+        .service(Service::new("a").target(up))
+        .route(
+            Route::new("slow")
+                .path("/slow")
+                .service("a")
+                .policy("wasm", policy),
+        )
+        .route(Route::new("plain").path("/plain").service("a"))
+        .to_yaml()
+}
+
+#[tokio::test]
+async fn a_filter_that_loops_forever_is_stopped_at_its_deadline_and_the_worker_serves_on() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&two_routes(&up.url(), &module("loop"), ", max_cpu: 20ms"));
+    for _ in 0..2 {
+        let body = get(&gw.url("/slow/x"))
+            .await
+            .assert_error(500, "plugin_failed");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("deadline"), "{body}");
+    }
+    // One worker: it was not stalled by the loops.
+    assert_eq!(get(&gw.url("/plain/x")).await.status, 200);
+    assert_eq!(up.hits(), 1);
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("portico_plugin_failures_total{plugin=\"loop\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn fail_open_lets_the_request_go_on_without_a_failing_filter() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&two_routes(
+        &up.url(),
+        &module("loop"),
+        ", max_cpu: 10ms, on_error: fail_open, name: loop-open",
+    ));
+    let r = get(&gw.url("/slow/x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_trapping_instance_is_replaced_and_the_next_request_gets_a_fresh_one() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("trap"), ""));
+    let served = |r: &crate::support::Reply| seen(&r.json(), "x-served").join(",");
+    assert_eq!(served(&get(&gw.url("/a")).await), "1");
+    assert_eq!(served(&get(&gw.url("/a")).await), "2");
+    let body = send("GET", &gw.url("/a"), &[("x-trap", "1")], "")
+        .await
+        .assert_error(500, "plugin_failed");
+    assert!(
+        body["message"].as_str().unwrap().contains("trapped"),
+        "{body}"
+    );
+    assert_eq!(served(&get(&gw.url("/a")).await), "1", "a new instance");
+    assert_eq!(served(&get(&gw.url("/a")).await), "2");
+}
+
+#[tokio::test]
+async fn memory_beyond_the_cap_is_refused_and_the_filter_fails_without_harm() {
+    let up = upstream::http1("a").spawn().await;
+    // 1 MiB = 16 pages; the filter starts with 1.
+    let gw = TestGateway::start(&config(&up.url(), &module("alloc"), ", max_memory: 1MiB"));
+    let r = send("GET", &gw.url("/a"), &[("x-grow-pages", "4")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(seen(&r.json(), "x-grew"), ["yes"]);
+    send("GET", &gw.url("/a"), &[("x-grow-pages", "64")], "")
+        .await
+        .assert_error(500, "plugin_failed");
+    let r = send("GET", &gw.url("/a"), &[("x-grow-pages", "15")], "").await;
+    assert_eq!(r.status, 200, "a fresh instance grows again: {}", r.text());
+}
+
+/// An upstream echoing the request body as its body.
+async fn body_echo() -> upstream::Upstream {
+    upstream::http1("a")
+        .route(
+            "/raw",
+            upstream::handler(|req| async move {
+                use http_body_util::BodyExt as _;
+                let length = req
+                    .headers()
+                    .get("content-length")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                http::Response::builder()
+                    .header("x-request-length", length)
+                    .body(upstream::full(body))
+                    .unwrap()
+            }),
+        )
+        .route(
+            "/big",
+            upstream::handler(|_req| async {
+                http::Response::new(upstream::full(vec![b'x'; 4096]))
+            }),
+        )
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn a_filter_rewrites_request_and_response_bodies_it_buffers() {
+    let up = body_echo().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("body"), ""));
+    let r = send(
+        "POST",
+        &gw.url("/raw"),
+        &[("content-type", "text/plain")],
+        "abc",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-request-length"),
+        "5",
+        "framed from the rewritten body"
+    );
+    assert_eq!(r.text(), "[abc]\n-- filtered");
+    assert_eq!(r.header("content-length"), "17");
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_filters_buffer_cap_get_413_and_502() {
+    let up = body_echo().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &module("body"),
+        ", max_body_bytes: 1KiB",
+    ));
+    send("POST", &gw.url("/raw"), &[], vec![b'y'; 2048])
+        .await
+        .assert_error(413, "payload_too_large");
+    get(&gw.url("/big"))
+        .await
+        .assert_error(502, "response_too_large");
+}
+
+/// A gateway whose route `r` calls service `auth` from its filter.
+async fn with_auth(
+    answer: u16,
+    listed: bool,
+) -> (TestGateway, upstream::Upstream, upstream::Upstream) {
+    let up = upstream::http1("a").spawn().await;
+    let auth = upstream::http1("auth")
+        .route(
+            "/check",
+            upstream::handler(move |_req| async move {
+                let mut r = http::Response::new(upstream::full("ok-body"));
+                *r.status_mut() = http::StatusCode::from_u16(answer).unwrap();
+                r
+            }),
+        )
+        .spawn()
+        .await;
+    let calls = if listed { ", http_calls: [auth]" } else { "" };
+    let policy = format!("{{module: {:?}{calls}}}", module("http_call"));
+    let yaml = Config::new()
+        .service(Service::new("a").target(up.url()))
+        .service(Service::new("auth").target(auth.url()))
+        .route(Route::new("r").service("a").policy("wasm", policy))
+        .to_yaml();
+    (TestGateway::start(&yaml), up, auth)
+}
+
+#[tokio::test]
+async fn a_filter_pauses_on_an_http_call_and_resumes_with_its_answer() {
+    let (gw, up, auth) = with_auth(200, true).await;
+    let r = get(&gw.url("/orders")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(seen(&echo, "x-auth-status"), ["200"], "{echo}");
+    assert_eq!(seen(&echo, "x-auth-body"), ["ok-body"], "{echo}");
+    assert_eq!((auth.hits(), up.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_filter_refuses_on_the_answer_of_its_http_call() {
+    let (gw, up, auth) = with_auth(403, true).await;
+    let r = get(&gw.url("/orders")).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.text(), "denied by auth");
+    assert_eq!((auth.hits(), up.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_filter_cannot_call_a_service_it_is_not_given() {
+    let (gw, up, auth) = with_auth(200, false).await;
+    let r = get(&gw.url("/orders")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(seen(&r.json(), "x-call-status"), ["2"], "BAD_ARGUMENT");
+    assert_eq!((auth.hits(), up.hits()), (0, 1));
+}
+
+#[tokio::test]
+async fn every_request_context_is_created_logged_done_and_deleted_once() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &module("lifecycle"),
+        ", name: lifecycle",
+    ));
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("/a")).await.status, 200);
+    }
+    let r = get(&gw.url("/stats")).await;
+    assert_eq!(r.text(), "created=6 logs=5 done=5 deleted=5");
+}
+
+#[tokio::test]
+async fn metrics_and_logs_of_a_filter_reach_metrics_and_the_log() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("metrics"), ""));
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/a")).await.status, 200);
+    }
+    let m = get(&gw.admin_url("/metrics")).await.text();
+    for line in [
+        "portico_plugin_requests_total{plugin=\"metrics\"} 3",
+        "portico_plugin_last_status{plugin=\"metrics\"} 200",
+        "portico_plugin_header_count_count{plugin=\"metrics\"} 3",
+        "# TYPE portico_plugin_header_count histogram",
+    ] {
+        assert!(m.contains(line), "{line} not in:\n{m}");
+    }
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+}
+
+#[tokio::test]
+async fn a_timer_set_at_configure_ticks_on_each_instance() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("tick"), ""));
+    // The instance exists after its first request; ticks every 10 ms from then on.
+    let mut ticks = 0;
+    for _ in 0..200 {
+        let r = get(&gw.url("/a")).await;
+        ticks = seen(&r.json(), "x-ticks")[0].parse::<u32>().unwrap();
+        if ticks >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(ticks >= 2, "ticks: {ticks}");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_filters_state_and_restarts_a_changed_one() {
+    let up = upstream::http1("a").spawn().await;
+    let trap = module("trap");
+    let gw = TestGateway::start(&config(&up.url(), &trap, ""));
+    let served = |r: &crate::support::Reply| seen(&r.json(), "x-served").join(",");
+    assert_eq!(served(&get(&gw.url("/a")).await), "1");
+    assert_eq!(served(&get(&gw.url("/a")).await), "2");
+    // The same filter under a config that changes something else.
+    let same = config(&up.url(), &trap, "").replace("name: r", "name: r2");
+    assert!(same.contains("name: r2"), "{same}");
+    gw.reload(&same).expect("reload");
+    assert_eq!(served(&get(&gw.url("/a")).await), "3", "state kept");
+    // A changed setting: a new filter, new instances.
+    gw.reload(&config(&up.url(), &trap, ", max_cpu: 50ms"))
+        .expect("reload");
+    assert_eq!(served(&get(&gw.url("/a")).await), "1", "fresh instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_swaps_the_filter_without_a_failed_request() {
+    let up = upstream::http1("a").spawn().await;
+    let first = config(&up.url(), &module("headers"), "");
+    let second = config(&up.url(), &module("local_reply"), "");
+    let gw = std::sync::Arc::new(TestGateway::start(&first));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut before, mut after) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = send("GET", &gw.url("/a"), &[("x-demo-tenant", "t")], "").await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let echo = r.json();
+                    match (
+                        seen(&echo, "x-filter").len(),
+                        seen(&echo, "x-tenant-checked").len(),
+                    ) {
+                        (1, 0) => before += 1,
+                        (0, 1) => after += 1,
+                        other => panic!("neither filter or both: {other:?} {echo}"),
+                    }
+                }
+                (before, after)
+            })
+        })
+        .collect();
+    while up.hits() < 50 {
+        tokio::task::yield_now().await;
+    }
+    let g = gw.clone();
+    tokio::task::spawn_blocking(move || g.reload(&second).expect("reload"))
+        .await
+        .unwrap();
+    let at_reload = up.hits();
+    while up.hits() < at_reload + 50 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut before, mut after) = (0, 0);
+    for l in load {
+        let (b, a) = l.await.unwrap();
+        before += b;
+        after += a;
+    }
+    assert!(before > 0 && after > 0, "before {before}, after {after}");
+}
+
 #[tokio::test]
 async fn smoke() {
     let up = upstream::http1("a").spawn().await;

@@ -52,11 +52,16 @@ fn write_u32(c: &mut C, ptr: i32, v: u32) -> Result<(), i32> {
 /// Copies `data` into memory the filter allocates and stores its address and size at
 /// `ret_ptr`/`ret_len`. An error is a trap inside the filter's allocator.
 fn give(c: &mut C, data: &[u8], ret_ptr: i32, ret_len: i32) -> wasmtime::Result<i32> {
+    // An empty value is a null pointer and size 0, without an allocation, as Envoy's host
+    // answers: SDKs (AssemblyScript's) never free an allocation they get back empty.
+    if data.is_empty() {
+        let done = write_u32(c, ret_ptr, 0).and_then(|()| write_u32(c, ret_len, 0));
+        return Ok(done.map_or_else(|s| s, |()| status::OK));
+    }
     let Some(alloc) = c.data().alloc.clone() else {
         return Ok(status::INTERNAL_FAILURE);
     };
-    // Never a null pointer, even for an empty value: SDKs read null as "no value".
-    let ptr = alloc.call(&mut *c, data.len().max(1) as i32)?;
+    let ptr = alloc.call(&mut *c, data.len() as i32)?;
     if ptr == 0 {
         return Ok(status::INTERNAL_FAILURE);
     }
