@@ -228,6 +228,13 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         None => None,
     };
     let mut yaml = portico::demo::DEMO_YAML.to_string();
+    #[cfg(feature = "wasm")]
+    let plugin = {
+        let (path, route) =
+            portico::demo::write_plugin().context("cannot write the demo's plugin")?;
+        yaml.push_str(&route);
+        path
+    };
     if let (Some(cert), Some(addr)) = (&cert, tls_listen) {
         yaml.push_str(&cert.yaml(addr));
     }
@@ -235,6 +242,8 @@ fn demo(listen: &str, admin_listen: &str, tls_listen: Option<&str>) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("{e}"));
     // Read at load; the demo's config is never reloaded from disk.
     let _ = std::fs::remove_file(&spec);
+    #[cfg(feature = "wasm")]
+    let _ = std::fs::remove_file(&plugin);
     let plan = plan?;
     let gateway = portico::Gateway::start(plan, None).with_context(|| {
         format!(

@@ -281,6 +281,37 @@ impl DemoKey {
     }
 }
 
+/// The demo's plugin: the tenant gate built with the AssemblyScript proxy-wasm SDK
+/// (`tests/plugins/assemblyscript/`), written to a file at start for its route to load.
+#[cfg(feature = "wasm")]
+pub const DEMO_PLUGIN: &[u8] =
+    include_bytes!("../../tests/plugins/assemblyscript/tenant-gate.wasm");
+
+/// Writes [`DEMO_PLUGIN`] to a temporary file; the route `/plugin` that loads it, to append
+/// to the demo's routes.
+#[cfg(feature = "wasm")]
+pub fn write_plugin() -> std::io::Result<(std::path::PathBuf, String)> {
+    let path = std::env::temp_dir().join(format!("portico-demo-{}.wasm", std::process::id()));
+    std::fs::write(&path, DEMO_PLUGIN)?;
+    let module = serde_json::to_string(&path.display().to_string()).unwrap_or_default();
+    let route = format!(
+        r#"
+  # A proxy-wasm plugin: the tenant gate refuses requests without x-demo-tenant (403) and
+  # adds x-tenant upstream and x-plugin: tenant-gate to the answer.
+  - name: plugin
+    match: {{path: /plugin}}
+    service: users
+    rewrite: {{strip_prefix: /plugin}}
+    policies:
+      - wasm:
+          module: {module}
+          name: tenant-gate
+          configuration: {{header: x-demo-tenant}}
+"#
+    );
+    Ok((path, route))
+}
+
 /// The curl commands `portico demo` prints, for a gateway at `base` (e.g. `http://127.0.0.1:8080`)
 /// and a demo JWT `token`.
 pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
@@ -306,6 +337,10 @@ pub fn curl_commands(base: &str, token: &str) -> Vec<(String, String)> {
         ("The same product from v2 (no Deprecation header)".into(), format!("curl -si {base}/v2/catalog/2")),
         ("OpenAPI: a user that breaks the users API's description is refused with 400 and the list of problems".into(), format!("curl -s -X POST -H 'content-type: application/json' -d '{{\"name\":\"\",\"email\":\"not-an-email\"}}' {base}/checked/users")),
         ("OpenAPI mock: the reviews API exists only in the description; the gateway answers from its examples (a Prefer header picks another answer: example=none, or code= a documented status)".into(), format!("curl -s -H 'prefer: example=two' {base}/mock/products/2/reviews")),
+        #[cfg(feature = "wasm")]
+        ("Plugin (a proxy-wasm filter built with the AssemblyScript SDK): /plugin refuses requests without an x-demo-tenant header (403 JSON error)".into(), format!("curl -si {base}/plugin/users")),
+        #[cfg(feature = "wasm")]
+        ("The same with the header: the filter adds x-tenant to the request (the backend's echo shows it) and x-plugin: tenant-gate to the response".into(), format!("curl -si -H 'x-demo-tenant: acme' {base}/plugin/users/echo")),
         ("Rate limit: 5 requests per minute per client IP on /limited; the 6th and 7th get 429 (then see the headers with curl -si)".into(), format!("for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/limited/products; done; echo")),
     ]
 }

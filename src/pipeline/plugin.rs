@@ -237,10 +237,22 @@ fn answer(cx: &mut RequestCtx<'_>, policy: &WasmPolicy, stream: Stream, reply: L
         } else {
             reply.details
         };
+        let framing = [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::UPGRADE,
+            header::CONTENT_TYPE,
+        ];
+        let headers = reply
+            .headers
+            .into_iter()
+            .filter(|(k, _)| !framing.contains(k))
+            .collect();
         return GatewayError::PluginReply {
             status,
             message,
-            headers: reply.headers,
+            headers,
         }
         .into();
     }
@@ -249,5 +261,9 @@ fn answer(cx: &mut RequestCtx<'_>, policy: &WasmPolicy, stream: Stream, reply: L
     for (k, v) in reply.headers {
         resp.headers_mut().append(k, v);
     }
+    // The gateway frames its own answer.
+    let headers = resp.headers_mut();
+    crate::proxy::headers::strip_hop_by_hop(headers, false);
+    headers.remove(header::CONTENT_LENGTH);
     Exit::Respond(resp)
 }

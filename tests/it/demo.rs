@@ -235,6 +235,9 @@ fn every_printed_curl_command_works_as_printed() {
         if command.contains("/api/profile/") || command.contains("/catalog/") {
             check_aggregate_or_version(&comment, &command);
         }
+        if command.contains("/plugin/") {
+            check_plugin(&comment, &command);
+        }
         let expected = if comment.contains("405") {
             405
         } else if comment.contains("400") {
@@ -243,6 +246,8 @@ fn every_printed_curl_command_works_as_printed() {
             404
         } else if comment.contains("401") {
             401
+        } else if comment.contains("403") {
+            403
         } else if comment.starts_with("Create") {
             201
         } else {
@@ -260,6 +265,18 @@ fn every_printed_curl_command_works_as_printed() {
         );
         let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(status, expected.to_string(), "{comment}: {command}");
+    }
+}
+
+/// Runs a printed plugin command and checks the headers the demo's filter adds.
+fn check_plugin(comment: &str, command: &str) {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    if command.contains("x-demo-tenant") {
+        assert!(text.contains("x-plugin: tenant-gate"), "{comment}: {text}");
+        assert!(text.contains("\"x-tenant\""), "{comment}: {text}");
+    } else {
+        assert!(text.contains("refused_by_plugin"), "{comment}: {text}");
     }
 }
 

@@ -165,6 +165,7 @@ impl Stream {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
+        let framing = Framing::of(&parts.headers);
         let head = RequestHead {
             headers: std::mem::take(&mut parts.headers),
             method: parts.method.as_str().to_owned(),
@@ -186,6 +187,7 @@ impl Stream {
         if let Some(head) = head {
             apply_request(parts, head);
         }
+        framing.restore(&mut parts.headers);
         verdict
     }
 
@@ -207,6 +209,7 @@ impl Stream {
         if !self.has(StreamCallback::ResponseHeaders) {
             return Verdict::Continue;
         }
+        let framing = Framing::of(&parts.headers);
         let head = ResponseHead {
             headers: std::mem::take(&mut parts.headers),
             status: parts.status.as_u16(),
@@ -231,6 +234,7 @@ impl Stream {
                 s.response_code = head.status;
             }
         }
+        framing.restore(&mut parts.headers);
         verdict
     }
 
@@ -319,6 +323,39 @@ impl Drop for Stream {
         let mut vm = self.cell.lock();
         vm.close(self.id);
         vm.after(&self.cell);
+    }
+}
+
+/// A message's framing headers as they arrived. A filter edits fields, not framing: the
+/// gateway frames a body from what it sends (a `Content-Length` a filter set on a chunked
+/// request would otherwise go upstream beside `Transfer-Encoding`, a smuggling vector), so
+/// these are put back as they were after the filter's header phase.
+struct Framing {
+    content_length: Option<HeaderValue>,
+    transfer_encoding: Vec<HeaderValue>,
+}
+
+impl Framing {
+    fn of(headers: &HeaderMap) -> Self {
+        Self {
+            content_length: headers.get(header::CONTENT_LENGTH).cloned(),
+            transfer_encoding: headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn restore(self, headers: &mut HeaderMap) {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        if let Some(v) = self.content_length {
+            headers.insert(header::CONTENT_LENGTH, v);
+        }
+        for v in self.transfer_encoding {
+            headers.append(header::TRANSFER_ENCODING, v);
+        }
     }
 }
 
