@@ -9,7 +9,11 @@ use crate::telemetry::metrics::{encode_scrape, StateNow, TargetNow};
 
 /// The whole `/metrics` answer.
 pub fn scrape(runtime: &Runtime) -> String {
-    encode_scrape(&runtime.metrics, state_now(runtime))
+    encode_scrape(
+        &runtime.metrics,
+        state_now(runtime),
+        crate::policy::wasm::encode_metrics,
+    )
 }
 
 /// Reads the state `/metrics` reports besides the recorded series.

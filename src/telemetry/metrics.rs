@@ -660,15 +660,16 @@ pub fn counter_family<L: EncodeLabelSet>(
 }
 
 /// The whole `/metrics` answer: the recorded series of `metrics`, then `state` (read by the
-/// admin listener at scrape time), then `# EOF`.
-pub fn encode_scrape(metrics: &Metrics, state: StateNow) -> String {
+/// admin listener at scrape time), then what `more` writes (series kept by higher layers: the
+/// wasm filters' own metrics), then `# EOF`.
+pub fn encode_scrape(metrics: &Metrics, state: StateNow, more: impl FnOnce(&mut String)) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let mut registry = Registry::with_prefix("portico");
     registry.register_collector(Box::new(state));
     // Writing to a String cannot fail.
     let _ = metrics.encode(&mut out);
     let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
-    crate::policy::wasm::encode_metrics(&mut out);
+    more(&mut out);
     let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
 }

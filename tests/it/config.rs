@@ -961,16 +961,16 @@ fn each_misspelled_fixture_gives_one_error_with_its_suggestion_and_the_allowed_v
 #[test]
 fn an_unknown_policy_name_is_one_error_naming_the_known_policies() {
     let text = format!(
-        "{SERVICES}routes:\n  - name: api\n    service: users\n    policies: [{{wasm: {{module: x.wasm}}}}]\n"
+        "{SERVICES}routes:\n  - name: api\n    service: users\n    policies: [{{lua: {{script: x.lua}}}}]\n"
     );
     let cfg = write_config(&text);
     let e = one_error(&cfg, &validate(&cfg.path, &[]));
     assert_at(
         &e,
-        pos_of(&text, "wasm:"),
-        "unknown policy `wasm`, expected one of `auth`, `rate_limit`",
+        pos_of(&text, "lua:"),
+        "unknown policy `lua`, expected one of `auth`, `rate_limit`",
     );
-    // Nothing close to `wasm`: no suggestion.
+    // Nothing close to `lua`: no suggestion.
     assert!(!e.message.contains("did you mean"), "{e:?}");
 }
 
