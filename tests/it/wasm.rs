@@ -557,3 +557,24 @@ async fn a_filter_built_with_the_assemblyscript_sdk_refuses_and_adds_headers() {
         .await
         .assert_error(403, "refused_by_plugin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filters_log_lines_reach_the_log_with_its_name_and_level() {
+    use crate::support::GatewayProcess;
+    let up = upstream::http1("a").spawn().await;
+    let yaml = config(&up.url(), &module("metrics"), ", name: counting-filter");
+    let mut gw = tokio::task::spawn_blocking(move || GatewayProcess::spawn(&yaml, &[]))
+        .await
+        .unwrap();
+    assert_eq!(get(&gw.url("/a")).await.status, 200);
+    let line = tokio::task::spawn_blocking(move || {
+        gw.wait_for_line(
+            "metrics filter saw a request",
+            std::time::Duration::from_secs(10),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("counting-filter"), "{line}");
+}
