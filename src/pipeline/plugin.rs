@@ -167,30 +167,15 @@ fn open(
     parts: &Parts,
 ) -> Result<Stream, String> {
     let cell = vm::instance(&policy.spec, &policy.alive).map_err(|f| f.0)?;
-    let hex = cx.trace.trace_id_hex();
-    let host = parts
-        .uri
-        .host()
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
-    let facts = Arc::new(Facts {
+    let facts = Facts {
         route: Arc::clone(&route.name),
         service: cx.service.map(|s| Arc::clone(&s.name)),
         source: cx.conn.peer,
         client_ip: cx.client_ip,
         destination: None,
         request_id: cx.request_id.clone(),
-        consumer: cx
-            .identity
-            .as_ref()
-            .and_then(|i| i.name.as_deref())
-            .map(str::to_owned),
-        trace_id: String::from_utf8_lossy(&hex).into_owned(),
+        consumer: cx.identity.as_ref().and_then(|i| i.name.clone()),
+        trace_id: cx.trace.trace_id,
         protocol: match parts.version {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_2 => "HTTP/2",
@@ -199,16 +184,19 @@ fn open(
         path: parts
             .uri
             .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
-        method: parts.method.as_str().to_owned(),
-        host: host.to_owned(),
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        method: parts.method.clone(),
+        host: match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
+        },
         scheme: if cx.conn.tls.is_some() {
             "https"
         } else {
             "http"
         },
-    });
+    };
     Stream::open(cell, facts, &cx.plan.services).map_err(|f| f.0)
 }
 

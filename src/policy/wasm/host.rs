@@ -130,8 +130,8 @@ fn pairs(m: &Map<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let headers: &HeaderMap = match m {
         Map::Request(r) => {
             out.push((b":authority".to_vec(), r.authority.as_bytes().to_vec()));
-            out.push((b":path".to_vec(), r.path.as_bytes().to_vec()));
-            out.push((b":method".to_vec(), r.method.as_bytes().to_vec()));
+            out.push((b":path".to_vec(), r.path.as_str().as_bytes().to_vec()));
+            out.push((b":method".to_vec(), r.method.as_str().as_bytes().to_vec()));
             out.push((b":scheme".to_vec(), r.scheme.as_bytes().to_vec()));
             &r.headers
         }
@@ -159,9 +159,9 @@ fn serialized(m: &Map<'_>) -> Vec<u8> {
 fn value_of(m: &Map<'_>, key: &[u8]) -> Option<Vec<u8>> {
     let text = |s: &str| Some(s.as_bytes().to_vec());
     let headers = match (m, key) {
-        (Map::Request(r), b":authority") => return text(&r.authority),
-        (Map::Request(r), b":path") => return text(&r.path),
-        (Map::Request(r), b":method") => return text(&r.method),
+        (Map::Request(r), b":authority") => return Some(r.authority.as_bytes().to_vec()),
+        (Map::Request(r), b":path") => return text(r.path.as_str()),
+        (Map::Request(r), b":method") => return text(r.method.as_str()),
         (Map::Request(r), b":scheme") => return text(r.scheme),
         (Map::Response(r), b":status") => return Some(status_text(r.status)),
         (Map::Answer(a), b":status") => return Some(status_text(a.status)),
@@ -190,14 +190,15 @@ fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
             (_, _) if how == Edit::Remove => true,
             (Map::Request(r), b":path") => as_text()
                 .filter(|p| p.starts_with('/'))
+                .and_then(|p| http::uri::PathAndQuery::try_from(p).ok())
                 .map(|p| r.path = p)
                 .is_some(),
-            (Map::Request(r), b":method") => as_text()
-                .filter(|m| Method::from_bytes(m.as_bytes()).is_ok())
+            (Map::Request(r), b":method") => Method::from_bytes(value)
+                .ok()
                 .map(|m| r.method = m)
                 .is_some(),
-            (Map::Request(r), b":authority") => as_text()
-                .filter(|a| HeaderValue::from_str(a).is_ok())
+            (Map::Request(r), b":authority") => HeaderValue::from_bytes(value)
+                .ok()
                 .map(|a| r.authority = a)
                 .is_some(),
             (Map::Response(r), b":status") => as_text()
@@ -296,17 +297,14 @@ fn property(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
     let f = &stream.facts;
     let request = stream.request.as_ref();
     match path {
-        b"request.path" => request.map_or_else(|| text(&f.path), |r| text(&r.path)),
-        b"request.url_path" => {
-            let p = request.map_or(&f.path, |r| &r.path);
-            text(p.split('?').next().unwrap_or(""))
-        }
-        b"request.query" => {
-            let p = request.map_or(&f.path, |r| &r.path);
-            text(p.split_once('?').map_or("", |(_, q)| q))
-        }
-        b"request.method" => request.map_or_else(|| text(&f.method), |r| text(&r.method)),
-        b"request.host" => request.map_or_else(|| text(&f.host), |r| text(&r.authority)),
+        b"request.path" => text(request.map_or(&f.path, |r| &r.path).as_str()),
+        b"request.url_path" => text(request.map_or(&f.path, |r| &r.path).path()),
+        b"request.query" => text(request.map_or(&f.path, |r| &r.path).query().unwrap_or("")),
+        b"request.method" => text(request.map_or(&f.method, |r| &r.method).as_str()),
+        b"request.host" => match request {
+            Some(r) => Some(r.authority.as_bytes().to_vec()),
+            None => f.host.as_ref().map(|h| h.as_bytes().to_vec()),
+        },
         b"request.scheme" => text(f.scheme),
         b"request.protocol" => text(f.protocol),
         b"request.id" | b"portico.request_id" => Some(f.request_id.as_bytes().to_vec()),
@@ -330,7 +328,11 @@ fn property(state: &HostState, path: &[u8]) -> Option<Vec<u8>> {
             .then(|| stream.response_code.into())
             .and_then(int),
         b"portico.consumer" => f.consumer.as_deref().and_then(text),
-        b"portico.trace_id" => text(&f.trace_id),
+        b"portico.trace_id" => {
+            let mut hex = [0u8; 32];
+            crate::telemetry::trace::hex_encode(&f.trace_id, &mut hex);
+            Some(hex.to_vec())
+        }
         b"portico.client_ip" => text(&f.client_ip.to_string()),
         _ => None,
     }
@@ -671,7 +673,7 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 body: Bytes::from(body),
                 headers: list,
             });
-            stream.wake.notify_one();
+            stream.wake();
             status::OK
         },
     )?;
@@ -681,7 +683,7 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         match state.streams.get_mut(&effective) {
             Some(s) => {
                 s.resumed = true;
-                s.wake.notify_one();
+                s.wake();
                 status::OK
             }
             None => status::NOT_FOUND,
@@ -699,7 +701,7 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         match state.streams.get_mut(&effective) {
             Some(s) => {
                 s.failure = Some("the filter closed the request".into());
-                s.wake.notify_one();
+                s.wake();
                 status::OK
             }
             None => status::NOT_FOUND,

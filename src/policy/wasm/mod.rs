@@ -264,7 +264,7 @@ impl BenchHarness {
             .map_err(|e| e.to_string())?;
         let policy = load(&raw)?;
         let cell = vm::Vm::start(&policy.spec).map_err(|f| f.0)?;
-        let facts = Arc::new(vm::Facts {
+        let facts = vm::Facts {
             route: "bench".into(),
             service: None,
             source: ([127, 0, 0, 1], 40000).into(),
@@ -272,14 +272,14 @@ impl BenchHarness {
             destination: None,
             request_id: http::HeaderValue::from_static("bench"),
             consumer: None,
-            trace_id: String::new(),
+            trace_id: [0; 16],
             protocol: "HTTP/1.1",
-            path: "/".into(),
-            method: "GET".into(),
-            host: "bench".into(),
+            path: http::uri::PathAndQuery::from_static("/"),
+            method: http::Method::GET,
+            host: None,
             scheme: "http",
-        });
-        let id = cell.lock().open(facts).map_err(|f| f.0)?.0;
+        };
+        let id = cell.lock().open(facts).map_err(|f| f.0)?;
         Ok(Self { cell, id })
     }
 
@@ -290,9 +290,9 @@ impl BenchHarness {
         if let Some(s) = vm.stream(self.id) {
             s.request = Some(vm::RequestHead {
                 headers: std::mem::take(headers),
-                method: String::from("GET"),
-                path: String::from("/"),
-                authority: String::from("bench"),
+                method: http::Method::GET,
+                path: http::uri::PathAndQuery::from_static("/"),
+                authority: http::HeaderValue::from_static("bench"),
                 scheme: "http",
             });
         }

@@ -58,24 +58,23 @@ pub enum BodyStop {
 pub struct Stream {
     cell: Arc<VmCell>,
     id: u32,
-    wake: Arc<Notify>,
 }
 
 impl Stream {
     /// Opens a context for a request in the worker's instance of the filter.
     pub fn open(
         cell: Arc<VmCell>,
-        facts: Arc<Facts>,
+        facts: Facts,
         services: &[Arc<Service>],
     ) -> Result<Self, Failure> {
-        let (id, wake) = {
+        let id = {
             let mut vm = cell.lock();
             vm.refresh_targets(services);
             let opened = vm.open(facts);
             vm.after(&cell);
             opened?
         };
-        Ok(Self { cell, id, wake })
+        Ok(Self { cell, id })
     }
 
     /// Whether the filter has this callback.
@@ -124,11 +123,23 @@ impl Stream {
             Ok(a) => a,
             Err(Failure(message)) => return Verdict::Fail(message),
         };
+        if let Some(v) = self.state(action) {
+            return v;
+        }
+        // Paused: from now on host calls that resume or answer it wake it. Made, and the state
+        // looked at again, under the instance's lock, so no wake-up falls between the two.
+        let wake = {
+            let mut vm = self.cell.lock();
+            match vm.stream(self.id) {
+                Some(s) => Arc::clone(s.wake.get_or_insert_with(|| Arc::new(Notify::new()))),
+                None => return Verdict::Fail("the filter's instance was replaced".into()),
+            }
+        };
         loop {
             if let Some(v) = self.state(action) {
                 return v;
             }
-            if tokio::time::timeout_at(deadline, self.wake.notified())
+            if tokio::time::timeout_at(deadline, wake.notified())
                 .await
                 .is_err()
             {
@@ -146,38 +157,47 @@ impl Stream {
         end_of_stream: bool,
         deadline: Instant,
     ) -> Verdict {
-        if !self.has(StreamCallback::RequestHeaders) {
-            return Verdict::Continue;
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
         let framing = Framing::of(&parts.headers);
-        let head = RequestHead {
-            headers: std::mem::take(&mut parts.headers),
-            method: parts.method.as_str().to_owned(),
-            path,
-            authority,
-            scheme: "http",
+        let first = {
+            let mut vm = self.cell.lock();
+            if !vm.has(StreamCallback::RequestHeaders) {
+                return Verdict::Continue;
+            }
+            let authority = match parts.uri.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => parts.headers.get(header::HOST).cloned(),
+            };
+            let head = RequestHead {
+                headers: std::mem::take(&mut parts.headers),
+                method: parts.method.clone(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                authority: authority.unwrap_or_else(|| HeaderValue::from_static("")),
+                scheme: "http",
+            };
+            let count = head.headers.len() + 4;
+            if let Some(s) = vm.stream(self.id) {
+                s.request = Some(head);
+            }
+            let first = vm.stream_call(
+                StreamCallback::RequestHeaders,
+                self.id,
+                count,
+                end_of_stream,
+            );
+            vm.after(&self.cell);
+            // Done unless paused: the head comes back under the same lock.
+            if let Ok(Action::Continue) = first {
+                let head = vm.stream(self.id).and_then(|s| s.request.take());
+                if let Some(head) = head {
+                    apply_request(parts, head);
+                }
+            }
+            first
         };
-        let count = head.headers.len() + 4;
-        if let Some(s) = self.cell.lock().stream(self.id) {
-            s.request = Some(head);
-        }
-        let first = self.call(StreamCallback::RequestHeaders, count, end_of_stream);
         let verdict = self.settle(first, deadline).await;
         let head = self
             .cell
@@ -199,23 +219,25 @@ impl Stream {
         upstream: Option<HeaderValue>,
         deadline: Instant,
     ) -> Verdict {
-        {
-            let mut vm = self.cell.lock();
-            if let Some(s) = vm.stream(self.id) {
-                s.response_code = parts.status.as_u16();
-                s.upstream = upstream;
-            }
-        }
-        if !self.has(StreamCallback::ResponseHeaders) {
-            return Verdict::Continue;
-        }
         let framing = Framing::of(&parts.headers);
         let head = ResponseHead {
             headers: std::mem::take(&mut parts.headers),
             status: parts.status.as_u16(),
         };
         let count = head.headers.len() + 1;
-        if let Some(s) = self.cell.lock().stream(self.id) {
+        {
+            let mut vm = self.cell.lock();
+            let has = vm.has(StreamCallback::ResponseHeaders);
+            let Some(s) = vm.stream(self.id) else {
+                parts.headers = head.headers;
+                return Verdict::Continue;
+            };
+            s.response_code = parts.status.as_u16();
+            s.upstream = upstream;
+            if !has {
+                parts.headers = head.headers;
+                return Verdict::Continue;
+            }
             s.response = Some(head);
         }
         let first = self.call(StreamCallback::ResponseHeaders, count, end_of_stream);
@@ -348,6 +370,14 @@ impl Framing {
     }
 
     fn restore(self, headers: &mut HeaderMap) {
+        let same = headers.get(header::CONTENT_LENGTH) == self.content_length.as_ref()
+            && headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .eq(self.transfer_encoding.iter());
+        if same {
+            return;
+        }
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::TRANSFER_ENCODING);
         if let Some(v) = self.content_length {
@@ -362,28 +392,16 @@ impl Framing {
 /// Takes the filter's edits of the request head back into the request.
 fn apply_request(parts: &mut request::Parts, head: RequestHead) {
     parts.headers = head.headers;
-    if head.method != parts.method.as_str() {
-        if let Ok(m) = http::Method::from_bytes(head.method.as_bytes()) {
-            parts.method = m;
+    parts.method = head.method;
+    if parts.uri.path_and_query() != Some(&head.path) {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(head.path);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
         }
     }
-    let current = parts.uri.path_and_query().map(PathAndQuery::as_str);
-    if current != Some(head.path.as_str()) {
-        if let Ok(pq) = PathAndQuery::try_from(head.path.as_str()) {
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query = Some(pq);
-            if let Ok(u) = http::Uri::from_parts(uri) {
-                parts.uri = u;
-            }
-        }
-    }
-    if !head.authority.is_empty() {
-        let host = parts.headers.get(header::HOST);
-        if host.map(HeaderValue::as_bytes) != Some(head.authority.as_bytes()) {
-            if let Ok(v) = HeaderValue::from_str(&head.authority) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
+    if !head.authority.is_empty() && parts.headers.get(header::HOST) != Some(&head.authority) {
+        parts.headers.insert(header::HOST, head.authority);
     }
 }
 

@@ -158,12 +158,13 @@ pub fn linker() -> Result<&'static Linker<HostState>, String> {
         .map_err(Clone::clone)
 }
 
-/// A request's head as a filter sees it: the fields and the pseudo-headers.
+/// A request's head as a filter sees it: the fields and the pseudo-headers (kept in their
+/// parsed forms, which clone without copying; text is made only when the filter edits).
 pub struct RequestHead {
     pub headers: HeaderMap,
-    pub method: String,
-    pub path: String,
-    pub authority: String,
+    pub method: http::Method,
+    pub path: http::uri::PathAndQuery,
+    pub authority: HeaderValue,
     pub scheme: &'static str,
 }
 
@@ -190,13 +191,13 @@ pub struct Facts {
     /// The gateway's own address of the connection, when known.
     pub destination: Option<SocketAddr>,
     pub request_id: HeaderValue,
-    pub consumer: Option<String>,
-    pub trace_id: String,
+    pub consumer: Option<Arc<str>>,
+    pub trace_id: [u8; 16],
     pub protocol: &'static str,
     /// The request line as it arrived (filters read the edited one while they hold the head).
-    pub path: String,
-    pub method: String,
-    pub host: String,
+    pub path: http::uri::PathAndQuery,
+    pub method: http::Method,
+    pub host: Option<HeaderValue>,
     pub scheme: &'static str,
 }
 
@@ -216,9 +217,10 @@ pub struct StreamData {
     pub resumed: bool,
     /// Why the request must fail (a callback of it failed outside its own phase).
     pub failure: Option<String>,
-    /// Woken when a paused request may go on (resumed, answered or failed).
-    pub wake: Arc<Notify>,
-    pub facts: Arc<Facts>,
+    /// Woken when a paused request may go on (resumed, answered or failed); made when the
+    /// request first waits (most never do).
+    pub wake: Option<Arc<Notify>>,
+    pub facts: Facts,
     /// `response.code`, once known.
     pub response_code: u16,
     /// `upstream.address`, once known.
@@ -227,6 +229,15 @@ pub struct StreamData {
     pub custom: Vec<(Vec<u8>, Bytes)>,
     /// `on_done` said not yet; `proxy_done` finishes the context.
     pub done_pending: bool,
+}
+
+impl StreamData {
+    /// Wakes the request if it waits.
+    pub fn wake(&self) {
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
+    }
 }
 
 /// An HTTP call a filter asked for, to be sent when its callback returns.
@@ -259,7 +270,7 @@ pub struct HostState {
     pub root: u32,
     /// The context host calls act on.
     pub effective: u32,
-    pub streams: HashMap<u32, StreamData>,
+    pub streams: rustc_hash::FxHashMap<u32, StreamData>,
     /// Calls made during the callback in progress.
     pub calls: Vec<OutCall>,
     next_token: u32,
@@ -374,7 +385,7 @@ impl Vm {
             alloc: None,
             root: ROOT_CONTEXT,
             effective: ROOT_CONTEXT,
-            streams: HashMap::new(),
+            streams: Default::default(),
             calls: Vec::new(),
             next_token: 0,
             answer: None,
@@ -517,7 +528,7 @@ impl Vm {
     }
 
     /// Creates a request's context.
-    pub fn open(&mut self, facts: Arc<Facts>) -> Result<(u32, Arc<Notify>), Failure> {
+    pub fn open(&mut self, facts: Facts) -> Result<u32, Failure> {
         let mut id = self.next_context;
         loop {
             id = id.wrapping_add(1);
@@ -526,7 +537,6 @@ impl Vm {
             }
         }
         self.next_context = id;
-        let wake = Arc::new(Notify::new());
         self.store.data_mut().streams.insert(
             id,
             StreamData {
@@ -537,7 +547,7 @@ impl Vm {
                 local: None,
                 resumed: false,
                 failure: None,
-                wake: Arc::clone(&wake),
+                wake: None,
                 facts,
                 response_code: 0,
                 upstream: None,
@@ -554,7 +564,7 @@ impl Vm {
                 return Err(e);
             }
         }
-        Ok((id, wake))
+        Ok(id)
     }
 
     /// The stream's state.
@@ -650,6 +660,14 @@ impl Vm {
     /// Work a callback left for after it: contexts to finish, calls to send, a timer to
     /// (re)start, queues to announce. `cell` is this instance.
     pub fn after(&mut self, cell: &Arc<VmCell>) {
+        let state = self.store.data();
+        if state.finishing.is_empty()
+            && state.calls.is_empty()
+            && state.queue_ready.is_empty()
+            && !state.tick_changed
+        {
+            return;
+        }
         let finishing = std::mem::take(&mut self.store.data_mut().finishing);
         for id in finishing {
             self.finish(id);
@@ -735,7 +753,7 @@ impl Vm {
             if let Err(Failure(message)) = result {
                 stream.failure = Some(message);
             }
-            stream.wake.notify_one();
+            stream.wake();
         }
         self.after(cell);
     }
