@@ -128,7 +128,12 @@ async fn run(
     let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
     let answer = dispatch::settle(cx, result)?;
     #[cfg(feature = "wasm")]
-    if route.policies.wasm.is_some() {
+    if route
+        .policies
+        .wasm
+        .as_ref()
+        .is_some_and(|w| w.sees_responses())
+    {
         return Box::pin(respond::run_plugin(cx, route, answer)).await;
     }
     if respond::transforms_body(route) {

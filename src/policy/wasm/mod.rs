@@ -102,6 +102,15 @@ pub struct WasmPolicy {
 }
 
 impl WasmPolicy {
+    /// Whether the filter has a callback on the response side; without one the response goes
+    /// its usual way, not shown to the filter.
+    pub fn sees_responses(&self) -> bool {
+        #[cfg(feature = "wasm")]
+        return self.spec.sees_responses;
+        #[cfg(not(feature = "wasm"))]
+        false
+    }
+
     /// Compiles the policy written at `b.path`.
     pub fn compile(raw: &RawWasm, b: &mut super::Build<'_>) -> Option<Arc<Self>> {
         let errors_before = b.errors.len();

@@ -8,7 +8,6 @@
 //! instance is marked broken and the worker makes a new one for the next request.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -71,6 +70,9 @@ pub struct FilterSpec {
     pub http_calls: Vec<Arc<str>>,
     /// The module, linked against the host's functions and ready to instantiate.
     pub pre: InstancePre<HostState>,
+    /// The module exports a callback of the response side (`on_response_headers`,
+    /// `on_response_body`, `on_log`): without one, the response is not shown to the filter.
+    pub sees_responses: bool,
     /// Process-wide id, keying each worker's instance.
     pub uid: u64,
     /// Callbacks that failed (trap, deadline, memory), for `/metrics`.
@@ -104,7 +106,14 @@ impl FilterSpec {
         static NEXT_UID: AtomicU64 = AtomicU64::new(1);
         let ticks = max_cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
         let failures = super::shared::shared().metrics.failures(&name);
+        let sees_responses = pre.module().exports().any(|e| {
+            matches!(
+                e.name(),
+                "proxy_on_response_headers" | "proxy_on_response_body" | "proxy_on_log"
+            )
+        });
         Self {
+            sees_responses,
             name,
             configuration,
             max_memory,
@@ -303,7 +312,7 @@ impl HostState {
 type CallResponseArgs = (i32, i32, i32, i32, i32);
 
 /// This worker's instances: filter uid → (the filter's liveness token, its instance).
-type Instances = HashMap<u64, (Weak<()>, Arc<VmCell>)>;
+type Instances = rustc_hash::FxHashMap<u64, (Weak<()>, Arc<VmCell>)>;
 
 /// The callbacks a module exports (each optional, per the spec).
 #[derive(Clone)]
@@ -337,6 +346,8 @@ pub struct Failure(pub String);
 /// One instance behind its lock.
 pub struct VmCell {
     vm: Mutex<Vm>,
+    /// Set with the instance's own flag, so a request finds a broken instance without the lock.
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl VmCell {
@@ -346,6 +357,7 @@ impl VmCell {
         self.vm.lock().unwrap_or_else(|e| {
             let mut vm = e.into_inner();
             vm.broken = true;
+            vm.flag.store(true, Ordering::Relaxed);
             vm
         })
     }
@@ -356,6 +368,8 @@ pub struct Vm {
     pub store: Store<HostState>,
     cb: Callbacks,
     pub broken: bool,
+    /// The cell's copy of `broken`.
+    flag: Arc<std::sync::atomic::AtomicBool>,
     next_context: u32,
     /// Changes when a ticker must stop (the period changed).
     ticker: u64,
@@ -433,10 +447,13 @@ impl Vm {
         let start: Option<TypedFunc<(), ()>> = func!("_start");
         store.data_mut().memory = memory;
         store.data_mut().alloc = alloc.clone();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cell = Arc::new_cyclic(|me| {
             store.data_mut().me = me.clone();
             VmCell {
+                broken: Arc::clone(&flag),
                 vm: Mutex::new(Vm {
+                    flag,
                     store,
                     cb: cb.clone(),
                     broken: false,
@@ -499,6 +516,7 @@ impl Vm {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.broken = true;
+                self.flag.store(true, Ordering::Relaxed);
                 let spec = Arc::clone(&self.store.data().spec);
                 let message = match e.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) => {
@@ -795,8 +813,7 @@ async fn tick(cell: Weak<VmCell>, period: Duration, generation: u64) {
 thread_local! {
     /// This worker's instance of each filter, by the filter's uid, with a token telling
     /// whether any config still uses the filter.
-    static INSTANCES: RefCell<Instances> =
-        RefCell::new(HashMap::new());
+    static INSTANCES: RefCell<Instances> = RefCell::new(Default::default());
 }
 
 /// This worker's instance of the filter: made on first use, and again after one failed.
@@ -804,7 +821,7 @@ thread_local! {
 pub fn instance(spec: &Arc<FilterSpec>, alive: &Arc<()>) -> Result<Arc<VmCell>, Failure> {
     let found = INSTANCES.with(|m| m.borrow().get(&spec.uid).map(|(_, c)| Arc::clone(c)));
     if let Some(cell) = found {
-        if !cell.lock().broken {
+        if !cell.broken.load(Ordering::Relaxed) {
             return Ok(cell);
         }
     }
