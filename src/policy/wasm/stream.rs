@@ -189,11 +189,16 @@ impl Stream {
                 end_of_stream,
             );
             vm.after(&self.cell);
-            // Done unless paused: the head comes back under the same lock.
-            if let Ok(Action::Continue) = first {
-                let head = vm.stream(self.id).and_then(|s| s.request.take());
-                if let Some(head) = head {
-                    apply_request(parts, head);
+            // The common case, a filter that lets the request go on, is settled under the same
+            // lock: the head comes back and nothing waits.
+            if let (Ok(Action::Continue), Some(s)) = (&first, vm.stream(self.id)) {
+                if s.local.is_none() && s.failure.is_none() {
+                    if let Some(head) = s.request.take() {
+                        apply_request(parts, head);
+                    }
+                    drop(vm);
+                    framing.restore(&mut parts.headers);
+                    return Verdict::Continue;
                 }
             }
             first
