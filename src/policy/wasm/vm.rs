@@ -275,7 +275,7 @@ pub struct HostState {
     pub spec: Arc<FilterSpec>,
     pub limits: StoreLimits,
     pub memory: Option<Memory>,
-    pub alloc: Option<TypedFunc<i32, i32>>,
+    pub alloc: Option<Arc<TypedFunc<i32, i32>>>,
     pub root: u32,
     /// The context host calls act on.
     pub effective: u32,
@@ -366,7 +366,9 @@ impl VmCell {
 /// One instance of a filter.
 pub struct Vm {
     pub store: Store<HostState>,
-    cb: Callbacks,
+    /// Shared so a call holds its function while the store is borrowed (cloning a `TypedFunc`
+    /// takes its type's reference count, an atomic pair per call).
+    cb: Arc<Callbacks>,
     pub broken: bool,
     /// The cell's copy of `broken`.
     flag: Arc<std::sync::atomic::AtomicBool>,
@@ -446,7 +448,7 @@ impl Vm {
         let initialize: Option<TypedFunc<(), ()>> = func!("_initialize");
         let start: Option<TypedFunc<(), ()>> = func!("_start");
         store.data_mut().memory = memory;
-        store.data_mut().alloc = alloc.clone();
+        store.data_mut().alloc = alloc.clone().map(Arc::new);
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cell = Arc::new_cyclic(|me| {
             store.data_mut().me = me.clone();
@@ -455,7 +457,7 @@ impl Vm {
                 vm: Mutex::new(Vm {
                     flag,
                     store,
-                    cb: cb.clone(),
+                    cb: Arc::new(cb.clone()),
                     broken: false,
                     next_context: ROOT_CONTEXT,
                     ticker: 0,
@@ -547,6 +549,7 @@ impl Vm {
 
     /// Creates a request's context.
     pub fn open(&mut self, facts: Facts) -> Result<u32, Failure> {
+        let cb = Arc::clone(&self.cb);
         let mut id = self.next_context;
         loop {
             id = id.wrapping_add(1);
@@ -573,7 +576,7 @@ impl Vm {
                 done_pending: false,
             },
         );
-        if let Some(f) = self.cb.context_create.clone() {
+        if let Some(f) = cb.context_create.as_ref() {
             self.store.data_mut().effective = id;
             if let Err(e) = self.run("proxy_on_context_create", |s| {
                 f.call(s, (id as i32, ROOT_CONTEXT as i32))
@@ -598,18 +601,16 @@ impl Vm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<Action, Failure> {
+        let cb = Arc::clone(&self.cb);
         let (f, name) = match which {
             StreamCallback::RequestHeaders => {
-                (self.cb.request_headers.clone(), "proxy_on_request_headers")
+                (cb.request_headers.as_ref(), "proxy_on_request_headers")
             }
-            StreamCallback::RequestBody => (self.cb.request_body.clone(), "proxy_on_request_body"),
-            StreamCallback::ResponseHeaders => (
-                self.cb.response_headers.clone(),
-                "proxy_on_response_headers",
-            ),
-            StreamCallback::ResponseBody => {
-                (self.cb.response_body.clone(), "proxy_on_response_body")
+            StreamCallback::RequestBody => (cb.request_body.as_ref(), "proxy_on_request_body"),
+            StreamCallback::ResponseHeaders => {
+                (cb.response_headers.as_ref(), "proxy_on_response_headers")
             }
+            StreamCallback::ResponseBody => (cb.response_body.as_ref(), "proxy_on_response_body"),
         };
         let Some(f) = f else {
             return Ok(Action::Continue);
@@ -641,12 +642,13 @@ impl Vm {
     /// Ends a request's context: `on_done`, then (unless the filter holds it open for a
     /// `proxy_done`) `on_log` and `on_delete`.
     pub fn close(&mut self, id: u32) {
+        let cb = Arc::clone(&self.cb);
         if self.broken {
             self.store.data_mut().streams.remove(&id);
             return;
         }
         self.store.data_mut().effective = id;
-        let done = match self.cb.done.clone() {
+        let done = match cb.done.as_ref() {
             Some(f) => self.run("proxy_on_done", |s| f.call(s, id as i32)),
             None => Ok(1),
         };
@@ -665,11 +667,12 @@ impl Vm {
 
     /// `on_log` and `on_delete` for a context that is done.
     fn finish(&mut self, id: u32) {
+        let cb = Arc::clone(&self.cb);
         self.store.data_mut().effective = id;
-        if let Some(f) = self.cb.log.clone() {
+        if let Some(f) = cb.log.as_ref() {
             let _ = self.run("proxy_on_log", |s| f.call(s, id as i32));
         }
-        if let Some(f) = self.cb.delete.clone() {
+        if let Some(f) = cb.delete.as_ref() {
             let _ = self.run("proxy_on_delete", |s| f.call(s, id as i32));
         }
         self.store.data_mut().streams.remove(&id);
@@ -728,7 +731,8 @@ impl Vm {
     }
 
     fn queue_ready(&mut self, cell: &Arc<VmCell>, queue: u32) {
-        let Some(f) = self.cb.queue_ready.clone() else {
+        let cb = Arc::clone(&self.cb);
+        let Some(f) = cb.queue_ready.as_ref() else {
             return;
         };
         self.store.data_mut().effective = ROOT_CONTEXT;
@@ -747,7 +751,8 @@ impl Vm {
         token: u32,
         answer: Option<CallAnswer>,
     ) {
-        let Some(f) = self.cb.call_response.clone() else {
+        let cb = Arc::clone(&self.cb);
+        let Some(f) = cb.call_response.as_ref() else {
             return;
         };
         let known = context == ROOT_CONTEXT || self.store.data().streams.contains_key(&context);
@@ -798,7 +803,8 @@ async fn tick(cell: Weak<VmCell>, period: Duration, generation: u64) {
         if vm.broken || vm.ticker != generation {
             return;
         }
-        let Some(f) = vm.cb.tick.clone() else { return };
+        let cb = Arc::clone(&vm.cb);
+        let Some(f) = cb.tick.as_ref() else { return };
         vm.store.data_mut().effective = ROOT_CONTEXT;
         if vm
             .run("proxy_on_tick", |s| f.call(s, ROOT_CONTEXT as i32))
