@@ -578,3 +578,58 @@ async fn a_filters_log_lines_reach_the_log_with_its_name_and_level() {
     assert!(line.contains("INFO"), "{line}");
     assert!(line.contains("counting-filter"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_failing_in_a_loop_is_logged_once_per_interval() {
+    use crate::support::GatewayProcess;
+    let up = upstream::http1("a").spawn().await;
+    let trap = format!("{{module: {:?}, name: trapper}}", module("trap"));
+    let marker = format!("{{module: {:?}}}", module("metrics"));
+    let yaml = Config::new()
+        .service(Service::new("a").target(up.url()))
+        .route(Route::new("t").path("/t").service("a").policy("wasm", trap))
+        .route(
+            Route::new("m")
+                .path("/m")
+                .service("a")
+                .policy("wasm", marker),
+        )
+        .to_yaml();
+    let mut gw = tokio::task::spawn_blocking(move || GatewayProcess::spawn(&yaml, &[]))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        send("GET", &gw.url("/t"), &[("x-trap", "1")], "")
+            .await
+            .assert_error(500, "plugin_failed");
+    }
+    // A line logged after the three failures: every line before it has been printed.
+    assert_eq!(get(&gw.url("/m")).await.status, 200);
+    let failures = tokio::task::spawn_blocking(move || {
+        let mut failures = Vec::new();
+        loop {
+            let line = gw.wait_for_line("", std::time::Duration::from_secs(10));
+            if line.contains("metrics filter saw a request") {
+                return failures;
+            }
+            if line.contains("wasm filter failed") {
+                failures.push(line);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert!(failures[0].contains("trapper"), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_request_paused_by_a_filter_is_resumed_from_its_timer() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("tick_resume"), ""));
+    for _ in 0..3 {
+        let r = get(&gw.url("/a")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(seen(&r.json(), "x-resumed-by"), ["tick"]);
+    }
+}
