@@ -329,9 +329,9 @@ pub trait Pace: Send + Sync {
 /// `rest`'s size hint with `prefix` more bytes in front.
 fn add_hint(prefix: u64, rest: SizeHint) -> SizeHint {
     let mut hint = SizeHint::new();
-    hint.set_lower(rest.lower() + prefix);
+    hint.set_lower(rest.lower().saturating_add(prefix));
     if let Some(upper) = rest.upper() {
-        hint.set_upper(upper + prefix);
+        hint.set_upper(upper.saturating_add(prefix));
     }
     hint
 }

@@ -201,9 +201,12 @@ fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
                 .ok()
                 .map(|a| r.authority = a)
                 .is_some(),
+            // The scheme is the connection's: set back with the rest of a map, it is kept.
+            (Map::Request(_), b":scheme") => true,
+            // No interim or switching status: the gateway relays no protocol switch.
             (Map::Response(r), b":status") => as_text()
                 .and_then(|s| s.parse::<u16>().ok())
-                .filter(|s| (100..=599).contains(s))
+                .filter(|s| (200..=599).contains(s))
                 .map(|s| r.status = s)
                 .is_some(),
             _ => false,
@@ -779,9 +782,11 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             let token = state.token();
             let context = state.effective;
+            // At most ten minutes: a negative or huge value must not keep the call (and the
+            // instance it holds) alive for weeks.
             let timeout = match timeout as u32 {
                 0 => Duration::from_secs(60),
-                ms => Duration::from_millis(ms.into()),
+                ms => Duration::from_millis(ms.into()).min(Duration::from_secs(600)),
             };
             state.calls.push(OutCall {
                 token,

@@ -372,6 +372,8 @@ pub struct Vm {
     pub broken: bool,
     /// The cell's copy of `broken`.
     flag: Arc<std::sync::atomic::AtomicBool>,
+    /// Alive while a config uses the filter: its timer stops with it.
+    pub alive: Weak<()>,
     next_context: u32,
     /// Changes when a ticker must stop (the period changed).
     ticker: u64,
@@ -456,6 +458,7 @@ impl Vm {
                 broken: Arc::clone(&flag),
                 vm: Mutex::new(Vm {
                     flag,
+                    alive: Weak::new(),
                     store,
                     cb: Arc::new(cb.clone()),
                     broken: false,
@@ -519,6 +522,10 @@ impl Vm {
             Err(e) => {
                 self.broken = true;
                 self.flag.store(true, Ordering::Relaxed);
+                // Requests paused on this instance will not be resumed by it: wake them to fail.
+                for stream in self.store.data().streams.values() {
+                    stream.wake();
+                }
                 let spec = Arc::clone(&self.store.data().spec);
                 let message = match e.downcast_ref::<Trap>() {
                     Some(Trap::Interrupt) => {
@@ -757,6 +764,9 @@ impl Vm {
         };
         let known = context == ROOT_CONTEXT || self.store.data().streams.contains_key(&context);
         if self.broken || !known {
+            if let Some(stream) = self.stream(context) {
+                stream.wake();
+            }
             return;
         }
         let (headers, body) = answer.as_ref().map_or((0, 0), |a| {
@@ -800,7 +810,7 @@ async fn tick(cell: Weak<VmCell>, period: Duration, generation: u64) {
         interval.tick().await;
         let Some(cell) = cell.upgrade() else { return };
         let mut vm = cell.lock();
-        if vm.broken || vm.ticker != generation {
+        if vm.broken || vm.ticker != generation || vm.alive.strong_count() == 0 {
             return;
         }
         let cb = Arc::clone(&vm.cb);
@@ -840,6 +850,7 @@ pub fn instance(spec: &Arc<FilterSpec>, alive: &Arc<()>) -> Result<Arc<VmCell>, 
     };
     {
         let mut vm = cell.lock();
+        vm.alive = Arc::downgrade(alive);
         vm.after(&cell);
     }
     INSTANCES.with(|m| {
