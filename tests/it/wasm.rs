@@ -13,7 +13,13 @@ fn module_from(name: &str, text: &str) -> String {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugins");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, bytes).unwrap();
+    // Tests running at once compile the same filter: each writes its own file and renames it
+    // into place, so no gateway reads a file another test is still writing.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!("{name}.{}.{n}.partial", std::process::id()));
+    std::fs::write(&partial, bytes).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path.to_string_lossy().into_owned()
 }
 
@@ -411,7 +417,7 @@ async fn every_request_context_is_created_logged_done_and_deleted_once() {
 }
 
 #[tokio::test]
-async fn metrics_and_logs_of_a_filter_reach_metrics_and_the_log() {
+async fn a_filters_counter_gauge_and_histogram_are_exported_on_metrics() {
     let up = upstream::http1("a").spawn().await;
     let gw = TestGateway::start(&config(&up.url(), &module("metrics"), ""));
     for _ in 0..3 {
@@ -430,7 +436,7 @@ async fn metrics_and_logs_of_a_filter_reach_metrics_and_the_log() {
 }
 
 #[tokio::test]
-async fn a_timer_set_at_configure_ticks_on_each_instance() {
+async fn a_timer_set_at_configure_calls_on_tick_repeatedly() {
     let up = upstream::http1("a").spawn().await;
     let gw = TestGateway::start(&config(&up.url(), &module("tick"), ""));
     // The instance exists after its first request; ticks every 10 ms from then on.
@@ -632,4 +638,15 @@ async fn a_request_paused_by_a_filter_is_resumed_from_its_timer() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(seen(&r.json(), "x-resumed-by"), ["tick"]);
     }
+}
+
+#[tokio::test]
+async fn a_request_map_set_back_with_its_pseudo_headers_keeps_every_header() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("round_trip"), ""));
+    let r = send("GET", &gw.url("/p?q=1"), &[("x-kept", "yes")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(seen(&echo, "x-kept"), ["yes"], "{echo}");
+    assert_eq!(echo["uri"], "/p?q=1", "{echo}");
 }
