@@ -88,7 +88,10 @@ pub fn compile(raw: &RawConfig, previous: Option<&Plan>) -> Result<Plan, Vec<Con
     }
     // A service or global rate_limit policy has one set of counters, shared by every route that
     // inherits it: compiled once per config path.
-    let mut shared = policy::Shared::default();
+    let mut shared = policy::Shared {
+        plugin_cache_dir: plugin_cache_dir(raw, &mut errors),
+        ..Default::default()
+    };
     let mut specs = Vec::with_capacity(raw.routes.len());
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (index, r) in raw.routes.iter().enumerate() {
@@ -276,6 +279,21 @@ fn inherit(routes: &mut [Route], previous: &Plan) {
         let old = previous.routes.iter().find(|r| r.name == route.name);
         let old_breaker = old.and_then(|r| r.resilience.breaker.as_ref());
         upstream::inherit_breaker(&mut route.resilience.breaker, old_breaker);
+    }
+}
+
+/// `plugins.cache_dir`, created if missing and made absolute (wasmtime's cache wants it so).
+fn plugin_cache_dir(raw: &RawConfig, errors: &mut Vec<ConfigError>) -> Option<std::path::PathBuf> {
+    let dir = raw.plugins.cache_dir.as_deref()?;
+    match std::fs::create_dir_all(dir).and_then(|()| std::fs::canonicalize(dir)) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            errors.push(ConfigError::new(
+                "plugins.cache_dir",
+                format!("cannot use {dir} as a directory: {e}"),
+            ));
+            None
+        }
     }
 }
 

@@ -99,6 +99,19 @@ pub struct RawConfig {
     /// Which engine serves HTTP/1.1 client connections (read at startup).
     #[serde(default)]
     pub http1: RawHttp1,
+    /// Settings for every `wasm` policy's filter.
+    #[serde(default)]
+    pub plugins: RawPlugins,
+}
+
+/// Settings shared by every proxy-wasm filter.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPlugins {
+    /// A directory where compiled filters are kept between runs and reloads (wasmtime's
+    /// compilation cache), created if missing; relative to the working directory. None by
+    /// default: every start compiles every filter.
+    pub cache_dir: Option<String>,
 }
 
 /// HTTP/1.1 client connections.

@@ -62,6 +62,9 @@ pub struct Shared {
     pub caches: HashMap<String, Option<Arc<cache::CachePolicy>>>,
     /// OpenAPI specs (one compile for the hundreds of routes an import writes).
     pub openapi: HashMap<String, Option<Arc<openapi::OpenApiPolicy>>>,
+    /// Where `wasm` filters' compiled code is kept between runs (`plugins.cache_dir`, made
+    /// absolute), when configured.
+    pub plugin_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Declares the policies a route can have: the YAML enum of a `policies:` entry

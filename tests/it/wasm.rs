@@ -650,3 +650,88 @@ async fn a_request_map_set_back_with_its_pseudo_headers_keeps_every_header() {
     assert_eq!(seen(&echo, "x-kept"), ["yes"], "{echo}");
     assert_eq!(echo["uri"], "/p?q=1", "{echo}");
 }
+
+/// Every file under `dir`, however deep.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `portico_plugin_compilations_total{source="cache"}` (process-wide: this is the only test
+/// that configures a compilation cache).
+async fn loaded_from_cache(gw: &TestGateway) -> u64 {
+    let m = get(&gw.admin_url("/metrics")).await.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("portico_plugin_compilations_total{source=\"cache\"} "))
+        .unwrap_or_else(|| panic!("no compilations counter in:\n{m}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_compiled_filter_is_kept_in_the_cache_dir_and_the_next_gateway_loads_it_from_there() {
+    let up = upstream::http1("a").spawn().await;
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("plugin-cache-{}", std::process::id()))
+        .join("nested");
+    let _ = std::fs::remove_dir_all(cache.parent().unwrap());
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/plugins/wat/headers.wat",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let module = module_from("cached", &text);
+    let with_cache = |name: &str| {
+        format!(
+            "{}plugins: {{cache_dir: {:?}}}\n",
+            config(&up.url(), &module, &format!(", name: {name}")),
+            cache.to_str().unwrap()
+        )
+    };
+
+    let first = TestGateway::start(&with_cache("first"));
+    assert_eq!(get(&first.url("/a")).await.status, 200);
+    assert!(
+        !files_under(&cache).is_empty(),
+        "the missing directory was made and the compiled filter written to it"
+    );
+    let before = loaded_from_cache(&first).await;
+
+    // Another name: not the first gateway's loaded filter, so its module is made ready again.
+    let second = TestGateway::start(&with_cache("second"));
+    let r = get(&second.url("/a")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-response-filter"), "1", "the cached code runs");
+    assert_eq!(loaded_from_cache(&second).await, before + 1);
+}
+
+#[test]
+fn a_cache_dir_that_cannot_be_made_is_refused_at_its_key() {
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache-is-a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let yaml = format!(
+        "{}plugins: {{cache_dir: {:?}}}\n",
+        Config::new()
+            .service(Service::new("a").target("http://127.0.0.1:9"))
+            .route(Route::new("r").service("a"))
+            .to_yaml(),
+        file.join("sub").to_str().unwrap()
+    );
+    let err = match portico::config::load_str(&yaml, "x.yaml", &portico::config::expand::ProcessEnv)
+    {
+        Ok(_) => panic!("a cache directory under a file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("x.yaml:") && err.contains("plugins.cache_dir"),
+        "{err}"
+    );
+}

@@ -137,7 +137,7 @@ impl WasmPolicy {
         if b.errors.len() > errors_before {
             return None;
         }
-        match load(raw) {
+        match load(raw, b.shared.plugin_cache_dir.as_deref()) {
             Ok(policy) => Some(policy),
             Err(message) => {
                 b.errors
@@ -168,12 +168,12 @@ fn configuration_of(raw: &RawWasm) -> Vec<u8> {
 }
 
 #[cfg(not(feature = "wasm"))]
-fn load(_raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
+fn load(_raw: &RawWasm, _cache_dir: Option<&std::path::Path>) -> Result<Arc<WasmPolicy>, String> {
     Err("this build of Portico has no wasm support (built without the `wasm` feature)".into())
 }
 
 #[cfg(feature = "wasm")]
-fn load(raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
+fn load(raw: &RawWasm, cache_dir: Option<&std::path::Path>) -> Result<Arc<WasmPolicy>, String> {
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock, Weak};
@@ -204,9 +204,24 @@ fn load(raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
         return Ok(existing);
     }
 
-    let engine = vm::engine()?;
-    let module = wasmtime::Module::from_binary(engine, &bytes)
+    let runtime = vm::runtime(cache_dir)?;
+    let started = std::time::Instant::now();
+    let hits = runtime.cache_hits();
+    let module = wasmtime::Module::from_binary(&runtime.engine, &bytes)
         .map_err(|e| format!("{} is not a valid WebAssembly module: {e:#}", raw.module))?;
+    let from_cache = runtime.cache_hits() > hits;
+    COMPILATIONS[usize::from(from_cache)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        plugin = %name,
+        module = %raw.module,
+        "filter {} in {} ms",
+        if from_cache {
+            "loaded from the compilation cache"
+        } else {
+            "compiled"
+        },
+        started.elapsed().as_millis()
+    );
     let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
     if !abi::ABI_MARKERS.iter().any(|m| exports.contains(m)) {
         return Err(format!(
@@ -215,7 +230,7 @@ fn load(raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
             abi::ABI_MARKERS.join(" nor ")
         ));
     }
-    let pre = vm::linker()?.instantiate_pre(&module).map_err(|e| {
+    let pre = runtime.linker.instantiate_pre(&module).map_err(|e| {
         format!(
             "{} imports what Portico does not provide: {e:#}",
             raw.module
@@ -248,10 +263,39 @@ fn load(raw: &RawWasm) -> Result<Arc<WasmPolicy>, String> {
     Ok(policy)
 }
 
+/// Modules made ready to run since the start: compiled (`[0]`) or read from the compilation
+/// cache (`[1]`).
+#[cfg(feature = "wasm")]
+static COMPILATIONS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
 /// Appends the metrics filters defined (and their failure counts) to a `/metrics` answer.
 pub fn encode_metrics(out: &mut String) {
     #[cfg(feature = "wasm")]
-    shared::encode_metrics(out);
+    {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering;
+        shared::encode_metrics(out);
+        let [compiled, cached] = &COMPILATIONS;
+        let (compiled, cached) = (
+            compiled.load(Ordering::Relaxed),
+            cached.load(Ordering::Relaxed),
+        );
+        if compiled + cached > 0 {
+            out.push_str("# HELP portico_plugin_compilations Wasm filter modules made ready to run, by where their code came from.\n");
+            out.push_str("# TYPE portico_plugin_compilations counter\n");
+            let _ = writeln!(
+                out,
+                "portico_plugin_compilations_total{{source=\"compiler\"}} {compiled}"
+            );
+            let _ = writeln!(
+                out,
+                "portico_plugin_compilations_total{{source=\"cache\"}} {cached}"
+            );
+        }
+    }
     #[cfg(not(feature = "wasm"))]
     let _ = out;
 }
@@ -271,7 +315,7 @@ impl BenchHarness {
     pub fn new(module: &str) -> Result<Self, String> {
         let raw: RawWasm = serde_json::from_value(serde_json::json!({ "module": module }))
             .map_err(|e| e.to_string())?;
-        let policy = load(&raw)?;
+        let policy = load(&raw, None)?;
         let cell = vm::Vm::start(&policy.spec).map_err(|f| f.0)?;
         let facts = vm::Facts {
             route: "bench".into(),

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -27,29 +28,70 @@ use crate::upstream::Service;
 /// How often the epoch advances: the resolution of the per-callback deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// The one engine (compiler settings, epoch counter) every filter shares, and the thread that
-/// advances its epoch.
-pub fn engine() -> Result<&'static Engine, String> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let mut config = Config::new();
-            config.epoch_interruption(true);
-            // A filter's recursion ends in a trap long before the worker's own stack is at risk.
-            config.max_wasm_stack(512 * 1024);
-            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
-            let ticking = engine.clone();
-            std::thread::Builder::new()
-                .name("portico-wasm-epoch".into())
-                .spawn(move || loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
-                })
-                .map_err(|e| format!("cannot start the wasm deadline thread: {e}"))?;
-            Ok(engine)
+/// A compiler and what goes with it: the host functions linked to it, the thread advancing
+/// its epoch, and the on-disk cache of compiled modules it was made with, if any.
+pub struct Runtime {
+    /// Compiler settings and the epoch counter.
+    pub engine: Engine,
+    /// The host functions.
+    pub linker: Linker<HostState>,
+    cache: Option<wasmtime::Cache>,
+}
+
+impl Runtime {
+    /// How many modules the on-disk cache has given so far (none without one).
+    pub fn cache_hits(&self) -> usize {
+        self.cache.as_ref().map_or(0, wasmtime::Cache::cache_hits)
+    }
+}
+
+/// The runtime every filter loaded with the compilation cache `cache_dir` (or without one)
+/// shares: one per setting, made when a filter first needs it and kept for the process's
+/// life. The cache is wasmtime's own: entries are keyed by the module's bytes, the compiler's
+/// settings and wasmtime's version, so a stale or foreign entry is never loaded.
+pub fn runtime(cache_dir: Option<&Path>) -> Result<&'static Runtime, String> {
+    static RUNTIMES: Mutex<Vec<(Option<PathBuf>, &'static Runtime)>> = Mutex::new(Vec::new());
+    let mut runtimes = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = runtimes.iter().find(|(d, _)| d.as_deref() == cache_dir) {
+        return Ok(r);
+    }
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // A filter's recursion ends in a trap long before the worker's own stack is at risk.
+    config.max_wasm_stack(512 * 1024);
+    let cache = match cache_dir {
+        Some(dir) => {
+            let mut settings = wasmtime::CacheConfig::new();
+            settings.with_directory(dir);
+            let cache = wasmtime::Cache::new(settings).map_err(|e| {
+                format!(
+                    "cannot use {} as the compilation cache: {e:#}",
+                    dir.display()
+                )
+            })?;
+            config.cache(Some(cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
+    let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+    let mut linker = Linker::new(&engine);
+    super::host::add_to(&mut linker).map_err(|e| e.to_string())?;
+    let ticking = engine.clone();
+    std::thread::Builder::new()
+        .name("portico-wasm-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            ticking.increment_epoch();
         })
-        .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|e| format!("cannot start the wasm deadline thread: {e}"))?;
+    let made: &'static Runtime = Box::leak(Box::new(Runtime {
+        engine,
+        linker,
+        cache,
+    }));
+    runtimes.push((cache_dir.map(Path::to_path_buf), made));
+    Ok(made)
 }
 
 /// What every instance of one filter shares: its compiled module and its settings.
@@ -152,19 +194,6 @@ impl FilterSpec {
             self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// The host functions, linked once.
-pub fn linker() -> Result<&'static Linker<HostState>, String> {
-    static LINKER: OnceLock<Result<Linker<HostState>, String>> = OnceLock::new();
-    LINKER
-        .get_or_init(|| {
-            let mut linker = Linker::new(engine()?);
-            super::host::add_to(&mut linker).map_err(|e| e.to_string())?;
-            Ok(linker)
-        })
-        .as_ref()
-        .map_err(Clone::clone)
 }
 
 /// A request's head as a filter sees it: the fields and the pseudo-headers (kept in their
@@ -389,7 +418,7 @@ impl Vm {
     /// Instantiates the filter and runs its start-up: `_initialize` or `_start`, the root
     /// context, `on_vm_start` and `on_configure`.
     pub fn start(spec: &Arc<FilterSpec>) -> Result<Arc<VmCell>, Failure> {
-        let engine = engine().map_err(Failure)?;
+        let engine = spec.pre.module().engine();
         let limits = StoreLimitsBuilder::new()
             .memory_size(spec.max_memory)
             .instances(1)
