@@ -335,6 +335,7 @@ impl From<crate::body::BodyError> for GatewayError {
         match e {
             BodyError::TooLarge(limit) => GatewayError::PayloadTooLarge { limit },
             BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(idle),
+            BodyError::Filter { plugin, message } => GatewayError::PluginFailed { plugin, message },
             other => GatewayError::ClientBody(other.to_string()),
         }
     }

@@ -48,6 +48,14 @@ pub enum BodyError {
     /// The client's body, read by the gateway's own HTTP/1.1 connection, broke off.
     #[error(transparent)]
     Inbound(#[from] inbound::InboundError),
+    /// A plugin that saw the body as it streamed stopped it.
+    #[error("filter `{plugin}`: {message}")]
+    Filter {
+        /// The filter's name.
+        plugin: Arc<str>,
+        /// What it did.
+        message: String,
+    },
 }
 
 /// A body read by hyper or by one of the gateway's own HTTP/1.1 engines.
@@ -58,6 +66,8 @@ pub enum HyperOrOwn<T> {
     Hyper(Incoming),
     /// The own engine's.
     Own(T),
+    /// Another layer's body made of one of these (a filter that sees it as it streams).
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>),
 }
 
 /// A client's request body as the connection that read its head delivers it; the own
@@ -88,6 +98,7 @@ impl<T: Body<Data = Bytes, Error = BodyError> + Unpin> Body for HyperOrOwn<T> {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(BodyError::from))),
             HyperOrOwn::Own(b) => Pin::new(b).poll_frame(cx),
+            HyperOrOwn::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
@@ -96,6 +107,7 @@ impl<T: Body<Data = Bytes, Error = BodyError> + Unpin> Body for HyperOrOwn<T> {
             HyperOrOwn::Empty => true,
             HyperOrOwn::Hyper(b) => b.is_end_stream(),
             HyperOrOwn::Own(b) => b.is_end_stream(),
+            HyperOrOwn::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -104,6 +116,7 @@ impl<T: Body<Data = Bytes, Error = BodyError> + Unpin> Body for HyperOrOwn<T> {
             HyperOrOwn::Empty => SizeHint::with_exact(0),
             HyperOrOwn::Hyper(b) => b.size_hint(),
             HyperOrOwn::Own(b) => b.size_hint(),
+            HyperOrOwn::Boxed(b) => b.size_hint(),
         }
     }
 }
@@ -123,8 +136,9 @@ pub struct RequestBody {
 /// How a client's body arrives: its pauses are timed, and its end is told to the forwarding
 /// code, which tells a client that had not finished from an upstream that did not answer.
 struct ClientPace {
-    /// The longest pause allowed between two pieces of the client's body.
-    idle: Duration,
+    /// The longest pause allowed between two pieces of the client's body (`None`: the body
+    /// this one was made of times them).
+    idle: Option<Duration>,
     /// Armed once the client first makes us wait; reset, not reallocated, after progress.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -137,7 +151,7 @@ impl RequestBody {
     pub fn streaming(inner: ClientBody, limit: u64, idle: Duration) -> Self {
         let watch = (!inner.is_end_stream()).then(|| {
             Box::new(ClientPace {
-                idle,
+                idle: Some(idle),
                 sleep: None,
                 waiting: false,
                 done: Arc::new(AtomicBool::new(false)),
@@ -169,6 +183,28 @@ impl RequestBody {
             full: (!bytes.is_empty()).then_some(bytes),
             limit: u64::MAX,
             ..Self::empty()
+        }
+    }
+
+    /// A body another layer made of a client's body (`inner`, which keeps watching the
+    /// client's pace and size): sent instead of it, and finished when the client finished.
+    pub fn replaced(
+        by: Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>,
+        inner: Option<BodyCompletion>,
+    ) -> Self {
+        Self {
+            inner: Some(HyperOrOwn::Boxed(by)),
+            limit: u64::MAX,
+            seen: 0,
+            full: None,
+            watch: inner.map(|BodyCompletion(done)| {
+                Box::new(ClientPace {
+                    idle: None,
+                    sleep: None,
+                    waiting: false,
+                    done,
+                })
+            }),
         }
     }
 
@@ -241,10 +277,13 @@ impl Body for RequestBody {
         };
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         let Poll::Ready(next) = polled else {
-            let Some(w) = this.watch.as_deref_mut() else {
+            let Some((w, idle)) = this
+                .watch
+                .as_deref_mut()
+                .and_then(|w| w.idle.map(|idle| (w, idle)))
+            else {
                 return Poll::Pending;
             };
-            let idle = w.idle;
             let timer = w
                 .sleep
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));

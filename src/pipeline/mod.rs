@@ -126,7 +126,12 @@ async fn run(
         call: None,
     };
     let result = retry::forward(&forward, parts, body, cx.log.as_deref_mut()).await;
-    let answer = dispatch::settle(cx, result)?;
+    let answer = match dispatch::settle(cx, result) {
+        Ok(answer) => answer,
+        #[cfg(feature = "wasm")]
+        Err(exit) if cx.plugin.is_some() => return Err(plugin::late(cx, route, exit)),
+        Err(exit) => return Err(exit),
+    };
     #[cfg(feature = "wasm")]
     if route
         .policies

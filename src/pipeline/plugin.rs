@@ -50,8 +50,10 @@ pub(super) async fn request(
         // The filter rewrote `:path`: that is what goes upstream (the route stays chosen).
         cx.upstream_target = parts.uri.path_and_query().cloned();
     }
+    let completion = body.completion();
+    let fail_open = policy.on_error == OnError::FailOpen;
     let body = match stream
-        .body(body, false, policy.spec.max_body, deadline)
+        .body(body, false, policy.spec.max_body, deadline, fail_open)
         .await
     {
         Ok(Passed::Untouched(body)) => body,
@@ -60,10 +62,11 @@ pub(super) async fn request(
             parts.headers.remove(header::CONTENT_LENGTH);
             RequestBody::full(bytes)
         }
-        Ok(Passed::Prefixed(prefix, mut rest)) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            rest.put_back(prefix);
-            rest
+        Ok(Passed::Filtered(rest, reframed)) => {
+            if reframed {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            RequestBody::replaced(Box::into_pin(rest), completion)
         }
         Err(BodyStop::TooLarge(limit)) => {
             return Err(GatewayError::PayloadTooLarge { limit }.into())
@@ -124,8 +127,9 @@ pub(super) async fn response(
         cx.plugin = Some(stream);
         return Answered::Body(Passed::Untouched(body));
     }
+    let fail_open = policy.on_error == OnError::FailOpen;
     let passed = match stream
-        .body(body, true, policy.spec.max_body, deadline)
+        .body(body, true, policy.spec.max_body, deadline, fail_open)
         .await
     {
         Ok(p) => p,
@@ -151,7 +155,7 @@ pub(super) async fn response(
         }
         Err(BodyStop::Verdict(Verdict::Continue)) => Passed::Whole(Bytes::new()),
     };
-    if !matches!(passed, Passed::Untouched(_)) {
+    if matches!(passed, Passed::Whole(_) | Passed::Filtered(_, true)) {
         // Framed from the body as the filter left it.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
@@ -165,7 +169,7 @@ fn open(
     route: &Route,
     policy: &WasmPolicy,
     parts: &Parts,
-) -> Result<Stream, String> {
+) -> Result<Arc<Stream>, String> {
     let cell = vm::instance(&policy.spec, &policy.alive).map_err(|f| f.0)?;
     let facts = Facts {
         route: Arc::clone(&route.name),
@@ -197,7 +201,24 @@ fn open(
             "http"
         },
     };
-    Stream::open(cell, facts, &cx.plan.services).map_err(|f| f.0)
+    Stream::open(cell, facts, &cx.plan.services)
+        .map(Arc::new)
+        .map_err(|f| f.0)
+}
+
+/// The answer for a request that failed upstream: the filter's own, when it answered while
+/// the request's body was streaming through it (it refused part of the body), else `exit`.
+pub(super) fn late(cx: &mut RequestCtx<'_>, route: &Route, exit: Exit) -> Exit {
+    let (Some(policy), Some(stream)) = (&route.policies.wasm, cx.plugin.take()) else {
+        return exit;
+    };
+    match stream.late_reply() {
+        Some(reply) => answer(cx, policy, stream, reply),
+        None => {
+            cx.plugin = Some(stream);
+            exit
+        }
+    }
 }
 
 /// A failed filter: `fail_open` goes on without it (logged with the failure), `fail_closed`
@@ -215,7 +236,12 @@ fn failed(policy: &WasmPolicy, message: String) -> Result<(), Exit> {
 
 /// The filter's own answer: its body and headers as given, or (without a body) the common
 /// JSON error body with its status.
-fn answer(cx: &mut RequestCtx<'_>, policy: &WasmPolicy, stream: Stream, reply: LocalReply) -> Exit {
+fn answer(
+    cx: &mut RequestCtx<'_>,
+    policy: &WasmPolicy,
+    stream: Arc<Stream>,
+    reply: LocalReply,
+) -> Exit {
     stream.answered(reply.status);
     cx.plugin = Some(stream);
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -123,7 +123,9 @@ pub(super) async fn run_plugin(
         }
         Passed::Untouched(incoming) => Outgoing::Stream(None, incoming),
         Passed::Whole(bytes) => Outgoing::Full(bytes),
-        Passed::Prefixed(prefix, rest) => Outgoing::Stream(Some(prefix), rest),
+        Passed::Filtered(rest, _) => {
+            Outgoing::Stream(None, crate::body::HyperOrOwn::Own(Box::into_pin(rest)))
+        }
     };
     Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
 }

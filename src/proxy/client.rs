@@ -365,6 +365,10 @@ pub fn upstream_error(e: hyper::Error) -> GatewayError {
                     GatewayError::PayloadTooLarge { limit: *limit }
                 }
                 crate::body::BodyError::ClientIdle(idle) => GatewayError::RequestBodyTimeout(*idle),
+                crate::body::BodyError::Filter { plugin, message } => GatewayError::PluginFailed {
+                    plugin: Arc::clone(plugin),
+                    message: message.clone(),
+                },
                 other => GatewayError::ClientBody(other.to_string()),
             };
         }

@@ -735,3 +735,107 @@ fn a_cache_dir_that_cannot_be_made_is_refused_at_its_key() {
         "{err}"
     );
 }
+
+/// An h2c upstream answering `/trail` with the request's body (one piece) and its trailers,
+/// plus `x-upstream-trailer: up`; it records what it got in `seen`.
+async fn trailer_echo(
+    seen: std::sync::Arc<std::sync::Mutex<Option<(bytes::Bytes, http::HeaderMap)>>>,
+) -> upstream::Upstream {
+    upstream::h2c("a")
+        .route(
+            "/trail",
+            upstream::handler(move |req| {
+                let seen = std::sync::Arc::clone(&seen);
+                async move {
+                    use http_body_util::BodyExt as _;
+                    let got = req.into_body().collect().await.unwrap();
+                    let mut trailers = got.trailers().cloned().unwrap_or_default();
+                    let body = got.to_bytes();
+                    *seen.lock().unwrap() = Some((body.clone(), trailers.clone()));
+                    trailers.insert("x-upstream-trailer", "up".parse().unwrap());
+                    let frames = [
+                        Ok(hyper::body::Frame::data(body)),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    http::Response::new(http_body_util::BodyExt::boxed(body))
+                }
+            }),
+        )
+        .spawn()
+        .await
+}
+
+#[tokio::test]
+async fn a_filter_sees_every_piece_of_a_body_it_lets_go_on_and_edits_both_trailers() {
+    use http_body_util::BodyExt as _;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let up = trailer_echo(std::sync::Arc::clone(&seen)).await;
+    let gw = TestGateway::start(&config(
+        &format!("h2c://{}", up.addr),
+        &module("stream"),
+        "",
+    ));
+
+    // HTTP/2 with prior knowledge: two DATA frames, then trailers.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-in-trailer", "t1".parse().unwrap());
+    trailers.insert("x-drop-trailer", "d".parse().unwrap());
+    let frames: [Result<_, std::convert::Infallible>; 3] = [
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"ab"))),
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"cd"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::post(format!("http://{}/trail", gw.addr))
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), client.send_request(req))
+        .await
+        .expect("an answer within 20s")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap();
+    let answer_trailers = got.trailers().cloned().unwrap_or_default();
+    let answer = got.to_bytes();
+
+    let (body, trailers) = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the upstream was called");
+    assert_eq!(body, "<ab><cd>", "each piece went through on_request_body");
+    assert_eq!(trailers.get("x-seen-trailer").unwrap(), "t1");
+    assert_eq!(trailers.get("x-in-trailer").unwrap(), "t1");
+    assert!(trailers.get("x-drop-trailer").is_none(), "{trailers:?}");
+
+    assert_eq!(answer, "<<ab><cd>>");
+    assert_eq!(answer_trailers.get("x-upstream-trailer").unwrap(), "up");
+    assert_eq!(answer_trailers.get("x-response-trailer").unwrap(), "seen");
+    assert_eq!(answer_trailers.get("x-seen-trailer").unwrap(), "t1");
+}
+
+#[tokio::test]
+async fn a_filter_refusing_part_way_through_a_request_body_answers_with_its_reply() {
+    let up = body_echo().await;
+    let gw = TestGateway::start(&config(&up.url(), &module("stream"), ""));
+    // The first chunk is let go (and goes upstream); the second starts with '!'.
+    let reply = crate::support::raw_reply(
+        gw.addr,
+        b"POST /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\n!x\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["error"], "refused_by_plugin", "{body}");
+    assert_eq!(body["message"], "refused mid-body", "{body}");
+}

@@ -84,15 +84,30 @@ enum Map<'a> {
     Request(&'a mut RequestHead),
     Response(&'a mut ResponseHead),
     Answer(&'a mut CallAnswer),
-    /// Trailers: Portico does not forward them, so the filter sees none and edits go nowhere.
+    /// The trailers lent to the filter while its trailers callback runs.
+    Trailers(&'a mut HeaderMap),
+    /// Trailers at any other time (or an HTTP call's, which Portico does not keep): the filter
+    /// sees none and edits go nowhere.
     Empty,
 }
 
 fn map_of(state: &mut HostState, id: i32) -> Result<Map<'_>, i32> {
     match id {
-        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS | map::CALL_RESPONSE_TRAILERS => {
-            return Ok(Map::Empty)
+        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => {
+            let effective = state.effective;
+            return Ok(
+                match state
+                    .streams
+                    .get_mut(&effective)
+                    .filter(|s| s.trailers_kind == id)
+                    .and_then(|s| s.trailers.as_mut())
+                {
+                    Some(t) => Map::Trailers(t),
+                    None => Map::Empty,
+                },
+            );
         }
+        map::CALL_RESPONSE_TRAILERS => return Ok(Map::Empty),
         map::CALL_RESPONSE_HEADERS => {
             return state
                 .answer
@@ -143,6 +158,7 @@ fn pairs(m: &Map<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
             out.push((b":status".to_vec(), status_text(a.status)));
             &a.headers
         }
+        Map::Trailers(t) => t,
         Map::Empty => return out,
     };
     for (k, v) in headers {
@@ -168,6 +184,7 @@ fn value_of(m: &Map<'_>, key: &[u8]) -> Option<Vec<u8>> {
         (Map::Request(r), _) => &r.headers,
         (Map::Response(r), _) => &r.headers,
         (Map::Answer(a), _) => &a.headers,
+        (Map::Trailers(t), _) => &**t,
         (Map::Empty, _) => return None,
     };
     let name = HeaderName::from_bytes(key).ok()?;
@@ -216,6 +233,7 @@ fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
     let headers = match m {
         Map::Request(r) => &mut r.headers,
         Map::Response(r) => &mut r.headers,
+        Map::Trailers(t) => t,
         Map::Answer(_) => return status::BAD_ARGUMENT,
         Map::Empty => return status::OK,
     };
@@ -247,6 +265,7 @@ fn set_pairs(m: &mut Map<'_>, data: &[u8]) -> i32 {
     match m {
         Map::Request(r) => r.headers.clear(),
         Map::Response(r) => r.headers.clear(),
+        Map::Trailers(t) => t.clear(),
         Map::Answer(_) => return status::BAD_ARGUMENT,
         Map::Empty => return status::OK,
     }

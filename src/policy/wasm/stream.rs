@@ -2,13 +2,16 @@
 //! request and response phases (each may pause and be resumed by an HTTP call's answer or a
 //! timer), the bodies buffered only while the filter asks for them, and the context's end.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{request, response, Request};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -33,14 +36,16 @@ pub enum Verdict {
     Fail(String),
 }
 
-/// A body after the filter saw what it asked to see.
+/// A body after the filter saw what it asked to see before the request (or response) goes on.
 pub enum Passed<B> {
-    /// Untouched: the filter has no body callback, or there was no body.
+    /// Untouched: the filter has no body or trailers callback, or there was no body.
     Untouched(B),
-    /// Read whole (and perhaps rewritten).
+    /// Read whole (and perhaps rewritten), with no trailers.
     Whole(Bytes),
-    /// The part read before the filter let it go (perhaps rewritten), then the rest unread.
-    Prefixed(Bytes, B),
+    /// Shown to the filter as it streams on: the part the filter let go first is queued in
+    /// it. `reframed`: the filter sees (and may rewrite) the data, so its length is not known
+    /// ahead; without it only the trailers go through the filter.
+    Filtered(Box<Filtered<B>>, bool),
 }
 
 /// Why a body phase did not end with a body.
@@ -58,6 +63,308 @@ pub enum BodyStop {
 pub struct Stream {
     cell: Arc<VmCell>,
     id: u32,
+}
+
+/// A filter's pause at a body's end or its trailers, settled by a resume or an answer.
+type Pause = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+/// A body shown to the filter as it streams (`on_request_body`/`on_response_body` for each
+/// piece, then `on_request_trailers`/`on_response_trailers`), as Envoy shows it: what the
+/// filter answers `Continue` for goes on (as it left it); what it answers `Pause` for is held,
+/// up to its `max_body_bytes`, and shown again with what follows; a `Pause` at the end, or at
+/// the trailers, waits for `proxy_continue_stream` like a header phase. The context ends
+/// (`on_log`, `on_done`) only once the last of these bodies and the request are gone.
+pub struct Filtered<B> {
+    stream: Arc<Stream>,
+    inner: B,
+    response: bool,
+    cap: usize,
+    deadline: Instant,
+    fail_open: bool,
+    /// Whether the filter has a body callback (else only its trailers callback runs).
+    sees_data: bool,
+    /// Body bytes the filter holds (it paused before their end).
+    held: BytesMut,
+    /// What goes out next, in this order.
+    out_data: Option<Bytes>,
+    out_trailers: Option<HeaderMap>,
+    /// A pause at the body's end or at its trailers, until the filter resumes or answers.
+    waiting: Option<(Pause, bool)>,
+    /// The inner body is done (its end shown to the filter).
+    ended: bool,
+    finished: bool,
+    /// The filter failed open: the rest goes by unseen.
+    bypass: bool,
+    /// Why the body stopped (for the phase that waits for the filter's first decision).
+    stop: Option<BodyStop>,
+}
+
+impl<B> Filtered<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    fn kind(&self) -> (StreamCallback, StreamCallback, i32, i32) {
+        if self.response {
+            (
+                StreamCallback::ResponseBody,
+                StreamCallback::ResponseTrailers,
+                abi::buffer::RESPONSE_BODY,
+                abi::map::RESPONSE_TRAILERS,
+            )
+        } else {
+            (
+                StreamCallback::RequestBody,
+                StreamCallback::RequestTrailers,
+                abi::buffer::REQUEST_BODY,
+                abi::map::REQUEST_TRAILERS,
+            )
+        }
+    }
+
+    /// Shows the filter the held data with a new piece (`None`: the end without one).
+    fn data(&mut self, piece: Option<Bytes>, end_of_stream: bool) -> Result<(), BodyError> {
+        if self.bypass || !self.sees_data {
+            if let Some(d) = piece.filter(|d| !d.is_empty()) {
+                self.out_data = Some(d);
+            }
+            self.ended |= end_of_stream;
+            return Ok(());
+        }
+        if let Some(d) = &piece {
+            if self.held.len() + d.len() > self.cap {
+                self.stop = Some(BodyStop::TooLarge(self.cap as u64));
+                return Err(self.too_large());
+            }
+            self.held.extend_from_slice(d);
+        }
+        self.ended |= end_of_stream;
+        let (which, _, kind, _) = self.kind();
+        let size = self.held.len();
+        if let Some(s) = self.stream.cell.lock().stream(self.stream.id) {
+            s.body = Some(std::mem::take(&mut self.held));
+            s.body_kind = kind;
+        }
+        let first = self.stream.call(which, size, end_of_stream);
+        match first {
+            // Before the end, a pause asks for more of the body, not for a resume.
+            Ok(Action::Pause) if !end_of_stream => match self.stream.state(Action::Pause) {
+                None => {
+                    self.take_back(false);
+                    Ok(())
+                }
+                Some(v) => self.decided(v, false),
+            },
+            other => self.answered(other, false),
+        }
+    }
+
+    /// Acts on the filter's answer at the body's end or at the trailers: decided now, or
+    /// waited for.
+    fn answered(
+        &mut self,
+        first: Result<Action, Failure>,
+        at_trailers: bool,
+    ) -> Result<(), BodyError> {
+        match first {
+            Ok(action) => match self.stream.state(action) {
+                Some(v) => self.decided(v, at_trailers),
+                None => {
+                    self.wait(at_trailers);
+                    Ok(())
+                }
+            },
+            Err(Failure(message)) => self.decided(Verdict::Fail(message), at_trailers),
+        }
+    }
+
+    /// Shows the filter the trailers (held data goes on with them once it lets them go).
+    fn trailers(&mut self, trailers: HeaderMap) -> Result<(), BodyError> {
+        self.ended = true;
+        let (_, which, _, kind) = self.kind();
+        if self.bypass || !self.stream.has(which) {
+            self.out_data = (!self.held.is_empty()).then(|| self.held.split().freeze());
+            self.out_trailers = Some(trailers);
+            return Ok(());
+        }
+        let count = trailers.len();
+        if let Some(s) = self.stream.cell.lock().stream(self.stream.id) {
+            s.trailers = Some(trailers);
+            s.trailers_kind = kind;
+        }
+        let first = self.stream.call(which, count, true);
+        self.answered(first, true)
+    }
+
+    /// Waits for the filter to resume or answer a pause at the end or at the trailers.
+    fn wait(&mut self, at_trailers: bool) {
+        let stream = Arc::clone(&self.stream);
+        let deadline = self.deadline;
+        self.waiting = Some((
+            Box::pin(async move { stream.settle(Ok(Action::Pause), deadline).await }),
+            at_trailers,
+        ));
+    }
+
+    /// Takes back what the filter was lent: the held data (as it left it) and the trailers.
+    fn take_back(&mut self, at_trailers: bool) -> Option<HeaderMap> {
+        let mut vm = self.stream.cell.lock();
+        let s = vm.stream(self.stream.id)?;
+        if let Some(body) = s.body.take() {
+            self.held = body;
+        }
+        let trailers = s.trailers.take();
+        at_trailers.then_some(trailers).flatten()
+    }
+
+    /// Acts on the filter's decision about what it was shown.
+    fn decided(&mut self, verdict: Verdict, at_trailers: bool) -> Result<(), BodyError> {
+        let trailers = self.take_back(at_trailers);
+        match verdict {
+            Verdict::Continue => {
+                self.out_data = (!self.held.is_empty()).then(|| self.held.split().freeze());
+                self.out_trailers = trailers;
+                Ok(())
+            }
+            Verdict::Fail(message) if self.fail_open => {
+                tracing::warn!(plugin = %self.stream.name(), "{message}; the body goes on unseen (fail_open)");
+                self.bypass = true;
+                self.out_data = (!self.held.is_empty()).then(|| self.held.split().freeze());
+                self.out_trailers = trailers;
+                Ok(())
+            }
+            Verdict::Fail(message) => {
+                let e = BodyError::Filter {
+                    plugin: self.stream.name(),
+                    message: message.clone(),
+                };
+                self.stop = Some(BodyStop::Verdict(Verdict::Fail(message)));
+                self.finished = true;
+                Err(e)
+            }
+            Verdict::Reply(reply) => {
+                let message = format!(
+                    "the filter answered {} after the {} had begun to go on",
+                    reply.status,
+                    if self.response { "response" } else { "request" }
+                );
+                // Kept for the request's error answer: a request body refused part-way is
+                // answered with the filter's reply when nothing was answered yet.
+                if let Some(s) = self.stream.cell.lock().stream(self.stream.id) {
+                    s.local = Some(reply.clone());
+                }
+                self.stop = Some(BodyStop::Verdict(Verdict::Reply(reply)));
+                self.finished = true;
+                Err(BodyError::Filter {
+                    plugin: self.stream.name(),
+                    message,
+                })
+            }
+        }
+    }
+
+    fn too_large(&mut self) -> BodyError {
+        self.finished = true;
+        if self.response {
+            BodyError::Filter {
+                plugin: self.stream.name(),
+                message: format!(
+                    "the filter held more than its max_body_bytes ({}) of the response",
+                    self.cap
+                ),
+            }
+        } else {
+            BodyError::TooLarge(self.cap as u64)
+        }
+    }
+}
+
+impl<B> Body for Filtered<B>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(d) = this.out_data.take() {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
+            if let Some(t) = this.out_trailers.take() {
+                this.finished = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if let Some((wait, at_trailers)) = this.waiting.as_mut() {
+                let verdict = ready!(wait.as_mut().poll(cx));
+                let at_trailers = *at_trailers;
+                this.waiting = None;
+                if let Err(e) = this.decided(verdict, at_trailers) {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                continue;
+            }
+            if this.ended {
+                this.finished = true;
+                continue;
+            }
+            let step = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                None => this.data(None, true),
+                Some(Err(e)) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => {
+                        let end = this.inner.is_end_stream();
+                        this.data(Some(d), end)
+                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(t) => this.trailers(t),
+                        Err(_) => Ok(()),
+                    },
+                },
+            };
+            if let Err(e) = step {
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.out_data.is_none()
+            && self.out_trailers.is_none()
+            && self.waiting.is_none()
+            && (self.finished || self.ended)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.sees_data {
+            let mut hint = SizeHint::new();
+            if let Some(d) = &self.out_data {
+                hint.set_lower(d.len() as u64);
+            }
+            return hint;
+        }
+        let rest = self.inner.size_hint();
+        match &self.out_data {
+            Some(d) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + d.len() as u64);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + d.len() as u64);
+                }
+                hint
+            }
+            None => rest,
+        }
+    }
 }
 
 impl Stream {
@@ -274,73 +581,77 @@ impl Stream {
         }
     }
 
-    /// Shows the filter a body as it arrives (`on_request_body`/`on_response_body` per
-    /// piece), buffering while it answers `Pause` before the end, up to `cap` bytes. Once it
-    /// answers `Continue`, what was read (as the filter left it) goes on, then the rest of the
-    /// body unread; a `Pause` at the end waits for a resume like a header phase.
+    /// The filter's name.
+    fn name(&self) -> Arc<str> {
+        Arc::clone(&self.cell.lock().store.data().spec.name)
+    }
+
+    /// A late answer the filter made while a body it had let go on was still streaming.
+    pub fn late_reply(&self) -> Option<LocalReply> {
+        self.cell.lock().stream(self.id)?.local.take()
+    }
+
+    /// Shows the filter a body as it arrives, until it lets the body go on (then the rest
+    /// streams through it: see [`Filtered`]) or answers. Bodies of filters without a body or
+    /// trailers callback, and empty bodies, are not touched.
     pub async fn body<B>(
-        &self,
-        mut body: B,
+        self: &Arc<Self>,
+        body: B,
         response: bool,
         cap: usize,
         deadline: Instant,
+        fail_open: bool,
     ) -> Result<Passed<B>, BodyStop>
     where
         B: Body<Data = Bytes, Error = BodyError> + Unpin,
     {
-        let which = if response {
-            StreamCallback::ResponseBody
+        let (data, trailers) = if response {
+            (
+                StreamCallback::ResponseBody,
+                StreamCallback::ResponseTrailers,
+            )
         } else {
-            StreamCallback::RequestBody
+            (StreamCallback::RequestBody, StreamCallback::RequestTrailers)
         };
-        if body.is_end_stream() || !self.has(which) {
+        let sees_data = self.has(data);
+        if body.is_end_stream() || !(sees_data || self.has(trailers)) {
             return Ok(Passed::Untouched(body));
         }
-        let kind = if response {
-            abi::buffer::RESPONSE_BODY
-        } else {
-            abi::buffer::REQUEST_BODY
+        let mut filtered = Filtered {
+            stream: Arc::clone(self),
+            inner: body,
+            response,
+            cap,
+            deadline,
+            fail_open,
+            sees_data,
+            held: BytesMut::new(),
+            out_data: None,
+            out_trailers: None,
+            waiting: None,
+            ended: false,
+            finished: false,
+            bypass: false,
+            stop: None,
         };
-        let mut buf = BytesMut::new();
-        loop {
-            let end_of_stream = match body.frame().await {
-                None => true,
-                Some(Err(e)) => return Err(BodyStop::Broken(e)),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if buf.len() + data.len() > cap {
-                            return Err(BodyStop::TooLarge(cap as u64));
-                        }
-                        buf.extend_from_slice(&data);
-                        body.is_end_stream()
-                    }
-                    // Trailers: the body's end (Portico does not forward them).
-                    Err(_) => true,
-                },
-            };
-            if !end_of_stream && buf.is_empty() {
-                continue;
-            }
-            let size = buf.len();
-            if let Some(s) = self.cell.lock().stream(self.id) {
-                s.body = Some(std::mem::take(&mut buf));
-                s.body_kind = kind;
-            }
-            let first = self.call(which, size, end_of_stream);
-            let verdict = match first {
-                // Before the end, a pause asks for more of the body, not for a resume.
-                Ok(Action::Pause) if !end_of_stream => self.state(Action::Pause),
-                other => Some(self.settle(other, deadline).await),
-            };
-            if let Some(s) = self.cell.lock().stream(self.id) {
-                buf = s.body.take().unwrap_or_default();
-            }
-            match verdict {
-                None => continue,
-                Some(Verdict::Continue) if end_of_stream => return Ok(Passed::Whole(buf.freeze())),
-                Some(Verdict::Continue) => return Ok(Passed::Prefixed(buf.freeze(), body)),
-                Some(other) => return Err(BodyStop::Verdict(other)),
-            }
+        if !sees_data {
+            return Ok(Passed::Filtered(Box::new(filtered), false));
+        }
+        match filtered.frame().await {
+            None => Ok(Passed::Whole(Bytes::new())),
+            Some(Err(e)) => Err(filtered.stop.take().unwrap_or(BodyStop::Broken(e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if filtered.is_end_stream() => Ok(Passed::Whole(d)),
+                Ok(d) => {
+                    filtered.out_data = Some(d);
+                    Ok(Passed::Filtered(Box::new(filtered), true))
+                }
+                Err(frame) => {
+                    filtered.out_trailers = frame.into_trailers().ok();
+                    filtered.finished = false;
+                    Ok(Passed::Filtered(Box::new(filtered), true))
+                }
+            },
         }
     }
 }

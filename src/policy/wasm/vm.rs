@@ -151,7 +151,10 @@ impl FilterSpec {
         let sees_responses = pre.module().exports().any(|e| {
             matches!(
                 e.name(),
-                "proxy_on_response_headers" | "proxy_on_response_body" | "proxy_on_log"
+                "proxy_on_response_headers"
+                    | "proxy_on_response_body"
+                    | "proxy_on_response_trailers"
+                    | "proxy_on_log"
             )
         });
         Self {
@@ -213,6 +216,7 @@ pub struct ResponseHead {
 }
 
 /// An answer a filter made instead of the upstream's.
+#[derive(Clone)]
 pub struct LocalReply {
     pub status: u16,
     pub details: String,
@@ -249,6 +253,10 @@ pub struct StreamData {
     pub body: Option<BytesMut>,
     /// Which body `body` is (`abi::buffer::REQUEST_BODY` or `RESPONSE_BODY`).
     pub body_kind: i32,
+    /// The trailers lent to the filter while its trailers callback runs or is paused.
+    pub trailers: Option<HeaderMap>,
+    /// Which trailers `trailers` are (`abi::map::REQUEST_TRAILERS` or `RESPONSE_TRAILERS`).
+    pub trailers_kind: i32,
     /// An answer the filter made.
     pub local: Option<LocalReply>,
     /// `proxy_continue_stream` was called since the last pause.
@@ -353,6 +361,8 @@ struct Callbacks {
     request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
     delete: Option<TypedFunc<i32, ()>>,
@@ -469,6 +479,8 @@ impl Vm {
             request_body: func!("proxy_on_request_body"),
             response_headers: func!("proxy_on_response_headers"),
             response_body: func!("proxy_on_response_body"),
+            request_trailers: func!("proxy_on_request_trailers"),
+            response_trailers: func!("proxy_on_response_trailers"),
             log: func!("proxy_on_log"),
             done: func!("proxy_on_done"),
             delete: func!("proxy_on_delete"),
@@ -601,6 +613,8 @@ impl Vm {
                 response: None,
                 body: None,
                 body_kind: abi::buffer::REQUEST_BODY,
+                trailers: None,
+                trailers_kind: 0,
                 local: None,
                 resumed: false,
                 failure: None,
@@ -638,6 +652,30 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Action, Failure> {
         let cb = Arc::clone(&self.cb);
+        let trailers = match which {
+            StreamCallback::RequestTrailers => {
+                Some((cb.request_trailers.as_ref(), "proxy_on_request_trailers"))
+            }
+            StreamCallback::ResponseTrailers => {
+                Some((cb.response_trailers.as_ref(), "proxy_on_response_trailers"))
+            }
+            _ => None,
+        };
+        if let Some((f, name)) = trailers {
+            let Some(f) = f else {
+                return Ok(Action::Continue);
+            };
+            self.store.data_mut().effective = id;
+            if let Some(s) = self.stream(id) {
+                s.resumed = false;
+            }
+            let action = self.run(name, |s| f.call(s, (id as i32, size as i32)))?;
+            return Ok(if action == abi::ACTION_PAUSE {
+                Action::Pause
+            } else {
+                Action::Continue
+            });
+        }
         let (f, name) = match which {
             StreamCallback::RequestHeaders => {
                 (cb.request_headers.as_ref(), "proxy_on_request_headers")
@@ -647,6 +685,9 @@ impl Vm {
                 (cb.response_headers.as_ref(), "proxy_on_response_headers")
             }
             StreamCallback::ResponseBody => (cb.response_body.as_ref(), "proxy_on_response_body"),
+            StreamCallback::RequestTrailers | StreamCallback::ResponseTrailers => {
+                unreachable!("trailers callbacks are called above")
+            }
         };
         let Some(f) = f else {
             return Ok(Action::Continue);
@@ -672,6 +713,8 @@ impl Vm {
             StreamCallback::RequestBody => self.cb.request_body.is_some(),
             StreamCallback::ResponseHeaders => self.cb.response_headers.is_some(),
             StreamCallback::ResponseBody => self.cb.response_body.is_some(),
+            StreamCallback::RequestTrailers => self.cb.request_trailers.is_some(),
+            StreamCallback::ResponseTrailers => self.cb.response_trailers.is_some(),
         }
     }
 
@@ -826,8 +869,10 @@ impl Vm {
 pub enum StreamCallback {
     RequestHeaders,
     RequestBody,
+    RequestTrailers,
     ResponseHeaders,
     ResponseBody,
+    ResponseTrailers,
 }
 
 /// Calls `on_tick` every `period` until the instance is gone, broken, or its period changes.
