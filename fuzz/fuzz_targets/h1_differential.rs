@@ -126,6 +126,7 @@ fn engine_sees(input: &[u8]) -> Seen {
         loop {
             match d.step(&mut buf) {
                 Ok(Step::Data(piece)) => body.as_mut().unwrap().extend_from_slice(&piece),
+                Ok(Step::Trailers(_)) => {}
                 Ok(Step::End) => break,
                 // The client closed: nothing more will come.
                 Ok(Step::NeedMore) | Err(_) => {

@@ -51,6 +51,8 @@ pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
 pub enum Step {
     /// A piece of the body.
     Data(Bytes),
+    /// The chunked body's trailer fields (only when it has some); its end follows.
+    Trailers(http::HeaderMap),
     /// The buffer holds no more of the body: read.
     NeedMore,
     /// The body ended; what follows in the buffer is the next request.
@@ -202,18 +204,21 @@ fn chunked(
                 *state = Chunk::Size(0);
             }
             Chunk::Trailers(scanned) => {
-                // Trailer fields are read and dropped: the request was routed, authenticated
-                // and forwarded on its head, so fields arriving after the body cannot be
-                // checked and are not passed on. The section stays in the buffer until its
-                // end is found (it is bounded), then is checked whole.
+                // The section stays in the buffer until its end is found (it is bounded), then
+                // is checked and read whole.
                 match trailer_section_end(buf, scanned)? {
                     Some(end) => {
-                        if end >= MAX_TRAILERS || !is_field_section(&buf[..end]) {
+                        if end >= MAX_TRAILERS {
                             return Err(InboundError::Framing);
                         }
+                        let fields = field_section(&buf[..end]).ok_or(InboundError::Framing)?;
                         let _ = buf.split_to(end);
                         *state = Chunk::Done;
-                        return Ok(Step::End);
+                        return Ok(if fields.is_empty() {
+                            Step::End
+                        } else {
+                            Step::Trailers(fields)
+                        });
                     }
                     None if buf.len() >= MAX_TRAILERS => return Err(InboundError::Framing),
                     None => {
@@ -313,27 +318,70 @@ fn trailer_section_end(buf: &[u8], scanned: usize) -> Result<Option<usize>, Inbo
     Ok(None)
 }
 
-/// Whether a whole trailer section (CRLF-ended lines, then an empty line) is well formed as a
-/// field section: each field a token name, the colon right after it, a value without control
-/// characters. It is read by `httparse` as hyper reads it (a bare LF may end a line, RFC 9112
-/// §2.2), so the engine refuses exactly the sections hyper refuses. Trailers are dropped, but a
-/// malformed one makes the message malformed: a gateway must not pass on what its peers would
-/// read differently.
-fn is_field_section(section: &[u8]) -> bool {
+/// Fields that are never passed on as trailers: framing, routing, hop-by-hop and the fields
+/// that say how to read the content (RFC 9110 §6.5.1 forbids sending them there). A peer that
+/// merged trailers into the header section would otherwise read the message differently from
+/// the gateway.
+const NOT_TRAILERS: [&str; 13] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-encoding",
+    "content-type",
+    "content-range",
+    "authorization",
+];
+
+/// Reads a whole trailer section (CRLF-ended lines, then an empty line) into its fields, or
+/// `None` when it is not well formed as a field section: each field a token name, the colon
+/// right after it, a value without control characters. It is read by `httparse` as hyper
+/// reads it (a bare LF may end a line, RFC 9112 §2.2), so the engine refuses exactly the
+/// sections hyper refuses: a gateway must not pass on what its peers would read differently.
+/// Fields in [`NOT_TRAILERS`] are left out.
+fn field_section(section: &[u8]) -> Option<http::HeaderMap> {
+    let mut out = http::HeaderMap::new();
     if section == b"\r\n" {
-        return true;
+        return Some(out);
     }
     // hyper sizes its header array by the CRLF-ended lines (at most its 100 fields); more
     // fields than that (split by bare LFs) is an error there too.
     let lines = section.windows(2).filter(|w| w == b"\r\n").count() - 1;
     if lines > 100 {
-        return false;
+        return None;
     }
     let mut fields = vec![httparse::EMPTY_HEADER; lines];
-    matches!(
-        httparse::parse_headers(section, &mut fields),
-        Ok(httparse::Status::Complete(_))
-    )
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            for f in fields {
+                let name = http::HeaderName::from_bytes(f.name.as_bytes()).ok()?;
+                if NOT_TRAILERS.contains(&name.as_str()) {
+                    continue;
+                }
+                out.append(name, http::HeaderValue::from_bytes(f.value).ok()?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Appends a chunked body's end: the last chunk, `trailers` (when there are some) and the
+/// empty line.
+pub fn chunked_end(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -349,6 +397,7 @@ mod tests {
         loop {
             match d.step(&mut buf)? {
                 Step::Data(b) => body.extend_from_slice(&b),
+                Step::Trailers(_) => {}
                 Step::End => return Ok((body, buf.to_vec())),
                 Step::NeedMore => {
                     if fed == input.len() {
@@ -360,6 +409,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn trailer_fields_are_read_whatever_the_read_sizes_and_forbidden_ones_left_out() {
+        let input = b"3\r\nabc\r\n0\r\nX-Sum: 9\r\nContent-Length: 1\r\nx-sum: 10\r\nHost: evil\r\n\r\nGET /";
+        for feed in [1, 2, 5, 64] {
+            let mut d = Decoder::chunked();
+            let mut buf = BytesMut::new();
+            let (mut fed, mut trailers, mut body) = (0, None, Vec::new());
+            loop {
+                match d.step(&mut buf).expect("valid") {
+                    Step::Data(b) => body.extend_from_slice(&b),
+                    Step::Trailers(t) => trailers = Some(t),
+                    Step::End => break,
+                    Step::NeedMore => {
+                        let n = feed.min(input.len() - fed);
+                        buf.extend_from_slice(&input[fed..fed + n]);
+                        fed += n;
+                    }
+                }
+            }
+            assert_eq!(body, b"abc");
+            let t = trailers.expect("trailers before the end");
+            let sums: Vec<_> = t.get_all("x-sum").iter().collect();
+            assert_eq!(sums, ["9", "10"], "feed {feed}");
+            assert_eq!(
+                t.len(),
+                2,
+                "content-length and host are not trailers: {t:?}"
+            );
+            assert!(b"GET /".starts_with(&buf), "feed {feed}");
+        }
+        // No fields: the end at once.
+        let mut d = Decoder::chunked();
+        let mut buf = BytesMut::from(&b"0\r\n\r\n"[..]);
+        assert_eq!(d.step(&mut buf).unwrap(), Step::End);
     }
 
     #[test]

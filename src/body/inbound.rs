@@ -32,6 +32,8 @@ pub enum InboundError {
 #[derive(Default)]
 struct State {
     piece: Option<Bytes>,
+    /// The body's trailer fields, handed over after its last piece.
+    trailers: Option<http::HeaderMap>,
     /// The sender finished: `Ok` at the body's end, `Err` when it broke off.
     end: Option<Result<(), InboundError>>,
     wanted: bool,
@@ -115,6 +117,15 @@ impl Sender {
         }
     }
 
+    /// Hands over the body's trailer fields (after its last piece; its end follows).
+    pub fn trailers(&self, fields: http::HeaderMap) {
+        let mut s = self.0.lock();
+        s.trailers = Some(fields);
+        if let Some(w) = s.receiver.take() {
+            w.wake();
+        }
+    }
+
     /// Ends the body: `Ok` after its last byte, `Err` when it broke off.
     pub fn finish(&self, end: Result<(), InboundError>) {
         let mut s = self.0.lock();
@@ -165,6 +176,9 @@ impl Body for Receiver {
                 *left = left.saturating_sub(piece.len() as u64);
             }
             return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        if let Some(fields) = s.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(fields))));
         }
         match s.end {
             Some(Ok(())) => {

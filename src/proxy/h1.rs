@@ -366,6 +366,7 @@ async fn roundtrip(
     let mut written_all = false;
     let mut consumed = false;
     let mut suffix: &'static [u8] = b"";
+    let mut trailers_sent = false;
     poll_fn(|cx| {
         // The request, as far as the socket and the body allow.
         while !written_all {
@@ -396,18 +397,29 @@ async fn roundtrip(
             match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     consumed = true;
-                    if let Ok(d) = frame.into_data() {
-                        if !d.is_empty() && framing == Framing::Chunked {
-                            framing::chunk_start(&mut conn.out, d.len());
-                            suffix = b"\r\n";
+                    match frame.into_data() {
+                        Ok(d) => {
+                            if !d.is_empty() && framing == Framing::Chunked {
+                                framing::chunk_start(&mut conn.out, d.len());
+                                suffix = b"\r\n";
+                            }
+                            data = d;
                         }
-                        data = d;
+                        // Trailers end the body; a body framed by its length cannot carry
+                        // them.
+                        Err(frame) => {
+                            if let (Ok(fields), Framing::Chunked) = (frame.into_trailers(), framing)
+                            {
+                                framing::chunked_end(&mut conn.out, Some(&fields));
+                                trailers_sent = true;
+                            }
+                        }
                     }
                 }
                 Poll::Ready(None) => {
                     consumed = true;
                     body_done = true;
-                    if framing == Framing::Chunked {
+                    if framing == Framing::Chunked && !trailers_sent {
                         conn.out.extend_from_slice(b"0\r\n\r\n");
                     }
                 }
@@ -606,6 +618,9 @@ impl Body for OwnBody {
         loop {
             match this.decoder.step(&mut conn.buf) {
                 Ok(Step::Data(piece)) => return Poll::Ready(Some(Ok(Frame::data(piece)))),
+                Ok(Step::Trailers(fields)) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(fields))))
+                }
                 Ok(Step::End) => {
                     if let (Some(home), Some(conn)) = (this.home.take(), this.conn.take()) {
                         // Bytes after the body would be an answer nobody asked for.

@@ -200,3 +200,46 @@ async fn a_post_whose_pooled_connection_dies_under_it_is_not_sent_again() {
         assert_eq!(up.connections(), 1, "{engine}: the POST was sent twice");
     }
 }
+
+#[tokio::test]
+async fn chunked_trailer_fields_pass_both_ways_without_the_ones_trailers_may_not_carry() {
+    // The gateway's own engine on both sides: the client's chunked request with trailers to a
+    // byte-by-byte upstream, and its chunked answer's trailers back.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = std::sync::Arc::clone(&got);
+    let up = upstream::raw_tcp(move |mut s, _| {
+        let seen = std::sync::Arc::clone(&seen);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The whole request: its head, the last chunk and the trailer section's end.
+            while !(buf.windows(5).any(|w| w == b"\r\n0\r\n") && buf.ends_with(b"\r\n\r\n")) {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            *seen.lock().unwrap() = String::from_utf8_lossy(&buf).into_owned();
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-up: 1\r\ncontent-type: text/evil\r\n\r\n")
+                .await;
+        }
+    })
+    .await;
+    let gw = gateway("portico", &up);
+    let answer = crate::support::raw(
+        gw.addr,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 9\r\nhost: evil\r\nx-sum: 10\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    let sent = got.lock().unwrap().clone();
+    let body = &sent[sent.find("\r\n\r\n").expect("a head") + 4..];
+    assert_eq!(
+        body, "3\r\nabc\r\n0\r\nx-sum: 9\r\nx-sum: 10\r\n\r\n",
+        "{sent}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let trailers = &answer[answer.find("\r\n0\r\n").expect("the last chunk") + 5..];
+    assert_eq!(trailers, "x-up: 1\r\n\r\n", "{answer}");
+}

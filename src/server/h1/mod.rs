@@ -420,6 +420,7 @@ impl Conn {
             }
             match p.decoder.step(&mut self.buf) {
                 Ok(Step::Data(piece)) => p.tx.send(piece),
+                Ok(Step::Trailers(fields)) => p.tx.trailers(fields),
                 Ok(Step::End) => {
                     p.tx.finish(Ok(()));
                     p.stopped = true;
@@ -477,7 +478,7 @@ impl Conn {
                 return true;
             }
             match p.decoder.step(&mut self.buf) {
-                Ok(Step::Data(_)) => continue,
+                Ok(Step::Data(_) | Step::Trailers(_)) => continue,
                 Ok(Step::End) => return true,
                 Ok(Step::NeedMore) | Err(_) => return false,
             }
@@ -527,7 +528,10 @@ impl Conn {
                                 if let (Out::Chunked, Ok(trailers)) =
                                     (framing, frame.into_trailers())
                                 {
-                                    encode::chunked_end(&mut self.out, Some(&trailers));
+                                    crate::body::framing::chunked_end(
+                                        &mut self.out,
+                                        Some(&trailers),
+                                    );
                                     done = true;
                                 }
                             }
@@ -536,7 +540,7 @@ impl Conn {
                     Poll::Ready(None) => {
                         done = true;
                         match framing {
-                            Out::Chunked => encode::chunked_end(&mut self.out, None),
+                            Out::Chunked => crate::body::framing::chunked_end(&mut self.out, None),
                             Out::Length(_) if declared != 0 => complete = false,
                             _ => {}
                         }
