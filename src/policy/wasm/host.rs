@@ -30,6 +30,32 @@ fn read(c: &C, ptr: i32, len: i32) -> Result<Vec<u8>, i32> {
         .ok_or(status::INVALID_MEMORY_ACCESS)
 }
 
+/// The `len` bytes at `ptr` of the filter's memory `mem`, where they are.
+fn slice(mem: &[u8], ptr: i32, len: i32) -> Result<&[u8], i32> {
+    let (p, l) = (ptr as u32 as usize, len as u32 as usize);
+    let end = p.checked_add(l).ok_or(status::INVALID_MEMORY_ACCESS)?;
+    mem.get(p..end).ok_or(status::INVALID_MEMORY_ACCESS)
+}
+
+/// An edit of map `id` with the key and value read where they are in the filter's memory.
+fn edit_at(c: &mut C, id: i32, key: (i32, i32), value: (i32, i32), how: Edit) -> i32 {
+    let Some(memory) = c.data().memory else {
+        return status::INVALID_MEMORY_ACCESS;
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut *c);
+    let (key, value) = match (slice(mem, key.0, key.1), slice(mem, value.0, value.1)) {
+        (Ok(k), Ok(v)) => (k, v),
+        (Err(s), _) | (_, Err(s)) => return s,
+    };
+    let mut names = std::mem::take(&mut state.names);
+    let s = match map_of(state, id) {
+        Ok(mut m) => edit(&mut m, &mut names, key, value, how),
+        Err(s) => s,
+    };
+    state.names = names;
+    s
+}
+
 /// Writes `bytes` at `ptr` of the filter's memory.
 fn write(c: &mut C, ptr: i32, bytes: &[u8]) -> Result<(), i32> {
     let memory = c.data().memory.ok_or(status::INVALID_MEMORY_ACCESS)?;
@@ -172,23 +198,56 @@ fn serialized(m: &Map<'_>) -> Vec<u8> {
     abi::serialize_pairs(pairs.iter().map(|(k, v)| (&k[..], &v[..])))
 }
 
-fn value_of(m: &Map<'_>, key: &[u8]) -> Option<Vec<u8>> {
-    let text = |s: &str| Some(s.as_bytes().to_vec());
+/// Copies the value of `key` in `m` into `out`; false when there is none.
+fn value_into(m: &Map<'_>, key: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut put = |v: &[u8]| {
+        out.extend_from_slice(v);
+        true
+    };
     let headers = match (m, key) {
-        (Map::Request(r), b":authority") => return Some(r.authority.as_bytes().to_vec()),
-        (Map::Request(r), b":path") => return text(r.path.as_str()),
-        (Map::Request(r), b":method") => return text(r.method.as_str()),
-        (Map::Request(r), b":scheme") => return text(r.scheme),
-        (Map::Response(r), b":status") => return Some(status_text(r.status)),
-        (Map::Answer(a), b":status") => return Some(status_text(a.status)),
+        (Map::Request(r), b":authority") => return put(r.authority.as_bytes()),
+        (Map::Request(r), b":path") => return put(r.path.as_str().as_bytes()),
+        (Map::Request(r), b":method") => return put(r.method.as_str().as_bytes()),
+        (Map::Request(r), b":scheme") => return put(r.scheme.as_bytes()),
+        (Map::Response(r), b":status") => return put(&status_text(r.status)),
+        (Map::Answer(a), b":status") => return put(&status_text(a.status)),
         (Map::Request(r), _) => &r.headers,
         (Map::Response(r), _) => &r.headers,
         (Map::Answer(a), _) => &a.headers,
         (Map::Trailers(t), _) => &**t,
-        (Map::Empty, _) => return None,
+        (Map::Empty, _) => return false,
     };
+    // Looked up by text: a name not made (nor allocated) for one lookup.
+    let Ok(name) = std::str::from_utf8(key) else {
+        return false;
+    };
+    match headers.get(name) {
+        Some(v) => put(v.as_bytes()),
+        None => false,
+    }
+}
+
+/// The header name `key`, from the names the filter used lately when it is one of them.
+fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
+    if let Some(n) = names.iter().find(|n| n.as_str().as_bytes() == key) {
+        return Some(n.clone());
+    }
     let name = HeaderName::from_bytes(key).ok()?;
-    headers.get(name).map(|v| v.as_bytes().to_vec())
+    // Only a name written as it is kept (lowercase) is found again by its bytes.
+    if name.as_str().as_bytes() == key {
+        if names.len() >= 32 {
+            names.remove(0);
+        }
+        names.push(name.clone());
+    }
+    Some(name)
+}
+
+/// Whether `name` frames the message: the gateway frames a body from what it sends, so a
+/// filter's edits of these are ignored (a `Content-Length` set on a chunked request would
+/// otherwise go upstream beside `Transfer-Encoding`, a smuggling vector).
+fn frames(name: &HeaderName) -> bool {
+    name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING
 }
 
 /// How an edit changes a map.
@@ -199,7 +258,13 @@ enum Edit {
     Remove,
 }
 
-fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
+fn edit(
+    m: &mut Map<'_>,
+    names: &mut Vec<HeaderName>,
+    key: &[u8],
+    value: &[u8],
+    how: Edit,
+) -> i32 {
     let as_text = || String::from_utf8(value.to_vec()).ok();
     if key.first() == Some(&b':') {
         // Pseudo-headers are the request line and status: replaced, never removed.
@@ -230,16 +295,19 @@ fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
         };
         return if ok { status::OK } else { status::BAD_ARGUMENT };
     }
-    let headers = match m {
-        Map::Request(r) => &mut r.headers,
-        Map::Response(r) => &mut r.headers,
-        Map::Trailers(t) => t,
+    let (headers, head) = match m {
+        Map::Request(r) => (&mut r.headers, true),
+        Map::Response(r) => (&mut r.headers, true),
+        Map::Trailers(t) => (&mut **t, false),
         Map::Answer(_) => return status::BAD_ARGUMENT,
         Map::Empty => return status::OK,
     };
-    let Ok(name) = HeaderName::from_bytes(key) else {
+    let Some(name) = header_name(names, key) else {
         return status::BAD_ARGUMENT;
     };
+    if head && frames(&name) {
+        return status::OK;
+    }
     if how == Edit::Remove {
         headers.remove(name);
         return status::OK;
@@ -258,19 +326,31 @@ fn edit(m: &mut Map<'_>, key: &[u8], value: &[u8], how: Edit) -> i32 {
     status::OK
 }
 
-fn set_pairs(m: &mut Map<'_>, data: &[u8]) -> i32 {
+fn set_pairs(m: &mut Map<'_>, names: &mut Vec<HeaderName>, data: &[u8]) -> i32 {
     let Some(pairs) = abi::deserialize_pairs(data) else {
         return status::BAD_ARGUMENT;
     };
-    match m {
-        Map::Request(r) => r.headers.clear(),
-        Map::Response(r) => r.headers.clear(),
-        Map::Trailers(t) => t.clear(),
+    let headers = match m {
+        Map::Request(r) => &mut r.headers,
+        Map::Response(r) => &mut r.headers,
+        Map::Trailers(t) => {
+            t.clear();
+            &mut HeaderMap::new()
+        }
         Map::Answer(_) => return status::BAD_ARGUMENT,
         Map::Empty => return status::OK,
+    };
+    // The framing fields stay as they were (see `frames`).
+    let mut kept = HeaderMap::new();
+    for name in [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING] {
+        for v in headers.get_all(&name) {
+            kept.append(name.clone(), v.clone());
+        }
     }
+    headers.clear();
+    headers.extend(kept);
     for (k, v) in pairs {
-        let s = edit(m, k, v, Edit::Add);
+        let s = edit(m, names, k, v, Edit::Add);
         if s != status::OK {
             return s;
         }
@@ -589,28 +669,38 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Ok(d) => d,
                 Err(s) => return s,
             };
-            match map_of(c.data_mut(), id) {
-                Ok(mut m) => set_pairs(&mut m, &data),
+            let state = c.data_mut();
+            let mut names = std::mem::take(&mut state.names);
+            let s = match map_of(state, id) {
+                Ok(mut m) => set_pairs(&mut m, &mut names, &data),
                 Err(s) => s,
-            }
+            };
+            c.data_mut().names = names;
+            s
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
         |mut c: C, id: i32, kptr: i32, klen: i32, ret_ptr: i32, ret_len: i32| {
-            let key = match read(&c, kptr, klen) {
-                Ok(k) => k,
-                Err(s) => return Ok(s),
+            let Some(memory) = c.data().memory else {
+                return Ok(status::INVALID_MEMORY_ACCESS);
             };
-            let value = match map_of(c.data_mut(), id) {
-                Ok(m) => value_of(&m, &key),
-                Err(s) => return Ok(s),
+            // The key is read where it is, the value copied through a reused buffer.
+            let (mem, state) = memory.data_and_store_mut(&mut c);
+            let mut value = std::mem::take(&mut state.scratch);
+            value.clear();
+            let found = match (slice(mem, kptr, klen), map_of(state, id)) {
+                (Ok(key), Ok(m)) => Ok(value_into(&m, key, &mut value)),
+                (Err(s), _) | (_, Err(s)) => Err(s),
             };
-            match value {
-                Some(v) => give(&mut c, &v, ret_ptr, ret_len),
-                None => Ok(status::NOT_FOUND),
-            }
+            let answer = match found {
+                Ok(true) => give(&mut c, &value, ret_ptr, ret_len),
+                Ok(false) => Ok(status::NOT_FOUND),
+                Err(s) => Ok(s),
+            };
+            c.data_mut().scratch = value;
+            answer
         },
     )?;
     for (name, how) in [
@@ -621,14 +711,7 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             "env",
             name,
             move |mut c: C, id: i32, kptr: i32, klen: i32, vptr: i32, vlen: i32| {
-                let (key, value) = match (read(&c, kptr, klen), read(&c, vptr, vlen)) {
-                    (Ok(k), Ok(v)) => (k, v),
-                    (Err(s), _) | (_, Err(s)) => return s,
-                };
-                match map_of(c.data_mut(), id) {
-                    Ok(mut m) => edit(&mut m, &key, &value, how),
-                    Err(s) => s,
-                }
+                edit_at(&mut c, id, (kptr, klen), (vptr, vlen), how)
             },
         )?;
     }
@@ -636,14 +719,7 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: C, id: i32, kptr: i32, klen: i32| {
-            let key = match read(&c, kptr, klen) {
-                Ok(k) => k,
-                Err(s) => return s,
-            };
-            match map_of(c.data_mut(), id) {
-                Ok(mut m) => edit(&mut m, &key, b"", Edit::Remove),
-                Err(s) => s,
-            }
+            edit_at(&mut c, id, (kptr, klen), (0, 0), Edit::Remove)
         },
     )?;
 

@@ -464,7 +464,6 @@ impl Stream {
         end_of_stream: bool,
         deadline: Instant,
     ) -> Verdict {
-        let framing = Framing::of(&parts.headers);
         let first = {
             let mut vm = self.cell.lock();
             if !vm.has(StreamCallback::RequestHeaders) {
@@ -503,8 +502,6 @@ impl Stream {
                     if let Some(head) = s.request.take() {
                         apply_request(parts, head);
                     }
-                    drop(vm);
-                    framing.restore(&mut parts.headers);
                     return Verdict::Continue;
                 }
             }
@@ -519,7 +516,6 @@ impl Stream {
         if let Some(head) = head {
             apply_request(parts, head);
         }
-        framing.restore(&mut parts.headers);
         verdict
     }
 
@@ -531,7 +527,6 @@ impl Stream {
         upstream: Option<HeaderValue>,
         deadline: Instant,
     ) -> Verdict {
-        let framing = Framing::of(&parts.headers);
         let head = ResponseHead {
             headers: std::mem::take(&mut parts.headers),
             status: parts.status.as_u16(),
@@ -568,7 +563,6 @@ impl Stream {
                 s.response_code = head.status;
             }
         }
-        framing.restore(&mut parts.headers);
         verdict
     }
 
@@ -613,8 +607,11 @@ impl Stream {
         } else {
             (StreamCallback::RequestBody, StreamCallback::RequestTrailers)
         };
+        if body.is_end_stream() {
+            return Ok(Passed::Untouched(body));
+        }
         let sees_data = self.has(data);
-        if body.is_end_stream() || !(sees_data || self.has(trailers)) {
+        if !(sees_data || self.has(trailers)) {
             return Ok(Passed::Untouched(body));
         }
         let mut filtered = Filtered {
@@ -661,47 +658,6 @@ impl Drop for Stream {
         let mut vm = self.cell.lock();
         vm.close(self.id);
         vm.after(&self.cell);
-    }
-}
-
-/// A message's framing headers as they arrived. A filter edits fields, not framing: the
-/// gateway frames a body from what it sends (a `Content-Length` a filter set on a chunked
-/// request would otherwise go upstream beside `Transfer-Encoding`, a smuggling vector), so
-/// these are put back as they were after the filter's header phase.
-struct Framing {
-    content_length: Option<HeaderValue>,
-    transfer_encoding: Vec<HeaderValue>,
-}
-
-impl Framing {
-    fn of(headers: &HeaderMap) -> Self {
-        Self {
-            content_length: headers.get(header::CONTENT_LENGTH).cloned(),
-            transfer_encoding: headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .cloned()
-                .collect(),
-        }
-    }
-
-    fn restore(self, headers: &mut HeaderMap) {
-        let same = headers.get(header::CONTENT_LENGTH) == self.content_length.as_ref()
-            && headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .eq(self.transfer_encoding.iter());
-        if same {
-            return;
-        }
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
-        if let Some(v) = self.content_length {
-            headers.insert(header::CONTENT_LENGTH, v);
-        }
-        for v in self.transfer_encoding {
-            headers.append(header::TRANSFER_ENCODING, v);
-        }
     }
 }
 

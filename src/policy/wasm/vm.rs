@@ -335,6 +335,10 @@ pub struct HostState {
     pub me: Weak<VmCell>,
     /// Metrics the filter defined, by id.
     pub metrics: Vec<Arc<super::shared::Metric>>,
+    /// A buffer reused for values copied into the filter (no allocation per call).
+    pub scratch: Vec<u8>,
+    /// Header names the filter used lately: a custom name is checked, and allocated, once.
+    pub names: Vec<HeaderName>,
 }
 
 impl HostState {
@@ -453,6 +457,8 @@ impl Vm {
             queue_ready: Vec::new(),
             me: Weak::new(),
             metrics: Vec::new(),
+            scratch: Vec::new(),
+            names: Vec::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
