@@ -117,10 +117,12 @@ pub(super) async fn response(
         Verdict::Continue => {}
         Verdict::Reply(reply) => return Answered::Replaced(answer(cx, policy, stream, reply)),
         Verdict::Fail(message) => {
+            // The context lives on to the request's end either way (`on_log` sees it).
+            cx.plugin = Some(stream);
             return match failed(policy, message) {
                 Ok(()) => Answered::Body(Passed::Untouched(body)),
                 Err(e) => Answered::Replaced(e),
-            }
+            };
         }
     }
     if !with_body {

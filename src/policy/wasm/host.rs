@@ -258,13 +258,7 @@ enum Edit {
     Remove,
 }
 
-fn edit(
-    m: &mut Map<'_>,
-    names: &mut Vec<HeaderName>,
-    key: &[u8],
-    value: &[u8],
-    how: Edit,
-) -> i32 {
+fn edit(m: &mut Map<'_>, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], how: Edit) -> i32 {
     let as_text = || String::from_utf8(value.to_vec()).ok();
     if key.first() == Some(&b':') {
         // Pseudo-headers are the request line and status: replaced, never removed.
@@ -342,7 +336,10 @@ fn set_pairs(m: &mut Map<'_>, names: &mut Vec<HeaderName>, data: &[u8]) -> i32 {
     };
     // The framing fields stay as they were (see `frames`).
     let mut kept = HeaderMap::new();
-    for name in [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING] {
+    for name in [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ] {
         for v in headers.get_all(&name) {
             kept.append(name.clone(), v.clone());
         }

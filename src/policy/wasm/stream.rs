@@ -63,6 +63,8 @@ pub enum BodyStop {
 pub struct Stream {
     cell: Arc<VmCell>,
     id: u32,
+    /// The filter has a callback that runs once the answer is known (its code matters).
+    sees_end: bool,
 }
 
 /// A filter's pause at a body's end or its trailers, settled by a resume or an answer.
@@ -374,14 +376,14 @@ impl Stream {
         facts: Facts,
         services: &[Arc<Service>],
     ) -> Result<Self, Failure> {
-        let id = {
+        let (id, sees_end) = {
             let mut vm = cell.lock();
             vm.refresh_targets(services);
             let opened = vm.open(facts);
             vm.after(&cell);
-            opened?
+            (opened?, vm.store.data().spec.sees_end)
         };
-        Ok(Self { cell, id })
+        Ok(Self { cell, id, sees_end })
     }
 
     /// Whether the filter has this callback.
@@ -469,10 +471,8 @@ impl Stream {
             if !vm.has(StreamCallback::RequestHeaders) {
                 return Verdict::Continue;
             }
-            let authority = match parts.uri.authority() {
-                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                None => parts.headers.get(header::HOST).cloned(),
-            };
+            // The host the request was opened with (`Facts::host`), not looked up again.
+            let authority = vm.stream(self.id).and_then(|s| s.facts.host.clone());
             let head = RequestHead {
                 headers: std::mem::take(&mut parts.headers),
                 method: parts.method.clone(),
@@ -568,6 +568,9 @@ impl Stream {
 
     /// The request's answer code, for `on_log` (a local reply or an error answer).
     pub fn answered(&self, status: u16) {
+        if !self.sees_end {
+            return;
+        }
         if let Some(s) = self.cell.lock().stream(self.id) {
             if s.response_code == 0 {
                 s.response_code = status;

@@ -115,6 +115,9 @@ pub struct FilterSpec {
     /// The module exports a callback of the response side (`on_response_headers`,
     /// `on_response_body`, `on_log`): without one, the response is not shown to the filter.
     pub sees_responses: bool,
+    /// The module has a callback that runs once the answer is known (`on_log`, `on_done`,
+    /// `on_delete`, a response callback): only then is the answer's code kept for it.
+    pub sees_end: bool,
     /// Process-wide id, keying each worker's instance.
     pub uid: u64,
     /// Callbacks that failed (trap, deadline, memory), for `/metrics`.
@@ -157,8 +160,14 @@ impl FilterSpec {
                     | "proxy_on_log"
             )
         });
+        let sees_end = sees_responses
+            || pre
+                .module()
+                .exports()
+                .any(|e| matches!(e.name(), "proxy_on_done" | "proxy_on_delete"));
         Self {
             sees_responses,
+            sees_end,
             name,
             configuration,
             max_memory,
