@@ -94,7 +94,7 @@ pub(crate) struct RequestCtx<'a> {
     pub operation: Option<crate::policy::openapi::OperationRef>,
     /// The request's context in the route's wasm filter (ended with the request).
     #[cfg(feature = "wasm")]
-    pub plugin: Option<std::sync::Arc<crate::policy::wasm::stream::Stream>>,
+    pub plugin: Option<crate::policy::wasm::stream::Stream>,
 }
 
 impl<'a> RequestCtx<'a> {

@@ -97,7 +97,11 @@ async fn run(
     let body = RequestBody::streaming(body, route.max_body_bytes, cx.plan.request_body_idle);
     #[cfg(feature = "wasm")]
     let body = match route.policies.wasm {
-        Some(_) => Box::pin(plugin::request(cx, route, &mut parts, body)).await?,
+        // In place when the filter settles the request in its callback; boxed only to wait.
+        Some(_) => match plugin::request(cx, route, &mut parts, body)? {
+            Ok(body) => body,
+            Err(later) => Box::pin(plugin::request_later(cx, route, &mut parts, later)).await?,
+        },
         None => body,
     };
     // Boxed, and only on routes with the policy: its future (a body read whole) would

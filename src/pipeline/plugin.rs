@@ -17,38 +17,106 @@ use super::Exit;
 use crate::body::{GatewayBody, RequestBody, UpstreamBody};
 use crate::config::plan::Route;
 use crate::error::GatewayError;
-use crate::policy::wasm::stream::{BodyStop, Passed, Stream, Verdict};
+use crate::policy::wasm::stream::{BodyStop, Passed, Paused, Stream, Verdict};
 use crate::policy::wasm::vm::{self, Facts, LocalReply};
 use crate::policy::wasm::{OnError, WasmPolicy};
 
-/// Runs the filter's request phases: headers, then the body when the filter has a body
-/// callback. The stream stays in the context for the response and the request's end.
-pub(super) async fn request(
+/// What the request phases still have to wait for (a pause, or a body the filter watches).
+pub(super) struct Later {
+    stream: Stream,
+    paused: Option<Paused>,
+    body: RequestBody,
+}
+
+/// Runs the filter's request headers phase, in place when the filter settles it in its
+/// callback (the common case: no future is made). `Err(Later)` when the request must wait
+/// for the filter (a pause) or its body goes through the filter: [`request_later`] finishes
+/// it. The stream stays in the context for the response and the request's end.
+pub(super) fn request(
     cx: &mut RequestCtx<'_>,
     route: &Route,
     parts: &mut Parts,
     body: RequestBody,
-) -> Result<RequestBody, Exit> {
+) -> Result<Result<RequestBody, Later>, Exit> {
     let Some(policy) = &route.policies.wasm else {
-        return Ok(body);
+        return Ok(Ok(body));
     };
     let stream = match open(cx, route, policy, parts) {
         Ok(s) => s,
-        Err(message) => return failed(policy, message).map(|()| body),
+        Err(message) => return failed(policy, message).map(|()| Ok(body)),
     };
-    let deadline = Instant::now() + route.timeout;
-    let before = parts.uri.path_and_query().cloned();
-    let verdict = stream
-        .request_headers(parts, body.is_end_stream(), deadline)
-        .await;
+    let (verdict, path_changed) = match stream.request_headers(parts, body.is_end_stream()) {
+        Ok(settled) => settled,
+        Err(paused) => {
+            return Ok(Err(Later {
+                stream,
+                paused: Some(paused),
+                body,
+            }))
+        }
+    };
+    if !headers_settled(cx, policy, &stream, parts, verdict, path_changed)? {
+        return Ok(Ok(body));
+    }
+    if body.is_end_stream() || !stream.sees_body(false) {
+        cx.plugin = Some(stream);
+        return Ok(Ok(body));
+    }
+    Ok(Err(Later {
+        stream,
+        paused: None,
+        body,
+    }))
+}
+
+/// What a settled request headers phase means for the request: `Err` when it ends here,
+/// `Ok(false)` when the filter failed open (the request goes on without it).
+fn headers_settled(
+    cx: &mut RequestCtx<'_>,
+    policy: &WasmPolicy,
+    stream: &Stream,
+    parts: &Parts,
+    verdict: Verdict,
+    path_changed: bool,
+) -> Result<bool, Exit> {
     match verdict {
         Verdict::Continue => {}
-        Verdict::Reply(reply) => return Err(answer(cx, policy, stream, reply)),
-        Verdict::Fail(message) => return failed(policy, message).map(|()| body),
+        Verdict::Reply(reply) => return Err(answer(cx, policy, stream.clone(), reply)),
+        Verdict::Fail(message) => {
+            // Failed open: the request goes on without the filter (its context ends here).
+            failed(policy, message)?;
+            return Ok(false);
+        }
     }
-    if parts.uri.path_and_query() != before.as_ref() {
+    if path_changed {
         // The filter rewrote `:path`: that is what goes upstream (the route stays chosen).
         cx.upstream_target = parts.uri.path_and_query().cloned();
+    }
+    Ok(true)
+}
+
+/// The rest of the request phases: the wait for a paused filter, then the body when the
+/// filter has a body or trailers callback.
+pub(super) async fn request_later(
+    cx: &mut RequestCtx<'_>,
+    route: &Route,
+    parts: &mut Parts,
+    later: Later,
+) -> Result<RequestBody, Exit> {
+    let Some(policy) = &route.policies.wasm else {
+        return Ok(later.body);
+    };
+    let Later {
+        stream,
+        paused,
+        body,
+    } = later;
+    let deadline = Instant::now() + route.timeout;
+    if let Some(paused) = paused {
+        let (verdict, path_changed) = stream.request_headers_paused(parts, paused, deadline).await;
+        if !headers_settled(cx, policy, &stream, parts, verdict, path_changed)? {
+            return Ok(body);
+        }
     }
     let completion = body.completion();
     let fail_open = policy.on_error == OnError::FailOpen;
@@ -171,7 +239,7 @@ fn open(
     route: &Route,
     policy: &WasmPolicy,
     parts: &Parts,
-) -> Result<Arc<Stream>, String> {
+) -> Result<Stream, String> {
     let cell = vm::instance(&policy.spec, &policy.alive).map_err(|f| f.0)?;
     let facts = Facts {
         route: Arc::clone(&route.name),
@@ -203,9 +271,7 @@ fn open(
             "http"
         },
     };
-    Stream::open(cell, facts, &cx.plan.services)
-        .map(Arc::new)
-        .map_err(|f| f.0)
+    Stream::open(cell, facts, &cx.plan.services).map_err(|f| f.0)
 }
 
 /// The answer for a request that failed upstream: the filter's own, when it answered while
@@ -238,12 +304,7 @@ fn failed(policy: &WasmPolicy, message: String) -> Result<(), Exit> {
 
 /// The filter's own answer: its body and headers as given, or (without a body) the common
 /// JSON error body with its status.
-fn answer(
-    cx: &mut RequestCtx<'_>,
-    policy: &WasmPolicy,
-    stream: Arc<Stream>,
-    reply: LocalReply,
-) -> Exit {
+fn answer(cx: &mut RequestCtx<'_>, policy: &WasmPolicy, stream: Stream, reply: LocalReply) -> Exit {
     stream.answered(reply.status);
     cx.plugin = Some(stream);
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

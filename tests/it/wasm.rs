@@ -839,3 +839,75 @@ async fn a_filter_refusing_part_way_through_a_request_body_answers_with_its_repl
     assert_eq!(body["error"], "refused_by_plugin", "{body}");
     assert_eq!(body["message"], "refused mid-body", "{body}");
 }
+
+/// A filter that rewrites the request line (`:path`, `:method`, `:authority`) when the request
+/// carries `x-rewrite`, and removes the `host` field when it carries `x-drop-host`.
+const REQUEST_LINE_WAT: &str = r#"
+(module
+  (import "env" "proxy_get_header_map_value"
+    (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value"
+    (func $replace (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value"
+    (func $remove (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) ":path")
+  (data (i32.const 120) "/echo/rewritten?by=filter")
+  (data (i32.const 160) ":method")
+  (data (i32.const 180) "PUT")
+  (data (i32.const 200) ":authority")
+  (data (i32.const 220) "rewritten.example")
+  (data (i32.const 260) "x-rewrite")
+  (data (i32.const 280) "x-drop-host")
+  (data (i32.const 300) "host")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 4096))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 260) (i32.const 9) (i32.const 400) (i32.const 404)))
+      (then
+        (drop (call $replace (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 120) (i32.const 25)))
+        (drop (call $replace (i32.const 0) (i32.const 160) (i32.const 7) (i32.const 180) (i32.const 3)))
+        (drop (call $replace (i32.const 0) (i32.const 200) (i32.const 10) (i32.const 220) (i32.const 17)))))
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 280) (i32.const 11) (i32.const 400) (i32.const 404)))
+      (then (drop (call $remove (i32.const 0) (i32.const 300) (i32.const 4)))))
+    (i32.const 0)))
+"#;
+
+#[tokio::test]
+async fn a_rewritten_request_line_is_what_goes_upstream_and_a_removed_host_comes_back() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &module_from("request_line", REQUEST_LINE_WAT),
+        "",
+    ));
+    // Untouched: the request goes as it came.
+    let r = send("GET", &gw.url("/echo/asis"), &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["uri"], "/echo/asis", "{echo}");
+    assert_eq!(echo["method"], "GET", "{echo}");
+    let client_host = format!("127.0.0.1:{}", gw.addr.port());
+    assert_eq!(
+        seen(&echo, "x-forwarded-host"),
+        [client_host.as_str()],
+        "{echo}"
+    );
+
+    let r = send("GET", &gw.url("/echo/asis"), &[("x-rewrite", "1")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echo["uri"], "/echo/rewritten?by=filter", "{echo}");
+    assert_eq!(echo["method"], "PUT", "{echo}");
+    assert_eq!(
+        seen(&echo, "x-forwarded-host"),
+        ["rewritten.example"],
+        "{echo}"
+    );
+
+    // The `host` field the filter removed is the authority again: the request keeps its host.
+    let r = send("GET", &gw.url("/echo/asis"), &[("x-drop-host", "1")], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(seen(&echo, "x-forwarded-host"), [client_host], "{echo}");
+}

@@ -47,12 +47,12 @@ fn edit_at(c: &mut C, id: i32, key: (i32, i32), value: (i32, i32), how: Edit) ->
         (Ok(k), Ok(v)) => (k, v),
         (Err(s), _) | (_, Err(s)) => return s,
     };
-    let mut names = std::mem::take(&mut state.names);
+    let mut recent = std::mem::take(&mut state.recent);
     let s = match map_of(state, id) {
-        Ok(mut m) => edit(&mut m, &mut names, key, value, how),
+        Ok(mut m) => edit(&mut m, &mut recent, key, value, how),
         Err(s) => s,
     };
-    state.names = names;
+    state.recent = recent;
     s
 }
 
@@ -199,7 +199,7 @@ fn serialized(m: &Map<'_>) -> Vec<u8> {
 }
 
 /// Copies the value of `key` in `m` into `out`; false when there is none.
-fn value_into(m: &Map<'_>, key: &[u8], out: &mut Vec<u8>) -> bool {
+fn value_into(m: &Map<'_>, recent: &mut Recent, key: &[u8], out: &mut Vec<u8>) -> bool {
     let mut put = |v: &[u8]| {
         out.extend_from_slice(v);
         true
@@ -217,30 +217,68 @@ fn value_into(m: &Map<'_>, key: &[u8], out: &mut Vec<u8>) -> bool {
         (Map::Trailers(t), _) => &**t,
         (Map::Empty, _) => return false,
     };
-    // Looked up by text: a name not made (nor allocated) for one lookup.
-    let Ok(name) = std::str::from_utf8(key) else {
+    // By a name kept from earlier lookups: a filter reads the same fields on every request
+    // (at most `Recent::NAMES` different names are kept, whether the request has them or not).
+    let Some(name) = recent.name(key) else {
         return false;
     };
-    match headers.get(name) {
+    match headers.get(&name) {
         Some(v) => put(v.as_bytes()),
         None => false,
     }
 }
 
-/// The header name `key`, from the names the filter used lately when it is one of them.
-fn header_name(names: &mut Vec<HeaderName>, key: &[u8]) -> Option<HeaderName> {
-    if let Some(n) = names.iter().find(|n| n.as_str().as_bytes() == key) {
-        return Some(n.clone());
-    }
-    let name = HeaderName::from_bytes(key).ok()?;
-    // Only a name written as it is kept (lowercase) is found again by its bytes.
-    if name.as_str().as_bytes() == key {
-        if names.len() >= 32 {
-            names.remove(0);
+/// Header names and values the filter used lately, so a filter that reads and sets the same
+/// fields on every request neither parses a name nor copies a value each time. Fixed rings:
+/// a filter using many different ones only replaces entries.
+#[derive(Default)]
+pub struct Recent {
+    names: Vec<HeaderName>,
+    next_name: usize,
+    values: Vec<HeaderValue>,
+    next_value: usize,
+}
+
+impl Recent {
+    const NAMES: usize = 32;
+    const VALUES: usize = 8;
+    /// Longer values are made afresh each time (they are rarely the same twice).
+    const VALUE_BYTES: usize = 64;
+
+    /// The header name `key`.
+    fn name(&mut self, key: &[u8]) -> Option<HeaderName> {
+        if let Some(n) = self.names.iter().find(|n| n.as_str().as_bytes() == key) {
+            return Some(n.clone());
         }
-        names.push(name.clone());
+        let name = HeaderName::from_bytes(key).ok()?;
+        // Only a name written as it is kept (lowercase) is found again by its bytes.
+        if name.as_str().as_bytes() == key {
+            if self.names.len() < Self::NAMES {
+                self.names.push(name.clone());
+            } else {
+                self.names[self.next_name] = name.clone();
+                self.next_name = (self.next_name + 1) % Self::NAMES;
+            }
+        }
+        Some(name)
     }
-    Some(name)
+
+    /// The header value `bytes`, `None` when it is not a valid value.
+    fn value(&mut self, bytes: &[u8]) -> Option<HeaderValue> {
+        if let Some(v) = self.values.iter().find(|v| v.as_bytes() == bytes) {
+            return Some(v.clone());
+        }
+        let value = HeaderValue::from_bytes(bytes).ok()?;
+        if bytes.len() <= Self::VALUE_BYTES {
+            if self.values.len() < Self::VALUES {
+                self.values.push(value.clone());
+            } else {
+                self.values[self.next_value] = value.clone();
+                self.next_value = (self.next_value + 1) % Self::VALUES;
+            }
+        }
+        Some(value)
+    }
 }
 
 /// Whether `name` frames the message: the gateway frames a body from what it sends, so a
@@ -258,11 +296,11 @@ enum Edit {
     Remove,
 }
 
-fn edit(m: &mut Map<'_>, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], how: Edit) -> i32 {
+fn edit(m: &mut Map<'_>, recent: &mut Recent, key: &[u8], value: &[u8], how: Edit) -> i32 {
     let as_text = || String::from_utf8(value.to_vec()).ok();
     if key.first() == Some(&b':') {
         // Pseudo-headers are the request line and status: replaced, never removed.
-        let ok = match (m, key) {
+        let ok = match (&mut *m, key) {
             (_, _) if how == Edit::Remove => true,
             (Map::Request(r), b":path") => as_text()
                 .filter(|p| p.starts_with('/'))
@@ -287,26 +325,35 @@ fn edit(m: &mut Map<'_>, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], 
                 .is_some(),
             _ => false,
         };
-        return if ok { status::OK } else { status::BAD_ARGUMENT };
+        if !ok {
+            return status::BAD_ARGUMENT;
+        }
+        if let Map::Request(r) = m {
+            r.line_edited = true;
+        }
+        return status::OK;
     }
-    let (headers, head) = match m {
-        Map::Request(r) => (&mut r.headers, true),
-        Map::Response(r) => (&mut r.headers, true),
-        Map::Trailers(t) => (&mut **t, false),
+    let (headers, head, line_edited) = match m {
+        Map::Request(r) => (&mut r.headers, true, Some(&mut r.line_edited)),
+        Map::Response(r) => (&mut r.headers, true, None),
+        Map::Trailers(t) => (&mut **t, false, None),
         Map::Answer(_) => return status::BAD_ARGUMENT,
         Map::Empty => return status::OK,
     };
-    let Some(name) = header_name(names, key) else {
+    let Some(name) = recent.name(key) else {
         return status::BAD_ARGUMENT;
     };
     if head && frames(&name) {
         return status::OK;
     }
+    if let Some(edited) = line_edited.filter(|_| name == http::header::HOST) {
+        *edited = true;
+    }
     if how == Edit::Remove {
         headers.remove(name);
         return status::OK;
     }
-    let Ok(value) = HeaderValue::from_bytes(value) else {
+    let Some(value) = recent.value(value) else {
         return status::BAD_ARGUMENT;
     };
     match how {
@@ -320,12 +367,16 @@ fn edit(m: &mut Map<'_>, names: &mut Vec<HeaderName>, key: &[u8], value: &[u8], 
     status::OK
 }
 
-fn set_pairs(m: &mut Map<'_>, names: &mut Vec<HeaderName>, data: &[u8]) -> i32 {
+fn set_pairs(m: &mut Map<'_>, recent: &mut Recent, data: &[u8]) -> i32 {
     let Some(pairs) = abi::deserialize_pairs(data) else {
         return status::BAD_ARGUMENT;
     };
     let headers = match m {
-        Map::Request(r) => &mut r.headers,
+        Map::Request(r) => {
+            // The `host` field goes with the rest: compared again with the authority.
+            r.line_edited = true;
+            &mut r.headers
+        }
         Map::Response(r) => &mut r.headers,
         Map::Trailers(t) => {
             t.clear();
@@ -347,7 +398,7 @@ fn set_pairs(m: &mut Map<'_>, names: &mut Vec<HeaderName>, data: &[u8]) -> i32 {
     headers.clear();
     headers.extend(kept);
     for (k, v) in pairs {
-        let s = edit(m, names, k, v, Edit::Add);
+        let s = edit(m, recent, k, v, Edit::Add);
         if s != status::OK {
             return s;
         }
@@ -667,12 +718,12 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Err(s) => return s,
             };
             let state = c.data_mut();
-            let mut names = std::mem::take(&mut state.names);
+            let mut recent = std::mem::take(&mut state.recent);
             let s = match map_of(state, id) {
-                Ok(mut m) => set_pairs(&mut m, &mut names, &data),
+                Ok(mut m) => set_pairs(&mut m, &mut recent, &data),
                 Err(s) => s,
             };
-            c.data_mut().names = names;
+            c.data_mut().recent = recent;
             s
         },
     )?;
@@ -686,11 +737,13 @@ pub fn add_to(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             // The key is read where it is, the value copied through a reused buffer.
             let (mem, state) = memory.data_and_store_mut(&mut c);
             let mut value = std::mem::take(&mut state.scratch);
+            let mut recent = std::mem::take(&mut state.recent);
             value.clear();
             let found = match (slice(mem, kptr, klen), map_of(state, id)) {
-                (Ok(key), Ok(m)) => Ok(value_into(&m, key, &mut value)),
+                (Ok(key), Ok(m)) => Ok(value_into(&m, &mut recent, key, &mut value)),
                 (Err(s), _) | (_, Err(s)) => Err(s),
             };
+            state.recent = recent;
             let answer = match found {
                 Ok(true) => give(&mut c, &value, ret_ptr, ret_len),
                 Ok(false) => Ok(status::NOT_FOUND),

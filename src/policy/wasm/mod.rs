@@ -347,6 +347,7 @@ impl BenchHarness {
                 path: http::uri::PathAndQuery::from_static("/"),
                 authority: http::HeaderValue::from_static("bench"),
                 scheme: "http",
+                line_edited: false,
             });
         }
         let _ = vm.stream_call(vm::StreamCallback::RequestHeaders, self.id, 4, true);

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::abi;
 use super::vm::{
     Action, CallAnswer, Facts, Failure, LocalReply, OutCall, RequestHead, ResponseHead,
-    StreamCallback, VmCell,
+    StreamCallback, Vm, VmCell,
 };
 use crate::body::{BodyError, RequestBody};
 use crate::proxy::retry::{self, Forward, How};
@@ -58,8 +58,12 @@ pub enum BodyStop {
     Broken(BodyError),
 }
 
+/// A filter paused in a header callback: what it answered, to be waited on.
+pub struct Paused(Action);
+
 /// One request's context in one filter's instance; ended (`on_done`, `on_log`, `on_delete`)
-/// when dropped.
+/// when its last handle is dropped. Handles are counted in the context's state, under the
+/// instance's lock that every use takes anyway: most requests hold one, and none allocates.
 pub struct Stream {
     cell: Arc<VmCell>,
     id: u32,
@@ -77,7 +81,7 @@ type Pause = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 /// the trailers, waits for `proxy_continue_stream` like a header phase. The context ends
 /// (`on_log`, `on_done`) only once the last of these bodies and the request are gone.
 pub struct Filtered<B> {
-    stream: Arc<Stream>,
+    stream: Stream,
     inner: B,
     response: bool,
     cap: usize,
@@ -199,7 +203,7 @@ where
 
     /// Waits for the filter to resume or answer a pause at the end or at the trailers.
     fn wait(&mut self, at_trailers: bool) {
-        let stream = Arc::clone(&self.stream);
+        let stream = self.stream.clone();
         let deadline = self.deadline;
         self.waiting = Some((
             Box::pin(async move { stream.settle(Ok(Action::Pause), deadline).await }),
@@ -391,6 +395,17 @@ impl Stream {
         self.cell.lock().has(which)
     }
 
+    /// Whether the filter has a body or trailers callback for the request (or the response):
+    /// without one, [`Stream::body`] leaves the body untouched.
+    pub fn sees_body(&self, response: bool) -> bool {
+        let vm = self.cell.lock();
+        if response {
+            vm.has(StreamCallback::ResponseBody) || vm.has(StreamCallback::ResponseTrailers)
+        } else {
+            vm.has(StreamCallback::RequestBody) || vm.has(StreamCallback::RequestTrailers)
+        }
+    }
+
     /// Calls a stream callback and leaves its follow-up work to run.
     fn call(
         &self,
@@ -406,9 +421,13 @@ impl Stream {
 
     /// What the request should do now: answered, failed, resumed, or still paused.
     fn state(&self, action: Action) -> Option<Verdict> {
-        let mut vm = self.cell.lock();
+        Self::state_of(&mut self.cell.lock(), self.id, action)
+    }
+
+    /// [`Stream::state`] of context `id` in the locked instance `vm`.
+    fn state_of(vm: &mut Vm, id: u32, action: Action) -> Option<Verdict> {
         let broken = vm.broken;
-        let Some(s) = vm.stream(self.id) else {
+        let Some(s) = vm.stream(id) else {
             return Some(Verdict::Fail("the filter's instance was replaced".into()));
         };
         if let Some(reply) = s.local.take() {
@@ -458,65 +477,72 @@ impl Stream {
     }
 
     /// `on_request_headers`, with the request head lent to the filter (pseudo-headers
-    /// included) and taken back with its edits; waits while the filter pauses, until
-    /// `deadline`.
-    pub async fn request_headers(
+    /// included) and taken back with its edits. Settled at once when the filter lets the
+    /// request go on, answers or fails in the callback (the common case: nothing is awaited);
+    /// `Err(Paused)` when it paused, for [`Stream::request_headers_paused`]. The `bool` says
+    /// whether the filter rewrote `:path`.
+    pub fn request_headers(
         &self,
         parts: &mut request::Parts,
         end_of_stream: bool,
-        deadline: Instant,
-    ) -> Verdict {
-        let first = {
-            let mut vm = self.cell.lock();
-            if !vm.has(StreamCallback::RequestHeaders) {
-                return Verdict::Continue;
-            }
-            // The host the request was opened with (`Facts::host`), not looked up again.
-            let authority = vm.stream(self.id).and_then(|s| s.facts.host.clone());
-            let head = RequestHead {
-                headers: std::mem::take(&mut parts.headers),
-                method: parts.method.clone(),
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-                authority: authority.unwrap_or_else(|| HeaderValue::from_static("")),
-                scheme: "http",
-            };
-            let count = head.headers.len() + 4;
-            if let Some(s) = vm.stream(self.id) {
-                s.request = Some(head);
-            }
-            let first = vm.stream_call(
-                StreamCallback::RequestHeaders,
-                self.id,
-                count,
-                end_of_stream,
-            );
-            vm.after(&self.cell);
-            // The common case, a filter that lets the request go on, is settled under the same
-            // lock: the head comes back and nothing waits.
-            if let (Ok(Action::Continue), Some(s)) = (&first, vm.stream(self.id)) {
-                if s.local.is_none() && s.failure.is_none() {
-                    if let Some(head) = s.request.take() {
-                        apply_request(parts, head);
-                    }
-                    return Verdict::Continue;
-                }
-            }
-            first
+    ) -> Result<(Verdict, bool), Paused> {
+        let mut vm = self.cell.lock();
+        if !vm.has(StreamCallback::RequestHeaders) {
+            return Ok((Verdict::Continue, false));
+        }
+        let Some(s) = vm.stream(self.id) else {
+            return Ok((Verdict::Continue, false));
         };
-        let verdict = self.settle(first, deadline).await;
+        // The host the request was opened with (`Facts::host`), not looked up again.
+        let authority = s.facts.host.clone();
+        let count = parts.headers.len() + 4;
+        s.request = Some(RequestHead {
+            headers: std::mem::take(&mut parts.headers),
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            authority: authority.unwrap_or_else(|| HeaderValue::from_static("")),
+            scheme: "http",
+            line_edited: false,
+        });
+        let first = vm.stream_call(
+            StreamCallback::RequestHeaders,
+            self.id,
+            count,
+            end_of_stream,
+        );
+        vm.after(&self.cell);
+        let verdict = match first {
+            Ok(action) => match Self::state_of(&mut vm, self.id, action) {
+                Some(v) => v,
+                None => return Err(Paused(action)),
+            },
+            Err(Failure(message)) => Verdict::Fail(message),
+        };
+        let head = vm.stream(self.id).and_then(|s| s.request.take());
+        let path_changed = head.is_some_and(|head| apply_request(parts, head));
+        Ok((verdict, path_changed))
+    }
+
+    /// Waits for a filter that paused in `on_request_headers` to resume or answer, until
+    /// `deadline`, then takes the request head back (the `bool`: `:path` rewritten).
+    pub async fn request_headers_paused(
+        &self,
+        parts: &mut request::Parts,
+        paused: Paused,
+        deadline: Instant,
+    ) -> (Verdict, bool) {
+        let verdict = self.settle(Ok(paused.0), deadline).await;
         let head = self
             .cell
             .lock()
             .stream(self.id)
             .and_then(|s| s.request.take());
-        if let Some(head) = head {
-            apply_request(parts, head);
-        }
-        verdict
+        let path_changed = head.is_some_and(|head| apply_request(parts, head));
+        (verdict, path_changed)
     }
 
     /// `on_response_headers`, with the response head lent to the filter.
@@ -592,7 +618,7 @@ impl Stream {
     /// streams through it: see [`Filtered`]) or answers. Bodies of filters without a body or
     /// trailers callback, and empty bodies, are not touched.
     pub async fn body<B>(
-        self: &Arc<Self>,
+        &self,
         body: B,
         response: bool,
         cap: usize,
@@ -618,7 +644,7 @@ impl Stream {
             return Ok(Passed::Untouched(body));
         }
         let mut filtered = Filtered {
-            stream: Arc::clone(self),
+            stream: self.clone(),
             inner: body,
             response,
             cap,
@@ -656,28 +682,54 @@ impl Stream {
     }
 }
 
+impl Clone for Stream {
+    fn clone(&self) -> Self {
+        if let Some(s) = self.cell.lock().stream(self.id) {
+            s.handles += 1;
+        }
+        Self {
+            cell: Arc::clone(&self.cell),
+            id: self.id,
+            sees_end: self.sees_end,
+        }
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         let mut vm = self.cell.lock();
+        if let Some(s) = vm.stream(self.id) {
+            if s.handles > 1 {
+                s.handles -= 1;
+                return;
+            }
+        }
         vm.close(self.id);
         vm.after(&self.cell);
     }
 }
 
-/// Takes the filter's edits of the request head back into the request.
-fn apply_request(parts: &mut request::Parts, head: RequestHead) {
+/// Takes the filter's edits of the request head back into the request; true when it
+/// rewrote the path.
+fn apply_request(parts: &mut request::Parts, head: RequestHead) -> bool {
     parts.headers = head.headers;
+    if !head.line_edited {
+        return false;
+    }
     parts.method = head.method;
+    let mut path_changed = false;
     if parts.uri.path_and_query() != Some(&head.path) {
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = Some(head.path);
         if let Ok(u) = http::Uri::from_parts(uri) {
             parts.uri = u;
+            path_changed = true;
         }
     }
     if !head.authority.is_empty() && parts.headers.get(header::HOST) != Some(&head.authority) {
         parts.headers.insert(header::HOST, head.authority);
     }
+    path_changed
 }
 
 /// An HTTP call a filter made: sent through the service's pools, breaker and retries; its

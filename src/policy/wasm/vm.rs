@@ -216,6 +216,9 @@ pub struct RequestHead {
     pub path: http::uri::PathAndQuery,
     pub authority: HeaderValue,
     pub scheme: &'static str,
+    /// The filter edited the method, path or authority (or the `host` field): only then is
+    /// the request line compared with what the filter left.
+    pub line_edited: bool,
 }
 
 /// A response's head as a filter sees it.
@@ -284,6 +287,9 @@ pub struct StreamData {
     pub custom: Vec<(Vec<u8>, Bytes)>,
     /// `on_done` said not yet; `proxy_done` finishes the context.
     pub done_pending: bool,
+    /// The request's handles on the context ([`super::stream::Stream`]s): it ends with the
+    /// last.
+    pub handles: u32,
 }
 
 impl StreamData {
@@ -346,8 +352,8 @@ pub struct HostState {
     pub metrics: Vec<Arc<super::shared::Metric>>,
     /// A buffer reused for values copied into the filter (no allocation per call).
     pub scratch: Vec<u8>,
-    /// Header names the filter used lately: a custom name is checked, and allocated, once.
-    pub names: Vec<HeaderName>,
+    /// Header names and values the filter used lately.
+    pub recent: super::host::Recent,
 }
 
 impl HostState {
@@ -467,7 +473,7 @@ impl Vm {
             me: Weak::new(),
             metrics: Vec::new(),
             scratch: Vec::new(),
-            names: Vec::new(),
+            recent: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -639,6 +645,7 @@ impl Vm {
                 upstream: None,
                 custom: Vec::new(),
                 done_pending: false,
+                handles: 1,
             },
         );
         if let Some(f) = cb.context_create.as_ref() {
