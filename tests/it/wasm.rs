@@ -564,6 +564,43 @@ async fn a_filter_built_with_the_assemblyscript_sdk_refuses_and_adds_headers() {
         .assert_error(403, "refused_by_plugin");
 }
 
+/// The filter built with the Rust SDK (the `proxy-wasm` crate, `tests/plugins/rust-sdk/`).
+fn rust_gate() -> String {
+    format!(
+        "{}/tests/plugins/rust-sdk/rust-gate.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn a_filter_built_with_the_rust_sdk_runs_unchanged() {
+    let up = upstream::http1("a").spawn().await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        &rust_gate(),
+        ", name: rust-gate, configuration: x-tenant-id",
+    ));
+    // Refused with the filter's own reply (its body and header, not the JSON error).
+    let r = get(&gw.url("/orders")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.text(), "no tenant\n");
+    assert_eq!(r.header("x-refused-by"), "rust-sdk");
+    assert_eq!(up.hits(), 0);
+    let r = send(
+        "GET",
+        &gw.url("/orders?page=2"),
+        &[("x-tenant-id", "acme")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(seen(&echo, "x-rust-tenant"), ["acme"], "{echo}");
+    assert_eq!(seen(&echo, "x-rust-path"), ["/orders?page=2"], "{echo}");
+    assert_eq!(r.header("x-rust-filter"), "seen");
+    assert_eq!(r.header("x-rust-status"), "200");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filters_log_lines_reach_the_log_with_its_name_and_level() {
     use crate::support::GatewayProcess;

@@ -253,12 +253,7 @@ impl Recent {
         let name = HeaderName::from_bytes(key).ok()?;
         // Only a name written as it is kept (lowercase) is found again by its bytes.
         if name.as_str().as_bytes() == key {
-            if self.names.len() < Self::NAMES {
-                self.names.push(name.clone());
-            } else {
-                self.names[self.next_name] = name.clone();
-                self.next_name = (self.next_name + 1) % Self::NAMES;
-            }
+            keep(&mut self.names, &mut self.next_name, Self::NAMES, &name);
         }
         Some(name)
     }
@@ -270,14 +265,19 @@ impl Recent {
         }
         let value = HeaderValue::from_bytes(bytes).ok()?;
         if bytes.len() <= Self::VALUE_BYTES {
-            if self.values.len() < Self::VALUES {
-                self.values.push(value.clone());
-            } else {
-                self.values[self.next_value] = value.clone();
-                self.next_value = (self.next_value + 1) % Self::VALUES;
-            }
+            keep(&mut self.values, &mut self.next_value, Self::VALUES, &value);
         }
         Some(value)
+    }
+}
+
+/// Puts `item` in the ring `ring` of at most `cap` entries, over the oldest once it is full.
+fn keep<T: Clone>(ring: &mut Vec<T>, next: &mut usize, cap: usize, item: &T) {
+    if ring.len() < cap {
+        ring.push(item.clone());
+    } else {
+        ring[*next] = item.clone();
+        *next = (*next + 1) % cap;
     }
 }
 
