@@ -149,6 +149,7 @@ impl WasmPolicy {
 }
 
 /// The filter's name: configured, or the module's file name without `.wasm`.
+#[cfg(feature = "wasm")]
 fn name_of(raw: &RawWasm) -> String {
     raw.name.clone().unwrap_or_else(|| {
         let file = std::path::Path::new(&raw.module)
@@ -159,6 +160,8 @@ fn name_of(raw: &RawWasm) -> String {
     })
 }
 
+/// The configuration handed to `on_configure`: a string as it is, another value as JSON.
+#[cfg(feature = "wasm")]
 fn configuration_of(raw: &RawWasm) -> Vec<u8> {
     match &raw.configuration {
         None => Vec::new(),
