@@ -367,25 +367,8 @@ fn edit(m: &mut Map<'_>, recent: &mut Recent, key: &[u8], value: &[u8], how: Edi
     status::OK
 }
 
-fn set_pairs(m: &mut Map<'_>, recent: &mut Recent, data: &[u8]) -> i32 {
-    let Some(pairs) = abi::deserialize_pairs(data) else {
-        return status::BAD_ARGUMENT;
-    };
-    let headers = match m {
-        Map::Request(r) => {
-            // The `host` field goes with the rest: compared again with the authority.
-            r.line_edited = true;
-            &mut r.headers
-        }
-        Map::Response(r) => &mut r.headers,
-        Map::Trailers(t) => {
-            t.clear();
-            &mut HeaderMap::new()
-        }
-        Map::Answer(_) => return status::BAD_ARGUMENT,
-        Map::Empty => return status::OK,
-    };
-    // The framing fields stay as they were (see `frames`).
+/// Empties a message head but for its framing fields, which stay as they were (see `frames`).
+fn clear_but_framing(headers: &mut HeaderMap) {
     let mut kept = HeaderMap::new();
     for name in [
         http::header::CONTENT_LENGTH,
@@ -397,6 +380,23 @@ fn set_pairs(m: &mut Map<'_>, recent: &mut Recent, data: &[u8]) -> i32 {
     }
     headers.clear();
     headers.extend(kept);
+}
+
+fn set_pairs(m: &mut Map<'_>, recent: &mut Recent, data: &[u8]) -> i32 {
+    let Some(pairs) = abi::deserialize_pairs(data) else {
+        return status::BAD_ARGUMENT;
+    };
+    match m {
+        Map::Request(r) => {
+            // The `host` field goes with the rest: compared again with the authority.
+            r.line_edited = true;
+            clear_but_framing(&mut r.headers);
+        }
+        Map::Response(r) => clear_but_framing(&mut r.headers),
+        Map::Trailers(t) => t.clear(),
+        Map::Answer(_) => return status::BAD_ARGUMENT,
+        Map::Empty => return status::OK,
+    }
     for (k, v) in pairs {
         let s = edit(m, recent, k, v, Edit::Add);
         if s != status::OK {

@@ -674,52 +674,48 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Action, Failure> {
         let cb = Arc::clone(&self.cb);
-        let trailers = match which {
-            StreamCallback::RequestTrailers => {
-                Some((cb.request_trailers.as_ref(), "proxy_on_request_trailers"))
+        // Header and body callbacks take `end_of_stream`; trailers callbacks do not.
+        let (with_end, without_end, name) = match which {
+            StreamCallback::RequestHeaders => (
+                cb.request_headers.as_ref(),
+                None,
+                "proxy_on_request_headers",
+            ),
+            StreamCallback::RequestBody => {
+                (cb.request_body.as_ref(), None, "proxy_on_request_body")
             }
-            StreamCallback::ResponseTrailers => {
-                Some((cb.response_trailers.as_ref(), "proxy_on_response_trailers"))
+            StreamCallback::ResponseHeaders => (
+                cb.response_headers.as_ref(),
+                None,
+                "proxy_on_response_headers",
+            ),
+            StreamCallback::ResponseBody => {
+                (cb.response_body.as_ref(), None, "proxy_on_response_body")
             }
-            _ => None,
+            StreamCallback::RequestTrailers => (
+                None,
+                cb.request_trailers.as_ref(),
+                "proxy_on_request_trailers",
+            ),
+            StreamCallback::ResponseTrailers => (
+                None,
+                cb.response_trailers.as_ref(),
+                "proxy_on_response_trailers",
+            ),
         };
-        if let Some((f, name)) = trailers {
-            let Some(f) = f else {
-                return Ok(Action::Continue);
-            };
-            self.store.data_mut().effective = id;
-            if let Some(s) = self.stream(id) {
-                s.resumed = false;
-            }
-            let action = self.run(name, |s| f.call(s, (id as i32, size as i32)))?;
-            return Ok(if action == abi::ACTION_PAUSE {
-                Action::Pause
-            } else {
-                Action::Continue
-            });
-        }
-        let (f, name) = match which {
-            StreamCallback::RequestHeaders => {
-                (cb.request_headers.as_ref(), "proxy_on_request_headers")
-            }
-            StreamCallback::RequestBody => (cb.request_body.as_ref(), "proxy_on_request_body"),
-            StreamCallback::ResponseHeaders => {
-                (cb.response_headers.as_ref(), "proxy_on_response_headers")
-            }
-            StreamCallback::ResponseBody => (cb.response_body.as_ref(), "proxy_on_response_body"),
-            StreamCallback::RequestTrailers | StreamCallback::ResponseTrailers => {
-                unreachable!("trailers callbacks are called above")
-            }
-        };
-        let Some(f) = f else {
+        if with_end.is_none() && without_end.is_none() {
             return Ok(Action::Continue);
-        };
+        }
         self.store.data_mut().effective = id;
         if let Some(s) = self.stream(id) {
             s.resumed = false;
         }
-        let args = (id as i32, size as i32, end_of_stream as i32);
-        let action = self.run(name, |s| f.call(s, args))?;
+        let (context, size) = (id as i32, size as i32);
+        let action = self.run(name, |s| match (with_end, without_end) {
+            (Some(f), _) => f.call(s, (context, size, end_of_stream as i32)),
+            (None, Some(f)) => f.call(s, (context, size)),
+            (None, None) => Ok(0),
+        })?;
         Ok(if action == abi::ACTION_PAUSE {
             Action::Pause
         } else {
