@@ -1,7 +1,9 @@
 //! The route's wasm filter: on the request after rate limiting (so a refused request costs no
 //! filter work, and the filter sees the consumer), and on the upstream's response before the
-//! response work decided on the way in. Only routes with a `wasm` policy come here; the
-//! futures are boxed by the caller so other requests do not carry them.
+//! response work decided on the way in. Only routes with a `wasm` policy come here. The request
+//! headers phase runs in place when the filter settles it in its callback; what waits (a pause,
+//! a body the filter watches, the response phases) is a future the caller boxes, so other
+//! requests do not carry it.
 
 use std::sync::Arc;
 
