@@ -214,8 +214,9 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The two lowercase hex digits of every byte.
-const HEX_PAIRS: [[u8; 2]; 256] = {
+/// The two lowercase hex digits of every byte value (one load per byte: request ids here,
+/// trace ids in `telemetry::trace`).
+pub(crate) const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut table = [[0u8; 2]; 256];
     let mut i = 0;

@@ -190,11 +190,16 @@ impl RequestText {
         }
     }
 
-    fn part(&self, i: usize) -> &str {
+    /// The bytes of part `i`: UTF-8 by construction (see `buf`), so the JSON writer copies
+    /// them without checking again.
+    fn part_bytes(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let bytes = self.buf.get(start..self.ends[i] as usize).unwrap_or(&[]);
-        // Checked on the writer thread, not on the request path; never fails (see `buf`).
-        std::str::from_utf8(bytes).unwrap_or("")
+        self.buf.get(start..self.ends[i] as usize).unwrap_or(&[])
+    }
+
+    fn part(&self, i: usize) -> &str {
+        // Never fails (see `buf`).
+        std::str::from_utf8(self.part_bytes(i)).unwrap_or("")
     }
 
     /// The request id.
@@ -308,10 +313,11 @@ impl AccessLogger {
 fn writer(rx: Receiver<Line>, out: Box<dyn Write + Send>, format: AccessLogFormat) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut buf = Vec::with_capacity(512);
+    let mut clock = Timestamps::default();
     let mut write = |line: Line, out: &mut std::io::BufWriter<_>| {
         buf.clear();
         match format {
-            AccessLogFormat::Json => format_json(&line, &mut buf),
+            AccessLogFormat::Json => format_json(&line, &mut buf, &mut clock),
             AccessLogFormat::Common => format_common(&line, &mut buf),
         }
         let _ = out.write_all(&buf);
@@ -343,21 +349,21 @@ fn writer(rx: Receiver<Line>, out: Box<dyn Write + Send>, format: AccessLogForma
 
 /// Writes one JSON object. Hand-rolled on purpose: building a `serde_json::Value` first cost
 /// about twenty allocations per line, and the writer thread shares the gateway's CPU.
-fn format_json(line: &Line, buf: &mut Vec<u8>) {
+fn format_json(line: &Line, buf: &mut Vec<u8>, clock: &mut Timestamps) {
     let f = &line.finish;
     let total = line.end.duration_since(f.start);
     buf.extend_from_slice(b"{\"timestamp\":\"");
-    write_timestamp(buf, f.timestamp);
+    clock.write(buf, f.timestamp);
     buf.extend_from_slice(b"\",\"request_id\":");
-    json_str(buf, f.text.request_id().as_bytes());
+    json_str(buf, f.text.part_bytes(0));
     buf.extend_from_slice(b",\"client_ip\":\"");
     write_ip(buf, f.client_ip);
     buf.extend_from_slice(b"\",\"method\":");
     json_str(buf, f.method.as_str().as_bytes());
     buf.extend_from_slice(b",\"host\":");
-    json_str(buf, f.text.host().as_bytes());
+    json_str(buf, f.text.part_bytes(1));
     buf.extend_from_slice(b",\"path\":");
-    json_str(buf, f.text.target().as_bytes());
+    json_str(buf, f.text.part_bytes(2));
     let mut hex = [0u8; 32];
     crate::telemetry::trace::hex_encode(&f.trace_id, &mut hex);
     buf.extend_from_slice(b",\"trace_id\":\"");
@@ -416,36 +422,33 @@ fn format_json(line: &Line, buf: &mut Vec<u8>) {
         let _ = write!(buf, ",\"grpc_status\":{code}");
     }
     buf.extend_from_slice(b",\"user_agent\":");
-    match f.text.user_agent() {
-        Some(ua) => json_str(buf, ua.as_bytes()),
-        None => buf.extend_from_slice(b"null"),
+    if f.text.has_user_agent {
+        json_str(buf, f.text.part_bytes(3));
+    } else {
+        buf.extend_from_slice(b"null");
     }
     buf.extend_from_slice(b"}\n");
 }
 
-/// A JSON string literal. Bytes that are not valid UTF-8 (possible in header values) are
-/// replaced, control characters escaped, so every line stays valid JSON.
-fn json_str(buf: &mut Vec<u8>, bytes: &[u8]) {
+/// A JSON string literal of `text`, which is UTF-8 (every caller's text is a `str` or was
+/// made of one), with `"`, `\` and control characters escaped, so every line stays valid JSON.
+fn json_str(buf: &mut Vec<u8>, text: &[u8]) {
+    buf.reserve(text.len() + 2);
     buf.push(b'"');
-    match std::str::from_utf8(bytes) {
-        Ok(text) => json_escape(buf, text.as_bytes()),
-        Err(_) => json_escape(buf, String::from_utf8_lossy(bytes).as_bytes()),
-    }
+    json_escape(buf, text);
     buf.push(b'"');
 }
 
-/// Escapes valid UTF-8 for a JSON string, copying the runs that need no escape whole: multi-byte
-/// characters never contain bytes below 0x80, so only `"`, `\` and controls are looked at.
+/// Escapes UTF-8 for a JSON string: multi-byte characters never contain bytes below 0x80, so
+/// only `"`, `\` and controls are looked at, and text with none of them (nearly every field)
+/// is copied whole.
 fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
-    // Most of a line needs no escape: eight bytes at a time are checked for one that does, and
-    // the byte loop below starts at the first word that has one.
-    let clean = text
-        .chunks_exact(8)
-        .take_while(|w| !needs_escape(u64::from_le_bytes((*w).try_into().unwrap_or([0; 8]))))
-        .count()
-        * 8;
+    let Some(first) = first_to_escape(text) else {
+        buf.extend_from_slice(text);
+        return;
+    };
     let mut start = 0;
-    for (i, &b) in text.iter().enumerate().skip(clean) {
+    for (i, &b) in text.iter().enumerate().skip(first) {
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -464,6 +467,26 @@ fn json_escape(buf: &mut Vec<u8>, text: &[u8]) {
         start = i + 1;
     }
     buf.extend_from_slice(&text[start..]);
+}
+
+/// The word-aligned offset from which `text` may need escaping (`None`: not at all), checked
+/// eight bytes at a time; the last, partial word is padded with spaces, which need none, so
+/// short fields take no byte loop either.
+fn first_to_escape(text: &[u8]) -> Option<usize> {
+    let mut words = text.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if needs_escape(u64::from_le_bytes(w)) {
+            return Some(at);
+        }
+        at += 8;
+    }
+    let rest = words.remainder();
+    let mut last = [b' '; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    needs_escape(u64::from_le_bytes(last)).then_some(at)
 }
 
 /// Whether any of a word's eight bytes is `"`, `\` or a control character (below 0x20), by the
@@ -534,13 +557,48 @@ pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// The writer's last timestamp down to the second: lines come many to a second, and the
+/// calendar arithmetic is then done once per second, not per line.
+#[derive(Default)]
+struct Timestamps {
+    /// Seconds since the epoch of `text`; `None` before the first line.
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    text: Vec<u8>,
+}
+
+impl Timestamps {
+    /// Writes `t` as [`rfc3339`] does.
+    fn write(&mut self, buf: &mut Vec<u8>, t: SystemTime) {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            self.text.clear();
+            write_to_the_second(&mut self.text, t);
+            self.second = Some(since.as_secs());
+        }
+        buf.extend_from_slice(&self.text);
+        write_millis_suffix(buf, since.subsec_millis());
+    }
+}
+
 fn write_timestamp(buf: &mut Vec<u8>, t: SystemTime) {
+    let ms = write_to_the_second(buf, t);
+    write_millis_suffix(buf, ms);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `t`; its milliseconds are returned.
+fn write_to_the_second(buf: &mut Vec<u8>, t: SystemTime) -> u32 {
     let (year, month, day, h, m, s, ms) = civil(t);
     let mut n = itoa::Buffer::new();
     buf.extend_from_slice(n.format(year).as_bytes());
     for (sep, v) in [(b'-', month), (b'-', day), (b'T', h), (b':', m), (b':', s)] {
         buf.extend_from_slice(&[sep, b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
     }
+    ms
+}
+
+/// `.mmmZ`.
+fn write_millis_suffix(buf: &mut Vec<u8>, ms: u32) {
     buf.extend_from_slice(&[
         b'.',
         b'0' + (ms / 100) as u8,
@@ -653,7 +711,7 @@ mod tests {
             end: Instant::now(),
         };
         let mut buf = Vec::new();
-        format_json(&line, &mut buf);
+        format_json(&line, &mut buf, &mut Timestamps::default());
         assert_eq!(buf.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["method"], "POST");
@@ -704,6 +762,22 @@ mod tests {
         assert_eq!(buf, "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\"".as_bytes());
         let parsed: String = serde_json::from_slice(&buf).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}é\u{7f}");
+    }
+
+    #[test]
+    fn cached_timestamps_read_as_rfc3339_does_across_seconds() {
+        let mut clock = Timestamps::default();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_464_000_123);
+        for step in [0, 5, 877, 878, 1_000, 61_001, 86_400_000] {
+            let t = base + Duration::from_millis(step);
+            let mut buf = Vec::new();
+            clock.write(&mut buf, t);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                rfc3339(t),
+                "{step} ms later"
+            );
+        }
     }
 
     #[test]

@@ -231,13 +231,10 @@ fn format_traceparent(buf: &mut [u8; 55], trace_id: &[u8; 16], span_id: &[u8; 8]
     buf[54] = if sampled { b'1' } else { b'0' };
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Lowercase hex of `bytes` into `out` (twice as long).
 pub fn hex_encode(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&crate::proxy::headers::HEX_PAIRS[usize::from(*b)]);
     }
 }
 
