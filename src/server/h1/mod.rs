@@ -72,9 +72,12 @@ pub(super) async fn serve(
     };
     let mut handover_shutdown = shutdown.clone();
     let mut kill = pin!(ctx.kill.notified());
+    let probe = shutdown.clone();
     let changed = pin!(shutdown.changed());
     let mut drain = Drain {
         changed,
+        armed: false,
+        probe,
         window: None,
     };
     if draining {
@@ -191,6 +194,12 @@ enum Next {
 /// Shutdown as one connection sees it: the signal, then a window for one more request.
 struct Drain<F> {
     changed: Pin<F>,
+    /// `changed` was polled once: the connection's task is registered with the signal and is
+    /// woken by it, so from then on a version check tells whether it came. Polling `changed`
+    /// again at every turn of every request took a lock and two waker checks each time.
+    armed: bool,
+    /// The same signal, read without waiting.
+    probe: watch::Receiver<bool>,
     window: Option<Pin<Box<Sleep>>>,
 }
 
@@ -206,11 +215,17 @@ impl<F: std::ops::DerefMut<Target: Future>> Drain<F> {
         if self.window.is_some() {
             return true;
         }
-        if self.changed.as_mut().poll(cx).is_ready() {
+        let begun = if self.armed {
+            // A closed sender is a shutdown too, as `changed` would say.
+            self.probe.has_changed().unwrap_or(true)
+        } else {
+            self.armed = true;
+            self.changed.as_mut().poll(cx).is_ready()
+        };
+        if begun {
             self.start();
-            return true;
         }
-        false
+        begun
     }
 }
 
