@@ -72,12 +72,13 @@ pub fn prune_idle() {
     });
 }
 
-fn checkout(target: u64, idle_limit: Duration) -> Option<Box<Conn>> {
+/// A pooled connection to `target` idle for at most `idle_limit` at `now`.
+fn checkout(target: u64, idle_limit: Duration, now: Instant) -> Option<Box<Conn>> {
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let idle = pool.get_mut(&target)?;
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() > idle_limit || c.conn.looks_closed() {
+            if now.saturating_duration_since(c.since) > idle_limit || c.conn.looks_closed() {
                 continue;
             }
             return Some(c.conn);
@@ -197,7 +198,9 @@ pub async fn send(
     req: Request<RequestBody>,
     timeout: Duration,
 ) -> Result<Sent, GatewayError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    // One clock read for the deadline and the pool's idle check.
+    let now = Instant::now();
+    let deadline = tokio::time::Instant::from_std(now) + timeout;
     let (parts, mut body) = req.into_parts();
     let idempotent = matches!(
         parts.method,
@@ -210,7 +213,7 @@ pub async fn send(
     };
     let mut head: Option<Vec<u8>> = None;
     loop {
-        let (mut conn, reused) = match checkout(target.id, service.timeouts.idle) {
+        let (mut conn, reused) = match checkout(target.id, service.timeouts.idle, now) {
             Some(c) => (c, true),
             None => (Box::pin(open(service, target)).await?, false),
         };
@@ -514,7 +517,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
         let (mut length, mut chunked, mut te, mut close, mut keep) =
             (None, false, false, false, false);
         for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+            let name = super::field_name::parse(h.name.as_bytes())
                 .map_err(|_| protocol("invalid header name"))?;
             if name == header::CONTENT_LENGTH {
                 for part in h.value.split(|&b| b == b',') {
@@ -533,9 +536,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
                 let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             } else if name == header::CONNECTION {
+                let mut names_others = false;
                 for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    close |= t.eq_ignore_ascii_case(b"close");
-                    keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                    let (c, k) = (
+                        t.eq_ignore_ascii_case(b"close"),
+                        t.eq_ignore_ascii_case(b"keep-alive"),
+                    );
+                    (close, keep) = (close || c, keep || k);
+                    names_others |= !(c || k || t.is_empty());
+                }
+                // Hop-by-hop and read here: the answer's head would only carry it to the
+                // `Connection` stripping for removal. One that names other fields stays, so
+                // that they are stripped too.
+                if !names_others {
+                    continue;
                 }
             }
             fields.push((name, range(h.value)?));

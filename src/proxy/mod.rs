@@ -6,6 +6,7 @@
 pub mod client;
 pub mod conn;
 pub mod exchange;
+pub mod field_name;
 pub mod grpc;
 pub mod h1;
 pub mod headers;

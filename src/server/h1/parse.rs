@@ -99,7 +99,8 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     let mut fields: SmallVec<[(HeaderName, (usize, usize)); 24]> = SmallVec::new();
     let mut facts = Facts::default();
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
+        let name =
+            crate::proxy::field_name::parse(h.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
         if facts.see(&name, h.value)? {
             fields.push((name, range(h.value)?));
         }
