@@ -18,9 +18,9 @@ pub mod redis;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
 
 use crate::error::GatewayError;
 use crate::policy::auth::Identity;
@@ -72,6 +72,8 @@ pub struct RateLimitPolicy {
     policy_header: Option<HeaderValue>,
     /// Per limit, the start of its `RateLimit` value: `"name";r=`.
     ietf_prefixes: Vec<Box<str>>,
+    /// Per limit, its `X-RateLimit-Limit` value.
+    limit_values: Vec<HeaderValue>,
     concurrency: Option<Concurrency>,
 }
 
@@ -262,6 +264,10 @@ impl RateLimitPolicy {
                 .join(", ");
             HeaderValue::from_str(&text).ok()
         };
+        let limit_values = limits
+            .iter()
+            .map(|l| HeaderValue::from(l.requests))
+            .collect();
         let redis_settings = redis.as_ref().map(|(r, _)| r.settings().clone());
         let redis = match redis {
             Some((store, id)) if !limits.is_empty() => Some(RedisLimiter::new(store, &id, &limits)),
@@ -277,6 +283,7 @@ impl RateLimitPolicy {
             style: raw.headers,
             policy_header,
             ietf_prefixes: names.iter().map(|n| format!("\"{n}\";r=").into()).collect(),
+            limit_values,
             concurrency,
         })
     }
@@ -337,7 +344,7 @@ impl RateLimitPolicy {
                         },
                     },
                 };
-                admitted.headers = self.headers(store, &decision);
+                admitted.headers = self.headers(&decision);
                 if !decision.allowed {
                     return Err(GatewayError::RateLimited {
                         message: "rate limit exceeded",
@@ -352,38 +359,53 @@ impl RateLimitPolicy {
         Ok(admitted)
     }
 
-    fn headers(&self, store: &LocalStore, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::new();
+    fn headers(&self, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
         if self.style == HeaderStyle::None {
-            return out;
+            return Vec::new();
         }
+        let ietf = matches!(self.style, HeaderStyle::Ietf | HeaderStyle::Both);
+        let legacy = matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both);
         let i = d.tightest();
         let status = d.limits[i];
         let reset = secs_ceil(status.reset);
-        if matches!(self.style, HeaderStyle::Ietf | HeaderStyle::Both) {
+        // Every value that changes per request is written into one buffer, without
+        // `core::fmt`, and the values share it: one allocation for all of them, not one each.
+        let mut n = itoa::Buffer::new();
+        let prefix = self.ietf_prefixes[i].as_bytes();
+        let mut text = BytesMut::with_capacity(prefix.len() + 64);
+        if ietf {
+            text.extend_from_slice(prefix);
+            text.extend_from_slice(n.format(status.remaining).as_bytes());
+            text.extend_from_slice(b";t=");
+            text.extend_from_slice(n.format(reset).as_bytes());
+        }
+        let ietf_end = text.len();
+        if legacy {
+            text.extend_from_slice(n.format(status.remaining).as_bytes());
+        }
+        let remaining_end = text.len();
+        if legacy {
+            text.extend_from_slice(n.format(reset).as_bytes());
+        }
+        let text = text.freeze();
+        let value = |at: std::ops::Range<usize>| HeaderValue::from_maybe_shared(text.slice(at));
+        let mut out = Vec::with_capacity(5);
+        if ietf {
             if let Some(p) = &self.policy_header {
                 out.push((RATELIMIT_POLICY, p.clone()));
             }
-            // The limit's `"name";r=` is made once; the numbers go after it in a buffer on the
-            // stack, and the value is allocated once, at its size (no `core::fmt`).
-            let mut n = itoa::Buffer::new();
-            let mut v: SmallVec<[u8; 96]> = SmallVec::new();
-            v.extend_from_slice(self.ietf_prefixes[i].as_bytes());
-            v.extend_from_slice(n.format(status.remaining).as_bytes());
-            v.extend_from_slice(b";t=");
-            v.extend_from_slice(n.format(reset).as_bytes());
-            let value = HeaderValue::from_bytes(&v);
-            if let Ok(v) = value {
+            if let Ok(v) = value(0..ietf_end) {
                 out.push((RATELIMIT, v));
             }
         }
-        if matches!(self.style, HeaderStyle::Legacy | HeaderStyle::Both) {
-            out.push((
-                X_RATELIMIT_LIMIT,
-                HeaderValue::from(store.limits()[i].requests),
-            ));
-            out.push((X_RATELIMIT_REMAINING, HeaderValue::from(status.remaining)));
-            out.push((X_RATELIMIT_RESET, HeaderValue::from(reset)));
+        if legacy {
+            out.push((X_RATELIMIT_LIMIT, self.limit_values[i].clone()));
+            if let Ok(v) = value(ietf_end..remaining_end) {
+                out.push((X_RATELIMIT_REMAINING, v));
+            }
+            if let Ok(v) = value(remaining_end..text.len()) {
+                out.push((X_RATELIMIT_RESET, v));
+            }
         }
         out
     }
