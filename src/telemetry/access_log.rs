@@ -121,17 +121,19 @@ pub const MAX_LOGGED_BYTES: usize = 2048;
 /// What stands after a field cut at [`MAX_LOGGED_BYTES`].
 pub const TRUNCATED: &str = "...[truncated]";
 
-/// Appends `text`, cut at [`MAX_LOGGED_BYTES`] (on a character boundary) with [`TRUNCATED`].
-fn push_capped(buf: &mut TextBuf, text: &str) {
+/// Appends `text` (UTF-8), cut at [`MAX_LOGGED_BYTES`] (on a character boundary) with
+/// [`TRUNCATED`].
+fn push_capped(buf: &mut TextBuf, text: &[u8]) {
     if text.len() <= MAX_LOGGED_BYTES {
-        buf.extend_from_slice(text.as_bytes());
+        buf.extend_from_slice(text);
         return;
     }
     let mut end = MAX_LOGGED_BYTES;
-    while !text.is_char_boundary(end) {
+    // A continuation byte (`10xxxxxx`) is inside a character.
+    while end > 0 && text[end] & 0xC0 == 0x80 {
         end -= 1;
     }
-    buf.extend_from_slice(&text.as_bytes()[..end]);
+    buf.extend_from_slice(&text[..end]);
     buf.extend_from_slice(TRUNCATED.as_bytes());
 }
 
@@ -163,18 +165,20 @@ impl RequestText {
             .into_iter()
             .enumerate()
         {
-            // `from_utf8` checks ASCII a word at a time; the lossy path walks byte by byte.
-            let text = match std::str::from_utf8(part) {
-                Ok(text) => Cow::Borrowed(text),
-                Err(_) => String::from_utf8_lossy(part),
+            // ASCII (nearly every field) is checked a word at a time whatever its alignment,
+            // where `from_utf8` goes byte by byte through a short field.
+            let text = if part.is_ascii() || std::str::from_utf8(part).is_ok() {
+                Cow::Borrowed(part)
+            } else {
+                Cow::Owned(String::from_utf8_lossy(part).into_owned().into_bytes())
             };
             if i == 2 {
                 // Path and query are capped each, so a huge query still logs the path.
-                match text.split_once('?') {
-                    Some((path, query)) => {
-                        push_capped(&mut buf, path);
+                match text.iter().position(|&b| b == b'?') {
+                    Some(at) => {
+                        push_capped(&mut buf, &text[..at]);
                         buf.push(b'?');
-                        push_capped(&mut buf, query);
+                        push_capped(&mut buf, &text[at + 1..]);
                     }
                     None => push_capped(&mut buf, &text),
                 }
@@ -753,6 +757,30 @@ mod tests {
             String::from_utf8(buf).unwrap(),
             "12.034 0.000 10.0.255.7 2001:db8::1"
         );
+    }
+
+    #[test]
+    fn a_long_field_is_cut_on_a_character_boundary_whatever_its_bytes() {
+        // `é` is two bytes: every alignment of it against the cut, and bytes that are no UTF-8.
+        for pad in 0..3 {
+            let text = format!("{}{}", "a".repeat(pad), "é".repeat(MAX_LOGGED_BYTES));
+            let host = [&[0xffu8][..], &vec![b'h'; MAX_LOGGED_BYTES + 5]].concat();
+            let t = RequestText::new(
+                b"id",
+                &host,
+                &format!("/{text}?{text}"),
+                Some(text.as_bytes()),
+            );
+            let ua = t.user_agent().unwrap();
+            assert!(ua.ends_with(TRUNCATED), "{pad}");
+            let kept = &ua[..ua.len() - TRUNCATED.len()];
+            assert!(kept.len() <= MAX_LOGGED_BYTES && kept.len() > MAX_LOGGED_BYTES - 2);
+            assert!(text.starts_with(kept));
+            let (path, query) = t.target().split_once('?').unwrap();
+            assert!(path.ends_with(TRUNCATED) && query.ends_with(TRUNCATED));
+            assert!(t.host().starts_with('\u{fffd}') && t.host().ends_with(TRUNCATED));
+            assert_eq!(t.request_id(), "id");
+        }
     }
 
     #[test]
