@@ -14,7 +14,7 @@
 //! connections) from the head already encoded.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -29,6 +29,7 @@ use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::client::{OpenConnection, Sent};
 use crate::body::framing::{self, Decoder, Step};
@@ -48,7 +49,51 @@ struct Conn {
     stream: TcpStream,
     buf: BytesMut,
     out: Vec<u8>,
+    timer: HeadTimer,
     _open: OpenConnection,
+}
+
+/// The bound on the wait for an answer's head, one timer per connection. A request's deadline
+/// is only noted; the timer, armed at an earlier request's deadline, is moved when it fires
+/// before the deadline it now guards (or when a request must end sooner). With a timeout of
+/// seconds and a request every few microseconds, the runtime's timer wheel sees a
+/// registration per timeout period, not an insertion and a removal per request.
+struct HeadTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    deadline: tokio::time::Instant,
+}
+
+impl HeadTimer {
+    fn new() -> Self {
+        Self {
+            sleep: None,
+            deadline: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Guards a new wait, until `deadline`.
+    fn start(&mut self, deadline: tokio::time::Instant) {
+        self.deadline = deadline;
+        match &mut self.sleep {
+            Some(sleep) if sleep.deadline() > deadline => sleep.as_mut().reset(deadline),
+            Some(_) => {}
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Ready once the deadline has passed; else registers the wake-up for it.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(sleep) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(self.deadline);
+        }
+    }
 }
 
 struct Idle {
@@ -230,15 +275,15 @@ pub async fn send(
                 &body,
             ),
         };
-        let exchange = roundtrip(&mut conn, &mut body, framing, parts.method == Method::HEAD);
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Err(_) => return Err(GatewayError::UpstreamTimeout(timeout)),
-            Ok(Ok(answer)) => return Ok(answer.into_sent(conn, home)),
-            Ok(Err(f)) if f.resendable && reused && idempotent => {
+        conn.timer.start(deadline);
+        let head_request = parts.method == Method::HEAD;
+        match roundtrip(&mut conn, &mut body, framing, head_request, timeout).await {
+            Ok(answer) => return Ok(answer.into_sent(conn, home)),
+            Err(f) if f.resendable && reused && idempotent => {
                 tracing::debug!(error = %f.error, "pooled upstream connection failed before an answer: sending again on a new one");
                 head = Some(std::mem::take(&mut conn.out));
             }
-            Ok(Err(f)) => return Err(f.error),
+            Err(f) => return Err(f.error),
         }
     }
 }
@@ -249,6 +294,7 @@ async fn open(service: &Service, target: &Arc<Target>) -> Result<Box<Conn>, Gate
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(512),
+        timer: HeadTimer::new(),
         _open: OpenConnection::new(target),
     }))
 }
@@ -356,12 +402,14 @@ impl Answer {
 
 /// Writes the request (head and body) while watching for the answer's head; ready with the
 /// head once it has arrived (the request body may still be going when an upstream answers
-/// early: the connection is then not reused).
+/// early: the connection is then not reused), or with a timeout when the connection's timer
+/// says its deadline passed first.
 async fn roundtrip(
     conn: &mut Conn,
     body: &mut RequestBody,
     framing: Framing,
     head_request: bool,
+    timeout: Duration,
 ) -> Result<Answer, Failure> {
     let mut at = 0;
     let mut data = Bytes::new();
@@ -470,7 +518,16 @@ async fn roundtrip(
                         resendable: conn.buf.is_empty() && !consumed,
                     }))
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // As `timeout_at` would: an answer that is there wins over the deadline.
+                    if conn.timer.poll_expired(cx).is_ready() {
+                        return Poll::Ready(Err(Failure {
+                            error: GatewayError::UpstreamTimeout(timeout),
+                            resendable: false,
+                        }));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     })

@@ -81,6 +81,80 @@ async fn upstream_that_never_answers_gives_504_after_the_route_timeout() {
     assert_still_serving(&gw, &ok).await;
 }
 
+#[tokio::test]
+async fn each_request_on_a_pooled_connection_gets_its_own_routes_timeout() {
+    // One keep-alive connection serves requests in turn: `/fast` ones are answered, a `/slow`
+    // one never is (the connection is then held until the gateway gives up on it).
+    let up = upstream::raw_tcp(|mut s, _| async move {
+        while let Some(head) = read_head(&mut s).await {
+            if head.contains("/slow") {
+                let mut sink = [0u8; 64];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let gw = TestGateway::start(
+        &Config::new()
+            .service(Service::new("up").target(&up.url()))
+            .route(
+                Route::new("long")
+                    .path("/long")
+                    .service("up")
+                    .yaml("timeout: 5s"),
+            )
+            .route(
+                Route::new("medium")
+                    .path("/medium")
+                    .service("up")
+                    .yaml("timeout: 800ms"),
+            )
+            .route(
+                Route::new("short")
+                    .path("/short")
+                    .service("up")
+                    .yaml("timeout: 300ms"),
+            )
+            .to_yaml(),
+    );
+    let timed = |path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let started = Instant::now();
+            let r = get(&url).await;
+            (r, started.elapsed())
+        }
+    };
+    // A request with a long timeout leaves the connection in the pool; the next one on it
+    // must end at its own, shorter deadline.
+    let (r, _) = timed("/long/fast").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (r, took) = timed("/short/slow").await;
+    r.assert_error(504, "upstream_timeout");
+    assert!(
+        (Duration::from_millis(300)..Duration::from_secs(3)).contains(&took),
+        "took {took:?}"
+    );
+    // A short deadline that passes while its connection sits idle in the pool must not end
+    // the next request on it early.
+    let (r, _) = timed("/short/fast").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (r, took) = timed("/medium/slow").await;
+    r.assert_error(504, "upstream_timeout");
+    assert!(
+        (Duration::from_millis(800)..Duration::from_secs(3)).contains(&took),
+        "took {took:?}"
+    );
+    // Both slow requests were sent on a connection a fast one had used before.
+    assert_eq!(up.connections(), 2);
+}
+
 /// Answers every connection with a head promising 1000 bytes, sends 10, and closes.
 async fn truncating_upstream() -> RawUpstream {
     upstream::raw_tcp(|mut s, _| async move {
