@@ -101,7 +101,7 @@ async fn each_request_on_a_pooled_connection_gets_its_own_routes_timeout() {
     .await;
     let gw = TestGateway::start(
         &Config::new()
-            .service(Service::new("up").target(&up.url()))
+            .service(Service::new("up").target(up.url()))
             .route(
                 Route::new("long")
                     .path("/long")
