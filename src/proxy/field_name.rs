@@ -108,17 +108,23 @@ const LOWER: u64 = 0x2020_2020_2020_2020;
 
 /// A name of up to 24 bytes as three words that cover it: eight bytes from its start, from
 /// the eighth (or its end) and from its end (overlapping below 24 bytes); below eight bytes,
-/// the name padded with spaces, three times.
+/// the name padded with spaces, three times. Fixed-size loads: a copy of a variable length
+/// would call `memcpy` three times per name.
 fn words(raw: &[u8]) -> [u64; 3] {
-    let word = |at: usize| {
-        let mut w = [b' '; 8];
-        let bytes = raw.get(at..).unwrap_or(&[]);
-        let n = bytes.len().min(8);
-        w[..n].copy_from_slice(&bytes[..n]);
-        u64::from_le_bytes(w)
+    let load = |at: usize| {
+        raw.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
     };
-    let last = raw.len().saturating_sub(8);
-    [word(0), word(last.min(8)), word(last)]
+    if raw.len() >= 8 {
+        let last = raw.len() - 8;
+        return [load(0), load(last.min(8)), load(last)];
+    }
+    let mut w = u64::from_le_bytes([b' '; 8]);
+    for (i, &b) in raw.iter().enumerate() {
+        w = w & !(0xff << (8 * i)) | u64::from(b) << (8 * i);
+    }
+    [w, w, w]
 }
 
 /// [`words`] of a lowercase name, with the 0x20 bits set, at compile time.
