@@ -7,6 +7,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use portico::telemetry::app_log;
 
+/// mimalloc instead of glibc's malloc: a request allocates a few header maps, buffers and boxes,
+/// and glibc spent about 2,000 instructions per proxied request on them (7 % of the request,
+/// by callgrind), most in its bins for blocks over 1 KiB (a header map's entries) and in
+/// `free`. mimalloc's per-thread free lists fit one worker thread per core. Built without its
+/// transparent-huge-page advice (`no_thp`): with it, the first arena was backed by 2 MiB pages
+/// and an idle gateway's RSS went from 12 to 24 MB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Portico: a lightweight, fast API gateway.
 #[derive(Parser)]
 #[command(name = "portico", version, about, long_about = None)]
