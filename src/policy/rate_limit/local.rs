@@ -183,13 +183,22 @@ impl LocalStore {
 
     /// Checks a request with `key` against every limit; counts it only if all allow it.
     pub fn check(&self, key: &[u8]) -> Decision {
-        self.check_at(key, self.now())
+        self.check_with(key, || self.now())
     }
 
+    #[cfg(test)]
     fn check_at(&self, key: &[u8], now: u64) -> Decision {
+        self.check_with(key, || now)
+    }
+
+    /// The clock is read under the shard's lock: a request on another worker that read it
+    /// earlier but took the lock later would come before the key's first request (its anchor)
+    /// or after its window had moved on, and be counted in a window already gone.
+    fn check_with(&self, key: &[u8], clock: impl FnOnce() -> u64) -> Decision {
         let mut map = self.shards[shard_of(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let now = clock();
         if !map.contains_key(key) && map.len() >= self.per_shard {
             evict(&mut map, now, self.per_shard);
         }
@@ -203,7 +212,9 @@ impl LocalStore {
             }),
         };
         entry.seen = now;
-        let rel = now - entry.anchor;
+        // Never negative with the clock read under the lock; saturating all the same, since
+        // an underflow here is a panic (debug) or a window ages away (release).
+        let rel = now.saturating_sub(entry.anchor);
         // Pass 1 decides; pass 2 (only when every limit allows) counts. Both are pure
         // functions of the state, so computing twice costs less than buffering the new states.
         let mut limits = Vec::with_capacity(self.limits.len());
@@ -368,6 +379,14 @@ fn gcra(limit: &Limit, s: State, now: u64) -> (LimitStatus, State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reading_older_than_the_keys_first_request_counts_in_its_first_window() {
+        let s = store(vec![sw(2, 10)]);
+        assert!(s.check_at(b"k", 5 * SEC).allowed);
+        assert!(s.check_at(b"k", 5 * SEC - 1).allowed);
+        assert!(!s.check_at(b"k", 5 * SEC - 2).allowed);
+    }
 
     const SEC: u64 = 1_000_000_000;
 
