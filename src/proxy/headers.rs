@@ -204,28 +204,15 @@ pub fn new_request_id() -> HeaderValue {
     const AT_LOW: [usize; 8] = [19, 21, 24, 26, 28, 30, 32, 34];
     for i in 0..8 {
         let shift = 56 - i * 8;
-        let [a, b] = HEX_PAIRS[(high >> shift) as u8 as usize];
+        let [a, b] = crate::telemetry::trace::HEX_PAIRS[(high >> shift) as u8 as usize];
         out[AT[i]] = a;
         out[AT[i] + 1] = b;
-        let [a, b] = HEX_PAIRS[(low >> shift) as u8 as usize];
+        let [a, b] = crate::telemetry::trace::HEX_PAIRS[(low >> shift) as u8 as usize];
         out[AT_LOW[i]] = a;
         out[AT_LOW[i] + 1] = b;
     }
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
-
-/// The two lowercase hex digits of every byte value (one load per byte: request ids here,
-/// trace ids in `telemetry::trace`).
-pub(crate) const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [HEX[i >> 4], HEX[i & 0xF]];
-        i += 1;
-    }
-    table
-};
 
 /// Appends `ip` to `X-Forwarded-For` (keeping earlier entries in one comma list).
 pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {

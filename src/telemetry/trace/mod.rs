@@ -231,10 +231,23 @@ fn format_traceparent(buf: &mut [u8; 55], trace_id: &[u8; 16], span_id: &[u8; 8]
     buf[54] = if sampled { b'1' } else { b'0' };
 }
 
+/// The two lowercase hex digits of every byte value (one load per byte: trace ids here,
+/// request ids in `proxy::headers`).
+pub(crate) const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xF]];
+        i += 1;
+    }
+    table
+};
+
 /// Lowercase hex of `bytes` into `out` (twice as long).
 pub fn hex_encode(bytes: &[u8], out: &mut [u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&crate::proxy::headers::HEX_PAIRS[usize::from(*b)]);
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
