@@ -115,6 +115,41 @@ async fn keep_alive_answers_reuse_one_connection_and_close_answers_do_not() {
 }
 
 #[tokio::test]
+async fn an_answers_connection_field_and_the_fields_it_names_do_not_reach_the_client() {
+    // `Connection: keep-alive` alone (read for framing, never forwarded), and one naming a
+    // field of its own, which must go with it.
+    let up = answering(|head| {
+        let named = if head.contains("/named") {
+            "connection: keep-alive, x-hop\r\nx-hop: secret\r\n"
+        } else {
+            "connection: Keep-Alive\r\n"
+        };
+        format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{named}x-kept: yes\r\n\r\nok")
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = gateway(engine, &up);
+        let before = up.connections();
+        for path in ["/plain", "/named", "/plain"] {
+            let r = send("GET", &gw.url(path), &[], "").await;
+            assert_eq!(r.status, 200, "{engine} {path}");
+            assert_eq!(r.text(), "ok");
+            assert_eq!(r.header("x-kept"), "yes", "{engine} {path}");
+            assert_eq!(r.header("x-hop"), "", "{engine} {path}");
+            assert!(
+                !r.header("connection")
+                    .to_ascii_lowercase()
+                    .contains("x-hop"),
+                "{engine} {path}: {}",
+                r.header("connection")
+            );
+        }
+        // Read for framing all the same: one connection carried the three answers.
+        assert_eq!(up.connections() - before, 1, "{engine}");
+    }
+}
+
+#[tokio::test]
 async fn a_chunked_answer_with_a_content_length_is_framed_by_chunked() {
     let up = answering(|_| {
         "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into()

@@ -23,11 +23,13 @@ fn module_from(name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A file under `tests/plugins/`.
+fn plugin_file(path: &str) -> String {
+    format!("{}/tests/plugins/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn module(name: &str) -> String {
-    let file = format!(
-        "{}/tests/plugins/wat/{name}.wat",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let file = plugin_file(&format!("wat/{name}.wat"));
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
     module_from(name, &text)
 }
@@ -535,10 +537,7 @@ async fn a_filter_cannot_change_how_a_message_is_framed() {
 
 /// The filter built with a real SDK (AssemblyScript, `tests/plugins/assemblyscript/`).
 fn tenant_gate() -> String {
-    format!(
-        "{}/tests/plugins/assemblyscript/tenant-gate.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    plugin_file("assemblyscript/tenant-gate.wasm")
 }
 
 #[tokio::test]
@@ -566,10 +565,7 @@ async fn a_filter_built_with_the_assemblyscript_sdk_refuses_and_adds_headers() {
 
 /// The filter built with the Rust SDK (the `proxy-wasm` crate, `tests/plugins/rust-sdk/`).
 fn rust_gate() -> String {
-    format!(
-        "{}/tests/plugins/rust-sdk/rust-gate.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    plugin_file("rust-sdk/rust-gate.wasm")
 }
 
 #[tokio::test]
@@ -720,11 +716,7 @@ async fn a_compiled_filter_is_kept_in_the_cache_dir_and_the_next_gateway_loads_i
         .join(format!("plugin-cache-{}", std::process::id()))
         .join("nested");
     let _ = std::fs::remove_dir_all(cache.parent().unwrap());
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/plugins/wat/headers.wat",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let text = std::fs::read_to_string(plugin_file("wat/headers.wat")).unwrap();
     let module = module_from("cached", &text);
     let with_cache = |name: &str| {
         format!(
