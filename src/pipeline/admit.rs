@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 
-use super::ctx::{content_length, request_host, RequestCtx};
+use super::ctx::{request_host, RequestCtx};
 use super::Exit;
 use crate::body::GatewayBody;
 use crate::config::plan::{Rewrite, Route, TemplatePart};
@@ -112,7 +112,8 @@ fn gates(cx: &mut RequestCtx<'_>, route: &Route, req: &Request<ClientBody>) -> R
             return Err(Exit::Respond(cors.preflight(req)?));
         }
     }
-    if content_length(req).is_some_and(|len| len > route.max_body_bytes) {
+    // The declared length, read once on arrival (0 when absent).
+    if cx.request_bytes > route.max_body_bytes {
         return Err(GatewayError::PayloadTooLarge {
             limit: route.max_body_bytes,
         }
@@ -203,9 +204,8 @@ fn check_request(plan: &Plan, req: &Request<ClientBody>) -> Result<(), GatewayEr
 /// routing on one of two hosts, or forwarding a malformed one, lets a client pick what the
 /// gateway and the upstream each believe.
 fn check_host(req: &Request<ClientBody>) -> Result<(), GatewayError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    let (host, repeated) = crate::proxy::headers::first_and_repeated(req.headers(), &header::HOST);
+    if repeated {
         return Err(GatewayError::BadRequest(
             "the request has more than one Host header",
         ));

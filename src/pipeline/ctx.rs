@@ -102,7 +102,7 @@ impl<'a> RequestCtx<'a> {
     pub fn new(conn: &'a ConnCtx, active: &'a Active, req: &Request<ClientBody>) -> Self {
         let start = Instant::now();
         let plan = &active.plan;
-        let request_id = match req.headers().get(headers::X_REQUEST_ID) {
+        let request_id = match headers::first(req.headers(), &headers::X_REQUEST_ID) {
             Some(v) if headers::valid_request_id(v) => v.clone(),
             _ => headers::new_request_id(),
         };
@@ -124,7 +124,7 @@ impl<'a> RequestCtx<'a> {
                 req.uri()
                     .path_and_query()
                     .map_or(req.uri().path(), |pq| pq.as_str()),
-                req.headers().get(header::USER_AGENT).map(|v| v.as_bytes()),
+                headers::first(req.headers(), &header::USER_AGENT).map(|v| v.as_bytes()),
             );
             let ids = (&trace.trace_id, &trace.span_id);
             let mut log = Finish::new(Arc::clone(logger), start, text, client_ip, ids);
@@ -198,8 +198,7 @@ impl<'a> RequestCtx<'a> {
 
 /// `Content-Length` when present and valid.
 pub(crate) fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
+    headers::first(req.headers(), &header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .parse()
@@ -210,6 +209,6 @@ pub(crate) fn content_length<B>(req: &Request<B>) -> Option<u64> {
 pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().host() {
         Some(h) => Some(h),
-        None => req.headers().get(header::HOST)?.to_str().ok(),
+        None => headers::first(req.headers(), &header::HOST)?.to_str().ok(),
     }
 }

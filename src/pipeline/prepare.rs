@@ -32,7 +32,7 @@ pub(super) async fn run(
     // §3.2.2), as it did for routing: the two are never mixed.
     cx.client_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+        None => headers::first(&parts.headers, &header::HOST).cloned(),
     };
     // gRPC servers may insist on `te: trailers` (the one TE value HTTP/2 allows): keep it.
     let te_trailers = parts.version == Version::HTTP_2

@@ -278,7 +278,11 @@ pub async fn send(
         conn.timer.start(deadline);
         let head_request = parts.method == Method::HEAD;
         match roundtrip(&mut conn, &mut body, framing, head_request, timeout).await {
-            Ok(answer) => return Ok(answer.into_sent(conn, home)),
+            Ok(answer) => {
+                // The head went out as bytes: its map serves the next message.
+                super::headers::give_map(parts.headers);
+                return Ok(answer.into_sent(conn, home));
+            }
             Err(f) if f.resendable && reused && idempotent => {
                 tracing::debug!(error = %f.error, "pooled upstream connection failed before an answer: sending again on a new one");
                 head = Some(std::mem::take(&mut conn.out));
@@ -614,8 +618,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
         let head = buf.split_to(len).freeze();
         // Room for what the gateway adds to answers (request id, policies' headers): a map
         // that grows rehashes every field.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-        for (name, (at, n)) in fields {
+        let mut headers = super::headers::take_map(fields.len() + 4);
+        for (name, (at, n)) in fields.drain(..) {
             if te && name == header::CONTENT_LENGTH {
                 continue;
             }

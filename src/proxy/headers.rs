@@ -21,6 +21,81 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// gateway never relays that upgrade, so it goes even when `Connection` does not name it.
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// Header maps kept per worker thread for the next message head. A map of a request's size
+/// is two allocations (its index table and its entries, a few KiB), made and freed for every
+/// request and every answer; a cleared map keeps both.
+const SPARE_MAPS_KEPT: usize = 8;
+/// A map that grew past this many fields (a large head) is freed, not kept.
+const SPARE_MAP_MAX_CAPACITY: usize = 96;
+
+thread_local! {
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `fields`: one this worker kept, or a new one.
+pub fn take_map(fields: usize) -> HeaderMap {
+    match SPARE_MAPS.with(|s| s.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Keeps `map`, emptied, for [`take_map`]. Its values are dropped here: a map never holds on
+/// to a read buffer (its values share it) past the message it carried.
+pub fn give_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_MAX_CAPACITY {
+        return;
+    }
+    // `clear` also puts a map that switched to its collision-resistant hasher back to the fast
+    // one: a hostile head does not slow the next message down.
+    map.clear();
+    SPARE_MAPS.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_MAPS_KEPT {
+            spare.push(map);
+        }
+    });
+}
+
+/// Removes `name`, looking for it first in a map of a usual size: a `remove` of an absent
+/// name still hashes it and probes the table, several times the cost of comparing a few names.
+pub fn remove_present(headers: &mut HeaderMap, name: &HeaderName) {
+    if headers.keys_len() > 16 || headers.keys().any(|k| k == name) {
+        headers.remove(name);
+    }
+}
+
+/// The first value of `name`, as `HeaderMap::get` finds it. In a map of a usual size the
+/// names are compared in order instead: `get` hashes the name (all of its bytes, for a
+/// non-standard one) and probes the table, which costs more than comparing a dozen names, and
+/// the request path looks up several fields that most requests do not carry.
+pub fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.keys_len() > 16 {
+        return headers.get(name);
+    }
+    headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// The first value of `name` and whether there is another, as `get_all` would tell, comparing
+/// names in order in a map of a usual size (see [`first`]).
+pub fn first_and_repeated<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> (Option<&'a HeaderValue>, bool) {
+    if headers.keys_len() > 16 {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next();
+        return (first, values.next().is_some());
+    }
+    let mut values = headers.iter().filter(|(k, _)| *k == name).map(|(_, v)| v);
+    let first = values.next();
+    (first, first.is_some() && values.next().is_some())
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), `HTTP2-Settings`, and
 /// `Proxy-*`.
@@ -241,6 +316,74 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_and_repeated_answer_as_get_and_get_all_in_small_and_large_maps() {
+        let names = [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            X_REQUEST_ID,
+            HeaderName::from_static("x-absent"),
+            header::ACCEPT,
+        ];
+        for filler in [0, 3, 20] {
+            let mut h = HeaderMap::new();
+            for i in 0..filler {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("f"),
+                );
+            }
+            h.append(header::ACCEPT, HeaderValue::from_static("a1"));
+            h.append(header::HOST, HeaderValue::from_static("h1"));
+            h.append(header::ACCEPT, HeaderValue::from_static("a2"));
+            h.append(X_REQUEST_ID, HeaderValue::from_static("r1"));
+            h.append(header::HOST, HeaderValue::from_static("h2"));
+            h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+            for name in &names {
+                assert_eq!(first(&h, name), h.get(name), "{name} with {filler} more");
+                let mut all = h.get_all(name).iter();
+                let expected = (all.next(), all.next().is_some());
+                assert_eq!(
+                    first_and_repeated(&h, name),
+                    expected,
+                    "{name} with {filler} more"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_given_back_comes_back_empty_with_its_room_and_a_huge_one_is_not_kept() {
+        // A fresh thread: its own spare maps, none yet.
+        std::thread::spawn(|| {
+            let mut used = take_map(20);
+            let room = used.capacity();
+            assert!(room >= 20);
+            let shared = bytes::Bytes::from_static(b"read buffer");
+            used.insert("x-one", HeaderValue::from_maybe_shared(shared).unwrap());
+            used.append(header::VIA, HeaderValue::from_static("1.1 a"));
+            give_map(used);
+            let again = take_map(10);
+            assert!(again.is_empty(), "{again:?}");
+            assert_eq!(again.capacity(), room, "the same map, its room kept");
+            assert!(again.get("x-one").is_none());
+            // More room asked than a kept map has: it grows.
+            give_map(again);
+            assert!(take_map(60).capacity() >= 60);
+
+            let mut huge = HeaderMap::with_capacity(SPARE_MAP_MAX_CAPACITY + 1);
+            huge.insert("x-big", HeaderValue::from_static("1"));
+            give_map(huge);
+            assert_eq!(SPARE_MAPS.with(|s| s.borrow().len()), 0);
+            for _ in 0..SPARE_MAPS_KEPT + 3 {
+                give_map(HeaderMap::with_capacity(4));
+            }
+            assert_eq!(SPARE_MAPS.with(|s| s.borrow().len()), SPARE_MAPS_KEPT);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn content_length_beside_transfer_encoding_goes_with_it() {

@@ -107,7 +107,7 @@ pub(crate) fn prepare(
     let h = &mut parts.headers;
     if target.protocol != Protocol::H2c {
         // `te: trailers` (kept for gRPC) is hop-by-hop in HTTP/1.1.
-        h.remove(header::TE);
+        super::headers::remove_present(h, &header::TE);
     }
     if preserve_host {
         if let Some(v) = client_host {

@@ -355,7 +355,7 @@ impl Conn {
             keep_alive: keep_alive && !self.draining,
         };
         let (framing, keep) = encode::head(&mut self.out, &parts, body.size_hint().exact(), &asked);
-        drop(parts);
+        crate::proxy::headers::give_map(parts.headers);
         let complete = poll_fn(|cx| self.poll_body(cx, &mut body, framing, pump.as_mut())).await;
         // The body's guards (access log, metrics, pooled upstream connection) end here.
         drop(body);

@@ -114,8 +114,9 @@ pub fn head(buf: &mut BytesMut, limit: usize, max_uri: usize) -> Result<Parsed, 
     let framing = facts.framing(version)?;
     // Room for what the gateway adds on the way (forwarding headers, request id,
     // traceparent): a map that grows while the request passes rehashes every field.
-    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_ON_THE_WAY);
-    for (name, (at, n)) in fields {
+    let mut headers = crate::proxy::headers::take_map(fields.len() + ADDED_ON_THE_WAY);
+    // Drained, not moved into an iterator: the list is a kilobyte on the stack.
+    for (name, (at, n)) in fields.drain(..) {
         // Content-Length beside Transfer-Encoding is not passed on: the body is chunked.
         if facts.chunked && name == header::CONTENT_LENGTH {
             continue;

@@ -155,7 +155,7 @@ impl Trace {
     /// `traceparent` naming a fresh span of the gateway (the client span of this one call),
     /// which is returned. Call once per upstream call, retries and aggregate calls included.
     pub fn stamp(&self, headers: &mut HeaderMap) -> [u8; 8] {
-        if !self.keep_tracestate {
+        if !self.keep_tracestate && has_field(headers, &TRACESTATE) {
             headers.remove(TRACESTATE);
         }
         let span_id = new_span_id();
@@ -188,11 +188,20 @@ impl Trace {
 
 /// The one value of `name`; `None` when absent or repeated (two `traceparent`s are invalid).
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if !has_field(headers, name) {
+        return None;
+    }
     let mut all = headers.get_all(name).iter();
     match (all.next(), all.next()) {
         (Some(v), None) => Some(v),
         _ => None,
     }
+}
+
+/// Whether `headers` may have `name`: most requests carry no trace context, and in a map of a
+/// usual size a scan of the names is cheaper than hashing one and probing the table.
+fn has_field(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.keys_len() > 16 || headers.keys().any(|k| k == name)
 }
 
 /// Whether every `tracestate` line together stays within [`MAX_TRACESTATE_BYTES`].
