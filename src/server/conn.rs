@@ -92,7 +92,7 @@ pub async fn serve(
                 return;
             }
         },
-        _ = ctx.kill.notified() => {
+        _ = ctx.signals.killed() => {
             tracing::debug!(%peer, "client sent nothing within the header read timeout: closing");
             return;
         }
@@ -163,7 +163,7 @@ pub(super) async fn drive<C, E>(
         graceful(&mut conn);
         let outcome = tokio::select! {
             r = conn.as_mut() => Some(r),
-            _ = ctx.kill.notified() => None,
+            _ = ctx.signals.killed() => None,
         };
         if let Some(Err(e)) = outcome {
             tracing::debug!(error = %e, peer = %ctx.peer, "client connection ended with an error");
@@ -172,7 +172,7 @@ pub(super) async fn drive<C, E>(
     }
     let outcome = tokio::select! {
         r = conn.as_mut() => Some(r),
-        _ = ctx.kill.notified() => {
+        _ = ctx.signals.killed() => {
             tracing::debug!(peer = %ctx.peer, "no complete request head within the header read timeout: closing");
             None
         }
@@ -208,7 +208,10 @@ pub(super) async fn drive<C, E>(
 async fn read_prefix(stream: &TcpStream) -> io::Result<Option<BytesMut>> {
     let mut prefix = super::h1::take_buffer();
     loop {
-        stream.readable().await?;
+        // The connection's task is the socket's one reader: its waker goes in the socket's own
+        // slot, where `readable()` would put a waiter into a list under a lock (and take it
+        // out again), several hundred instructions per connection.
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         match try_read_chunk(stream, &mut prefix) {
             Ok(0) => return Ok(None),
             Ok(_) => {
@@ -551,6 +554,17 @@ impl Drop for Watched {
     }
 }
 
+/// Tells every connection of this worker that shutdown began. Called by the worker's accept
+/// loops once they stop: a connection that registers later reads the shutdown signal itself
+/// when it starts serving.
+pub(super) fn order_drain() {
+    WATCHED.with(|w| {
+        for entry in w.borrow().entries.iter().flatten() {
+            entry.ctx.signals.drain();
+        }
+    });
+}
+
 /// The worker's watchdog: every `header_read` period it closes connections that had no
 /// request in progress and started none during the whole period. A silent or trickling client,
 /// and an idle keep-alive connection, is closed after one to two periods. This replaces a timer
@@ -564,7 +578,7 @@ pub async fn watchdog(runtime: Arc<Runtime>) {
                 let started = entry.ctx.state.requests.load(Ordering::Relaxed);
                 let idle = entry.ctx.state.active.load(Ordering::Relaxed) == 0;
                 if idle && entry.seen == Some(started) {
-                    entry.ctx.kill.notify_one();
+                    entry.ctx.signals.kill();
                 }
                 entry.seen = Some(started);
             }

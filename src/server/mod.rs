@@ -248,6 +248,7 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = shutdown.changed() => {
+                conn::order_drain();
                 // Close the socket before saying so: from this line on, connects are refused.
                 let addr = listener.local_addr().ok();
                 drop(listener);

@@ -489,3 +489,96 @@ async fn an_http_1_0_upstream_answer_goes_to_the_client_as_http_1_1_on_a_kept_al
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text:?}");
     assert!(!text.contains("HTTP/1.0"), "{text:?}");
 }
+
+/// Reads one answer with a `content-length` body from `s`; its head in lower case.
+async fn read_one_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return text[..end].to_string();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(n > 0, "closed before a whole answer: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Whether the server closes `s` (end of stream or reset) within `wait`, reading nothing.
+async fn closed_within(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(wait, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn at_shutdown_a_kept_alive_connection_is_told_to_close_and_an_idle_one_is_closed_after_the_window(
+) {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream::http1("up").spawn().await;
+    for engine in ["portico", "hyper"] {
+        // A grace far longer than the one-second window: a connection closed within a few
+        // seconds was closed by the drain, not by the end of the grace period.
+        let gw = TestGateway::start(&format!(
+            "http1: {{engine: {engine}}}\ntimeouts: {{header_read: 30s, shutdown_grace: 30s}}\n{}",
+            one_service(&up.url(), "  - {name: all, service: a}\n")
+        ));
+        let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut busy = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let mut idle = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        for s in [&mut busy, &mut idle] {
+            s.write_all(request).await.expect("write");
+            let head = read_one_answer(s).await;
+            assert!(head.starts_with("http/1.1 200"), "{engine}: {head}");
+            assert!(!head.contains("connection: close"), "{engine}: {head}");
+        }
+
+        gw.runtime().begin_shutdown();
+        // The listener closes once the accept loop has passed the order on: connects are
+        // refused from then on.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{engine}: still accepting"
+            );
+            tokio::task::yield_now().await;
+        }
+
+        // Within the window, a request on a kept-alive connection is answered, with the
+        // answer saying the connection closes, and it does.
+        busy.write_all(request).await.expect("write");
+        let head = read_one_answer(&mut busy).await;
+        assert!(head.starts_with("http/1.1 200"), "{engine}: {head}");
+        assert!(head.contains("connection: close"), "{engine}: {head}");
+        assert!(
+            closed_within(&mut busy, Duration::from_secs(5)).await,
+            "{engine}: the connection stayed open after its last answer"
+        );
+        // A connection that stays idle is closed after the window, long before the grace ends.
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(5)).await,
+            "{engine}: the idle connection was not closed after the window"
+        );
+    }
+}

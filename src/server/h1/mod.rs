@@ -33,6 +33,7 @@ use tokio::time::Sleep;
 use crate::body::framing::{Decoder, Step};
 use crate::body::inbound::{self, InboundError, Want};
 use crate::body::{ClientBody, GatewayBody};
+use crate::pipeline::conn::Signals;
 use crate::pipeline::unparsed;
 use crate::pipeline::ConnCtx;
 use encode::{Asked, Out};
@@ -70,21 +71,15 @@ pub(super) async fn serve(
         max_uri: plan_limits.max_uri_bytes,
         draining,
     };
-    let mut handover_shutdown = shutdown.clone();
-    let mut kill = pin!(ctx.kill.notified());
-    let probe = shutdown.clone();
-    let changed = pin!(shutdown.changed());
     let mut drain = Drain {
-        changed,
-        armed: false,
-        probe,
+        signals: &ctx.signals,
         window: None,
     };
     if draining {
         drain.start();
     }
     loop {
-        let next = poll_fn(|cx| conn.poll_head(cx, kill.as_mut(), &mut drain)).await;
+        let next = poll_fn(|cx| conn.poll_head(cx, &mut drain)).await;
         let head = match next {
             Next::Head(head) => head,
             Next::Close => {
@@ -108,15 +103,7 @@ pub(super) async fn serve(
                     ..
                 } = conn;
                 let ctx = Arc::clone(&ctx);
-                super::conn::serve_hyper_h1(
-                    ctx,
-                    stream,
-                    buf,
-                    builders,
-                    &mut handover_shutdown,
-                    draining,
-                )
-                .await;
+                super::conn::serve_hyper_h1(ctx, stream, buf, builders, shutdown, draining).await;
                 return;
             }
         };
@@ -191,19 +178,14 @@ enum Next {
     Close,
 }
 
-/// Shutdown as one connection sees it: the signal, then a window for one more request.
-struct Drain<F> {
-    changed: Pin<F>,
-    /// `changed` was polled once: the connection's task is registered with the signal and is
-    /// woken by it, so from then on a version check tells whether it came. Polling `changed`
-    /// again at every turn of every request took a lock and two waker checks each time.
-    armed: bool,
-    /// The same signal, read without waiting.
-    probe: watch::Receiver<bool>,
+/// Shutdown as one connection sees it: the worker's order to drain (see
+/// [`crate::pipeline::conn::Signals`]), then a window for one more request.
+struct Drain<'a> {
+    signals: &'a Signals,
     window: Option<Pin<Box<Sleep>>>,
 }
 
-impl<F: std::ops::DerefMut<Target: Future>> Drain<F> {
+impl Drain<'_> {
     fn start(&mut self) {
         if self.window.is_none() {
             self.window = Some(Box::pin(tokio::time::sleep(H1_CLOSE_WINDOW)));
@@ -215,13 +197,7 @@ impl<F: std::ops::DerefMut<Target: Future>> Drain<F> {
         if self.window.is_some() {
             return true;
         }
-        let begun = if self.armed {
-            // A closed sender is a shutdown too, as `changed` would say.
-            self.probe.has_changed().unwrap_or(true)
-        } else {
-            self.armed = true;
-            self.changed.as_mut().poll(cx).is_ready()
-        };
+        let begun = self.signals.poll_drain(cx).is_ready();
         if begun {
             self.start();
         }
@@ -260,12 +236,7 @@ struct Conn {
 impl Conn {
     /// Waits for a whole head in the buffer (reading as needed), a kill by the watchdog, the
     /// client's close, or the end of the shutdown window.
-    fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut kill: Pin<&mut tokio::sync::futures::Notified<'_>>,
-        drain: &mut Drain<impl std::ops::DerefMut<Target: Future>>,
-    ) -> Poll<Next> {
+    fn poll_head(&mut self, cx: &mut Context<'_>, drain: &mut Drain<'_>) -> Poll<Next> {
         loop {
             if !self.buf.is_empty() {
                 match parse::head(&mut self.buf, self.limit, self.max_uri) {
@@ -280,7 +251,7 @@ impl Conn {
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => {}
             }
-            if kill.as_mut().poll(cx).is_ready() {
+            if self.ctx.signals.poll_killed(cx).is_ready() {
                 tracing::debug!(peer = %self.ctx.peer, "no complete request head within the header read timeout: closing");
                 return Poll::Ready(Next::Close);
             }
@@ -305,11 +276,7 @@ impl Conn {
     }
 
     /// Serves one request: the pipeline's answer, written while the request body is fed.
-    async fn exchange(
-        &mut self,
-        head: parse::Head,
-        drain: &mut Drain<impl std::ops::DerefMut<Target: Future>>,
-    ) -> io::Result<After> {
+    async fn exchange(&mut self, head: parse::Head, drain: &mut Drain<'_>) -> io::Result<After> {
         let parse::Head {
             method,
             uri,
