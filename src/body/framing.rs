@@ -29,6 +29,20 @@ pub fn offset(base: usize, len: usize, s: &[u8]) -> Option<(usize, usize)> {
     Some((at, s.len()))
 }
 
+/// A decimal Content-Length: digits only (no sign, no hex, no spaces), within u64. Read on
+/// bytes, with no UTF-8 check or `str::parse` in between.
+pub fn decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
 /// Appends a chunk's size line (lowercase hex, CRLF) for `len` data bytes.
 pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
     let mut digits = [0u8; 16];
@@ -387,6 +401,27 @@ pub fn chunked_end(out: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_length_is_digits_only_within_u64() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"0100"), Some(100));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        let refused = [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "0x10",
+            "1e3",
+            "5,5",
+            "18446744073709551616",
+        ];
+        for text in refused {
+            assert_eq!(decimal(text.as_bytes()), None, "{text:?}");
+        }
+    }
 
     /// Decodes all of `input`, fed in pieces of `feed` bytes; the body, or the error.
     fn decode(input: &[u8], feed: usize) -> Result<(Vec<u8>, Vec<u8>), InboundError> {

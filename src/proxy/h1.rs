@@ -582,10 +582,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
                 .map_err(|_| protocol("invalid header name"))?;
             if name == header::CONTENT_LENGTH {
                 for part in h.value.split(|&b| b == b',') {
-                    let n = std::str::from_utf8(part.trim_ascii())
-                        .ok()
-                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|s| s.parse::<u64>().ok())
+                    let n = framing::decimal(part.trim_ascii())
                         .ok_or_else(|| protocol("invalid Content-Length"))?;
                     if length.is_some_and(|l| l != n) {
                         return Err(protocol("differing Content-Length values"));

@@ -101,7 +101,7 @@ fn write_length(out: &mut Vec<u8>, n: u64) {
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+    crate::body::framing::decimal(v.trim_ascii())
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {

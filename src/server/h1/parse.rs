@@ -190,7 +190,7 @@ impl Facts {
             }
             // One decimal number per field; repeated fields must agree. A list in one field
             // ("5, 5") is refused, as hyper does (RFC 9110 §8.6 allows either).
-            let n = digits(trim(value)).ok_or(Refusal::Malformed)?;
+            let n = crate::body::framing::decimal(trim(value)).ok_or(Refusal::Malformed)?;
             match self.length {
                 Some(seen) if seen != n => return Err(Refusal::Malformed),
                 Some(_) => return Ok(false),
@@ -237,19 +237,6 @@ impl Facts {
 
 fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
-}
-
-/// A decimal Content-Length: digits only (no sign, no hex), within u64.
-fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
 }
 
 #[cfg(test)]
