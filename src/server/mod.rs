@@ -243,11 +243,15 @@ async fn accept_loop(
     kind: Kind,
     builders: Arc<conn::Builders>,
 ) {
-    let mut shutdown = runtime.shutdown_signal();
+    // One receiver to hand each connection a copy of, one waited on: the wait is made once,
+    // not once per accepted connection (each registration and its removal took a lock).
+    let shutdown = runtime.shutdown_signal();
+    let mut watched = runtime.shutdown_signal();
+    let mut changed = std::pin::pin!(watched.changed());
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed() => {
+            _ = changed.as_mut() => {
                 conn::order_drain();
                 // Close the socket before saying so: from this line on, connects are refused.
                 let addr = listener.local_addr().ok();
@@ -257,7 +261,9 @@ async fn accept_loop(
                 }
                 return;
             }
-            r = listener.accept() => r,
+            // The loop is the listener's one acceptor: its waker goes in the socket's own
+            // slot (`accept()` puts a waiter into a list under a lock, every time).
+            r = std::future::poll_fn(|cx| listener.poll_accept(cx)) => r,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -291,8 +297,13 @@ async fn accept_loop(
                 Kind::Tls => {
                     Box::pin(tls::serve_tls(runtime, stream, peer, &builders, shutdown)).await
                 }
+                // Boxed too, though rare: inline, its future would set the size of every
+                // connection's task, which tokio moves several times while spawning it.
                 Kind::Redirect(port) => {
-                    tls::serve_redirect(runtime, stream, peer, &builders, port, shutdown).await
+                    Box::pin(tls::serve_redirect(
+                        runtime, stream, peer, &builders, port, shutdown,
+                    ))
+                    .await
                 }
             }
         });
