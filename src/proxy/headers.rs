@@ -61,10 +61,17 @@ pub fn give_map(mut map: HeaderMap) {
     });
 }
 
+/// Up to this many names, a name is looked for by comparing it with each (a few instructions
+/// each) rather than by hashing it and probing the table (70 to 200, more for a long
+/// non-standard name).
+const SCAN_NAMES_UP_TO: usize = 16;
+/// The same for a walk over the fields with their values, which costs more per field.
+const SCAN_FIELDS_UP_TO: usize = 8;
+
 /// Removes `name`, looking for it first in a map of a usual size: a `remove` of an absent
 /// name still hashes it and probes the table, several times the cost of comparing a few names.
 pub fn remove_present(headers: &mut HeaderMap, name: &HeaderName) {
-    if headers.keys_len() > 16 || headers.keys().any(|k| k == name) {
+    if headers.keys_len() > SCAN_NAMES_UP_TO || headers.keys().any(|k| k == name) {
         headers.remove(name);
     }
 }
@@ -74,7 +81,7 @@ pub fn remove_present(headers: &mut HeaderMap, name: &HeaderName) {
 /// non-standard one) and probes the table, which costs more than comparing a dozen names, and
 /// the request path looks up several fields that most requests do not carry.
 pub fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    if headers.keys_len() > 16 {
+    if headers.keys_len() > SCAN_FIELDS_UP_TO {
         return headers.get(name);
     }
     headers.iter().find_map(|(k, v)| (k == name).then_some(v))
@@ -86,7 +93,7 @@ pub fn first_and_repeated<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
 ) -> (Option<&'a HeaderValue>, bool) {
-    if headers.keys_len() > 16 {
+    if headers.keys_len() > SCAN_FIELDS_UP_TO {
         let mut values = headers.get_all(name).iter();
         let first = values.next();
         return (first, values.next().is_some());
