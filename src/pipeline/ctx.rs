@@ -196,13 +196,10 @@ impl<'a> RequestCtx<'a> {
     }
 }
 
-/// `Content-Length` when present and valid.
-pub(crate) fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    headers::first(req.headers(), &header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+/// `Content-Length` when present and valid (digits only, as both engines' parsers read it).
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    let value = headers::first(req.headers(), &header::CONTENT_LENGTH)?;
+    crate::body::framing::decimal(value.as_bytes().trim_ascii())
 }
 
 /// The host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.

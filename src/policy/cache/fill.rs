@@ -200,7 +200,7 @@ impl CachePolicy {
             .or_else(|| {
                 headers
                     .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .and_then(|v| crate::body::framing::decimal(v.as_bytes().trim_ascii()))
             })
             .is_some_and(|len| len > self.max_entry)
         {
