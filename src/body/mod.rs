@@ -8,7 +8,9 @@
 //! back, metrics, the access-log line, the span) is not known here: each layer that owes such
 //! work attaches a [`Guard`], ended in the order attached, once, with the bytes sent and
 //! whether the body completed. A [`Tap`] copies the body as it streams (the response cache);
-//! a [`Pace`] holds an upstream body back to the speed the client reads it.
+//! a [`Pace`] holds an upstream body back to the speed the client reads it. An upstream answer's
+//! head kept as its own bytes ([`head::RawHead`]) travels with its body to the connection that
+//! writes it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use smallvec::SmallVec;
 use tokio::time::Sleep;
 
 pub mod framing;
+pub mod head;
 pub mod inbound;
 
 /// Errors raised by our own body wrappers (so the proxy can tell them apart from I/O errors).
@@ -400,6 +403,9 @@ pub struct GatewayBody {
     tap: Option<Box<dyn Tap>>,
     /// The connection's written count when this body began and its pacing (HTTP/1).
     pace: Option<(u64, Arc<dyn Pace>)>,
+    /// The upstream answer's fields as it wrote them, for the connection to write (the
+    /// response's `HeaderMap` then holds only what the gateway adds).
+    raw_head: Option<Box<head::RawHead>>,
 }
 
 impl From<Bytes> for GatewayBody {
@@ -418,6 +424,7 @@ impl GatewayBody {
             guards: SmallVec::new(),
             tap: None,
             pace: None,
+            raw_head: None,
         }
     }
 
@@ -466,6 +473,17 @@ impl GatewayBody {
     /// cleanly).
     pub fn tap(&mut self, tap: Box<dyn Tap>) {
         self.tap = Some(tap);
+    }
+
+    /// Gives the response the upstream's answer fields to write (see [`head::RawHead`]).
+    pub fn carry_head(&mut self, head: Box<head::RawHead>) {
+        self.raw_head = Some(head);
+    }
+
+    /// The upstream's answer fields, for the connection writing the response head; `None`
+    /// when the response's `HeaderMap` has them all.
+    pub fn take_head(&mut self) -> Option<Box<head::RawHead>> {
+        self.raw_head.take()
     }
 }
 

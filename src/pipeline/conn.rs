@@ -62,6 +62,12 @@ impl ConnCtx {
             paced: std::sync::atomic::AtomicBool::new(true),
         }
     }
+
+    /// Whether the gateway's own HTTP/1.1 engine writes this connection's responses (it
+    /// paces bodies itself, so it clears `paced`; hyper's connections keep it set).
+    pub fn own_http1(&self) -> bool {
+        !self.paced.load(Ordering::Relaxed)
+    }
 }
 
 /// What the worker tells a connection's task: close (the watchdog, for an idle or stalled

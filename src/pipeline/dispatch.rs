@@ -40,7 +40,7 @@ pub(super) fn target_path(cx: &mut RequestCtx<'_>) -> PathAndQuery {
 }
 
 /// The forwarding settings of `route` to `service`.
-pub(super) fn how(route: &Route) -> retry::How<'_> {
+pub(super) fn how<'r>(cx: &RequestCtx<'_>, route: &'r Route) -> retry::How<'r> {
     retry::How {
         name: &route.name,
         retry: route.resilience.retry.as_deref(),
@@ -48,6 +48,7 @@ pub(super) fn how(route: &Route) -> retry::How<'_> {
         preserve_host: route.preserve_host,
         deadline_header: route.resilience.deadline_header.as_ref(),
         max_body_bytes: route.max_body_bytes,
+        keep_raw_head: super::respond::keeps_raw_head(cx, route),
     }
 }
 
@@ -117,7 +118,7 @@ pub(super) async fn elsewhere(
     }
     let forward = retry::Forward {
         service,
-        how: how(route),
+        how: how(cx, route),
         client_ip: cx.client_ip,
         client_host: cx.client_host.take(),
         new_path: target_path,

@@ -122,7 +122,7 @@ async fn run(
     };
     let forward = retry::Forward {
         service,
-        how: dispatch::how(route),
+        how: dispatch::how(cx, route),
         client_ip: cx.client_ip,
         client_host: cx.client_host.take(),
         new_path: dispatch::target_path(cx),

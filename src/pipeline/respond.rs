@@ -24,14 +24,36 @@ pub(super) fn run(
     let retry::Answer { sent, in_flight } = answer;
     let (mut parts, incoming) = sent.response.into_parts();
     head(cx, route, &mut parts)?;
-    Ok(finish_body(
+    let mut resp = finish_body(
         cx,
         route,
         parts,
         Outgoing::Stream(None, incoming),
         sent.pooled,
         in_flight,
-    ))
+    );
+    if let Some(raw) = sent.raw_head {
+        resp.body_mut().carry_head(raw);
+    }
+    Ok(resp)
+}
+
+/// Whether the upstream's answer head may stay its own bytes all the way to the client
+/// ([`crate::body::head::RawHead`]): the gateway's own HTTP/1.1 server writes the response
+/// (hyper's would not see such a head), and nothing on the route reads or rewrites answer
+/// fields (cache, transform, CORS, OpenAPI, a wasm filter, a gRPC status). What the gateway
+/// adds (the request id, rate-limit and version headers, `Via`) goes into the response's map,
+/// and the server writes it instead of the upstream's field of the same name.
+pub(super) fn keeps_raw_head(cx: &RequestCtx<'_>, route: &Route) -> bool {
+    let p = &route.policies;
+    cx.conn.own_http1()
+        && !cx.grpc
+        && cx.cache.is_none()
+        && p.cache.is_none()
+        && p.transform.is_none()
+        && p.cors.is_none()
+        && p.openapi.is_none()
+        && p.wasm.is_none()
 }
 
 /// What goes to the client as the response body.
@@ -64,6 +86,7 @@ pub(super) async fn run_transforming(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let retry::Answer { sent, in_flight } = answer;
     let (mut parts, incoming) = sent.response.into_parts();
+    headers::fill_from_raw(&mut parts.headers, sent.raw_head);
     head(cx, route, &mut parts)?;
     let body = rewrite_body(cx, route, &mut parts, incoming).await?;
     Ok(finish_body(cx, route, parts, body, sent.pooled, in_flight))
@@ -109,6 +132,7 @@ pub(super) async fn run_plugin(
     use crate::policy::wasm::stream::Passed;
     let retry::Answer { sent, in_flight } = answer;
     let (mut parts, incoming) = sent.response.into_parts();
+    headers::fill_from_raw(&mut parts.headers, sent.raw_head);
     head(cx, route, &mut parts)?;
     let upstream = Some(in_flight.target().authority.clone());
     let rewrites = transforms_body(route);

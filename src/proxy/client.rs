@@ -72,19 +72,47 @@ pub struct Sent {
     pub response: Response<UpstreamBody>,
     /// The HTTP/1.1 connection to hand back, if pooled.
     pub pooled: Option<PooledSender>,
+    /// The answer's fields as the upstream wrote them, when the attempt let them be kept so
+    /// (the response's map is then empty).
+    pub raw_head: Option<Box<crate::body::head::RawHead>>,
 }
 
-/// Sends `req` to `target`, reusing a pooled connection when one is ready. `timeout` bounds the
-/// wait for the response head.
+/// How one request goes out.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// Bounds the wait for the response head.
+    pub timeout: Duration,
+    /// When the attempt began: the caller's clock read, which times the exchange, serves the
+    /// deadline too.
+    pub started: Instant,
+    /// The answer's head may be kept as its own bytes ([`crate::body::head::RawHead`]): the
+    /// caller writes it through the own HTTP/1.1 server and reads no field of it. Only the own
+    /// HTTP/1.1 client keeps one.
+    pub keep_raw_head: bool,
+}
+
+impl Attempt {
+    /// An attempt beginning now whose answer's head is read into the response's map.
+    pub fn now(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            started: Instant::now(),
+            keep_raw_head: false,
+        }
+    }
+}
+
+/// Sends `req` to `target`, reusing a pooled connection when one is ready.
 pub async fn send(
     service: &Service,
     target: &Arc<Target>,
     req: Request<RequestBody>,
-    timeout: Duration,
+    attempt: Attempt,
 ) -> Result<Sent, GatewayError> {
+    let timeout = attempt.timeout;
     match target.protocol {
         Protocol::Http1 if service.own_http1 && target.tls.is_none() => {
-            super::h1::send(service, target, req, timeout).await
+            super::h1::send(service, target, req, attempt).await
         }
         Protocol::Http1 => send_http1(service, target, req, timeout).await,
         Protocol::H2c => Box::pin(send_h2(service, target, req, timeout)).await,
@@ -152,6 +180,7 @@ async fn send_http1(
                         max_idle: service.max_idle_per_target,
                         idle_limit: service.timeouts.idle,
                     }),
+                    raw_head: None,
                 })
             }
             // A pooled connection may have been closed by the upstream while idle; the request
@@ -265,6 +294,7 @@ async fn send_h2(
     Ok(Sent {
         response: response.map(UpstreamBody::Hyper),
         pooled: None,
+        raw_head: None,
     })
 }
 

@@ -31,8 +31,9 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::client::{OpenConnection, Sent};
+use super::client::{Attempt, OpenConnection, Sent};
 use crate::body::framing::{self, Decoder, Step};
+use crate::body::head::RawHead;
 use crate::body::{BodyError, RequestBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::upstream::{Service, Target};
@@ -236,15 +237,15 @@ struct Failure {
     resendable: bool,
 }
 
-/// Sends `req` to the plain-HTTP/1.1 `target`; `timeout` bounds the wait for the answer's head.
+/// Sends `req` to the plain-HTTP/1.1 `target` as `attempt` says.
 pub async fn send(
     service: &Service,
     target: &Arc<Target>,
     req: Request<RequestBody>,
-    timeout: Duration,
+    attempt: Attempt,
 ) -> Result<Sent, GatewayError> {
-    // One clock read for the deadline and the pool's idle check.
-    let now = Instant::now();
+    // The attempt's one clock read serves the deadline and the pool's idle check.
+    let (now, timeout) = (attempt.started, attempt.timeout);
     let deadline = tokio::time::Instant::from_std(now) + timeout;
     let (parts, mut body) = req.into_parts();
     let idempotent = matches!(
@@ -277,7 +278,16 @@ pub async fn send(
         };
         conn.timer.start(deadline);
         let head_request = parts.method == Method::HEAD;
-        match roundtrip(&mut conn, &mut body, framing, head_request, timeout).await {
+        match roundtrip(
+            &mut conn,
+            &mut body,
+            framing,
+            head_request,
+            attempt.keep_raw_head,
+            timeout,
+        )
+        .await
+        {
             Ok(answer) => {
                 // The head went out as bytes: its map serves the next message.
                 super::headers::give_map(parts.headers);
@@ -375,6 +385,8 @@ fn encode(
 /// A response head read from the connection.
 struct Answer {
     response: Response<()>,
+    /// The head's fields, when kept as its bytes (the response's map is then empty).
+    raw: Option<Box<RawHead>>,
     decoder: Option<Decoder>,
     keep_alive: bool,
     body_sent: bool,
@@ -400,6 +412,7 @@ impl Answer {
         Sent {
             response: Response::from_parts(parts, body),
             pooled: None,
+            raw_head: self.raw,
         }
     }
 }
@@ -413,6 +426,7 @@ async fn roundtrip(
     body: &mut RequestBody,
     framing: Framing,
     head_request: bool,
+    keep_raw: bool,
     timeout: Duration,
 ) -> Result<Answer, Failure> {
     let mut at = 0;
@@ -490,7 +504,7 @@ async fn roundtrip(
         // The answer's head.
         loop {
             if !conn.buf.is_empty() {
-                match parse_head(&mut conn.buf, head_request) {
+                match parse_head(&mut conn.buf, head_request, keep_raw) {
                     Ok(Some(mut answer)) => {
                         answer.body_sent = written_all;
                         return Poll::Ready(Ok(answer));
@@ -538,9 +552,17 @@ async fn roundtrip(
     .await
 }
 
+/// An answer head's fields as read: each one's name, with the ranges (offset, length) of its
+/// name and value in the head.
+type HeadFields = smallvec::SmallVec<[(HeaderName, (usize, usize), (usize, usize)); 24]>;
+
 /// Parses a response head from the front of `buf`, skipping 1xx answers; `None` when more
 /// bytes are needed.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, GatewayError> {
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    keep_raw: bool,
+) -> Result<Option<Answer>, GatewayError> {
     loop {
         let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
             [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -573,10 +595,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
             framing::offset(base, buf_len, s)
                 .ok_or_else(|| protocol("a header outside the answer's head"))
         };
-        let mut fields: smallvec::SmallVec<[(HeaderName, (usize, usize)); 24]> =
-            smallvec::SmallVec::new();
+        let mut fields = HeadFields::new();
         let (mut length, mut chunked, mut te, mut close, mut keep) =
             (None, false, false, false, false);
+        // The head is kept as its bytes unless `Connection` names fields to drop (rare: the
+        // map's stripping handles that) or it is too large for the ranges.
+        let mut raw = keep_raw && len <= RawHead::MAX_BYTES;
         for h in resp.headers.iter() {
             let name = super::field_name::parse(h.name.as_bytes())
                 .map_err(|_| protocol("invalid header name"))?;
@@ -609,21 +633,30 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
                 if !names_others {
                     continue;
                 }
+                raw = false;
             }
-            fields.push((name, range(h.value)?));
+            fields.push((name, range(h.name.as_bytes())?, range(h.value)?));
         }
         let head = buf.split_to(len).freeze();
-        // Room for what the gateway adds to answers (request id, policies' headers): a map
-        // that grows rehashes every field.
-        let mut headers = super::headers::take_map(fields.len() + 4);
-        for (name, (at, n)) in fields.drain(..) {
-            if te && name == header::CONTENT_LENGTH {
-                continue;
+        let (headers, raw) = if raw {
+            (
+                super::headers::take_map(4),
+                Some(raw_head(head, fields, length, te)?),
+            )
+        } else {
+            // Room for what the gateway adds to answers (request id, policies' headers): a
+            // map that grows rehashes every field.
+            let mut headers = super::headers::take_map(fields.len() + 4);
+            for (name, _, (at, n)) in fields.drain(..) {
+                if te && name == header::CONTENT_LENGTH {
+                    continue;
+                }
+                let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+                    .map_err(|_| protocol("invalid header value"))?;
+                headers.append(name, value);
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-                .map_err(|_| protocol("invalid header value"))?;
-            headers.append(name, value);
-        }
+            (headers, None)
+        };
         let bodiless =
             head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         // RFC 9112 §6.3: chunked when it is the final coding; another final coding, or no
@@ -656,11 +689,37 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, 
         *response.headers_mut() = headers;
         return Ok(Some(Answer {
             response,
+            raw,
             decoder,
             keep_alive,
             body_sent: false,
         }));
     }
+}
+
+/// The end-to-end fields of the answer head in `head`, as ranges (see [`RawHead`]): the
+/// hop-by-hop ones left out as `strip_hop_by_hop` would remove them, and `Content-Length`
+/// beside `Transfer-Encoding` as the map mode drops it. The values need no check of their own:
+/// httparse admits in a value exactly the bytes `HeaderValue` does (visible ASCII, space, tab,
+/// obs-text).
+fn raw_head(
+    head: Bytes,
+    fields: HeadFields,
+    length: Option<u64>,
+    te: bool,
+) -> Result<Box<RawHead>, GatewayError> {
+    let mut raw = Box::new(RawHead::new(head));
+    raw.length = if te { None } else { length };
+    for (name, at_name, at_value) in fields {
+        if super::headers::is_fixed_hop_by_hop(&name) || (te && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        raw.has_date |= name == header::DATE;
+        if !raw.push(at_name, at_value) {
+            return Err(protocol("a header outside the answer's head"));
+        }
+    }
+    Ok(raw)
 }
 
 fn protocol(what: &str) -> GatewayError {

@@ -103,6 +103,44 @@ pub fn first_and_repeated<'a>(
     (first, first.is_some() && values.next().is_some())
 }
 
+/// The hop-by-hop fields a message loses whatever its `Connection` names (RFC 9110 §7.6.1,
+/// with the proxy and h2c-upgrade ones every proxy drops).
+const FIXED: [HeaderName; 9] = [
+    KEEP_ALIVE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    PROXY_CONNECTION,
+    header::UPGRADE,
+    HTTP2_SETTINGS,
+];
+
+/// Whether `name` is always hop-by-hop (`Connection` itself aside): an answer head kept as its
+/// own bytes leaves these out as [`strip_hop_by_hop`] removes them from a map.
+pub fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    FIXED.contains(name)
+}
+
+/// Appends the fields of an answer head kept as its bytes to `headers`, for a path that reads
+/// or rewrites them after all. The fields were checked when the head was read, so none fails
+/// here; one that did would be left out.
+pub fn fill_from_raw(headers: &mut HeaderMap, raw: Option<Box<crate::body::head::RawHead>>) {
+    let Some(raw) = raw else {
+        return;
+    };
+    for (name, value) in raw.shared_fields() {
+        let (Ok(name), Ok(value)) = (
+            super::field_name::parse(name),
+            HeaderValue::from_maybe_shared(value),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` (unless `keep_upgrade`), `HTTP2-Settings`, and
 /// `Proxy-*`.
@@ -110,17 +148,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names marks which hop-by-hop headers are present; only those are
     // removed. Most messages carry none or just `Connection: keep-alive`, and each `remove` of
     // an absent name would still cost a hash and a probe.
-    const FIXED: [HeaderName; 9] = [
-        KEEP_ALIVE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        PROXY_CONNECTION,
-        header::UPGRADE,
-        HTTP2_SETTINGS,
-    ];
     let mut present = 0u16;
     let mut connection = false;
     for name in headers.keys() {

@@ -62,6 +62,8 @@ pub(crate) struct How<'a> {
     pub deadline_header: Option<&'a HeaderName>,
     /// Largest request body buffered for a retry.
     pub max_body_bytes: u64,
+    /// The answer's head may be kept as its own bytes (see [`client::Attempt`]).
+    pub keep_raw_head: bool,
 }
 
 /// A response head from a target.
@@ -198,10 +200,14 @@ pub(crate) async fn forward(
         let completion = body.completion();
         let req = Request::from_parts(parts, body);
         let in_flight = InFlight::start(target);
-        let sent_at = Instant::now();
-        let mut result = client::send(service, target, req, route.timeout).await;
+        let attempt = client::Attempt {
+            timeout: route.timeout,
+            started: Instant::now(),
+            keep_raw_head: route.keep_raw_head,
+        };
+        let mut result = client::send(service, target, req, attempt).await;
         blame_client_if_unfinished(&mut result, completion.as_ref(), route.timeout);
-        let took = sent_at.elapsed();
+        let took = attempt.started.elapsed();
         end_span(span, target, &f.new_path, &result);
         record(service, index, outcome(&result));
         service.metrics.upstream_duration.observe(took);
@@ -321,9 +327,13 @@ async fn attempt(
     let span = ClientSpan::start(f.trace, span_id, &p.method, tries, f.call);
     let req = Request::from_parts(p, b);
     let in_flight = InFlight::start(target);
-    let sent_at = Instant::now();
-    let result = client::send(service, target, req, try_timeout).await;
-    let took = sent_at.elapsed();
+    let attempt = client::Attempt {
+        timeout: try_timeout,
+        started: Instant::now(),
+        keep_raw_head: route.keep_raw_head,
+    };
+    let result = client::send(service, target, req, attempt).await;
+    let took = attempt.started.elapsed();
     end_span(span, target, &f.new_path, &result);
     record(service, index, outcome(&result));
     service.metrics.upstream_duration.observe(took);

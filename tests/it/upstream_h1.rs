@@ -278,3 +278,67 @@ async fn chunked_trailer_fields_pass_both_ways_without_the_ones_trailers_may_not
     let trailers = &answer[answer.find("\r\n0\r\n").expect("the last chunk") + 5..];
     assert_eq!(trailers, "x-up: 1\r\n\r\n", "{answer}");
 }
+
+#[tokio::test]
+async fn an_answer_head_reaches_the_client_as_written_but_for_hop_by_hop_fields_and_the_gateways_own(
+) {
+    // The own engines keep the answer's fields as the upstream wrote them (names in their own
+    // case, repeated fields in order); hyper's go through a map. Either way: hop-by-hop fields
+    // stay behind, the gateway's request id and rate-limit headers replace the upstream's, and
+    // `Via` keeps the upstream's beside the gateway's.
+    let up = answering(|_| {
+        "HTTP/1.1 200 OK\r\nX-Mixed-Case: One\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTrailer: x-t\r\nSet-Cookie: b=2\r\n\
+         X-Request-Id: from-upstream\r\nX-RateLimit-Limit: 999\r\nVia: 1.1 upstream\r\n\
+         Date: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok"
+            .into()
+    })
+    .await;
+    for engine in ENGINES {
+        let gw = TestGateway::start(&format!(
+            "http1: {{engine: {engine}}}\nforwarding: {{via: true}}\nservices:\n  up: {{targets: [{{url: \"{}\"}}]}}\nroutes:\n  - name: all\n    service: up\n    policies:\n      - rate_limit: {{limits: [{{requests: 100, per: 1m}}], headers: legacy}}\n",
+            up.url()
+        ));
+        let text = crate::support::raw(
+            gw.local_addrs()[0],
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+        assert_eq!(body, "ok", "{engine}");
+        let lines: Vec<&str> = head.lines().skip(1).collect();
+        let named = |name: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter_map(|l| l.split_once(": "))
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+                .collect()
+        };
+        assert_eq!(named("set-cookie"), ["a=1", "b=2"], "{engine}: {head}");
+        assert_eq!(named("x-mixed-case"), ["One"], "{engine}: {head}");
+        for hop in ["keep-alive", "proxy-connection", "upgrade", "trailer"] {
+            assert!(named(hop).is_empty(), "{engine}: {hop} passed: {head}");
+        }
+        let ids = named("x-request-id");
+        assert!(
+            ids.len() == 1 && ids[0] != "from-upstream",
+            "{engine}: {head}"
+        );
+        assert_eq!(named("x-ratelimit-limit"), ["100"], "{engine}: {head}");
+        assert_eq!(named("x-ratelimit-remaining"), ["99"], "{engine}: {head}");
+        let via = named("via");
+        assert!(
+            via.len() == 2 && via[0] == "1.1 upstream" && via[1] != via[0],
+            "{engine}: {head}"
+        );
+        assert_eq!(named("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{engine}");
+        assert_eq!(named("content-length"), ["2"], "{engine}: {head}");
+        assert_eq!(named("connection"), ["close"], "{engine}: {head}");
+        if engine == "portico" {
+            // Written from the upstream's own bytes, not rebuilt from a map (which lowercases).
+            assert!(head.contains("\r\nX-Mixed-Case: One\r\n"), "{head}");
+        }
+    }
+}

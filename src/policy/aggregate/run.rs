@@ -280,6 +280,7 @@ impl Outgoing {
                 preserve_host: false,
                 deadline_header: None,
                 max_body_bytes: 0,
+                keep_raw_head: false,
             },
             client_ip: self.client_ip,
             client_host: None,

@@ -44,7 +44,8 @@ impl Fill {
         tokio::spawn(async move {
             use http_body_util::BodyExt;
             let in_flight = crate::upstream::InFlight::start(&target);
-            let Ok(sent) = crate::proxy::client::send(&service, &target, req, timeout).await else {
+            let attempt = crate::proxy::client::Attempt::now(timeout);
+            let Ok(sent) = crate::proxy::client::send(&service, &target, req, attempt).await else {
                 // Dropping `self` lets another request try the refresh.
                 return;
             };

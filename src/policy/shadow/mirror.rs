@@ -108,7 +108,7 @@ async fn send(
         return;
     }
     let req = Request::from_parts(parts, body);
-    let Ok(sent) = client::send(service, target, req, timeout).await else {
+    let Ok(sent) = client::send(service, target, req, client::Attempt::now(timeout)).await else {
         return;
     };
     let drained = tokio::time::timeout(timeout, sent.response.into_body().collect()).await;

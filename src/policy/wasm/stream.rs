@@ -761,6 +761,7 @@ async fn send(call: &OutCall, service: &Service, max_body: usize) -> Option<Call
             preserve_host: false,
             deadline_header: None,
             max_body_bytes: call.body.len() as u64,
+            keep_raw_head: false,
         },
         client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         client_host: None,

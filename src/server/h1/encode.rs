@@ -7,6 +7,8 @@ use http::header;
 use http::response::Parts;
 use http::{Method, StatusCode, Version};
 
+use crate::body::head::RawHead;
+
 /// How a response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Out {
@@ -30,9 +32,16 @@ pub struct Asked<'a> {
     pub keep_alive: bool,
 }
 
-/// Writes the head of `parts` into `out`; `exact` is the body's length when known. Returns the
-/// body's framing and whether the connection may stay open afterwards.
-pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked) -> (Out, bool) {
+/// Writes the head of `parts` into `out`: the upstream's fields kept as its bytes (`raw`, if
+/// any) but those the map also names, then the map's. `exact` is the body's length when known.
+/// Returns the body's framing and whether the connection may stay open afterwards.
+pub fn head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    raw: Option<&RawHead>,
+    exact: Option<u64>,
+    asked: &Asked,
+) -> (Out, bool) {
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -43,6 +52,20 @@ pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked)
     let mut has_date = false;
     let mut says_close = false;
     let mut length = None;
+    if let Some(raw) = raw {
+        // Hop-by-hop fields were left out when the head was read, and its `Content-Length`
+        // read then too.
+        (has_date, length) = (raw.has_date, raw.length);
+        for (name, value) in raw.fields() {
+            if set_by_gateway(&parts.headers, name) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     for (name, value) in &parts.headers {
         if *name == header::CONTENT_LENGTH {
             length = parse_length(value.as_bytes());
@@ -92,6 +115,15 @@ pub fn head(out: &mut Vec<u8>, parts: &Parts, exact: Option<u64>, asked: &Asked)
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
+}
+
+/// Whether the gateway set the field `name` itself (the map of a response with a raw head holds
+/// only what the gateway adds): it replaces the upstream's. `Via` is the exception, as the
+/// gateway appends its own to the upstream's.
+fn set_by_gateway(added: &http::HeaderMap, name: &[u8]) -> bool {
+    added
+        .keys()
+        .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name) && *k != header::VIA)
 }
 
 fn write_length(out: &mut Vec<u8>, n: u64) {
@@ -154,7 +186,7 @@ mod tests {
             version,
             keep_alive: true,
         };
-        let (framing, keep) = head(&mut out, &parts, exact, &asked);
+        let (framing, keep) = head(&mut out, &parts, None, exact, &asked);
         (String::from_utf8(out).unwrap(), framing, keep)
     }
 

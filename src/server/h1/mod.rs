@@ -321,7 +321,10 @@ impl Conn {
             version,
             keep_alive: keep_alive && !self.draining,
         };
-        let (framing, keep) = encode::head(&mut self.out, &parts, body.size_hint().exact(), &asked);
+        let raw = body.take_head();
+        let exact = body.size_hint().exact();
+        let (framing, keep) = encode::head(&mut self.out, &parts, raw.as_deref(), exact, &asked);
+        drop(raw);
         crate::proxy::headers::give_map(parts.headers);
         let complete = poll_fn(|cx| self.poll_body(cx, &mut body, framing, pump.as_mut())).await;
         // The body's guards (access log, metrics, pooled upstream connection) end here.
